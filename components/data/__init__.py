@@ -1,0 +1,1 @@
+"""Data layer: sources, the canonical schema, preprocessing."""

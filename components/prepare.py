@@ -1,0 +1,157 @@
+"""Stage `prepare`: filter, index, split, and fix the evaluation candidates once for every model.
+
+Reads params `data.min_user_interactions`, `data.min_item_interactions`, `data.max_users`,
+`eval` and `seed`. Writes to the output directory:
+
+- `items.parquet`: idx (1..N; 0 is padding), item_id, title, description: the catalogue.
+- `users.parquet`: idx (1..U), user_id.
+- `sequences.parquet`: user_idx, items, timestamps (full chronological history, as lists).
+  Leave-last-out: the last item is test, the second-to-last validation, the rest training.
+- `candidates.parquet`: split (valid/test), user_idx, positive, negatives (list): each evaluated
+  user's positive plus `eval.num_negatives` items they never interacted with, sampled once.
+- `meta.json`: counts, the index-mapping hashes, and the params used.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from components.data.preprocess import chronological, kcore, subsample_users
+from components.errors import ConfigError, DataError, stage_main
+from components.io import fresh_dir, write_json, write_parquet
+from components.params import load_params, section
+
+MIN_SEQUENCE = 3  # one training item, one validation item, one test item
+
+
+def mapping_hash(ids: pd.Series) -> str:
+    """Hash of an id list in index order: checkpoints and packages record it to detect a changed mapping."""
+    return hashlib.sha256("\n".join(ids.astype(str)).encode()).hexdigest()[:16]
+
+
+def sample_candidates(seqs: list[np.ndarray], n_items: int, num_negatives: int, rng: np.random.Generator,
+                      user_idx: np.ndarray) -> np.ndarray:
+    """For each sequence, `num_negatives` distinct items in 1..n_items the user never interacted with."""
+    out = np.empty((len(seqs), num_negatives), dtype=np.int32)
+    for r, seq in enumerate(seqs):
+        seen = np.unique(seq)
+        free = n_items - len(seen)
+        if free < num_negatives:
+            raise ConfigError("params.yaml", f"eval.num_negatives={num_negatives} but user #{user_idx[r]} has only "
+                              f"{free} never-interacted items", "lower eval.num_negatives or use a larger catalogue")
+        if free < 4 * num_negatives:  # dense user: sample from the explicit complement
+            pool = np.setdiff1d(np.arange(1, n_items + 1), seen, assume_unique=True)
+            out[r] = rng.choice(pool, num_negatives, replace=False)
+            continue
+        picked: np.ndarray = np.empty(0, dtype=np.int64)
+        while len(picked) < num_negatives:  # rejection sampling: few rounds when the user saw few items
+            draw = rng.integers(1, n_items + 1, 2 * num_negatives)
+            draw = draw[~np.isin(draw, seen)]
+            picked = np.concatenate([picked, draw])
+            _, first = np.unique(picked, return_index=True)
+            picked = picked[np.sort(first)]
+        out[r] = picked[:num_negatives]
+    return out
+
+
+def prepare(interactions: pd.DataFrame, items: pd.DataFrame, data_cfg: dict[str, Any], eval_cfg: dict[str, Any],
+            seed: int) -> dict[str, Any]:
+    """Pure function of the validated frames; returns the tables and the summary."""
+    min_u = int(data_cfg.get("min_user_interactions", 5))
+    min_i = int(data_cfg.get("min_item_interactions", 5))
+    if min_u < MIN_SEQUENCE:
+        raise ConfigError("params.yaml", f"data.min_user_interactions={min_u} leaves users without a training item",
+                          f"set it to at least {MIN_SEQUENCE}")
+    df, passes = kcore(interactions, min_u, min_i)
+    sub = subsample_users(df, data_cfg.get("max_users"), seed)
+    if len(sub) < len(df):
+        df, more = kcore(sub, min_u, min_i)
+        passes += more
+    if df.empty:
+        raise DataError("validated interactions", f"nothing is left after the {min_u}/{min_i}-core filter",
+                        "lower data.min_user_interactions / data.min_item_interactions, or add data")
+
+    df = chronological(df)
+    user_ids = np.sort(df["user_id"].astype(str).unique())
+    item_ids = np.sort(df["item_id"].astype(str).unique())
+    users = pd.DataFrame({"idx": np.arange(1, len(user_ids) + 1, dtype=np.int32), "user_id": user_ids})
+    catalogue = items.assign(item_id=items["item_id"].astype(str)).drop_duplicates("item_id").set_index("item_id")
+    items_out = pd.DataFrame({"idx": np.arange(1, len(item_ids) + 1, dtype=np.int32), "item_id": item_ids})
+    items_out["title"] = catalogue["title"].reindex(item_ids).to_numpy()
+    items_out["description"] = catalogue["description"].reindex(item_ids).fillna("").to_numpy()
+
+    u = np.searchsorted(user_ids, df["user_id"].astype(str).to_numpy()) + 1
+    i = (np.searchsorted(item_ids, df["item_id"].astype(str).to_numpy()) + 1).astype(np.int32)
+    ts = df["timestamp"].astype("int64").to_numpy()
+    bounds = np.flatnonzero(np.diff(u)) + 1  # df is sorted by user, so each user is one run
+    item_lists, ts_lists = np.split(i, bounds), np.split(ts, bounds)
+    seq = pd.DataFrame({"user_idx": u[np.r_[0, bounds]].astype(np.int32), "items": item_lists, "timestamps": ts_lists})
+
+    num_neg = int(eval_cfg.get("num_negatives", 99))
+    max_eval = eval_cfg.get("max_users", 10000)
+    rng = np.random.default_rng(seed)
+    chosen = np.arange(len(seq))
+    if max_eval and len(seq) > int(max_eval):
+        chosen = np.sort(rng.choice(len(seq), int(max_eval), replace=False))
+    cand_frames = []
+    for split, offset in (("valid", 2), ("test", 1)):
+        pos = np.array([item_lists[r][-offset] for r in chosen], dtype=np.int32)
+        neg = sample_candidates([item_lists[r] for r in chosen], len(item_ids), num_neg, rng,
+                                seq["user_idx"].to_numpy()[chosen])
+        cand_frames.append(pd.DataFrame({"split": split, "user_idx": seq["user_idx"].to_numpy()[chosen],
+                                         "positive": pos, "negatives": list(neg)}))
+    candidates = pd.concat(cand_frames, ignore_index=True)
+
+    lengths = seq["items"].map(len)
+    summary = {
+        "users": len(users), "items": len(items_out), "interactions": int(len(df)),
+        "kcore_passes": passes, "evaluated_users": len(chosen),
+        "sequence_length": {"min": int(lengths.min()), "mean": round(float(lengths.mean()), 2),
+                            "max": int(lengths.max())},
+        "density": round(len(df) / (len(users) * len(items_out)), 6),
+        "item_mapping_hash": mapping_hash(items_out["item_id"]),
+        "user_mapping_hash": mapping_hash(users["user_id"]),
+    }
+    return {"items": items_out, "users": users, "sequences": seq, "candidates": candidates, "summary": summary}
+
+
+@stage_main("prepare")
+def main(argv: list[str] | None = None) -> None:
+    ap = argparse.ArgumentParser(description=__doc__)
+    ap.add_argument("--params", default="params.yaml")
+    ap.add_argument("--in", dest="inp", type=Path, required=True)
+    ap.add_argument("--validation", type=Path, help="validate's JSON summary, for the quarantine count")
+    ap.add_argument("--out", type=Path, required=True)
+    ap.add_argument("--summary", type=Path, required=True)
+    args = ap.parse_args(argv)
+    params = load_params(args.params)
+    data_cfg, eval_cfg = section(params, "data", args.params), section(params, "eval", args.params)
+
+    t0 = time.time()
+    result = prepare(pd.read_parquet(args.inp / "interactions.parquet"), pd.read_parquet(args.inp / "items.parquet"),
+                     data_cfg, eval_cfg, int(params.get("seed", 0)))
+    out = fresh_dir(args.out)
+    for name in ("items", "users", "sequences", "candidates"):
+        write_parquet(result[name], out / f"{name}.parquet")
+    summary = result["summary"]
+    if args.validation and args.validation.exists():
+        from components.io import read_json
+
+        summary["quarantined_rows"] = read_json(args.validation)["rows_quarantined"]["interactions"]
+    summary["seconds"] = round(time.time() - t0, 2)
+    write_json(out / "meta.json", {**summary, "params": {"data": data_cfg, "eval": eval_cfg}})
+    write_json(args.summary, summary)
+    print(f"prepare: {summary['users']:,} users, {summary['items']:,} items, {summary['interactions']:,} "
+          f"interactions ({summary['kcore_passes']} k-core passes), {summary['evaluated_users']:,} evaluated users "
+          f"in {summary['seconds']:.1f}s")
+
+
+if __name__ == "__main__":
+    main()
