@@ -80,7 +80,8 @@ def _interaction_expectations(valid_items: list[str], max_ts: int) -> list[tuple
         (gxe.ExpectColumnValuesToBeInTypeList(column="item_id", type_list=ID_TYPES), None),
         (gxe.ExpectColumnValuesToBeInTypeList(column="timestamp", type_list=TS_TYPES), None),
     ]
-    exps += [(gxe.ExpectColumnValuesToNotBeNull(column=c), f"{c} is missing or unparsable") for c in cols]
+    exps += [(gxe.ExpectColumnValuesToNotBeNull(column=c), f"{c} is missing") for c in ("user_id", "item_id")]
+    exps += [(gxe.ExpectColumnValuesToNotBeNull(column="timestamp"), "timestamp is missing or not a number")]
     exps += [(gxe.ExpectColumnValueLengthsToBeBetween(column=c, min_value=1), f"{c} is empty")
              for c in ("user_id", "item_id")]
     exps += [
@@ -132,7 +133,7 @@ def _run_suite(ctx, name: str, df: pd.DataFrame, expectations, where: str):
             idx = _later_copies(df, idx, cfg.kwargs.get("column_list") or [cfg.kwargs["column"]])
         counts[key] = len(idx)
         flags.loc[idx, reason] = True
-    bad = flags.fillna(False).astype(bool)
+    bad = flags.astype("boolean").fillna(False).astype(bool)
     row_reasons = bad.apply(lambda row: "; ".join(c for c in bad.columns if row[c]), axis=1) \
         if len(bad.columns) else pd.Series("", index=df.index)
     return row_reasons.astype(str), counts

@@ -1,0 +1,76 @@
+"""Shared test fixtures. Tests are split by what they protect: code/, data/, model/."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+# MovieLens may not be redistributed, so it is never in the repo: tests read it from ../shared/data.
+SHARED_DATA = Path(os.environ.get("LLMSREC_SHARED_DATA", REPO.parent / "shared" / "data"))
+
+os.environ.setdefault("GX_ANALYTICS_ENABLED", "False")
+os.environ.setdefault("DVC_NO_ANALYTICS", "1")
+os.environ.setdefault("BENTOML_DO_NOT_TRACK", "True")
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+
+@pytest.fixture
+def repo_root() -> Path:
+    return REPO
+
+
+def shared_dataset(name: str) -> Path:
+    path = SHARED_DATA / name
+    if not path.is_dir():
+        pytest.skip(f"shared dataset {path} is absent (MovieLens is read from ../shared/data, never committed)")
+    return path
+
+
+def deep_update(base: dict, overrides: dict) -> dict:
+    for k, v in overrides.items():
+        if isinstance(v, dict) and isinstance(base.get(k), dict):
+            deep_update(base[k], v)
+        else:
+            base[k] = v
+    return base
+
+
+def make_workspace(dest: Path, params_overrides: dict | None = None) -> Path:
+    """A temporary clone of the working tree (tracked and new files, not ignored ones) as a fresh git repo.
+
+    Copying rather than `git clone` lets the tests see uncommitted work; a committed dvc.lock is
+    dropped so no test depends on one.
+    """
+    import shutil
+    import subprocess
+
+    import yaml
+
+    files = subprocess.run(["git", "ls-files", "-co", "--exclude-standard", "-z"], cwd=REPO, check=True,
+                           capture_output=True, text=True).stdout.split("\0")
+    for rel in filter(None, files):
+        src = REPO / rel
+        if not src.is_file() or rel == "dvc.lock" or rel.startswith("reports/"):
+            continue
+        (dest / rel).parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy2(src, dest / rel)
+    if params_overrides:
+        params = yaml.safe_load((dest / "params.yaml").read_text())
+        (dest / "params.yaml").write_text(yaml.safe_dump(deep_update(params, params_overrides), sort_keys=False))
+    git = ["git", "-c", "user.name=test", "-c", "user.email=test@example.com"]
+    subprocess.run(["git", "init", "-q"], cwd=dest, check=True)
+    subprocess.run(git + ["add", "-A"], cwd=dest, check=True)
+    subprocess.run(git + ["commit", "-qm", "workspace"], cwd=dest, check=True)
+    return dest
+
+
+def venv_env() -> dict:
+    """Environment for subprocesses: the project's interpreter first on PATH (dvc.yaml calls `python`)."""
+    import sys
+
+    env = dict(os.environ)
+    env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}"
+    return env

@@ -1,0 +1,58 @@
+"""`dvc repro` with DVC's own CLI in a temporary clone, on the synthetic default."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+from tests.conftest import make_workspace, venv_env
+
+DVC = [sys.executable, "-m", "dvc"]
+
+# The default data, smaller so the whole pipeline stays quick in CI.
+SMALL = {"data": {"synthetic": {"num_users": 300, "num_items": 200, "num_topics": 12}}}
+
+
+@pytest.mark.slow
+def test_dvc_repro_fresh_clone_then_noop(tmp_path):
+    ws = make_workspace(tmp_path / "ws", SMALL)
+    env = venv_env()
+    first = subprocess.run(DVC + ["repro"], cwd=ws, env=env, capture_output=True, text=True, timeout=1200)
+    assert first.returncode == 0, first.stdout + first.stderr
+    for stage in ("ingest", "validate", "prepare"):
+        assert f"Running stage '{stage}'" in first.stdout
+
+    summary = json.loads((ws / "reports" / "data_summary.json").read_text())
+    assert summary["users"] == 300 and summary["items"] <= 200 and summary["interactions"] > 300 * 5
+    assert len(pd.read_parquet(ws / "data" / "prepared" / "candidates.parquet")) == 2 * 300
+    assert (ws / "reports" / "data_docs" / "index.html").is_file()
+    assert (ws / "dvc.lock").is_file()
+
+    second = subprocess.run(DVC + ["repro"], cwd=ws, env=env, capture_output=True, text=True, timeout=600)
+    assert second.returncode == 0, second.stderr
+    assert "Running stage" not in second.stdout
+    status = subprocess.run(DVC + ["status"], cwd=ws, env=env, capture_output=True, text=True, timeout=120)
+    assert "up to date" in status.stdout, status.stdout
+
+    # Data outputs are git-ignored: the clone stays clean apart from DVC's lock and metrics files.
+    dirty = subprocess.run(["git", "status", "--porcelain"], cwd=ws, capture_output=True, text=True).stdout
+    assert not [line for line in dirty.splitlines() if "data/" in line and "reports/" not in line], dirty
+
+
+@pytest.mark.slow
+def test_dvc_repro_reruns_only_what_a_param_change_touches(tmp_path):
+    ws = make_workspace(tmp_path / "ws", SMALL)
+    env = venv_env()
+    subprocess.run(DVC + ["repro", "prepare"], cwd=ws, env=env, check=True, capture_output=True, timeout=600)
+    params = (ws / "params.yaml").read_text().replace("num_negatives: 99", "num_negatives: 50")
+    Path(ws / "params.yaml").write_text(params)
+    out = subprocess.run(DVC + ["repro", "prepare"], cwd=ws, env=env, capture_output=True, text=True, timeout=600)
+    assert out.returncode == 0, out.stderr
+    assert "Running stage 'prepare'" in out.stdout and "Running stage 'ingest'" not in out.stdout
+    cand = pd.read_parquet(ws / "data" / "prepared" / "candidates.parquet")
+    assert cand["negatives"].map(len).eq(50).all()
