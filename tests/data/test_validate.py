@@ -102,3 +102,14 @@ def test_schema_level_failure_names_the_file():
     items = pd.DataFrame({"item_id": ["A"], "title": ["Alpha"], "description": "", "_source": "t", "_row": [1]})
     with pytest.raises(DataError, match=r"data/interactions.parquet: schema check failed: .*\(timestamp\)"):
         validate(inter, items, {})
+
+
+def test_whitespace_only_ids_count_as_empty():
+    from components.data.schema import canonical_interactions
+
+    raw = pd.DataFrame({"user_id": ["u", "   "], "item_id": ["A", "A"], "timestamp": ["1600000000", "1600000001"]})
+    inter = canonical_interactions(raw, "t")
+    items = pd.DataFrame({"item_id": ["A"], "title": ["Alpha"], "description": "", "_source": "t", "_row": [1]})
+    out = validate(inter, items, {"max_bad_fraction": 1.0})
+    assert out.quarantine_interactions["reason"].tolist() == ["user_id is empty"]
+    assert out.interactions["user_id"].tolist() == ["u"]
