@@ -1,0 +1,167 @@
+"""Quality benchmark: the real pipeline stages on a dataset, in a scratch workspace, timed.
+
+    python -m benchmarks.quality --models popularity,cfsrec --source files --path DIR \\
+        [--column item_id=movie_id] [--max-users N] [--set cfsrec.loss=ce ...] --out results.json
+
+It writes a params.yaml (the repository's, with the data source and any `--set` overrides) into a
+scratch workspace and runs there, as subprocesses, exactly the commands `dvc.yaml` declares for
+the stages the models need (ingest, validate, prepare, the models' training stages, evaluate). The
+paper's protocol comes from the stages themselves: leave-last-out, 1 positive + 99 negatives, at
+most 10,000 evaluated users. The results JSON holds the keys of reports/metrics.json for the
+chosen models, `seconds` per stage, `epochs`, `seconds_per_epoch`, `peak_rss_mb` (the largest
+resident set of any stage), and the data and params it ran with. Not part of CI.
+
+A model is one entry in `MODEL_STAGES` (the training stages it needs, in dvc.yaml order).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import shlex
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+REPO = Path(__file__).resolve().parents[1]
+DATA_STAGES = ["ingest", "validate", "prepare"]
+#: the training stages each model needs; `evaluate` always runs last
+MODEL_STAGES: dict[str, list[str]] = {
+    "popularity": [],
+    "cfsrec": ["pretrain_cfsrec"],
+}
+
+
+def deep_set(tree: dict, dotted: str, value: Any) -> None:
+    *parents, leaf = dotted.split(".")
+    for key in parents:
+        tree = tree.setdefault(key, {})
+    tree[leaf] = value
+
+
+def build_params(base: dict[str, Any], args: argparse.Namespace, models: list[str]) -> dict[str, Any]:
+    params = json.loads(json.dumps(base))  # a deep copy of plain YAML data
+    data = params.setdefault("data", {})
+    data["source"] = args.source
+    if args.path:
+        data["path"] = str(Path(args.path).expanduser().resolve())
+    if args.column:
+        data["columns"] = dict(spec.split("=", 1) for spec in args.column)
+    if args.timestamp_unit:
+        data["timestamp_unit"] = args.timestamp_unit
+    data["max_users"] = args.max_users
+    ev = params.setdefault("evaluate", {})
+    ev["models"] = models
+    ev["shuffle"] = [m for m in ev.get("shuffle") or [] if m in models]
+    for spec in args.set:
+        key, sep, raw = spec.partition("=")
+        if not sep:
+            raise SystemExit(f"--set {spec}: expected KEY=VALUE, e.g. --set cfsrec.loss=ce")
+        deep_set(params, key, yaml.safe_load(raw))  # YAML scalars: 0.2, null, [a, b]; never evaluated as code
+    return params
+
+
+def stage_plan(dvc: dict[str, Any], models: list[str]) -> list[str]:
+    wanted = set(DATA_STAGES) | {"evaluate"}
+    for m in models:
+        if m not in MODEL_STAGES:
+            raise SystemExit(f"unknown model '{m}': choose from {sorted(MODEL_STAGES)}")
+        wanted |= set(MODEL_STAGES[m])
+    return [name for name in dvc["stages"] if name in wanted]  # dvc.yaml order is dependency order
+
+
+def run_stage(name: str, cmd: str, workspace: Path, log) -> dict[str, float]:
+    argv = shlex.split(cmd)
+    if argv[0] == "python":
+        argv[0] = sys.executable
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")])),
+           "DVC_NO_ANALYTICS": "1", "GX_ANALYTICS_ENABLED": "False"}
+    log(f"\n== {name}: {cmd}")
+    t0 = time.time()
+    proc = subprocess.Popen(argv, cwd=workspace, env=env)
+    _, status, usage = os.wait4(proc.pid, 0)  # the stage's own peak RSS, not the benchmark's
+    proc.returncode = os.waitstatus_to_exitcode(status)
+    seconds = time.time() - t0
+    if proc.returncode != 0:
+        raise SystemExit(f"stage {name} failed with exit code {proc.returncode} (workspace {workspace})")
+    rss_mb = usage.ru_maxrss / 1024 if sys.platform != "darwin" else usage.ru_maxrss / 2**20
+    return {"seconds": round(seconds, 2), "peak_rss_mb": round(rss_mb, 1)}
+
+
+def stage_metrics_file(stage: dict[str, Any]) -> str | None:
+    for entry in stage.get("metrics", []):
+        return next(iter(entry)) if isinstance(entry, dict) else entry
+    return None
+
+
+def run(args: argparse.Namespace, log=print) -> dict[str, Any]:
+    models = [m.strip() for m in args.models.split(",") if m.strip()]
+    dvc = yaml.safe_load((REPO / "dvc.yaml").read_text())
+    plan = stage_plan(dvc, models)
+    params = build_params(yaml.safe_load((REPO / "params.yaml").read_text()), args, models)
+    workspace = Path(args.workdir) if args.workdir else Path(tempfile.mkdtemp(prefix="quality-"))
+    workspace.mkdir(parents=True, exist_ok=True)
+    (workspace / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    log(f"workspace {workspace}; stages {' -> '.join(plan)}")
+
+    stages = {name: run_stage(name, dvc["stages"][name]["cmd"], workspace, log) for name in plan}
+    metrics = json.loads((workspace / "reports" / "metrics.json").read_text())
+    result: dict[str, Any] = {k: v for k, v in metrics.items() if k in models or k.removesuffix("_shuffled") in models}
+    training = {}
+    for m in models:
+        if MODEL_STAGES[m]:
+            path = stage_metrics_file(dvc["stages"][MODEL_STAGES[m][-1]])
+            training[m] = json.loads((workspace / path).read_text()) if path else {}
+    main_model = next((m for m in reversed(models) if m in training), None)
+    result |= {
+        "seconds": {name: s["seconds"] for name, s in stages.items()},
+        "epochs": training[main_model]["epochs"] if main_model else 0,
+        "seconds_per_epoch": training[main_model]["seconds_per_epoch"] if main_model else 0.0,
+        "peak_rss_mb": max(s["peak_rss_mb"] for s in stages.values()),
+        "peak_rss_mb_per_stage": {name: s["peak_rss_mb"] for name, s in stages.items()},
+        "training": training,
+        "data": json.loads((workspace / "reports" / "data_summary.json").read_text()),
+        "params": {k: params[k] for k in ("seed", "data", "eval", *(p for p in ("cfsrec", "evaluate") if p in params))},
+        "command": " ".join(shlex.quote(a) for a in sys.argv),
+        "machine": {"platform": platform.platform(), "cpus": os.cpu_count(), "python": platform.python_version()},
+        "finished_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+    }
+    return result
+
+
+def main(argv: list[str] | None = None) -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--models", default="popularity,cfsrec", help=f"comma-separated, from {sorted(MODEL_STAGES)}")
+    ap.add_argument("--source", default="files", help="data.source: files | movielens | amazon2023 | synthetic")
+    ap.add_argument("--path", help="data.path")
+    ap.add_argument("--column", action="append", default=[], metavar="CANONICAL=YOURS",
+                    help="data.columns entry, e.g. item_id=movie_id (repeatable)")
+    ap.add_argument("--timestamp-unit", choices=["s", "ms"])
+    ap.add_argument("--max-users", type=int, help="seeded user subsample (data.max_users)")
+    ap.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                    help="any params.yaml override, e.g. cfsrec.loss=ce (repeatable)")
+    ap.add_argument("--workdir", help="scratch workspace (default: a new temporary directory, kept)")
+    ap.add_argument("--out", type=Path, required=True, help="results JSON")
+    args = ap.parse_args(argv)
+
+    result = run(args)
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps(result, indent=2) + "\n")
+    print(f"\n{'model':<22}{'NDCG@10':>9}{'HR@10':>8}{'NDCG@20':>9}{'HR@20':>8}{'users':>8}")
+    for key, m in result.items():
+        if isinstance(m, dict) and "ndcg@10" in m:
+            print(f"{key:<22}{m['ndcg@10']:>9.4f}{m['hr@10']:>8.4f}{m['ndcg@20']:>9.4f}{m['hr@20']:>8.4f}"
+                  f"{m['n_users']:>8,}")
+    print(f"stages: {result['seconds']}; epochs {result['epochs']} at {result['seconds_per_epoch']:.2f}s; "
+          f"peak RSS {result['peak_rss_mb']:.0f} MB -> {args.out}")
+
+
+if __name__ == "__main__":
+    main()

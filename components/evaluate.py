@@ -1,0 +1,127 @@
+"""Stage `evaluate`: score every model on the test users' fixed 1+99 candidates and the full catalogue.
+
+Reads params `evaluate` and `seed`. Writes `--metrics` (reports/metrics.json, the contract read
+by benchmarks, gates and later stages): one object per model with `ndcg@10`, `hr@10`, `ndcg@20`,
+`hr@20`, `n_users` on the candidate protocol, plus a `full_catalogue` object (the user's history
+excluded). For each model listed in `evaluate.shuffle`, `<name>_shuffled` holds the same metrics
+with each history's order permuted (seeded), and its `shuffle_drop` the relative drop.
+
+Adding a model is one registry entry: a checkpoint (`--checkpoint NAME=DIR`, any model that
+`components.models.load_checkpoint` knows) or a builder in `BUILDERS`, and its name in
+`evaluate.models`. The evaluator never asks which model it holds.
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+import torch
+
+from components.errors import ConfigError, stage_main
+from components.evaluation.metrics import per_user_metrics, relative_drop, summarize
+from components.evaluation.runner import rank_split
+from components.io import write_json, write_parquet
+from components.models import Popularity, Recommender, load_checkpoint
+from components.params import load_params, section
+from components.sequences import Prepared
+
+#: models built from the prepared data at evaluation time (no training stage of their own)
+BUILDERS: dict[str, Callable[[Prepared], Recommender]] = {
+    "popularity": lambda data: Popularity.fit(data.train_items(), data.item_ids, data.item_mapping_hash),
+}
+
+
+def parse_checkpoints(specs: list[str]) -> dict[str, Path]:
+    out = {}
+    for spec in specs:
+        name, sep, path = spec.partition("=")
+        if not sep or not name or not path:
+            raise ConfigError(f"--checkpoint {spec}", "expected NAME=DIR", "e.g. --checkpoint cfsrec=models/cfsrec")
+        out[name] = Path(path)
+    return out
+
+
+def get_model(name: str, data: Prepared, checkpoints: dict[str, Path]) -> Recommender:
+    if name in checkpoints:
+        model = load_checkpoint(checkpoints[name])
+        model.check_data(data.num_items, data.item_mapping_hash, data.source,
+                         f"the checkpoint {checkpoints[name]} belongs to other data: retrain it on this data "
+                         f"(`dvc repro`), or point --checkpoint {name}= at a checkpoint trained on it")
+        return model
+    if name in BUILDERS:
+        return BUILDERS[name](data)
+    raise ConfigError("params.yaml", f"evaluate.models names '{name}', which has no checkpoint and no builder",
+                      f"pass --checkpoint {name}=DIR in dvc.yaml, or use one of {sorted(set(BUILDERS) | set(checkpoints))}")
+
+
+def evaluate(data: Prepared, models: dict[str, Recommender], shuffle: list[str], *, seed: int,
+             full_catalogue: bool = True, batch_size: int = 512, log=print) -> tuple[dict[str, Any], pd.DataFrame]:
+    metrics: dict[str, Any] = {}
+    per_user = []
+    for name, model in models.items():
+        runs = [(name, None)] + ([(f"{name}_shuffled", seed)] if name in shuffle else [])
+        for key, shuffle_seed in runs:
+            t0 = time.time()
+            ranks = rank_split(model, data, "test", batch_size=batch_size, full_catalogue=full_catalogue,
+                               shuffle_seed=shuffle_seed)
+            m: dict[str, Any] = summarize(ranks["rank"].to_numpy())
+            if full_catalogue:
+                m["full_catalogue"] = summarize(ranks["full_rank"].to_numpy())
+            if shuffle_seed is not None:
+                m["shuffle_drop"] = relative_drop(metrics[name], m)
+            metrics[key] = m
+            frame = ranks.assign(model=key, **per_user_metrics(ranks["rank"].to_numpy()))
+            if full_catalogue:
+                frame = frame.assign(**per_user_metrics(ranks["full_rank"].to_numpy(), prefix="full_"))
+            per_user.append(frame)
+            log(f"evaluate {key}: NDCG@10 {m['ndcg@10']:.4f}, HR@10 {m['hr@10']:.4f} over {m['n_users']:,} users"
+                f"{' (drop ' + format(m['shuffle_drop']['ndcg@10'] or 0, '.1%') + ')' if 'shuffle_drop' in m else ''}"
+                f" in {time.time() - t0:.1f}s")
+    table = pd.concat(per_user, ignore_index=True)
+    first = ["model", "user_idx"]
+    return metrics, table[first + [c for c in table.columns if c not in first]]
+
+
+@stage_main("evaluate")
+def main(argv: list[str] | None = None) -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--params", default="params.yaml")
+    ap.add_argument("--prepared", type=Path, required=True)
+    ap.add_argument("--checkpoint", action="append", default=[], metavar="NAME=DIR",
+                    help="a trained model's checkpoint directory (repeatable)")
+    ap.add_argument("--metrics", type=Path, required=True, help="reports/metrics.json")
+    ap.add_argument("--per-user", type=Path, required=True, help="per-user ranks and metrics (Parquet)")
+    args = ap.parse_args(argv)
+    params = load_params(args.params)
+    cfg = section(params, "evaluate", args.params)
+    seed = cfg.get("shuffle_seed")
+    seed = int(seed if seed is not None else params.get("seed", 0))
+    names = list(cfg.get("models") or [])
+    shuffle = list(cfg.get("shuffle") or [])
+    if not names:
+        raise ConfigError(args.params, "evaluate.models is empty", "list the models to evaluate, e.g. [popularity, cfsrec]")
+    if unknown := sorted(set(shuffle) - set(names)):
+        raise ConfigError(args.params, f"evaluate.shuffle names {unknown}, which are not in evaluate.models",
+                          "add them to evaluate.models or remove them from evaluate.shuffle")
+    if cfg.get("threads"):
+        torch.set_num_threads(int(cfg["threads"]))
+
+    t0 = time.time()
+    data = Prepared.load(args.prepared)
+    checkpoints = parse_checkpoints(args.checkpoint)
+    models = {name: get_model(name, data, checkpoints) for name in names}
+    metrics, table = evaluate(data, models, shuffle, seed=seed, full_catalogue=bool(cfg.get("full_catalogue", True)),
+                              batch_size=int(cfg.get("batch_size", 512)))
+    write_parquet(table, args.per_user)
+    write_json(args.metrics, metrics)
+    print(f"evaluate: {len(models)} models on {len(data.candidates['test'].user_idx):,} test users "
+          f"in {time.time() - t0:.1f}s -> {args.metrics}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,204 @@
+"""The one recommender interface: every model (popularity, SASRec, later LLM-SRec) implements it.
+
+The trainer, the evaluator and the service hold a `Recommender` and call only what is defined
+here; none of them asks which model it is. A model reads a user's history as `Histories`:
+
+- `items` [B, L] int64 item idx, **right-aligned**: the last column is the most recent item and
+  shorter histories are left-padded with 0. A model that reads fewer items than L (SASRec's
+  `max_len`, LLM-SRec's last 10) keeps the last columns, so callers may pass any L.
+- `timestamps` [B, L] int64 Unix seconds aligned with `items` (0 at padding), for models that put
+  dates in a prompt. Titles are not carried: a model that needs them owns its item table.
+- `users` [B] int64 user idx.
+
+A checkpoint is a directory: `model.safetensors` (weights/buffers), `config.json` (which model, its
+config, the item count and the item-mapping hash of the data it was trained on) and `item_ids.json`
+(the item_id of each idx 1..N, so a warm start can match items by id across two mappings).
+"""
+
+from __future__ import annotations
+
+import json
+from abc import ABC, abstractmethod
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, ClassVar
+
+import torch
+from safetensors.torch import load_file, save_file
+from torch import Tensor, nn
+
+from components.errors import DataError
+from components.io import write_json
+
+FORMAT_VERSION = 1
+WEIGHTS, CONFIG, ITEM_IDS = "model.safetensors", "config.json", "item_ids.json"
+
+_REGISTRY: dict[str, type[Recommender]] = {}
+
+
+@dataclass
+class Histories:
+    items: Tensor  # [B, L] item idx, right-aligned, 0 = padding
+    timestamps: Tensor  # [B, L] Unix seconds, 0 = padding
+    users: Tensor  # [B] user idx
+
+    def __len__(self) -> int:
+        return self.items.shape[0]
+
+    def last(self, n: int | None) -> Histories:
+        """The `n` most recent columns (all when n is None or L <= n)."""
+        if n is None or self.items.shape[1] <= n:
+            return self
+        return Histories(self.items[:, -n:], self.timestamps[:, -n:], self.users)
+
+
+@dataclass
+class Batch:
+    """One training batch: for every history position, the item that came next and sampled negatives."""
+
+    histories: Histories
+    targets: Tensor  # [B, L] item that followed each position, 0 = no target (padding)
+    negatives: Tensor  # [B, L, K] items the user never interacted with in training (K = model.num_negatives)
+
+
+def register(name: str):
+    """Class decorator: makes `load_checkpoint` able to rebuild the model from its config.json alone."""
+
+    def deco(cls: type[Recommender]) -> type[Recommender]:
+        cls.name = name
+        _REGISTRY[name] = cls
+        return cls
+
+    return deco
+
+
+class Recommender(nn.Module, ABC):
+    """Scores items for users. Item idx 0 is padding and never recommended."""
+
+    name: ClassVar[str] = "recommender"
+    #: negatives per position the trainer must sample into `Batch.negatives` (0: none)
+    num_negatives: int = 0
+    #: how many most recent history items the model reads (None: all); the shuffle diagnostic
+    #: permutes exactly this window so it changes the order the model sees, never the item set
+    max_history: int | None = None
+
+    def __init__(self, item_ids: list[str], item_mapping_hash: str):
+        super().__init__()
+        self.item_ids = list(item_ids)
+        self.item_mapping_hash = item_mapping_hash
+
+    @property
+    def num_items(self) -> int:
+        return len(self.item_ids)
+
+    # -- the interface -----------------------------------------------------------------------
+    @abstractmethod
+    def loss(self, batch: Batch) -> Tensor:
+        """Scalar training loss for a batch."""
+
+    @abstractmethod
+    def score_all(self, histories: Histories) -> Tensor:
+        """[B, N+1] scores over the whole catalogue; column 0 (padding) is -inf."""
+
+    def score_candidates(self, histories: Histories, candidates: Tensor) -> Tensor:
+        """[B, C] scores of the given item idx [B, C]. Models with a cheaper path override this."""
+        return self.score_all(histories).gather(1, candidates)  # [B, C]
+
+    @abstractmethod
+    def config_dict(self) -> dict[str, Any]:
+        """JSON-able config that `from_config` turns back into an identical (untrained) model."""
+
+    @classmethod
+    @abstractmethod
+    def from_config(cls, config: dict[str, Any], item_ids: list[str], item_mapping_hash: str) -> Recommender:
+        ...
+
+    # -- checkpoints ---------------------------------------------------------------------------
+    def save(self, directory: Path) -> Path:
+        directory = Path(directory)
+        directory.mkdir(parents=True, exist_ok=True)
+        state = {k: v.detach().contiguous().cpu() for k, v in self.state_dict().items()}
+        save_file(state, str(directory / WEIGHTS))
+        write_json(directory / ITEM_IDS, self.item_ids)
+        write_json(directory / CONFIG, {
+            "format_version": FORMAT_VERSION, "model": self.name, "config": self.config_dict(),
+            "num_items": self.num_items, "item_mapping_hash": self.item_mapping_hash,
+        })
+        return directory
+
+    @classmethod
+    def load(cls, directory: Path) -> Recommender:
+        meta, item_ids = read_checkpoint_meta(directory)
+        if meta["model"] != cls.name:
+            raise DataError(directory, f"holds a '{meta['model']}' checkpoint, not '{cls.name}'",
+                            f"point at a {cls.name} checkpoint, or load it with components.models.load_checkpoint")
+        model = cls.from_config(meta["config"], item_ids, meta["item_mapping_hash"])
+        weights = load_file(str(Path(directory) / WEIGHTS))
+        missing, unexpected = set(model.state_dict()) - set(weights), set(weights) - set(model.state_dict())
+        if missing or unexpected:
+            raise DataError(directory / WEIGHTS, f"weights do not match the config (missing {sorted(missing)[:3]}, "
+                                                 f"unexpected {sorted(unexpected)[:3]})",
+                            "the checkpoint is damaged or from another version: retrain it")
+        model.load_state_dict(weights)
+        model.eval()
+        return model
+
+    def check_data(self, num_items: int, item_mapping_hash: str, data: str | Path, fix: str) -> None:
+        """Refuse data whose item index differs from the one the model was trained on.
+
+        A different mapping would not fail loudly (idx are just numbers); scores would silently
+        belong to other items. So the count and the mapping hash must both match.
+        """
+        if num_items != self.num_items or item_mapping_hash != self.item_mapping_hash:
+            raise DataError(data, f"the {self.name} model was trained on {self.num_items} items (mapping "
+                                  f"{self.item_mapping_hash}) but this data has {num_items} items (mapping "
+                                  f"{item_mapping_hash})", fix)
+
+
+def read_checkpoint_meta(directory: Path) -> tuple[dict[str, Any], list[str]]:
+    directory = Path(directory)
+    for name in (CONFIG, ITEM_IDS, WEIGHTS):
+        if not (directory / name).is_file():
+            raise DataError(directory / name, "checkpoint file not found",
+                            "point at a directory written by a training stage (model.safetensors, config.json, "
+                            "item_ids.json)")
+    meta = json.loads((directory / CONFIG).read_text())
+    item_ids = json.loads((directory / ITEM_IDS).read_text())
+    if meta.get("format_version") != FORMAT_VERSION or "model" not in meta:
+        raise DataError(directory / CONFIG, f"unknown checkpoint format {meta.get('format_version')!r}",
+                        "retrain the model with this version of the pipeline")
+    if len(item_ids) != meta["num_items"]:
+        raise DataError(directory / ITEM_IDS, f"{len(item_ids)} item ids for {meta['num_items']} items",
+                        "the checkpoint is damaged: retrain it")
+    return meta, item_ids
+
+
+def load_checkpoint(directory: Path) -> Recommender:
+    """Rebuild whichever model a checkpoint holds, from the checkpoint alone."""
+    import components.models  # noqa: F401  (registers the built-in models)
+
+    meta, _ = read_checkpoint_meta(directory)
+    cls = _REGISTRY.get(meta["model"])
+    if cls is None:
+        raise DataError(Path(directory) / CONFIG, f"unknown model '{meta['model']}'",
+                        f"use one of {sorted(_REGISTRY)} or install the package that defines it")
+    return cls.load(directory)
+
+
+def neg_inf_padding(scores: Tensor) -> Tensor:
+    """Column 0 is the padding idx: never a recommendation."""
+    scores[:, 0] = -torch.inf  # [B, N+1]
+    return scores
+
+
+def match_items(old_ids: list[str], new_ids: list[str]) -> tuple[Tensor, Tensor]:
+    """Item idx (1-based) in the new and the old mapping of every item_id present in both.
+
+    Two index mappings of different data disagree on idx but agree on item_id: a warm start copies
+    row old[i] of an embedding table to row new[i].
+    """
+    import pandas as pd
+
+    pos = pd.Index(old_ids).get_indexer(pd.Index(new_ids))  # [N_new], -1 where the item is new
+    new = torch.from_numpy((pos >= 0).nonzero()[0] + 1)
+    return new, torch.from_numpy(pos[pos >= 0] + 1)

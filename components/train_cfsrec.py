@@ -1,0 +1,171 @@
+"""Stage `pretrain_cfsrec`: train SASRec (the paper's CF-SRec) on the prepared training sequences.
+
+Reads params `cfsrec` and `seed`. Writes the best checkpoint by validation NDCG@10 (safetensors
+weights, config.json, item_ids.json), the training curve (JSON for `dvc plots`, and a PNG) and a
+training summary (a DVC metric).
+
+Resume: after every epoch the run's state goes to `--state-dir/<hash of config + data>`, which is
+outside the stage's declared outputs because DVC deletes those before it re-runs a stage. A run
+killed and restarted with the same config and data continues after its last completed epoch; the
+state is removed once the run finishes.
+
+Warm start: `cfsrec.warm_start_from: <checkpoint dir>` starts from a previous SASRec checkpoint.
+Items are matched by item_id through the two index mappings: known items keep their embeddings,
+new items start fresh. An incompatible checkpoint (other architecture, no shared items) fails with
+the fix, or trains from scratch when `cfsrec.warm_start_mismatch: fresh`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors.torch import load_file
+
+from components.errors import ConfigError, stage_main
+from components.io import fresh_dir, write_json
+from components.models.base import WEIGHTS, match_items, read_checkpoint_meta
+from components.models.sasrec import SASRec, SASRecConfig
+from components.params import load_params, section
+from components.sequences import Prepared
+from components.training import FitResult, TrainOptions, fit, run_key
+
+ARCHITECTURE = ("hidden", "num_blocks", "num_heads", "max_len")  # what must agree for weights to fit
+
+
+def warm_start(model: SASRec, directory: Path, mismatch: str = "error") -> dict[str, Any]:
+    """Copy a previous checkpoint's weights into `model`, item embeddings matched by item_id."""
+    directory = Path(directory)
+    meta, old_ids = read_checkpoint_meta(directory)
+
+    def refuse(problem: str) -> dict[str, Any]:
+        if mismatch == "fresh":
+            return {"from": str(directory), "skipped": problem}
+        raise ConfigError(f"cfsrec.warm_start_from={directory}", problem,
+                          "point it at a compatible SASRec checkpoint, set it to null, or set "
+                          "cfsrec.warm_start_mismatch: fresh to train from scratch instead")
+
+    if meta["model"] != SASRec.name:
+        return refuse(f"holds a '{meta['model']}' checkpoint, not sasrec")
+    differs = {k: (meta["config"].get(k), getattr(model.config, k)) for k in ARCHITECTURE
+               if meta["config"].get(k) != getattr(model.config, k)}
+    if differs:
+        return refuse("architecture differs from cfsrec (checkpoint vs params: "
+                      + ", ".join(f"{k} {a} vs {b}" for k, (a, b) in differs.items()) + ")")
+    new_idx, old_idx = match_items(old_ids, model.item_ids)
+    if len(new_idx) == 0:
+        return refuse(f"shares no item_id with this data ({len(old_ids)} old items, {model.num_items} new)")
+    weights = load_file(str(directory / WEIGHTS))
+    old_emb = weights.pop("item_emb.weight")  # [N_old+1, H]
+    missing, unexpected = model.load_state_dict(weights, strict=False)
+    if unexpected or set(missing) != {"item_emb.weight"}:
+        return refuse(f"weights do not fit the model (missing {missing[:3]}, unexpected {unexpected[:3]})")
+    with torch.no_grad():
+        model.item_emb.weight[new_idx] = old_emb[old_idx]  # [M, H]: known items keep their embedding
+    return {"from": str(directory), "matched_items": int(len(new_idx)),
+            "new_items": model.num_items - int(len(new_idx)), "dropped_items": len(old_ids) - int(len(new_idx))}
+
+
+def file_digest(path: Path) -> str:
+    return hashlib.sha256(Path(path).read_bytes()).hexdigest()[:16]
+
+
+def plot_curve(curve: list[dict[str, Any]], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")  # no display on a pipeline worker
+    import matplotlib.pyplot as plt
+
+    epochs = [r["epoch"] for r in curve]
+    fig, ax = plt.subplots(figsize=(7, 4))
+    ax.plot(epochs, [r["loss"] for r in curve], color="tab:blue", label="training loss")
+    ax.set_xlabel("epoch")
+    ax.set_ylabel("training loss", color="tab:blue")
+    evaluated = [r for r in curve if r["valid_ndcg@10"] is not None]
+    ax2 = ax.twinx()
+    ax2.plot([r["epoch"] for r in evaluated], [r["valid_ndcg@10"] for r in evaluated], "o-", color="tab:orange",
+             markersize=3, label="valid NDCG@10")
+    ax2.set_ylabel("valid NDCG@10", color="tab:orange")
+    ax.set_title("SASRec (CF-SRec) pretraining")
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+
+
+def train(params: dict[str, Any], prepared: Path, state_dir: Path | None, log=print) -> tuple[SASRec, FitResult,
+                                                                                               dict[str, Any]]:
+    cfg = section(params, "cfsrec")
+    seed = int(cfg.get("seed") if cfg.get("seed") is not None else params.get("seed", 0))
+    model_cfg = SASRecConfig.from_params(cfg)
+    opts = TrainOptions(epochs=int(cfg.get("epochs", 200)), eval_every=int(cfg.get("eval_every", 1)),
+                        patience=int(cfg.get("patience", 5)), lr=float(cfg.get("lr", 1e-3)),
+                        batch_size=int(cfg.get("batch_size", 128)), seed=seed,
+                        eval_batch_size=int(cfg.get("eval_batch_size", 512)))
+    mismatch = cfg.get("warm_start_mismatch", "error")
+    if mismatch not in ("error", "fresh"):
+        raise ConfigError("params.yaml", f"cfsrec.warm_start_mismatch={mismatch!r} is unknown", "use error or fresh")
+    if cfg.get("threads"):
+        torch.set_num_threads(int(cfg["threads"]))
+    threads = torch.get_num_threads()
+    data = Prepared.load(prepared)
+
+    torch.manual_seed(seed)  # initial weights
+    model = SASRec(model_cfg, data.item_ids, data.item_mapping_hash)
+    warm: dict[str, Any] = {}
+    if cfg.get("warm_start_from"):
+        warm = warm_start(model, Path(cfg["warm_start_from"]), mismatch)
+        log(f"warm start: {warm}")
+    key = run_key(model.config_dict(), {k: v for k, v in vars(opts).items()}, data.fingerprint(),
+                  file_digest(Path(warm["from"]) / WEIGHTS) if warm and "skipped" not in warm else None)
+    log(f"pretrain_cfsrec: {len(data.user_idx):,} users, {data.num_items:,} items, loss {model_cfg.loss}, "
+        f"{threads} threads, run {key}")
+    result = fit(model, data, opts, state_root=state_dir, key=key, log=log)
+    model.load_state_dict(result.best_state)
+    summary = {
+        "loss": model_cfg.loss, "epochs": result.progress.epoch, "best_epoch": result.progress.best_epoch,
+        "best_valid_ndcg@10": result.progress.best_ndcg, "initial_valid_ndcg@10": result.progress.initial_ndcg,
+        "seconds_per_epoch": round(result.seconds_per_epoch, 3), "stopped": result.progress.stopped,
+        "resumed_after_epoch": result.resumed_from, "warm_start": warm or None, "run": key, "threads": threads,
+        "parameters": sum(p.numel() for p in model.parameters()),
+    }
+    return model, result, summary
+
+
+@stage_main("pretrain_cfsrec")
+def main(argv: list[str] | None = None) -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--params", default="params.yaml")
+    ap.add_argument("--prepared", type=Path, required=True, help="the prepare stage's output directory")
+    ap.add_argument("--out", type=Path, required=True, help="checkpoint directory (best weights)")
+    ap.add_argument("--curve", type=Path, required=True, help="training curve, JSON (a DVC plot)")
+    ap.add_argument("--plot", type=Path, help="training curve, PNG")
+    ap.add_argument("--summary", type=Path, required=True, help="training summary JSON (a DVC metric)")
+    ap.add_argument("--state-dir", type=Path, help="resume state root; must not be a declared output")
+    args = ap.parse_args(argv)
+
+    t0 = time.time()
+    model, result, summary = train(load_params(args.params), args.prepared, args.state_dir)
+    out = fresh_dir(args.out)
+    model.save(out)
+    write_json(out / "training.json", summary)
+    write_json(args.curve, result.progress.curve)
+    if args.plot:
+        plot_curve(result.progress.curve, args.plot)
+    summary["seconds"] = round(time.time() - t0, 2)
+    write_json(args.summary, summary)
+    if args.state_dir:
+        from components.training import ResumeState
+
+        ResumeState(args.state_dir, summary["run"]).clear()  # finished: nothing left to resume
+    print(f"pretrain_cfsrec: best valid NDCG@10 {summary['best_valid_ndcg@10']:.4f} at epoch {summary['best_epoch']} "
+          f"of {summary['epochs']} ({summary['stopped']}), {summary['seconds_per_epoch']:.2f}s/epoch, "
+          f"{summary['seconds']:.1f}s in all")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,220 @@
+"""Training behaviour: SASRec learns order, resumes after kill -9, warm-starts, stops on NaN."""
+
+from __future__ import annotations
+
+import copy
+import json
+import os
+import shutil
+import signal
+import subprocess
+import time
+
+import numpy as np
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from components import evaluate as evaluate_stage
+from components import train_cfsrec
+from components.errors import ConfigError
+from components.evaluate import BUILDERS, evaluate
+from components.models import SASRec, SASRecConfig, load_checkpoint
+from components.sequences import Prepared
+from components.train_cfsrec import train, warm_start
+from tests.model.conftest import (
+    TINY_CFSREC,
+    make_prepared,
+    run_stage,
+    stage_argv,
+    stage_outs,
+    subprocess_env,
+    write_params,
+)
+
+
+def quiet(_: str) -> None:
+    pass
+
+
+@pytest.fixture(scope="module")
+def trained(prepared_dir):
+    model, result, summary = train({"seed": 3, "cfsrec": TINY_CFSREC}, prepared_dir, None, log=quiet)
+    return model, result, summary
+
+
+def test_sasrec_beats_popularity_and_needs_the_order(trained, prepared):
+    model, result, _ = trained
+    metrics, per_user = evaluate(prepared, {"popularity": BUILDERS["popularity"](prepared), "cfsrec": model},
+                                 ["cfsrec"], seed=5, log=quiet)
+    pop, sas, shuf = metrics["popularity"], metrics["cfsrec"], metrics["cfsrec_shuffled"]
+    assert sas["ndcg@10"] > 2 * pop["ndcg@10"] and sas["ndcg@10"] - pop["ndcg@10"] > 0.2, metrics
+    assert sas["full_catalogue"]["ndcg@10"] > 2 * pop["full_catalogue"]["ndcg@10"]
+    assert shuf["shuffle_drop"]["ndcg@10"] > 0.1, shuf  # the synthetic data is order-dependent
+    assert shuf["ndcg@10"] == pytest.approx(sas["ndcg@10"] * (1 - shuf["shuffle_drop"]["ndcg@10"]), abs=1e-5)
+    losses = [r["loss"] for r in result.progress.curve]
+    assert losses[-1] < 0.9 * losses[0]
+    assert set(per_user["model"]) == {"popularity", "cfsrec", "cfsrec_shuffled"}
+    assert len(per_user) == 3 * sas["n_users"]
+    assert per_user.loc[per_user["model"] == "cfsrec", "ndcg@10"].mean() == pytest.approx(sas["ndcg@10"], abs=1e-6)
+
+
+def test_best_checkpoint_is_kept(trained, prepared):
+    from components.training import validation_ndcg
+
+    model, result, summary = trained
+    curve = result.progress.curve
+    best = max(curve, key=lambda r: r["valid_ndcg@10"])
+    assert summary["best_epoch"] == best["epoch"]
+    assert validation_ndcg(model, prepared, 512) == pytest.approx(best["valid_ndcg@10"], abs=1e-6)
+
+
+def _state_epoch(state_root) -> int:
+    files = list(state_root.glob("*/state.json"))
+    if not files:
+        return 0
+    try:
+        return json.loads(files[0].read_text())["progress"]["epoch"]
+    except (json.JSONDecodeError, OSError):  # caught mid-replace: read again next time
+        return 0
+
+
+def test_kill_9_then_restart_continues_at_the_next_epoch(tmp_path, prepared_dir):
+    """Through dvc.yaml's own command; the restart also loses the declared outs, as under `dvc repro`."""
+    cfg = {"hidden": 16, "max_len": 16, "epochs": 40, "patience": 100, "loss": "bce"}
+    workspaces = []
+    for name in ("killed", "reference"):
+        ws = tmp_path / name
+        shutil.copytree(prepared_dir, ws / "data" / "prepared")
+        write_params(ws / "params.yaml", **cfg)
+        workspaces.append(ws)
+    ws, ref = workspaces
+    state_root = ws / "models" / ".resume" / "pretrain_cfsrec"
+
+    proc = subprocess.Popen(stage_argv("pretrain_cfsrec"), cwd=ws, env=subprocess_env(),
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 120
+    while _state_epoch(state_root) < 3 and proc.poll() is None and time.time() < deadline:
+        time.sleep(0.02)  # polling the state file: the condition itself, not a guess at timing
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+    k = _state_epoch(state_root)
+    assert 3 <= k < 40, f"the run was not interrupted mid-way (epoch {k})"
+    assert not (ws / "models" / "cfsrec" / "config.json").exists()
+
+    for out in stage_outs("pretrain_cfsrec"):  # what DVC does before re-running the stage
+        shutil.rmtree(ws / out, ignore_errors=True)
+    second = run_stage("pretrain_cfsrec", ws)
+    assert second.returncode == 0, second.stderr
+    assert f"resuming after epoch {k} " in second.stdout
+    assert f"epoch {k}: " not in second.stdout and f"epoch {k + 1}: " in second.stdout  # k+1 is the first run
+    curve = json.loads((ws / "reports" / "cfsrec_curve.json").read_text())
+    assert [r["epoch"] for r in curve] == list(range(1, 41))  # the curve before the kill is kept
+    summary = json.loads((ws / "reports" / "cfsrec_train.json").read_text())
+    assert summary["resumed_after_epoch"] == k and summary["epochs"] == 40
+    assert not list(state_root.glob("*/state.json"))  # finished: the resume state is gone
+
+    # The resumed run ends exactly where an uninterrupted run ends.
+    full = run_stage("pretrain_cfsrec", ref)
+    assert full.returncode == 0, full.stderr
+    a = load_file(str(ws / "models" / "cfsrec" / "model.safetensors"))
+    b = load_file(str(ref / "models" / "cfsrec" / "model.safetensors"))
+    assert all(torch.equal(a[key], b[key]) for key in b)
+    ref_curve = json.loads((ref / "reports" / "cfsrec_curve.json").read_text())
+    assert [r["loss"] for r in curve] == [r["loss"] for r in ref_curve]
+
+    # And evaluate, through dvc.yaml's command, writes the metrics contract.
+    ev = run_stage("evaluate", ws)
+    assert ev.returncode == 0, ev.stderr
+    metrics = json.loads((ws / "reports" / "metrics.json").read_text())
+    assert set(metrics) == {"popularity", "cfsrec", "cfsrec_shuffled"}
+    for m in metrics.values():
+        assert {"ndcg@10", "hr@10", "ndcg@20", "hr@20", "n_users"} <= set(m)
+        assert 0 <= m["ndcg@10"] <= m["hr@10"] <= 1 and m["n_users"] == 400
+    assert (ws / "reports" / "per_user.parquet").is_file()
+
+
+def test_nan_loss_stops_naming_epoch_and_step(tmp_path, prepared_dir, capsys):
+    params = write_params(tmp_path / "params.yaml", lr=1e30)
+    argv = ["--params", str(params), "--prepared", str(prepared_dir), "--out", str(tmp_path / "m"),
+            "--curve", str(tmp_path / "c.json"), "--summary", str(tmp_path / "s.json")]
+    with pytest.raises(SystemExit) as exit_info:
+        train_cfsrec.main(argv)
+    assert exit_info.value.code == 1
+    err = capsys.readouterr().err
+    assert "ERROR [pretrain_cfsrec] cfsrec.lr: the training loss became nan at epoch 1, step 2 of 7" in err
+    assert "lower cfsrec.lr" in err
+    assert not (tmp_path / "m").exists()
+
+
+@pytest.fixture(scope="module")
+def grown(tmp_path_factory):
+    """The same world (same seed: same topic order) with 40 more items and new interactions."""
+    return make_prepared(tmp_path_factory.mktemp("grown"), num_items=240, num_users=400, seed=7)
+
+
+def test_warm_start_keeps_known_items_and_starts_new_ones_fresh(trained, tmp_path, grown):
+    old, _, _ = trained
+    old.save(tmp_path / "old")
+    data = Prepared.load(grown)
+    torch.manual_seed(0)
+    fresh = SASRec(SASRecConfig.from_params(TINY_CFSREC), data.item_ids, data.item_mapping_hash)
+    warm = copy.deepcopy(fresh)
+    report = warm_start(warm, tmp_path / "old")
+
+    old_pos = {item: i + 1 for i, item in enumerate(old.item_ids)}
+    known = [(i + 1, old_pos[item]) for i, item in enumerate(data.item_ids) if item in old_pos]
+    new = [i + 1 for i, item in enumerate(data.item_ids) if item not in old_pos]
+    assert report["matched_items"] == len(known) > 150 and report["new_items"] == len(new) > 0
+    new_idx, old_idx = map(list, zip(*known, strict=True))
+    assert torch.equal(warm.item_emb.weight[new_idx], old.item_emb.weight[old_idx])
+    assert torch.equal(warm.item_emb.weight[new], fresh.item_emb.weight[new])
+    assert torch.equal(warm.blocks[0].attn.q.weight, old.blocks[0].attn.q.weight)
+    assert not torch.equal(warm.item_emb.weight[new_idx], fresh.item_emb.weight[new_idx])
+
+
+def test_warm_start_through_training_starts_ahead(trained, tmp_path, grown):
+    old, _, _ = trained
+    old.save(tmp_path / "old")
+    base = {**TINY_CFSREC, "epochs": 1}
+    _, _, cold = train({"seed": 3, "cfsrec": base}, grown, None, log=quiet)
+    _, _, warm = train({"seed": 3, "cfsrec": {**base, "warm_start_from": str(tmp_path / "old")}}, grown, None,
+                       log=quiet)
+    assert warm["warm_start"]["matched_items"] > 150
+    assert warm["initial_valid_ndcg@10"] > cold["initial_valid_ndcg@10"] + 0.2, (warm, cold)
+
+
+def test_incompatible_warm_start_errors_or_retrains_when_configured(trained, tmp_path, prepared_dir):
+    old, _, _ = trained
+    old.save(tmp_path / "old")
+    cfg = {**TINY_CFSREC, "hidden": 24, "epochs": 1, "warm_start_from": str(tmp_path / "old")}
+    with pytest.raises(ConfigError, match=r"hidden 32 vs 24.*warm_start_mismatch: fresh"):
+        train({"seed": 3, "cfsrec": cfg}, prepared_dir, None, log=quiet)
+    _, _, summary = train({"seed": 3, "cfsrec": {**cfg, "warm_start_mismatch": "fresh"}}, prepared_dir, None,
+                          log=quiet)
+    assert "hidden 32 vs 24" in summary["warm_start"]["skipped"] and summary["epochs"] == 1
+
+
+def test_evaluate_refuses_a_checkpoint_from_other_data(trained, tmp_path, grown, capsys):
+    old, _, _ = trained
+    old.save(tmp_path / "old")
+    params = write_params(tmp_path / "params.yaml")
+    with pytest.raises(SystemExit) as exit_info:
+        evaluate_stage.main(["--params", str(params), "--prepared", str(grown), "--checkpoint",
+                             f"cfsrec={tmp_path / 'old'}", "--metrics", str(tmp_path / "m.json"),
+                             "--per-user", str(tmp_path / "u.parquet")])
+    assert exit_info.value.code == 1
+    err = capsys.readouterr().err
+    assert "ERROR [evaluate]" in err and "trained on 200 items" in err and "240 items" in err
+    assert "retrain it on this data" in err
+    assert not (tmp_path / "m.json").exists()
+
+
+def test_checkpoint_from_the_stage_reloads_with_identical_scores(trained, tmp_path, prepared):
+    model, _, _ = trained
+    model.save(tmp_path / "ck")
+    back = load_checkpoint(tmp_path / "ck")
+    rows = np.arange(50)
+    h = prepared.histories("test", rows)
+    model.eval()
+    assert torch.equal(back.score_all(h), model.score_all(h))
