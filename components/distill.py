@@ -1,0 +1,289 @@
+"""Stage `distill`: train LLM-SRec's adapters on a frozen SASRec and a frozen, pretrained LLM.
+
+Reads params `distill` and `llm`. Each training example is one user: the history is the user's
+training sequence without its last item, the target is that last item (the paper's setup), with
+`num_negatives` random items the user never interacted with. Adam, batch 20, lr 1e-4; validation
+NDCG@10 on a seeded subset of the valid split every `eval_every` of an epoch, early stopping with
+patience, the best adapters kept. Then the catalogue's f_item vectors are computed once (the item
+table) and only the trained parameters are saved: adapters, config, item table. Never the LLM.
+
+Runs under `accelerate launch` for several GPUs: each process takes a slice of every batch and
+gradients are averaged across processes; only the main process validates and writes.
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import math
+import time
+from dataclasses import dataclass, fields
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from components.errors import ConfigError, stage_main
+from components.io import write_json
+from components.params import load_params, section
+
+
+@dataclass
+class DistillOptions:
+    batch_size: int = 20
+    lr: float = 1e-4
+    epochs: int = 10
+    max_steps: int | None = None  # the step budget; None = epochs only
+    eval_every: float = 0.1  # validate every this fraction of an epoch
+    valid_users: int | None = 200  # seeded subset of the valid split used for early stopping
+    patience: int = 3
+    num_negatives: int = 3
+    history_len: int = 10
+    use_distill_loss: bool = True
+    use_uniform_loss: bool = True
+    shuffle_train: bool = False  # the paper's ablation: train on shuffled histories
+    gradient_checkpointing: bool = False
+    item_batch_size: int = 64
+    eval_batch_size: int = 16
+    max_title_chars: int = 120
+    seed: int | None = None
+
+    @classmethod
+    def from_params(cls, cfg: dict[str, Any]) -> DistillOptions:
+        known = {f.name for f in fields(cls)}
+        unknown = sorted(set(cfg) - known)
+        if unknown:
+            raise ConfigError("params.yaml", f"unknown distill keys {unknown}", f"use only {sorted(known)}")
+        opts = cls(**cfg)
+        for key in ("batch_size", "epochs", "patience", "history_len", "item_batch_size", "eval_batch_size"):
+            if not isinstance(getattr(opts, key), int) or getattr(opts, key) < 1:
+                raise ConfigError("params.yaml", f"distill.{key}={getattr(opts, key)!r}", f"set distill.{key} to a positive integer")
+        if opts.max_steps is not None and opts.max_steps < 1:
+            raise ConfigError("params.yaml", f"distill.max_steps={opts.max_steps}", "use a positive step budget or null")
+        if not 0 < opts.eval_every <= 10:
+            raise ConfigError("params.yaml", f"distill.eval_every={opts.eval_every}", "use a fraction of an epoch, e.g. 0.1")
+        return opts
+
+
+def build_model(prepared, cfsrec, backbone, opts: DistillOptions, titles: list[str], cfsrec_path: str | None = None):
+    from components.llm.model import LLMSRec, LLMSRecConfig
+
+    cfg = LLMSRecConfig(backbone=backbone.name, history_len=opts.history_len, num_negatives=opts.num_negatives,
+                        use_distill_loss=opts.use_distill_loss, use_uniform_loss=opts.use_uniform_loss,
+                        max_title_chars=opts.max_title_chars)
+    cfsrec.check_data(prepared.num_items, prepared.item_mapping_hash, prepared.source,
+                      "re-run pretrain_cfsrec on this data (dvc repro) before distilling")
+    return LLMSRec(cfg, cfsrec, backbone, titles, prepared.item_ids, prepared.item_mapping_hash,
+                   cfsrec_path=cfsrec_path)
+
+
+class Examples:
+    """One example per user: history = training sequence minus its last item; target = that item."""
+
+    def __init__(self, prepared, window: int, seed: int):
+        from components.training import TrainingSet
+
+        self.set = TrainingSet(prepared, window)
+        self.rng = np.random.default_rng(seed)
+
+    def __len__(self) -> int:
+        return len(self.set)
+
+    def batch(self, rows: np.ndarray, num_negatives: int, shuffle: bool):
+        from components.evaluation.metrics import shuffle_window
+        from components.models.base import Batch, Histories
+
+        s = self.set
+        width = int(s.lengths[rows].max())
+        items = torch.from_numpy(s.inputs[rows, -width:])  # [B, L]
+        last = torch.from_numpy(s.targets[rows, -1:])  # [B, 1] the last training item
+        if shuffle:  # items move, dates and "Item No." stay: the paper's shuffled training
+            items = shuffle_window(items, None, torch.Generator().manual_seed(int(self.rng.integers(2**31))))
+        neg = s.sample_negatives(rows, (1, num_negatives), self.rng)  # [B, 1, K]
+        return Batch(Histories(items, torch.from_numpy(s.timestamps[rows, -width:]), torch.from_numpy(s.users[rows])),
+                     targets=last, negatives=torch.from_numpy(neg))
+
+
+@torch.no_grad()
+def validate_ndcg(model, prepared, rows_subset: np.ndarray, batch_size: int, item_batch_size: int) -> float:
+    from components.evaluation.metrics import candidate_ranks, ndcg_at
+
+    model.eval()
+    model.build_item_table(item_batch_size)
+    cand = prepared.candidates["valid"]
+    ranks = []
+    for lo in range(0, len(rows_subset), batch_size):
+        sel = rows_subset[lo: lo + batch_size]
+        hist = prepared.histories("valid", prepared.rows(cand.user_idx[sel]), model.max_history)
+        ranks.append(candidate_ranks(model.score_candidates(hist, torch.from_numpy(cand.items[sel]))).numpy())
+    model.train()
+    return float(ndcg_at(np.concatenate(ranks), 10).mean())
+
+
+def fit(model, prepared, opts: DistillOptions, seed: int, accelerator=None, log=print) -> dict[str, Any]:
+    """Train the adapters in place; returns the curve and figures. Restores the best adapters."""
+    from tqdm import tqdm
+
+    from components.errors import PipelineError
+
+    if accelerator is None:
+        from accelerate import Accelerator
+
+        accelerator = Accelerator(cpu=model.backbone.device.type == "cpu")
+    rank, world = accelerator.process_index, accelerator.num_processes
+    torch.manual_seed(seed)
+    model.adapters.to(accelerator.device)
+    model.cfsrec.to(accelerator.device)
+    if opts.gradient_checkpointing:
+        # Checkpointing only runs in train() mode; dropout is already 0 in the frozen LLM.
+        model.backbone.model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        model.backbone.model.train()
+    params = model.trainable_parameters()
+    optimizer = accelerator.prepare(torch.optim.Adam(params, lr=opts.lr))
+
+    examples = Examples(prepared, window=max(model.cfsrec.max_history or 128, opts.history_len), seed=seed)
+    steps_per_epoch = math.ceil(len(examples) / opts.batch_size)
+    total = steps_per_epoch * opts.epochs if opts.max_steps is None else min(opts.max_steps, steps_per_epoch * opts.epochs)
+    eval_every = max(1, round(opts.eval_every * steps_per_epoch))
+    rng = np.random.default_rng(seed)
+    valid_n = len(prepared.candidates["valid"].user_idx)
+    valid_rows = np.sort(rng.choice(valid_n, min(valid_n, opts.valid_users or valid_n), replace=False))
+
+    curve: list[dict[str, Any]] = []
+    best = {"ndcg": -1.0, "step": 0, "state": None}
+    bad_evals, step, tokens, t0 = 0, 0, 0, time.time()
+    model.train()
+    bar = tqdm(total=total, desc="distill", disable=not accelerator.is_main_process)
+    stop = False
+    for epoch in range(1, opts.epochs + 1):
+        order = rng.permutation(len(examples))
+        for lo in range(0, len(order), opts.batch_size):
+            rows = order[lo: lo + opts.batch_size][rank::world]  # this process's share of the batch
+            batch = examples.batch(rows, opts.num_negatives, opts.shuffle_train)
+            terms = model.loss_terms(batch)
+            loss = sum(terms.values())
+            if not torch.isfinite(loss):
+                raise PipelineError(f"distill step {step + 1} (epoch {epoch})", f"the loss is {loss.item()} "
+                                    f"({ {k: float(v) for k, v in terms.items()} })",
+                                    "lower distill.lr, or use llm.dtype: fp32 if the backbone overflows in fp16")
+            optimizer.zero_grad(set_to_none=True)
+            accelerator.backward(loss)
+            if world > 1:  # the adapters are called piecewise, not through DDP: average gradients by hand
+                for p in params:
+                    if p.grad is not None:
+                        p.grad = accelerator.reduce(p.grad, reduction="mean")
+            optimizer.step()
+            step += 1
+            tokens += int(batch.histories.items.ne(0).sum())
+            point = {"step": step, "epoch": round(step / steps_per_epoch, 3), "loss": round(loss.item(), 5),
+                     **{k: round(v.item(), 5) for k, v in terms.items()}}
+            bar.update(1)
+            bar.set_postfix(loss=f"{loss.item():.4f}", **{k: f"{v.item():.3f}" for k, v in terms.items()})
+            if step % eval_every == 0 or step == total:
+                if accelerator.is_main_process:
+                    ndcg = validate_ndcg(model, prepared, valid_rows, opts.eval_batch_size, opts.item_batch_size)
+                    point["valid_ndcg@10"] = round(ndcg, 5)
+                    log(f"distill: step {step}/{total} valid NDCG@10 {ndcg:.4f} (best {max(best['ndcg'], ndcg):.4f})")
+                    if ndcg > best["ndcg"]:
+                        best = {"ndcg": ndcg, "step": step, "state": copy.deepcopy(model.adapters.state_dict())}
+                        bad_evals = 0
+                    else:
+                        bad_evals += 1
+                    stop = bad_evals >= opts.patience
+                stop = bool(accelerator.gather_for_metrics(torch.tensor([stop], device=accelerator.device)).any())
+            curve.append(point)
+            if step >= total or stop:
+                break
+        if step >= total or stop:
+            break
+    bar.close()
+    if best["state"] is not None:
+        model.adapters.load_state_dict(best["state"])
+    seconds = time.time() - t0
+    if opts.gradient_checkpointing:
+        model.backbone.model.gradient_checkpointing_disable()
+    model.backbone.model.eval()
+    model.eval()
+    return {"curve": curve, "steps": step, "steps_per_epoch": steps_per_epoch, "best_step": best["step"],
+            "best_valid_ndcg@10": round(best["ndcg"], 5), "early_stopped": stop, "train_seconds": round(seconds, 2),
+            "seconds_per_step": round(seconds / max(step, 1), 3), "history_items_per_second": round(tokens / seconds, 2),
+            "users_per_second": round(step * opts.batch_size / seconds, 3), "valid_users": len(valid_rows)}
+
+
+def plot_curve(curve: list[dict[str, Any]], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, (a, b) = plt.subplots(1, 2, figsize=(10, 3.6))
+    steps = [p["step"] for p in curve]
+    for key in ("loss", "retrieval", "distill", "uniform"):
+        if any(key in p for p in curve):
+            a.plot(steps, [p.get(key, np.nan) for p in curve], label=key)
+    a.set_xlabel("step"), a.set_title("training loss"), a.legend()
+    ev = [p for p in curve if "valid_ndcg@10" in p]
+    b.plot([p["step"] for p in ev], [p["valid_ndcg@10"] for p in ev], marker="o")
+    b.set_xlabel("step"), b.set_title("valid NDCG@10 (subset)")
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+@stage_main("distill")
+def main(argv: list[str] | None = None) -> None:
+    ap = argparse.ArgumentParser(description=__doc__)
+    ap.add_argument("--params", default="params.yaml")
+    ap.add_argument("--prepared", type=Path, required=True)
+    ap.add_argument("--cfsrec", type=Path, required=True, help="the pretrain_cfsrec checkpoint (the frozen teacher)")
+    ap.add_argument("--out", type=Path, required=True)
+    ap.add_argument("--curve", type=Path, required=True)
+    ap.add_argument("--plot", type=Path, required=True)
+    ap.add_argument("--summary", type=Path, required=True)
+    args = ap.parse_args(argv)
+    params = load_params(args.params)
+    opts = DistillOptions.from_params(section(params, "distill", args.params))
+    llm_cfg = section(params, "llm", args.params)
+    seed = int(opts.seed if opts.seed is not None else params.get("seed", 0))
+
+    import pandas as pd
+    from accelerate import Accelerator
+
+    from components.io import fresh_dir
+    from components.llm.backbone import load_backbone
+    from components.models.base import load_checkpoint
+    from components.sequences import Prepared
+
+    accelerator = Accelerator(cpu=not torch.cuda.is_available() or llm_cfg.get("device") == "cpu")
+    device = str(accelerator.device) if llm_cfg.get("device", "auto") == "auto" else llm_cfg["device"]
+    backbone = load_backbone(llm_cfg.get("backbone", "smollm2-135m"), device=device, dtype=llm_cfg.get("dtype", "auto"),
+                             allow_download=bool(llm_cfg.get("allow_download", False)))
+    prepared = Prepared.load(args.prepared)
+    titles = [""] + pd.read_parquet(args.prepared / "items.parquet").sort_values("idx")["title"].astype(str).tolist()
+    model = build_model(prepared, load_checkpoint(args.cfsrec), backbone, opts, titles, str(args.cfsrec))
+    n_train = sum(p.numel() for p in model.trainable_parameters())
+    print(f"distill: backbone {backbone.name} ({backbone.dtype}, {backbone.device}), "
+          f"{n_train:,} trainable parameters, LLM frozen")
+
+    result = fit(model, prepared, opts, seed, accelerator)
+    if accelerator.is_main_process:
+        t0 = time.time()
+        model.build_item_table(opts.item_batch_size, progress=True)
+        result["item_table_seconds"] = round(time.time() - t0, 2)
+        result["item_table_items_per_second"] = round(model.num_items / max(time.time() - t0, 1e-9), 2)
+        model.save(fresh_dir(args.out))
+        curve = result.pop("curve")
+        write_json(args.curve, curve)
+        plot_curve(curve, args.plot)
+        result.update(trainable_parameters=n_train, backbone=backbone.name, dtype=str(backbone.dtype).replace("torch.", ""),
+                      device=str(backbone.device))
+        write_json(args.summary, result)
+        print(f"distill: {result['steps']} steps ({result['seconds_per_step']:.1f}s/step), best valid NDCG@10 "
+              f"{result['best_valid_ndcg@10']:.4f} at step {result['best_step']}; item table "
+              f"{model.num_items} items in {result['item_table_seconds']:.1f}s -> {args.out}")
+
+
+if __name__ == "__main__":
+    main()

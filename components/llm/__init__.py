@@ -1,0 +1,5 @@
+"""The frozen LLM side of LLM-SRec: backbone loading, prompts, the distilled model.
+
+Importable without the orchestration stack (no dvc, GX, bentoml, airflow imports), so it runs on a
+bare GPU worker that has only torch and transformers.
+"""

@@ -1,0 +1,75 @@
+"""Fixtures for the LLM side: a tiny random-weight Llama (for speed) with SmolLM2's real tokenizer,
+and small prepared synthetic data with a quickly trained SASRec teacher."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from components.data.sources.synthetic import SyntheticConfig, generate
+from components.io import write_json, write_parquet
+from components.prepare import prepare
+
+
+@pytest.fixture(autouse=True)
+def one_thread_for_tiny_models(request):
+    """Tiny models gain nothing from threads, and spinning OpenMP threads collapse when the machine is
+    busy (measured 100x slower). Tests of the real backbone (marked `real_llm`) keep the default."""
+    if request.node.get_closest_marker("real_llm"):
+        yield
+        return
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+@pytest.fixture(scope="session")
+def smollm2_dir():
+    from components.llm.backbone import dense_from_gguf, packaged_gguf
+
+    return dense_from_gguf(packaged_gguf("smollm2-135m"))[0]
+
+
+@pytest.fixture(scope="session")
+def tiny_backbone(smollm2_dir):
+    """Random weights, real tokenizer: tests the mechanics, never the quality."""
+    from transformers import AutoTokenizer, LlamaConfig, LlamaModel
+
+    from components.llm.backbone import Backbone
+
+    tok = AutoTokenizer.from_pretrained(smollm2_dir)
+    torch.manual_seed(0)
+    cfg = LlamaConfig(vocab_size=len(tok), hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                      num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=1024)
+    model = LlamaModel(cfg).eval().requires_grad_(False)
+    return Backbone(model=model, tokenizer=tok, name="tiny-llama", fingerprint="tiny", hidden_size=32,
+                    dtype=torch.float32, device=torch.device("cpu"))
+
+
+@pytest.fixture(scope="session")
+def prepared_dir(tmp_path_factory):
+    out = tmp_path_factory.mktemp("prepared")
+    inter, items = generate(SyntheticConfig(num_users=120, num_items=100, num_topics=6, max_length=40), seed=5)
+    res = prepare(inter, items, {}, {"num_negatives": 30}, seed=5)
+    for name in ("items", "users", "sequences", "candidates"):
+        write_parquet(res[name], out / f"{name}.parquet")
+    write_json(out / "meta.json", res["summary"])
+    return out
+
+
+@pytest.fixture(scope="session")
+def teacher(prepared_dir):
+    from components.models.sasrec import SASRec, SASRecConfig
+    from components.sequences import Prepared
+
+    data = Prepared.load(prepared_dir)
+    torch.manual_seed(0)
+    return SASRec(SASRecConfig(hidden=16, max_len=20), data.item_ids, data.item_mapping_hash).eval()
+
+
+@pytest.fixture
+def titles(prepared_dir):
+    import pandas as pd
+
+    return [""] + pd.read_parquet(prepared_dir / "items.parquet").sort_values("idx")["title"].tolist()

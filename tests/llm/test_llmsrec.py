@@ -1,0 +1,146 @@
+"""LLM-SRec mechanics on a tiny random-weight Llama: shapes, injection, padding, gradients, frozen LLM."""
+
+from __future__ import annotations
+
+import copy
+
+import numpy as np
+import pytest
+import torch
+
+from components.distill import DistillOptions, Examples, build_model, fit
+from components.llm.model import LLMSRec
+from components.sequences import Prepared
+
+
+@pytest.fixture
+def data(prepared_dir):
+    return Prepared.load(prepared_dir)
+
+
+@pytest.fixture
+def model(data, teacher, tiny_backbone, titles):
+    torch.manual_seed(1)
+    return build_model(data, copy.deepcopy(teacher), tiny_backbone, DistillOptions(), titles)
+
+
+def test_shapes_and_prompt_slots(model, data):
+    batch = Examples(data, window=20, seed=0).batch(np.arange(6), 3, shuffle=False)
+    terms = model.loss_terms(batch)
+    assert set(terms) == {"retrieval", "distill", "uniform"} and all(torch.isfinite(v) for v in terms.values())
+    hist = data.histories("valid", np.arange(6), model.max_history)
+    assert hist.items.shape[1] <= 10
+    assert model.user_vectors(hist).shape == (6, 128)
+    assert model.item_vectors(torch.tensor([1, 2, 3])).shape == (3, 128)
+    ids, _ = model.prompts.users(hist.items.numpy(), hist.timestamps.numpy())
+    assert (ids == model.prompts.history_id).sum(1).tolist() == (hist.items != 0).sum(1).tolist()
+    assert (ids == model.prompts.user_out_id).sum(1).tolist() == [1] * 6
+    # the injected ids lie beyond the LLM's own table, so its embedding rows are never used for them
+    assert min(model.prompts.special_ids()) >= model.backbone.embed_tokens.num_embeddings
+
+
+def test_injection_reads_the_true_position_under_left_and_right_padding(data, teacher, tiny_backbone, titles):
+    torch.manual_seed(2)
+    right = build_model(data, copy.deepcopy(teacher), tiny_backbone, DistillOptions(), titles)
+    left = copy.deepcopy(right)
+    left.prompts.padding_side = "left"
+    hist = data.histories("valid", np.arange(8), 10)
+    hist.items[0, :-2] = 0  # one very short history forces heavy padding in the batch
+    with torch.no_grad():
+        r, lft = right.user_vectors(hist), left.user_vectors(hist)
+        alone = torch.cat([right.user_vectors(type(hist)(hist.items[i:i + 1], hist.timestamps[i:i + 1],
+                                                            hist.users[i:i + 1])) for i in range(8)])
+    torch.testing.assert_close(r, alone, atol=1e-4, rtol=1e-4)
+    torch.testing.assert_close(lft, alone, atol=1e-4, rtol=1e-4)
+    # a different item in a [HistoryEmb] slot changes the output: the injection is really read
+    hist2 = copy.deepcopy(hist)
+    hist2.items[1, -1] = 1 if hist.items[1, -1] != 1 else 2
+    with torch.no_grad():
+        assert not torch.allclose(right.user_vectors(hist2)[1], r[1])
+        torch.testing.assert_close(right.user_vectors(hist2)[2], r[2], atol=1e-5, rtol=1e-5)
+
+
+def test_gradients_reach_only_adapters_and_llm_stays_bit_identical(model, data):
+    llm_before = {k: v.clone() for k, v in model.backbone.model.state_dict().items()}
+    teacher_before = {k: v.clone() for k, v in model.cfsrec.state_dict().items()}
+    batch = Examples(data, window=20, seed=0).batch(np.arange(8), 3, shuffle=False)
+    model.loss(batch).backward()
+    trainable = {n for n, p in model.named_parameters() if p.requires_grad}
+    assert trainable and all(n.startswith("adapters.") for n in trainable)
+    assert model.adapters.user_token.grad is not None and model.adapters.item_token.grad is not None
+    assert model.adapters.f_I[0].weight.grad.abs().sum() > 0  # through the LLM back to the injection
+    assert all(p.grad is None for p in model.backbone.model.parameters())
+    assert all(p.grad is None for p in model.cfsrec.parameters())
+    fit(model, data, DistillOptions(max_steps=3, eval_every=1.0, valid_users=10, epochs=1), seed=0, log=lambda *_: None)
+    for k, v in model.backbone.model.state_dict().items():
+        assert torch.equal(v, llm_before[k]), k
+    for k, v in model.cfsrec.state_dict().items():
+        assert torch.equal(v, teacher_before[k]), k
+
+
+def test_loss_falls_over_a_few_steps(model, data):
+    batch = Examples(data, window=20, seed=0).batch(np.arange(20), 3, shuffle=False)
+    opt = torch.optim.Adam(model.trainable_parameters(), lr=3e-4)
+    losses = []
+    for _ in range(20):
+        loss = model.loss(batch)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        losses.append(float(loss))
+    assert np.mean(losses[-3:]) < 0.8 * np.mean(losses[:3]), losses
+
+
+def test_ablation_switches_drop_the_loss_terms(data, teacher, tiny_backbone, titles):
+    opts = DistillOptions(use_distill_loss=False, use_uniform_loss=False)
+    m = build_model(data, copy.deepcopy(teacher), tiny_backbone, opts, titles)
+    batch = Examples(data, window=20, seed=0).batch(np.arange(4), 3, shuffle=False)
+    assert set(m.loss_terms(batch)) == {"retrieval"}
+
+
+def test_shuffle_train_moves_items_but_not_dates(data):
+    ex = Examples(data, window=20, seed=0)
+    plain = ex.batch(np.arange(10), 3, shuffle=False)
+    shuffled = ex.batch(np.arange(10), 3, shuffle=True)
+    assert torch.equal(plain.histories.timestamps, shuffled.histories.timestamps)
+    assert torch.equal(plain.histories.items.sort(1).values, shuffled.histories.items.sort(1).values)
+    assert not torch.equal(plain.histories.items, shuffled.histories.items)
+
+
+def test_checkpoint_round_trip_saves_only_trained_parts(model, data, tmp_path):
+    fit(model, data, DistillOptions(max_steps=2, eval_every=1.0, valid_users=10, epochs=1), seed=0, log=lambda *_: None)
+    model.build_item_table(16)
+    model.save(tmp_path / "ckpt")
+    files = {p.name for p in (tmp_path / "ckpt").iterdir()}
+    assert files == {"adapters.safetensors", "config.json", "item_table.safetensors", "titles.json", "item_ids.json"}
+    loaded = LLMSRec.load(tmp_path / "ckpt", cfsrec=model.cfsrec, backbone=model.backbone)
+    torch.testing.assert_close(loaded.item_table, model.item_table)
+    for k, v in model.adapters.state_dict().items():
+        assert torch.equal(loaded.adapters.state_dict()[k], v)
+    hist = data.histories("test", np.arange(5), 10)
+    cands = torch.from_numpy(data.candidates["test"].items[:5])
+    with torch.no_grad():
+        torch.testing.assert_close(loaded.score_candidates(hist, cands), model.score_candidates(hist, cands))
+    # the adapters hold nothing of the LLM
+    size = (tmp_path / "ckpt" / "adapters.safetensors").stat().st_size
+    assert size < 4 * sum(p.numel() for p in model.trainable_parameters()) + 100_000
+
+
+def test_wrong_teacher_is_refused(model, data, tmp_path, teacher):
+    from components.errors import DataError
+
+    model.save(tmp_path / "ckpt")
+    other = copy.deepcopy(teacher)
+    with torch.no_grad():
+        other.item_emb.weight.add_(1.0)
+    with pytest.raises(DataError, match="not the one LLM-SRec was distilled from"):
+        LLMSRec.load(tmp_path / "ckpt", cfsrec=other, backbone=model.backbone)
+
+
+def test_nan_loss_names_the_step(model, data):
+    from components.errors import PipelineError
+
+    with torch.no_grad():
+        model.adapters.f_user[3].weight.fill_(float("nan"))
+    with pytest.raises(PipelineError, match="distill step 1"):
+        fit(model, data, DistillOptions(max_steps=2, valid_users=5), seed=0, log=lambda *_: None)
