@@ -79,9 +79,9 @@ def evaluate(data: Prepared, models: dict[str, Recommender], shuffle: list[str],
             if full_catalogue:
                 frame = frame.assign(**per_user_metrics(ranks["full_rank"].to_numpy(), prefix="full_"))
             per_user.append(frame)
+            drop = f" (shuffle drop {m['shuffle_drop']['ndcg@10'] or 0:.1%})" if "shuffle_drop" in m else ""
             log(f"evaluate {key}: NDCG@10 {m['ndcg@10']:.4f}, HR@10 {m['hr@10']:.4f} over {m['n_users']:,} users"
-                f"{' (drop ' + format(m['shuffle_drop']['ndcg@10'] or 0, '.1%') + ')' if 'shuffle_drop' in m else ''}"
-                f" in {time.time() - t0:.1f}s")
+                f"{drop} in {time.time() - t0:.1f}s")
     table = pd.concat(per_user, ignore_index=True)
     first = ["model", "user_idx"]
     return metrics, table[first + [c for c in table.columns if c not in first]]

@@ -95,8 +95,8 @@ class Prepared:
     def rows(self, user_idx: np.ndarray) -> np.ndarray:
         """Row of each user idx (users are sorted by idx)."""
         r = np.searchsorted(self.user_idx, user_idx)
-        if (r >= len(self.user_idx)).any() or not np.array_equal(self.user_idx[np.minimum(r, len(self.user_idx) - 1)],
-                                                                  user_idx):
+        found = self.user_idx[np.minimum(r, len(self.user_idx) - 1)] == user_idx
+        if not found.all():
             raise DataError(self.source / "candidates.parquet", "names users absent from sequences.parquet", FIX)
         return r
 

@@ -1,0 +1,53 @@
+"""The quality benchmark's one entry point, end to end on a small `files` dataset."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import pandas as pd
+import pytest
+
+from components.data.sources.synthetic import SyntheticConfig, generate
+from tests.model.conftest import REPO, subprocess_env
+
+
+@pytest.mark.slow
+def test_quality_benchmark_runs_the_real_stages(tmp_path):
+    interactions, items = generate(SyntheticConfig(num_users=300, num_items=200, num_topics=10), seed=4)
+    data = tmp_path / "data"
+    data.mkdir()
+    # MovieLens-like column names, so --column is exercised as in the ML-1M command
+    interactions[["user_id", "item_id", "timestamp"]].rename(columns={"item_id": "movie_id"}).to_csv(
+        data / "interactions.tsv", sep="\t", index=False)
+    items[["item_id", "title"]].rename(columns={"item_id": "movie_id"}).to_csv(data / "items.tsv", sep="\t",
+                                                                                 index=False)
+    out = tmp_path / "results.json"
+    cmd = [sys.executable, "-m", "benchmarks.quality", "--models", "popularity,cfsrec", "--source", "files",
+           "--path", str(data), "--column", "item_id=movie_id", "--max-users", "150",
+           "--set", "cfsrec.epochs=2", "--set", "cfsrec.hidden=16", "--set", "cfsrec.threads=1",
+           "--workdir", str(tmp_path / "ws"), "--out", str(out)]
+    run = subprocess.run(cmd, cwd=REPO, env=subprocess_env(), capture_output=True, text=True, timeout=600)
+    assert run.returncode == 0, run.stdout[-2000:] + run.stderr[-2000:]
+    res = json.loads(out.read_text())
+    for key in ("popularity", "cfsrec", "cfsrec_shuffled"):
+        assert {"ndcg@10", "hr@10", "ndcg@20", "hr@20", "n_users"} <= set(res[key])
+        assert res[key]["n_users"] == 150
+    assert list(res["seconds"]) == ["ingest", "validate", "prepare", "pretrain_cfsrec", "evaluate"]
+    assert all(s > 0 for s in res["seconds"].values())
+    assert res["epochs"] == 2 and res["seconds_per_epoch"] > 0
+    assert 50 < res["peak_rss_mb"] < 8000
+    assert res["params"]["data"]["columns"] == {"item_id": "movie_id"} and res["params"]["cfsrec"]["hidden"] == 16
+    # It really ran on the given files: the scratch workspace's prepared items are those movie ids.
+    prepared = pd.read_parquet(tmp_path / "ws" / "data" / "prepared" / "items.parquet")
+    assert set(prepared["item_id"]) <= set(items["item_id"])
+    assert "cfsrec" in run.stdout and "peak RSS" in run.stdout
+
+
+def test_unknown_model_is_refused(tmp_path):
+    cmd = [sys.executable, "-m", "benchmarks.quality", "--models", "popularity,nosuch", "--source", "synthetic",
+           "--out", str(tmp_path / "r.json")]
+    run = subprocess.run(cmd, cwd=REPO, env=subprocess_env(), capture_output=True, text=True, timeout=120)
+    assert run.returncode != 0 and "unknown model 'nosuch'" in run.stderr
+    assert not (tmp_path / "r.json").exists()
