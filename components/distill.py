@@ -47,6 +47,7 @@ class DistillOptions:
     item_batch_size: int = 64
     eval_batch_size: int = 16
     max_title_chars: int = 120
+    item_prefix_cache: bool = False
     seed: int | None = None
 
     @classmethod
@@ -71,7 +72,7 @@ def build_model(prepared, cfsrec, backbone, opts: DistillOptions, titles: list[s
 
     cfg = LLMSRecConfig(backbone=backbone.name, history_len=opts.history_len, num_negatives=opts.num_negatives,
                         use_distill_loss=opts.use_distill_loss, use_uniform_loss=opts.use_uniform_loss,
-                        max_title_chars=opts.max_title_chars)
+                        max_title_chars=opts.max_title_chars, item_prefix_cache=opts.item_prefix_cache)
     cfsrec.check_data(prepared.num_items, prepared.item_mapping_hash, prepared.source,
                       "re-run pretrain_cfsrec on this data (dvc repro) before distilling")
     return LLMSRec(cfg, cfsrec, backbone, titles, prepared.item_ids, prepared.item_mapping_hash,

@@ -46,6 +46,16 @@ class LLMSRecConfig:
     use_distill_loss: bool = True
     use_uniform_loss: bool = True
     max_title_chars: int = 120
+    # Item prompts share their opening text: compute its keys/values once and reuse them
+    # (same results; see benchmarks/distill_throughput.py for whether it pays).
+    item_prefix_cache: bool = False
+
+
+def _cache_kwarg(llm: nn.Module) -> str:
+    """transformers renamed the forward argument `past_key_values` to `cache`; accept both."""
+    import inspect
+
+    return "cache" if "cache" in inspect.signature(llm.forward).parameters else "past_key_values"
 
 
 def mlp(d_in: int, d_hidden: int, d_out: int, act: nn.Module) -> nn.Sequential:
@@ -103,6 +113,8 @@ class LLMSRec(Recommender):
         self.adapters = Adapters(d, backbone.hidden_size, config)
         self.prompts = PromptTokenizer(backbone.tokenizer, titles, config.max_title_chars, padding_side)
         self.item_table: Tensor | None = None  # [N+1, d'] f_item for the catalogue, once computed
+        self.infer_batch_size = 16  # prompts per LLM pass when scoring
+        self._prefix_kv: list[tuple[Tensor, Tensor]] | None = None
 
     # -- the LLM pass -------------------------------------------------------------------------------
     @property
@@ -110,12 +122,14 @@ class LLMSRec(Recommender):
         return self.adapters.user_token.device
 
     def llm_states(self, ids: Tensor, mask: Tensor, hist_items: Tensor, hist_valid: Tensor,
-                   out_id: int, out_vec: Tensor) -> Tensor:
+                   out_id: int, out_vec: Tensor, prefix: list[tuple[Tensor, Tensor]] | None = None) -> Tensor:
         """Last hidden state at the single `out_id` position of every row: [B, H] (fp32).
 
         hist_items [B, K] are the items whose f_I(E_i) go, in order, into the row's [HistoryEmb]
         slots; hist_valid [B, K] marks the real ones. One masked scatter fills every slot of the
         batch; positions come from the attention mask, so left and right padding give the same states.
+        With `prefix` (per-layer keys/values of a token prefix shared by every row), `ids` are the
+        tokens after it and attend to the cached prefix instead of recomputing it.
         """
         llm, dev = self.backbone.model, self.backbone.device
         ids, mask = ids.to(dev), mask.to(dev)
@@ -130,7 +144,18 @@ class LLMSRec(Recommender):
         out_slots = ids == out_id  # [B, T], exactly one per row
         x = torch.where(out_slots.unsqueeze(-1), out_vec.to(device=dev, dtype=x.dtype), x)  # [B, T, H]
         positions = (mask.cumsum(-1) - 1).clamp(min=0)  # [B, T]
-        h = llm(inputs_embeds=x, attention_mask=mask, position_ids=positions, use_cache=False).last_hidden_state
+        kwargs: dict[str, Any] = {"use_cache": False}
+        if prefix is not None:
+            from transformers import DynamicCache
+
+            B, P = ids.shape[0], prefix[0][0].shape[-2]
+            # Expanded views: the cache appends by concatenation, so the stored prefix is never mutated.
+            cache = DynamicCache([(k.expand(B, -1, -1, -1), v.expand(B, -1, -1, -1)) for k, v in prefix],
+                                 config=llm.config)
+            kwargs = {_cache_kwarg(llm): cache, "use_cache": True}
+            mask = torch.cat([mask.new_ones(B, P), mask], 1)  # [B, P+T]
+            positions = positions + P
+        h = llm(inputs_embeds=x, attention_mask=mask, position_ids=positions, **kwargs).last_hidden_state
         return h[out_slots].float().to(self.device)  # [B, H]
 
     def _prompt_window(self, histories: Histories) -> tuple[Tensor, Tensor]:
@@ -145,10 +170,24 @@ class LLMSRec(Recommender):
 
     def item_vectors(self, idx: Tensor) -> Tensor:
         """f_item(h_i) for item idx [M] -> [M, d']."""
-        ids, mask = self.prompts.items(idx.cpu().numpy())
+        use_cache = self.config.item_prefix_cache and self.prompts.padding_side == "right"
+        prefix = self._item_prefix() if use_cache else None
+        ids, mask = self.prompts.items(idx.cpu().numpy(), skip=self.prompts.item_prefix_len if prefix else 0)
         h = self.llm_states(ids, mask, idx.unsqueeze(1), torch.ones_like(idx.unsqueeze(1), dtype=torch.bool),
-                            self.prompts.item_out_id, self.adapters.item_token)
+                            self.prompts.item_out_id, self.adapters.item_token, prefix=prefix)
         return self.adapters.f_item(h)  # [M, d']
+
+    @torch.no_grad()
+    def _item_prefix(self) -> list[tuple[Tensor, Tensor]]:
+        """Keys/values of the text every item prompt starts with. The LLM is frozen and the text is
+        fixed, so they are constants: computed once per model, reused by every item pass."""
+        llm = self.backbone.model
+        if self._prefix_kv is None:
+            ids = torch.tensor([self.prompts.item_prefix_ids], device=self.backbone.device)  # [1, P]
+            out = llm(input_ids=ids, use_cache=True)
+            cache = getattr(out, "cache", None) or out.past_key_values
+            self._prefix_kv = [(layer.keys, layer.values) for layer in cache.layers]
+        return self._prefix_kv
 
     # -- the interface --------------------------------------------------------------------------------
     def loss_terms(self, batch: Batch) -> dict[str, Tensor]:
@@ -184,16 +223,21 @@ class LLMSRec(Recommender):
         self.item_table = torch.cat(rows)  # [N+1, d']
         return self.item_table
 
-    def score_all(self, histories: Histories) -> Tensor:
+    def _users_for_scoring(self, histories: Histories) -> Tensor:
+        """User vectors in chunks of `infer_batch_size`: callers may pass hundreds of users at once."""
         if self.item_table is None:
             self.build_item_table()
-        u = self.user_vectors(histories)  # [B, d']
+        n = self.infer_batch_size
+        chunks = [Histories(histories.items[i:i + n], histories.timestamps[i:i + n], histories.users[i:i + n])
+                  for i in range(0, len(histories), n)]
+        return torch.cat([self.user_vectors(c) for c in chunks])  # [B, d']
+
+    def score_all(self, histories: Histories) -> Tensor:
+        u = self._users_for_scoring(histories)  # [B, d']
         return neg_inf_padding(u @ self.item_table.to(u.device).T)  # [B, N+1]
 
     def score_candidates(self, histories: Histories, candidates: Tensor) -> Tensor:
-        if self.item_table is None:
-            self.build_item_table()
-        u = self.user_vectors(histories)  # [B, d']
+        u = self._users_for_scoring(histories)  # [B, d']
         return torch.einsum("bd,bcd->bc", u, self.item_table.to(u.device)[candidates.to(u.device)])  # [B, C]
 
     def trainable_parameters(self) -> list[nn.Parameter]:

@@ -66,6 +66,15 @@ class PromptTokenizer:
         self.padding_side = padding_side
         self.titles = [clean_title(t, max_title_chars) for t in titles]  # idx 0 = padding, unused
         self._item_ids = [self._ids(item_prompt(t)) for t in self.titles]
+        # Tokens every item prompt starts with (compared as tokens, not text: a tokenizer may merge
+        # across the boundary). Kept one short of the shortest prompt, so every row has tokens left.
+        real = self._item_ids[1:] or self._item_ids
+        first = real[0]
+        n = min(len(r) for r in real) - 1
+        for r in real[1:]:
+            n = min(n, next((i for i, (a, b) in enumerate(zip(first, r, strict=False)) if a != b), n))
+        self.item_prefix_len = max(n, 0)
+        self.item_prefix_ids = first[: self.item_prefix_len]
 
     def _ids(self, text: str) -> list[int]:
         return self.tok(text, add_special_tokens=False)["input_ids"]
@@ -90,8 +99,9 @@ class PromptTokenizer:
         rows = self.tok(texts, add_special_tokens=False)["input_ids"]
         return self.pad(rows)
 
-    def items(self, idx: np.ndarray) -> tuple[Tensor, Tensor]:
-        return self.pad([self._item_ids[i] for i in idx])
+    def items(self, idx: np.ndarray, skip: int = 0) -> tuple[Tensor, Tensor]:
+        """Item prompts, without their first `skip` tokens when a cached prefix stands for them."""
+        return self.pad([self._item_ids[i][skip:] for i in idx])
 
     def special_ids(self) -> list[int]:
         return [self.history_id, self.user_out_id, self.item_out_id]

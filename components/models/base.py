@@ -34,6 +34,8 @@ FORMAT_VERSION = 1
 WEIGHTS, CONFIG, ITEM_IDS = "model.safetensors", "config.json", "item_ids.json"
 
 _REGISTRY: dict[str, type[Recommender]] = {}
+#: models whose module is imported on first load: name -> module that registers it
+_LAZY = {"llmsrec": "components.llm.model"}
 
 
 @dataclass
@@ -175,9 +177,13 @@ def read_checkpoint_meta(directory: Path) -> tuple[dict[str, Any], list[str]]:
 
 def load_checkpoint(directory: Path) -> Recommender:
     """Rebuild whichever model a checkpoint holds, from the checkpoint alone."""
+    import importlib
+
     import components.models  # noqa: F401  (registers the built-in models)
 
     meta, _ = read_checkpoint_meta(directory)
+    if meta["model"] in _LAZY and meta["model"] not in _REGISTRY:
+        importlib.import_module(_LAZY[meta["model"]])  # heavy (transformers): imported only when needed
     cls = _REGISTRY.get(meta["model"])
     if cls is None:
         raise DataError(Path(directory) / CONFIG, f"unknown model '{meta['model']}'",

@@ -14,8 +14,13 @@ from tests.conftest import make_workspace, venv_env
 
 DVC = [sys.executable, "-m", "dvc"]
 
-# The default data, smaller so the whole pipeline stays quick in CI.
-SMALL = {"data": {"synthetic": {"num_users": 300, "num_items": 200, "num_topics": 12}}}
+# The default pipeline (real SmolLM2 backbone included), smaller so it stays quick in CI.
+SMALL = {
+    "data": {"synthetic": {"num_users": 300, "num_items": 200, "num_topics": 12}},
+    "eval": {"max_users": 40},
+    "cfsrec": {"epochs": 3},
+    "distill": {"max_steps": 2, "batch_size": 8, "valid_users": 8, "eval_every": 1.0},
+}
 
 
 @pytest.mark.slow
@@ -24,12 +29,16 @@ def test_dvc_repro_fresh_clone_then_noop(tmp_path):
     env = venv_env()
     first = subprocess.run(DVC + ["repro"], cwd=ws, env=env, capture_output=True, text=True, timeout=1200)
     assert first.returncode == 0, first.stdout + first.stderr
-    for stage in ("ingest", "validate", "prepare"):
+    for stage in ("ingest", "validate", "prepare", "pretrain_cfsrec", "distill", "evaluate"):
         assert f"Running stage '{stage}'" in first.stdout
 
     summary = json.loads((ws / "reports" / "data_summary.json").read_text())
     assert summary["users"] == 300 and summary["items"] <= 200 and summary["interactions"] > 300 * 5
-    assert len(pd.read_parquet(ws / "data" / "prepared" / "candidates.parquet")) == 2 * 300
+    assert len(pd.read_parquet(ws / "data" / "prepared" / "candidates.parquet")) == 2 * 40
+    metrics = json.loads((ws / "reports" / "metrics.json").read_text())
+    for key in ("popularity", "cfsrec", "cfsrec_shuffled", "llmsrec", "llmsrec_shuffled"):
+        assert metrics[key]["n_users"] == 40 and 0 <= metrics[key]["ndcg@10"] <= 1
+    assert {p.name for p in (ws / "models" / "llmsrec").iterdir()} >= {"adapters.safetensors", "item_table.safetensors"}
     assert (ws / "reports" / "data_docs" / "index.html").is_file()
     assert (ws / "dvc.lock").is_file()
 

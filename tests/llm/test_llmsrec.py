@@ -87,7 +87,7 @@ def test_loss_falls_over_a_few_steps(model, data):
         opt.zero_grad()
         loss.backward()
         opt.step()
-        losses.append(float(loss))
+        losses.append(loss.item())
     assert np.mean(losses[-3:]) < 0.8 * np.mean(losses[:3]), losses
 
 
@@ -144,3 +144,38 @@ def test_nan_loss_names_the_step(model, data):
         model.adapters.f_user[3].weight.fill_(float("nan"))
     with pytest.raises(PipelineError, match="distill step 1"):
         fit(model, data, DistillOptions(max_steps=2, valid_users=5), seed=0, log=lambda *_: None)
+
+
+def test_item_prefix_cache_gives_the_same_vectors_and_gradients(model):
+    idx = torch.tensor([1, 5, 9, 2])
+    assert 5 <= model.prompts.item_prefix_len < len(model.prompts.items(np.array([1]))[0][0])
+    plain = model.item_vectors(idx)
+    plain.sum().backward()
+    grad_plain = model.adapters.f_I[0].weight.grad.clone()
+    model.adapters.zero_grad()
+    model.config.item_prefix_cache = True
+    cached = model.item_vectors(idx)
+    cached.sum().backward()
+    torch.testing.assert_close(cached, plain, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(model.adapters.f_I[0].weight.grad, grad_plain, atol=1e-5, rtol=1e-5)
+    assert model._prefix_kv is not None and model._prefix_kv[0][0].shape[0] == 1  # stored once, not per batch
+
+
+def test_vectorised_path_equals_the_naive_per_sample_reference(data, teacher, smollm2_dir, titles):
+    """The throughput benchmark's speed-up is only meaningful if both paths compute the same loss."""
+    from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
+
+    from benchmarks.distill_throughput import naive_loss_terms
+    from components.llm.backbone import Backbone
+
+    tok = AutoTokenizer.from_pretrained(smollm2_dir)
+    torch.manual_seed(3)
+    causal = LlamaForCausalLM(LlamaConfig(vocab_size=len(tok), hidden_size=32, intermediate_size=64,
+                                          num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2)).eval()
+    causal.requires_grad_(False)
+    bb = Backbone(causal.model, tok, "tiny", "tiny", 32, torch.float32, torch.device("cpu"))
+    m = build_model(data, copy.deepcopy(teacher), bb, DistillOptions(), titles)
+    batch = Examples(data, window=20, seed=0).batch(np.arange(6), 3, shuffle=False)
+    fast, naive = m.loss_terms(batch), naive_loss_terms(m, causal, batch)
+    for k in fast:
+        torch.testing.assert_close(fast[k], naive[k], atol=1e-5, rtol=1e-4)
