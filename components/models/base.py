@@ -181,12 +181,16 @@ def load_checkpoint(directory: Path) -> Recommender:
 
     import components.models  # noqa: F401  (registers the built-in models)
 
-    meta, _ = read_checkpoint_meta(directory)
-    if meta["model"] in _LAZY and meta["model"] not in _REGISTRY:
-        importlib.import_module(_LAZY[meta["model"]])  # heavy (transformers): imported only when needed
-    cls = _REGISTRY.get(meta["model"])
-    if cls is None:
-        raise DataError(Path(directory) / CONFIG, f"unknown model '{meta['model']}'",
+    config_path = Path(directory) / CONFIG
+    if not config_path.is_file():
+        raise DataError(config_path, "checkpoint file not found",
+                        "point at a directory written by a training stage (it holds config.json)")
+    name = json.loads(config_path.read_text()).get("model")
+    if name in _LAZY and name not in _REGISTRY:
+        importlib.import_module(_LAZY[name])  # heavy (transformers): imported only when needed
+    cls = _REGISTRY.get(name)
+    if cls is None:  # each model's own load() checks the rest of its files
+        raise DataError(config_path, f"unknown model '{name}'",
                         f"use one of {sorted(_REGISTRY)} or install the package that defines it")
     return cls.load(directory)
 
