@@ -61,6 +61,14 @@ def render_result(name: str, result: dict[str, Any]) -> str:
               + ", ".join(f"{k} {v:.0f} s" for k, v in seconds.items())
               + f" ({sum(seconds.values()) / 60:.1f} min in all); peak RSS {result.get('peak_rss_mb', 0):,.0f} MB; "
               f"{result.get('machine', {}).get('cpus', '?')} CPUs. Finished {result.get('finished_at', '?')}.", ""]
+    for model, t in result.get("training", {}).items():
+        if t.get("resumed_after_epoch"):
+            lines += [f"{model} training was interrupted and resumed after epoch {t['resumed_after_epoch']}, so the "
+                      f"stage's seconds above cover only the resumed part; all {t['epochs']} epochs took "
+                      f"{t.get('train_seconds', 0) / 60:.0f} min of training.", ""]
+        if t.get("best_epoch") is not None:
+            lines += [f"{model}: best validation NDCG@10 {t.get('best_valid_ndcg@10', 0):.4f} at epoch "
+                      f"{t['best_epoch']} of {t['epochs']} ({t.get('stopped', '')}).", ""]
     if result.get("command"):
         lines += ["```", result["command"], "```", ""]
     return "\n".join(lines)

@@ -7,7 +7,8 @@ training summary (a DVC metric).
 Resume: after every epoch the run's state goes to `--state-dir/<hash of config + data>`, which is
 outside the stage's declared outputs because DVC deletes those before it re-runs a stage. A run
 killed and restarted with the same config and data continues after its last completed epoch; the
-state is removed once the run finishes.
+state is removed once the run finishes. The hash leaves out `epochs`, `eval_every` and `patience`
+(they decide when to validate and stop, not the weights), so a run can also be extended.
 
 Warm start: `cfsrec.warm_start_from: <checkpoint dir>` starts from a previous SASRec checkpoint.
 Items are matched by item_id through the two index mappings: known items keep their embeddings,
@@ -120,7 +121,10 @@ def train(params: dict[str, Any], prepared: Path, state_dir: Path | None, log=pr
     if cfg.get("warm_start_from"):
         warm = warm_start(model, Path(cfg["warm_start_from"]), mismatch)
         log(f"warm start: {warm}")
-    key = run_key(model.config_dict(), {k: v for k, v in vars(opts).items()}, data.fingerprint(),
+    # The key covers what determines the weights epoch by epoch. `epochs`, `eval_every` and `patience`
+    # only decide when to look and when to stop, so a run can be extended or cut short and still resume.
+    key = run_key(model.config_dict(), {"lr": opts.lr, "batch_size": opts.batch_size, "seed": opts.seed,
+                                        "betas": opts.betas}, data.fingerprint(),
                   file_digest(Path(warm["from"]) / WEIGHTS) if warm and "skipped" not in warm else None)
     log(f"pretrain_cfsrec: {len(data.user_idx):,} users, {data.num_items:,} items, loss {model_cfg.loss}, "
         f"{threads} threads, run {key}")
@@ -129,7 +133,8 @@ def train(params: dict[str, Any], prepared: Path, state_dir: Path | None, log=pr
     summary = {
         "loss": model_cfg.loss, "epochs": result.progress.epoch, "best_epoch": result.progress.best_epoch,
         "best_valid_ndcg@10": result.progress.best_ndcg, "initial_valid_ndcg@10": result.progress.initial_ndcg,
-        "seconds_per_epoch": round(result.seconds_per_epoch, 3), "stopped": result.progress.stopped,
+        "seconds_per_epoch": round(result.seconds_per_epoch, 3), "train_seconds": round(result.progress.train_seconds, 1),
+        "stopped": result.progress.stopped,
         "resumed_after_epoch": result.resumed_from, "warm_start": warm or None, "run": key, "threads": threads,
         "parameters": sum(p.numel() for p in model.parameters()),
     }

@@ -218,3 +218,20 @@ def test_checkpoint_from_the_stage_reloads_with_identical_scores(trained, tmp_pa
     h = prepared.histories("test", rows)
     model.eval()
     assert torch.equal(back.score_all(h), model.score_all(h))
+
+
+def test_resume_key_allows_extending_a_run_but_not_changing_what_shapes_the_weights(tmp_path, prepared_dir):
+    state = tmp_path / "state"
+    base = {**TINY_CFSREC, "hidden": 16, "epochs": 2}
+    _, first, _ = train({"seed": 3, "cfsrec": base}, prepared_dir, state, log=quiet)  # fit() leaves its state
+    assert first.resumed_from == 0
+    lines: list[str] = []
+    _, longer, summary = train({"seed": 3, "cfsrec": {**base, "epochs": 4, "patience": 9}}, prepared_dir, state,
+                               log=lines.append)
+    assert longer.resumed_from == 2 and any(line.startswith("resuming after epoch 2 ") for line in lines)
+    assert [r["epoch"] for r in longer.progress.curve] == [1, 2, 3, 4]
+    assert longer.progress.curve[:2] == first.progress.curve
+    _, other_lr, _ = train({"seed": 3, "cfsrec": {**base, "lr": 0.004}}, prepared_dir, state, log=quiet)
+    assert other_lr.resumed_from == 0
+    _, other_seed, _ = train({"seed": 4, "cfsrec": base}, prepared_dir, state, log=quiet)
+    assert other_seed.resumed_from == 0
