@@ -116,6 +116,12 @@ class LLMSRec(Recommender):
         self.infer_batch_size = 16  # prompts per LLM pass when scoring
         self._prefix_kv: list[tuple[Tensor, Tensor]] | None = None
 
+    def train(self, mode: bool = True) -> LLMSRec:
+        """Only the adapters ever train: the frozen teacher keeps dropout off in every mode."""
+        super().train(mode)
+        self.cfsrec.eval()
+        return self
+
     # -- the LLM pass -------------------------------------------------------------------------------
     @property
     def device(self) -> torch.device:

@@ -179,3 +179,13 @@ def test_vectorised_path_equals_the_naive_per_sample_reference(data, teacher, sm
     fast, naive = m.loss_terms(batch), naive_loss_terms(m, causal, batch)
     for k in fast:
         torch.testing.assert_close(fast[k], naive[k], atol=1e-5, rtol=1e-4)
+
+
+def test_teacher_stays_in_eval_mode_while_training(model, data):
+    model.train()
+    assert model.adapters.training and not model.cfsrec.training
+    batch = Examples(data, window=20, seed=0).batch(np.arange(6), 3, shuffle=False)
+    with torch.no_grad():
+        a = model.loss_terms(batch)["distill"]
+        b = model.loss_terms(batch)["distill"]
+    assert torch.equal(a, b)  # no dropout noise in O_u

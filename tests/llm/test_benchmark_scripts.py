@@ -1,0 +1,43 @@
+"""The GPU check and the throughput benchmark run end to end (on the CPU, with a tiny local Llama),
+so the scripts meant for other machines do not rot between GPU sessions."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+
+@pytest.fixture(scope="module")
+def tiny_llama_dir(tmp_path_factory, smollm2_dir):
+    import torch
+    from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
+
+    out = tmp_path_factory.mktemp("tiny-llama")
+    tok = AutoTokenizer.from_pretrained(smollm2_dir)
+    torch.manual_seed(0)
+    LlamaForCausalLM(LlamaConfig(vocab_size=len(tok), hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                                 num_attention_heads=4, num_key_value_heads=2)).save_pretrained(out)
+    tok.save_pretrained(out)
+    return out
+
+
+def test_gpu_check_dry_run_on_cpu(tmp_path, tiny_llama_dir):
+    from benchmarks.gpu_check import main
+
+    main(["--backbone", str(tiny_llama_dir), "--device", "cpu", "--steps", "2", "--batch-size", "4",
+          "--out", str(tmp_path / "gpu.json")])
+    r = json.loads((tmp_path / "gpu.json").read_text())
+    assert r["agrees"] and r["rel_diff_fp32"] < 1e-4  # same device, same dtype: the same loss
+    assert r["seconds_per_step"] > 0 and r["item_table_items_per_s"] > 0
+
+
+def test_distill_throughput_runs_and_both_paths_agree(tmp_path, tiny_llama_dir):
+    from benchmarks.distill_throughput import main
+
+    main(["--backbone", str(tiny_llama_dir), "--dtype", "fp32", "--steps", "1", "--batch-size", "4",
+          "--items", "32", "--out", str(tmp_path / "tp.json")])
+    r = json.loads((tmp_path / "tp.json").read_text())
+    assert r["max_relative_loss_difference"] < 1e-3
+    assert r["speedup_vs_naive"] > 0 and r["efficient"]["users_per_s"] > 0
+    assert set(r["item_table_items_per_s"]) == {"plain", "with_prefix_cache"}
