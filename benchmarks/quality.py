@@ -129,7 +129,7 @@ def run(args: argparse.Namespace, log=print) -> dict[str, Any]:
         "training": training,
         "data": json.loads((workspace / "reports" / "data_summary.json").read_text()),
         "params": {k: params[k] for k in ("seed", "data", "eval", *(p for p in ("cfsrec", "evaluate") if p in params))},
-        "command": " ".join(shlex.quote(a) for a in sys.argv),
+        "command": " ".join(["python -m benchmarks.quality", *(shlex.quote(a) for a in args.argv)]),
         "machine": {"platform": platform.platform(), "cpus": os.cpu_count(), "python": platform.python_version()},
         "finished_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
     }
@@ -150,6 +150,7 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--workdir", help="scratch workspace (default: a new temporary directory, kept)")
     ap.add_argument("--out", type=Path, required=True, help="results JSON")
     args = ap.parse_args(argv)
+    args.argv = list(sys.argv[1:] if argv is None else argv)
 
     result = run(args)
     args.out.parent.mkdir(parents=True, exist_ok=True)
