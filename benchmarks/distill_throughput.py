@@ -1,7 +1,7 @@
 """Distillation throughput, efficient vs naive, in one run (not CI).
 
     python -m benchmarks.distill_throughput [--prepared DIR] [--steps 3] [--batch-size 20] \\
-        [--backbone smollm2-135m] [--dtype auto] --out benchmarks/results/distill_throughput.json
+        [--backbone smollm2-135m] [--dtype auto] --out benchmarks/results/throughput/distill_throughput.json
 
 Measures, on the same batches:
 - training: LLM-SRec's own path (one masked scatter for the whole batch, the base model only,

@@ -36,6 +36,7 @@ DATA_STAGES = ["ingest", "validate", "prepare"]
 MODEL_STAGES: dict[str, list[str]] = {
     "popularity": [],
     "cfsrec": ["pretrain_cfsrec"],
+    "llmsrec": ["pretrain_cfsrec", "distill"],
 }
 
 

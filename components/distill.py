@@ -47,7 +47,7 @@ class DistillOptions:
     item_batch_size: int = 64
     eval_batch_size: int = 16
     max_title_chars: int = 120
-    item_prefix_cache: bool = False
+    item_prefix_cache: bool = True
     seed: int | None = None
 
     @classmethod
