@@ -17,6 +17,16 @@ def main(argv: list[str] | None = None) -> None:
     print(f"data: {data['users']:,} users, {data['items']:,} items, {data['interactions']:,} interactions, "
           f"{validation['rows_quarantined']['interactions']:,} quarantined rows "
           f"(+{validation['rows_quarantined']['items']:,} items)")
+    metrics_path = args.reports / "metrics.json"
+    if metrics_path.is_file():  # written once the model stages have run
+        metrics = read_json(metrics_path)
+        parts = []
+        for name, m in metrics.items():
+            if name.endswith("_shuffled") or "ndcg@10" not in m:
+                continue
+            drop = (metrics.get(f"{name}_shuffled") or {}).get("shuffle_drop", {}).get("ndcg@10")
+            parts.append(f"{name} {m['ndcg@10']:.4f}" + (f" (shuffled -{drop:.1%})" if drop is not None else ""))
+        print("test NDCG@10 on the fixed candidates: " + ", ".join(parts))
 
 
 if __name__ == "__main__":
