@@ -106,7 +106,7 @@ def main(argv: list[str] | None = None) -> None:
         "user_prompt_tokens_per_s": round(tokens / train_s, 1),
         "users_per_s": round(args.steps * args.batch_size / train_s, 2),
         "item_table_items_per_s": round(data.num_items / table_s, 1),
-        "final_loss": float(loss),
+        "final_loss": loss.detach().item(),
     }
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(result, indent=2) + "\n")
