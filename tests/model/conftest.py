@@ -19,13 +19,21 @@ from components.sequences import Prepared
 
 REPO = Path(__file__).resolve().parents[2]
 
-# One thread: the tests' tensors are small, and a second OpenMP thread only fights other processes.
-torch.set_num_threads(1)
 
 # A config small enough to train in seconds on one core, big enough to learn the synthetic order.
 TINY_CFSREC = {"hidden": 32, "num_blocks": 2, "num_heads": 1, "dropout": 0.1, "max_len": 32, "lr": 0.005,
                "batch_size": 64, "loss": "ce", "epochs": 20, "eval_every": 1, "patience": 3,
                "warm_start_from": None, "warm_start_mismatch": "error", "seed": None, "threads": 1}
+
+
+@pytest.fixture(autouse=True, scope="module")
+def one_torch_thread():
+    """The tests' tensors are small: a second OpenMP thread only fights other processes. Restored after,
+    so tests elsewhere in the session keep torch's default."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
 
 
 def make_prepared(dest: Path, *, num_users: int = 400, num_items: int = 200, num_topics: int = 10,
