@@ -38,7 +38,7 @@ test: setup
 	$(BIN)/python -m pytest -q
 
 lint: setup
-	$(BIN)/ruff check components tests
+	$(BIN)/ruff check components tests benchmarks
 
 clean:
 	rm -rf data reports/data_docs
