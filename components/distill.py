@@ -166,7 +166,7 @@ def fit(model, prepared, opts: DistillOptions, seed: int, accelerator=None, log=
             loss = sum(terms.values())
             if not torch.isfinite(loss):
                 raise PipelineError(f"distill step {step + 1} (epoch {epoch})", f"the loss is {loss.item()} "
-                                    f"({ {k: float(v) for k, v in terms.items()} })",
+                                    f"({ {k: v.item() for k, v in terms.items()} })",
                                     "lower distill.lr, or use llm.dtype: fp32 if the backbone overflows in fp16")
             optimizer.zero_grad(set_to_none=True)
             accelerator.backward(loss)
