@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import hashlib
 import os
 import tempfile
 import urllib.error
@@ -13,14 +12,7 @@ from urllib.parse import urlparse
 from tqdm import tqdm
 
 from components.errors import DataError
-
-
-def sha256_of(path: Path) -> str:
-    h = hashlib.sha256()
-    with path.open("rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
+from components.io import sha256_of
 
 
 def fetch(url: str, cache_dir: Path, sha256: str | None = None, timeout: float = 60.0) -> Path:

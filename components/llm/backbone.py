@@ -27,6 +27,7 @@ import torch
 from torch import nn
 
 from components.errors import ConfigError
+from components.io import sha256_of
 
 DEFAULT_BACKBONE = "smollm2-135m"
 _PACKAGED = {
@@ -93,14 +94,6 @@ def resolve_dtype(device: torch.device, dtype: str = "auto") -> torch.dtype:
     return torch.bfloat16 if cpu_has_bf16() else torch.float32
 
 
-def file_sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with path.open("rb") as f:
-        for block in iter(lambda: f.read(1 << 22), b""):
-            h.update(block)
-    return h.hexdigest()
-
-
 def packaged_gguf(name: str) -> Path:
     package, filename = _PACKAGED[name]
     spec = importlib.util.find_spec(package)
@@ -116,7 +109,7 @@ def packaged_gguf(name: str) -> Path:
 
 def dense_from_gguf(gguf: Path, cache: Path | None = None) -> tuple[Path, str]:
     """Dequantize a GGUF checkpoint once into a dense HF directory; return it and the GGUF's sha256."""
-    digest = file_sha256(gguf)
+    digest = sha256_of(gguf)
     target = (cache or cache_root()) / "backbones" / f"{gguf.stem}-{digest[:12]}"
     if (target / "config.json").is_file() and (target / "model.safetensors").is_file():
         return target, digest
