@@ -1,0 +1,196 @@
+"""Stage `gate`: decide whether the model that `evaluate` just scored may replace production.
+
+Reads `reports/metrics.json`, `reports/per_user.parquet`, the prepared data and params `gate`.
+Writes `reports/gate.json`:
+
+    {"passed": bool, "model": "llmsrec", "champion": tag | null, "checks": [{name, value, threshold, passed, ...}]}
+
+Checks (every threshold configurable; `null` skips a check, and it is reported as skipped):
+- `ndcg@10_floor`: the model's test NDCG@10 >= `gate.min_ndcg_at_10`.
+- `lift_over_popularity`: NDCG@10 / popularity's NDCG@10 - 1 >= `gate.min_lift_over_popularity`.
+- `shuffle_drop`: the relative NDCG@10 drop when each test history is shuffled >= `gate.min_shuffle_drop`
+  (the paper's finding as a release criterion: a model that does not care about order is not LLM-SRec).
+- `champion_regression`: the production model (from BentoML's store, if any) is re-scored now on the
+  *current* test candidates; the challenger's NDCG@10 on the same users must not be lower than the
+  champion's by more than `gate.max_regression` (relative). How the champion treats items it never
+  saw is in components/serving/packaged.py: unknown history items dropped, unknown candidates -inf,
+  no known history -> popularity. With no production model yet the check passes (nothing to regress from).
+
+Failing is a normal outcome: the stage exits 0 with `passed: false`; `package` then leaves production alone.
+`gate.json` records a hash of the metrics it judged and the champion it compared with, so `package`
+can refuse a stale decision.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from components.errors import ConfigError, DataError, stage_main
+from components.io import read_json, write_json
+from components.params import load_params, section
+
+DEFAULTS: dict[str, Any] = {
+    "model": "llmsrec",
+    "min_ndcg_at_10": 0.10,
+    "min_lift_over_popularity": 0.0,
+    "min_shuffle_drop": 0.02,
+    "max_regression": 0.02,
+    "champion_users": None,
+    "first_model": "provisional",
+}
+FIRST_MODEL = ("provisional", "reject")
+
+
+def options(cfg: dict[str, Any]) -> dict[str, Any]:
+    if unknown := sorted(set(cfg) - set(DEFAULTS)):
+        raise ConfigError("params.yaml", f"unknown gate keys {unknown}", f"use only {sorted(DEFAULTS)}")
+    opts = {**DEFAULTS, **cfg}
+    for key in ("min_ndcg_at_10", "min_lift_over_popularity", "min_shuffle_drop", "max_regression"):
+        if opts[key] is not None and not isinstance(opts[key], int | float):
+            raise ConfigError("params.yaml", f"gate.{key} is {opts[key]!r}", "use a number, or null to skip the check")
+    if opts["max_regression"] is not None and opts["max_regression"] < 0:
+        raise ConfigError("params.yaml", "gate.max_regression is negative",
+                          "use a share >= 0 (0.02 = the challenger may be up to 2% worse than production)")
+    if opts["first_model"] not in FIRST_MODEL:
+        raise ConfigError("params.yaml", f"gate.first_model is {opts['first_model']!r}", f"use one of {FIRST_MODEL}")
+    return opts
+
+
+def check(name: str, value: float | None, threshold: float | None, **extra) -> dict[str, Any]:
+    """One check; a null threshold means the check is switched off (it passes, marked skipped)."""
+    if threshold is None:
+        return {"name": name, "value": value, "threshold": None, "passed": True, "skipped": True, **extra}
+    ok = value is not None and bool(np.isfinite(value)) and value >= threshold
+    return {"name": name, "value": None if value is None else round(float(value), 6),
+            "threshold": threshold, "passed": bool(ok), **extra}
+
+
+def _metric(metrics: dict, key: str, path: Path, fix: str) -> dict:
+    if key not in metrics or "ndcg@10" not in metrics[key]:
+        raise DataError(path, f"has no '{key}' entry with ndcg@10", fix)
+    return metrics[key]
+
+
+def floor_checks(metrics: dict[str, Any], opts: dict[str, Any], path: Path = Path("reports/metrics.json")) -> list[dict]:
+    """The checks that need only metrics.json: floor, lift over popularity, shuffle drop."""
+    name = opts["model"]
+    m = _metric(metrics, name, path, f"add {name} to evaluate.models, or set gate.model to a model it evaluates")
+    ndcg = float(m["ndcg@10"])
+    checks = [check("ndcg@10_floor", ndcg, opts["min_ndcg_at_10"])]
+    if opts["min_lift_over_popularity"] is None:
+        checks.append(check("lift_over_popularity", None, None))
+    else:
+        pop = float(_metric(metrics, "popularity", path,
+                            "add popularity to evaluate.models, or set gate.min_lift_over_popularity: null")["ndcg@10"])
+        lift = ndcg / pop - 1 if pop > 0 else (np.inf if ndcg > 0 else 0.0)
+        checks.append(check("lift_over_popularity", lift, opts["min_lift_over_popularity"],
+                            ndcg=ndcg, popularity_ndcg=pop))
+    if opts["min_shuffle_drop"] is None:
+        checks.append(check("shuffle_drop", None, None))
+    else:
+        shuffled = _metric(metrics, f"{name}_shuffled", path,
+                           f"add {name} to evaluate.shuffle, or set gate.min_shuffle_drop: null")
+        drop = (shuffled.get("shuffle_drop") or {}).get("ndcg@10")
+        if drop is None:  # an original NDCG@10 of 0 has no relative drop; order cannot matter to it
+            drop = 0.0
+        checks.append(check("shuffle_drop", drop, opts["min_shuffle_drop"], shuffled_ndcg=shuffled["ndcg@10"]))
+    return checks
+
+
+def champion_check(champion, data, per_user: pd.DataFrame, opts: dict[str, Any], seed: int) -> dict[str, Any]:
+    """Re-score the production model on today's test candidates; compare on the same users."""
+    from components.evaluation.metrics import candidate_ranks, summarize
+
+    cand = data.candidates["test"]
+    users = cand.user_idx
+    pick = np.arange(len(users))
+    if opts["champion_users"] and opts["champion_users"] < len(users):
+        pick = np.sort(np.random.default_rng(seed).choice(len(users), int(opts["champion_users"]), replace=False))
+    rows = data.rows(users[pick])
+    starts, ends = data.bounds("test", rows)
+    ids = np.asarray(data.item_ids, dtype=object)
+    histories = [list(zip(ids[data.flat_items[s:e] - 1].tolist(), data.flat_ts[s:e].tolist(), strict=True))
+                 for s, e in zip(starts, ends, strict=True)]
+    candidates = [ids[row - 1].tolist() for row in cand.items[pick]]
+    scores = champion.candidate_scores(histories, candidates)  # [U, 1+K]
+    champ = summarize(candidate_ranks(scores).numpy())["ndcg@10"]
+    mine = per_user[per_user["model"] == opts["model"]].set_index("user_idx")
+    missing = np.setdiff1d(users[pick], mine.index.to_numpy())
+    if len(missing):
+        raise DataError("reports/per_user.parquet", f"lacks {len(missing)} test users of {opts['model']}",
+                        "re-run evaluate on the current prepared data (`dvc repro evaluate`)")
+    challenger = round(float(mine.loc[users[pick], "ndcg@10"].mean()), 6)
+    change = challenger / champ - 1 if champ > 0 else (0.0 if challenger == 0 else np.inf)
+    unknown_pos = sum(c[0] not in champion.index for c in candidates)
+    return check("champion_regression", change,
+                 None if opts["max_regression"] is None else -float(opts["max_regression"]),
+                 champion=champion.tag, champion_ndcg=champ, challenger_ndcg=challenger, n_users=int(len(pick)),
+                 positives_unknown_to_champion=int(unknown_pos))
+
+
+def load_champion(llm: dict[str, Any]):
+    """The production model from BentoML's store, or None when nothing is in production yet."""
+    from components.registry import get_model, production_tag
+    from components.serving.packaged import PackagedModel
+
+    tag = production_tag()
+    if tag is None:
+        return None
+    model = get_model(tag)
+    return PackagedModel.load(Path(model.path), str(model.tag), device=llm.get("device", "auto"),
+                              dtype=llm.get("dtype", "auto"))
+
+
+def metrics_digest(path: Path) -> str:
+    return hashlib.sha256(Path(path).read_bytes()).hexdigest()[:16]
+
+
+@stage_main("gate")
+def main(argv: list[str] | None = None) -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--params", default="params.yaml")
+    ap.add_argument("--metrics", type=Path, required=True, help="reports/metrics.json from evaluate")
+    ap.add_argument("--per-user", type=Path, required=True, help="reports/per_user.parquet from evaluate")
+    ap.add_argument("--prepared", type=Path, required=True, help="the current prepared data (its test candidates)")
+    ap.add_argument("--out", type=Path, required=True, help="reports/gate.json")
+    args = ap.parse_args(argv)
+    params = load_params(args.params)
+    opts = options(section(params, "gate", args.params))
+    t0 = time.time()
+    if not args.metrics.is_file():
+        raise DataError(args.metrics, "metrics file not found", "run `dvc repro evaluate` first")
+    metrics = read_json(args.metrics)
+    checks = floor_checks(metrics, opts, args.metrics)
+
+    champion = None
+    if opts["max_regression"] is not None:
+        champion = load_champion(params.get("llm") or {})
+    if opts["max_regression"] is None:
+        checks.append(check("champion_regression", None, None))
+    elif champion is None:
+        checks.append({"name": "champion_regression", "value": None, "threshold": -float(opts["max_regression"]),
+                       "passed": True, "champion": None, "note": "no production model yet: nothing to regress from"})
+    else:
+        from components.sequences import Prepared
+
+        data = Prepared.load(args.prepared)
+        checks.append(champion_check(champion, data, pd.read_parquet(args.per_user), opts, int(params.get("seed", 0))))
+
+    passed = all(c["passed"] for c in checks)
+    write_json(args.out, {"passed": passed, "model": opts["model"], "champion": champion.tag if champion else None,
+                          "first_model": opts["first_model"], "metrics_sha256": metrics_digest(args.metrics),
+                          "checks": checks})
+    failed = [c for c in checks if not c["passed"]]
+    print(f"gate: {'PASSED' if passed else 'REJECTED'} in {time.time() - t0:.1f}s"
+          + ("".join(f"\n  failed {c['name']}: {c['value']} < {c['threshold']}" for c in failed)))
+
+
+if __name__ == "__main__":
+    main()

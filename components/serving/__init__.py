@@ -1,0 +1,1 @@
+"""Serving: the packaged model (packaged.py) and the BentoML service (service.py)."""

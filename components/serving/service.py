@@ -1,0 +1,293 @@
+"""The LLM-SRec HTTP service (BentoML 1.4 class services): `bentoml serve` from the repository root.
+
+Two services, the pattern BentoML documents for adaptive batching with structured inputs:
+
+- `LLMSRecService` (public): the HTTP contract. `POST /recommend`, `POST /items`, plus BentoML's
+  `/livez`, `/readyz`, `/metrics` and the OpenAPI docs at `/` and `/docs.json`. It validates input and
+  turns every client mistake into a 4xx with a message (see `RequestGuard` for 400/413/422).
+- `LLMSRecScorer` (internal): loads the production model (the BentoML store's `llmsrec` version the
+  registry points at, see components/registry.py) and the real LLM, and scores. Its `score` API is
+  batchable: concurrent /recommend calls are merged by BentoML's adaptive batcher into one LLM pass.
+
+`/readyz` on the public port answers 200 only when the scorer is ready, i.e. after the LLM and the
+item table are loaded and one warm-up request has run.
+
+Choices (also in the README):
+- an empty or all-unknown history gets the popularity ranking of the model's training data, flagged
+  `"fallback": "popularity"` (a cold-start client still gets an answer, and can tell);
+- unknown item ids are ignored and listed in `unknown_items`; an unknown `user_id` is a 404;
+- history is oldest first (sorted by timestamp when every item has one); the model reads the last
+  items of it (its window), `exclude_seen` removes every item of the whole history;
+- items sent without a timestamp are dated the last day of the model's data.
+
+Environment: `LLMSREC_MODEL_TAG` (serve that version instead of production), `LLMSREC_BATCHING=0`
+(no adaptive batching, for comparison), `LLMSREC_MAX_BATCH` (16), `LLMSREC_MAX_BODY_BYTES` (1 MiB),
+`LLMSREC_TORCH_THREADS`, `LLMSREC_DEVICE`/`LLMSREC_DTYPE` (auto).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Annotated, Any
+
+import bentoml
+from pydantic import BaseModel, ConfigDict, Field, StrictInt, StringConstraints
+
+from components.registry import resolve_serving_tag
+
+BATCHING = os.environ.get("LLMSREC_BATCHING", "1") != "0"
+MAX_BATCH = int(os.environ.get("LLMSREC_MAX_BATCH", "16"))
+MAX_BODY_BYTES = int(os.environ.get("LLMSREC_MAX_BODY_BYTES", str(1 << 20)))
+
+ItemId = Annotated[str, StringConstraints(strip_whitespace=True, min_length=1, max_length=256)] | StrictInt
+
+
+class HistoryItem(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    item_id: ItemId
+    timestamp: Annotated[StrictInt, Field(ge=0, le=32_503_680_000)] | None = Field(
+        default=None, description="Unix seconds; without it the item is dated the model's last data day")
+
+
+class RecommendedItem(BaseModel):
+    item_id: str
+    title: str
+    score: float
+
+
+class Recommendation(BaseModel):
+    model: str = Field(description="the BentoML tag of the model that answered")
+    status: str = Field(description="'passed' (released by the gate) or 'provisional' (first model, gate failed)")
+    items: list[RecommendedItem]
+    unknown_items: list[str] = Field(description="history item ids the model does not know (ignored)")
+    history_used: int = Field(description="most recent known history items the model read (its window)")
+    fallback: str | None = Field(default=None, description="'popularity' when no known history item was left")
+
+
+class CatalogueItem(BaseModel):
+    item_id: str
+    title: str
+
+
+class ItemsPage(BaseModel):
+    total: int
+    limit: int
+    offset: int
+    items: list[CatalogueItem]
+
+
+class ScoreRequest(BaseModel):
+    """One /recommend call as the scorer receives it (the public API has validated it)."""
+
+    history: list[HistoryItem] | None = None
+    user_id: str | None = None
+    k: int = 10
+    exclude_seen: bool = True
+
+
+class ScoreResult(BaseModel):
+    status_code: int = 200
+    error: str | None = None
+    result: Recommendation | None = None
+
+
+def _env_threads() -> None:
+    import torch
+
+    if threads := os.environ.get("LLMSREC_TORCH_THREADS"):
+        torch.set_num_threads(int(threads))
+
+
+@bentoml.service(name="llmsrec_scorer", workers=1, traffic={"timeout": 120, "max_concurrency": 256})
+class LLMSRecScorer:
+    # Resolved when the module is imported, so `bentoml build` packs exactly the production version.
+    model_ref = bentoml.models.BentoModel(resolve_serving_tag())
+
+    def __init__(self) -> None:
+        from components.serving.packaged import PackagedModel
+
+        _env_threads()
+        ref = self.model_ref
+        path = Path(getattr(ref, "path", ref))
+        self.tag = str(getattr(ref, "tag", path.name))
+        self.packaged = PackagedModel.load(path, self.tag, device=os.environ.get("LLMSREC_DEVICE", "auto"),
+                                           dtype=os.environ.get("LLMSREC_DTYPE", "auto"))
+        self.status = str(self.packaged.manifest.get("status", "passed"))
+        # One request before reporting ready: the first LLM pass pays one-off costs (allocations, kernels).
+        self._score([ScoreRequest(history=[HistoryItem(item_id=self.packaged.item_ids[0])], k=1)])
+
+    def _score(self, requests: list[ScoreRequest]) -> list[ScoreResult]:
+        from components.serving.packaged import Query
+
+        pm = self.packaged
+        results: list[ScoreResult | None] = [None] * len(requests)
+        queries, slots = [], []
+        for i, r in enumerate(requests):
+            if r.user_id is not None:
+                found = pm.user_history(r.user_id)
+                if found is None:
+                    results[i] = ScoreResult(status_code=404, error=f"user_id '{r.user_id}' is not in the data of "
+                                             f"{self.tag}. Fix: send the user's history instead")
+                    continue
+                queries.append(Query(found[0], found[1], r.k, r.exclude_seen))
+            else:
+                items, stamps, unknown = pm.resolve([(str(h.item_id), h.timestamp) for h in r.history or []])
+                queries.append(Query(items, stamps, r.k, r.exclude_seen, unknown))
+            slots.append(i)
+        for i, q, a in zip(slots, queries, pm.recommend(queries) if queries else [], strict=True):
+            results[i] = ScoreResult(result=Recommendation(
+                model=self.tag, status=self.status, unknown_items=q.unknown, history_used=a.history_used,
+                fallback=a.fallback, items=[RecommendedItem(item_id=pm.item_ids[j - 1], title=pm.titles[j], score=s)
+                                            for j, s in zip(a.items, a.scores, strict=True)]))
+        return results  # type: ignore[return-value]
+
+    @bentoml.api(batchable=BATCHING, max_batch_size=MAX_BATCH, max_latency_ms=60_000)
+    def score(self, requests: list[ScoreRequest]) -> list[ScoreResult]:
+        return self._score(requests)
+
+    @bentoml.api
+    def items(self, limit: int = 50, offset: int = 0) -> ItemsPage:
+        pm = self.packaged
+        rows = range(offset, min(offset + limit, pm.num_items))
+        return ItemsPage(total=pm.num_items, limit=limit, offset=offset,
+                         items=[CatalogueItem(item_id=pm.item_ids[i], title=pm.titles[i + 1]) for i in rows])
+
+
+def _error(status: int, message: str):
+    from starlette.responses import JSONResponse
+
+    return JSONResponse({"error": message}, status_code=status)
+
+
+@bentoml.service(name="llmsrec_service", workers=1, traffic={"timeout": 120})
+class LLMSRecService:
+    scorer = bentoml.depends(LLMSRecScorer)
+
+    async def _call(self, method: str, *args, **kwargs):
+        """Served, `scorer` is a client of the scorer process (its batchable API goes through the
+        adaptive batcher); in-process (tests, `to_asgi`) it is a local instance, called directly."""
+        if hasattr(self.scorer, "to_async"):
+            return await getattr(self.scorer.to_async, method)(*args, **kwargs)
+        import anyio
+
+        return await anyio.to_thread.run_sync(lambda: getattr(self.scorer, method)(*args, **kwargs))
+
+    @bentoml.api(route="/recommend")
+    async def recommend(
+        self,
+        history: Annotated[list[ItemId | HistoryItem] | None, Field(
+            description="the user's items, oldest first: item ids, or {item_id, timestamp} objects",
+            examples=[["I00010", "I00011", "I00012"]])] = None,
+        user_id: Annotated[str | None, Field(description="a known user: their history comes from the data")] = None,
+        k: Annotated[int, Field(ge=1, le=100)] = 10,
+        exclude_seen: bool = True,
+    ) -> Recommendation:
+        """Top-k items for one user, from a history or a known user_id (exactly one of the two)."""
+        if (history is None) == (user_id is None):
+            return _error(422, "give exactly one of 'history' (a list of item ids or {item_id, timestamp}) "
+                               "or 'user_id'")
+        items = None if history is None else [
+            h if isinstance(h, HistoryItem) else HistoryItem(item_id=h) for h in history]
+        req = ScoreRequest(history=items, user_id=user_id, k=k, exclude_seen=exclude_seen)
+        out = (await self._call("score", [req]))[0]
+        out = out if isinstance(out, ScoreResult) else ScoreResult.model_validate(out)
+        if out.error is not None:
+            return _error(out.status_code, out.error)
+        return out.result
+
+    @bentoml.api(route="/items")
+    async def items(self, limit: Annotated[int, Field(ge=1, le=1000)] = 50,
+                    offset: Annotated[int, Field(ge=0)] = 0) -> ItemsPage:
+        """A page of the model's catalogue (item_id, title), in index order."""
+        page = await self._call("items", limit=limit, offset=offset)
+        return page if isinstance(page, ItemsPage) else ItemsPage.model_validate(page)
+
+
+class RequestGuard:
+    """ASGI middleware for the public service: client errors BentoML would not classify.
+
+    - 413 when the body is larger than `max_body` bytes (by Content-Length, or counted as it streams);
+    - BentoML answers every pydantic failure with 400. Here malformed JSON stays 400 and a well-formed
+      body with wrong types or out-of-range values (k > 100, a string for k, ...) becomes 422, with one
+      readable line per problem.
+    """
+
+    def __init__(self, app, max_body: int = MAX_BODY_BYTES):
+        self.app, self.max_body = app, max_body
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] != "http" or scope.get("method") != "POST":
+            return await self.app(scope, receive, send)
+        headers = dict(scope.get("headers") or [])
+        length = headers.get(b"content-length")
+        if length is not None and length.isdigit() and int(length) > self.max_body:
+            return await self._send_json(send, 413, self._too_large())
+        seen, too_large = 0, False
+
+        async def guarded_receive():
+            # A body without Content-Length is counted as it arrives; past the limit the app gets an
+            # empty end-of-body (it fails to parse) and `capture` answers 413 instead of its reply.
+            nonlocal seen, too_large
+            if too_large:
+                return {"type": "http.request", "body": b"", "more_body": False}
+            message = await receive()
+            if message["type"] == "http.request":
+                seen += len(message.get("body", b""))
+                if seen > self.max_body:
+                    too_large = True
+                    return {"type": "http.request", "body": b"", "more_body": False}
+            return message
+
+        start: dict[str, Any] = {}
+        body = []
+
+        async def capture(message):
+            # Only 400s (and oversized requests) are held back; everything else streams through untouched.
+            if message["type"] == "http.response.start":
+                if message["status"] != 400 and not too_large:
+                    return await send(message)
+                start.update(message)
+                return None
+            if not start:
+                return await send(message)
+            body.append(message.get("body", b""))
+            if not message.get("more_body"):
+                status, payload = (413, self._too_large()) if too_large else self._classify(b"".join(body))
+                await self._send_json(send, status, payload)
+            return None
+
+        await self.app(scope, guarded_receive, capture)
+
+    def _too_large(self) -> dict[str, str]:
+        return {"error": f"request body larger than {self.max_body} bytes. Fix: send at most the recent history "
+                         "(the model reads only its last items), or raise LLMSREC_MAX_BODY_BYTES"}
+
+    @staticmethod
+    def _classify(raw: bytes) -> tuple[int, dict[str, Any]]:
+        try:
+            payload = json.loads(raw)
+        except ValueError:
+            return 400, {"error": raw.decode("utf-8", "replace")[:500]}
+        details = payload.get("detail") if isinstance(payload, dict) else None
+        if not isinstance(details, list) or not details:
+            return 400, payload if isinstance(payload, dict) else {"error": str(payload)}
+        if any(d.get("type") == "json_invalid" for d in details if isinstance(d, dict)):
+            return 400, {"error": "malformed JSON body. Fix: send a JSON object, e.g. "
+                                  '{"history": ["I00001", "I00002"], "k": 10}', "detail": details}
+        lines = []
+        for d in details:
+            loc = ".".join(str(p) for p in d.get("loc", ()) if p not in ("body",))
+            lines.append(f"{loc or 'body'}: {d.get('msg', 'invalid')}")
+        return 422, {"error": "; ".join(lines), "detail": details}
+
+    @staticmethod
+    async def _send_json(send, status: int, payload: dict[str, Any]) -> None:
+        data = json.dumps(payload).encode()
+        await send({"type": "http.response.start", "status": status,
+                    "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(data)).encode())]})
+        await send({"type": "http.response.body", "body": data})
+
+
+LLMSRecService.add_asgi_middleware(RequestGuard, max_body=MAX_BODY_BYTES)

@@ -1,0 +1,198 @@
+"""The gate: each check passes and fails on its own; a failed gate leaves production untouched."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pandas as pd
+import pytest
+import yaml
+
+from components.errors import ConfigError, DataError
+from components.gate import floor_checks, options
+from tests.serving.conftest import gate, package, run_stage
+
+METRICS = {
+    "popularity": {"ndcg@10": 0.10},
+    "llmsrec": {"ndcg@10": 0.30},
+    "llmsrec_shuffled": {"ndcg@10": 0.27, "shuffle_drop": {"ndcg@10": 0.10}},
+}
+
+
+def by_name(checks: list[dict]) -> dict[str, dict]:
+    return {c["name"]: c for c in checks}
+
+
+def test_floor_checks_pass_on_a_good_model():
+    checks = by_name(floor_checks(METRICS, options({})))
+    assert all(c["passed"] for c in checks.values())
+    assert checks["lift_over_popularity"]["value"] == pytest.approx(2.0)
+    assert checks["shuffle_drop"]["value"] == pytest.approx(0.10)
+
+
+@pytest.mark.parametrize("failing, change", [
+    ("ndcg@10_floor", {"llmsrec": {"ndcg@10": 0.09}, "popularity": {"ndcg@10": 0.05}}),
+    ("lift_over_popularity", {"popularity": {"ndcg@10": 0.31}}),
+    ("shuffle_drop", {"llmsrec_shuffled": {"ndcg@10": 0.31, "shuffle_drop": {"ndcg@10": -0.03}}}),
+])
+def test_each_floor_check_fails_alone(failing, change):
+    checks = by_name(floor_checks({**METRICS, **change}, options({})))
+    assert {n for n, c in checks.items() if not c["passed"]} == {failing}
+    assert checks[failing]["value"] < checks[failing]["threshold"]
+
+
+def test_null_threshold_skips_a_check_and_needs_no_metrics():
+    checks = by_name(floor_checks({"llmsrec": {"ndcg@10": 0.0}},
+                                  options({"min_ndcg_at_10": None, "min_lift_over_popularity": None,
+                                           "min_shuffle_drop": None})))
+    assert all(c["passed"] and c.get("skipped") for c in checks.values())
+
+
+def test_missing_metrics_name_the_fix():
+    with pytest.raises(DataError, match="evaluate.shuffle, or set gate.min_shuffle_drop: null"):
+        floor_checks({"llmsrec": {"ndcg@10": 0.3}, "popularity": {"ndcg@10": 0.1}}, options({}))
+
+
+@pytest.mark.parametrize("cfg, match", [
+    ({"min_ndcg": 0.1}, "unknown gate keys"),
+    ({"max_regression": -0.1}, "negative"),
+    ({"min_shuffle_drop": "high"}, "use a number"),
+    ({"first_model": "always"}, "first_model"),
+])
+def test_bad_gate_params(cfg, match):
+    with pytest.raises(ConfigError, match=match):
+        options(cfg)
+
+
+def set_params(ws: Path, **gate_cfg) -> None:
+    params = yaml.safe_load((ws / "params.yaml").read_text())
+    params["gate"].update(gate_cfg)
+    (ws / "params.yaml").write_text(yaml.safe_dump(params))
+
+
+def set_challenger_ndcg(ws: Path, value: float) -> None:
+    """Pretend evaluate scored the challenger at `value` for every test user (metrics and per-user agree)."""
+    per_user = pd.read_parquet(ws / "reports" / "per_user.parquet")
+    per_user.loc[per_user["model"] == "llmsrec", "ndcg@10"] = value
+    per_user.to_parquet(ws / "reports" / "per_user.parquet", index=False)
+    metrics = json.loads((ws / "reports" / "metrics.json").read_text())
+    metrics["llmsrec"]["ndcg@10"] = value
+    (ws / "reports" / "metrics.json").write_text(json.dumps(metrics))
+
+
+def registry(home: Path) -> dict:
+    return json.loads((home / "registry" / "llmsrec.json").read_text())
+
+
+def stored_versions(home: Path) -> set[str]:
+    return {p.name for p in (home / "models" / "llmsrec").iterdir() if p.is_dir()}
+
+
+@pytest.mark.slow
+@pytest.mark.real_llm
+def test_gate_then_package_promotes_and_failures_leave_the_champion(workspace, tmp_path):
+    home = tmp_path / "bentoml"
+
+    # 1. First model, gate passes: packaged and promoted.
+    gate(workspace, home)
+    report = json.loads((workspace / "reports" / "gate.json").read_text())
+    assert report["passed"] and report["champion"] is None
+    package(workspace, home)
+    pkg = json.loads((workspace / "reports" / "package.json").read_text())
+    assert pkg["decision"] == "promoted" and pkg["status"] == "passed"
+    champion = pkg["tag"]
+    assert registry(home)["production"] == champion
+    root = home / "models" / "llmsrec" / champion.split(":")[1]
+    assert (root / "cfsrec" / "model.safetensors").is_file()
+    assert {p.name for p in (root / "llmsrec").iterdir()} >= {"adapters.safetensors", "item_table.safetensors",
+                                                             "titles.json", "item_ids.json", "config.json"}
+    assert {p.name for p in (root / "catalogue").iterdir()} == {"items.parquet", "users.parquet",
+                                                                "sequences.parquet"}
+    manifest = json.loads((root / "package.json").read_text())
+    assert manifest["backbone"]["name"] == "smollm2-135m" and not manifest["backbone"]["included"]
+    assert manifest["backbone"]["fingerprint"].startswith("gguf-sha256:")
+    assert not any(p.stat().st_size > 50e6 for p in root.rglob("*") if p.is_file())  # never the LLM's weights
+    assert manifest["data_version"].endswith(".dir") and manifest["metrics"]["llmsrec"]
+    versions = stored_versions(home)
+
+    # 2. Champion vs challenger: the champion is re-scored on the current candidates (> 0 by construction).
+    set_challenger_ndcg(workspace, 0.0)
+    gate(workspace, home)
+    report = json.loads((workspace / "reports" / "gate.json").read_text())
+    regression = by_name(report["checks"])["champion_regression"]
+    assert report["champion"] == champion and not report["passed"]
+    assert regression["champion_ndcg"] > 0 and regression["challenger_ndcg"] == 0 and not regression["passed"]
+    assert [c["name"] for c in report["checks"] if not c["passed"]] == ["champion_regression"]
+    out = package(workspace, home)
+    assert "REJECTED" in out.stdout
+    assert json.loads((workspace / "reports" / "package.json").read_text())["decision"] == "rejected"
+    assert registry(home)["production"] == champion and stored_versions(home) == versions
+    assert registry(home)["events"][-1]["action"] == "reject"
+
+    # 3. A floor failure alone, with a challenger that beats the champion: still rejected, champion stays.
+    set_challenger_ndcg(workspace, 1.0)
+    set_params(workspace, min_ndcg_at_10=1.5)
+    gate(workspace, home)
+    report = json.loads((workspace / "reports" / "gate.json").read_text())
+    assert [c["name"] for c in report["checks"] if not c["passed"]] == ["ndcg@10_floor"]
+    assert by_name(report["checks"])["champion_regression"]["passed"]
+    package(workspace, home)
+    assert registry(home)["production"] == champion and stored_versions(home) == versions
+
+    # 4. A stale gate report (production changed since) is refused, not acted on.
+    set_params(workspace, min_ndcg_at_10=0.0)
+    gate(workspace, home)
+    (home / "registry" / "llmsrec.json").write_text(json.dumps({"production": None, "events": []}))
+    out = package(workspace, home, check=False)
+    assert out.returncode == 1 and "re-run the gate" in out.stderr and "Traceback" not in out.stderr
+
+
+@pytest.mark.slow
+def test_first_failed_model_is_provisional_or_rejected(workspace, tmp_path):
+    """With nothing in production, a failing model is promoted flagged provisional (so `bentoml serve`
+    has something to serve after the very first run), or, with first_model: reject, not at all."""
+    set_params(workspace, min_ndcg_at_10=1.5)
+    home = tmp_path / "provisional"
+    gate(workspace, home)
+    assert not json.loads((workspace / "reports" / "gate.json").read_text())["passed"]
+    package(workspace, home)
+    pkg = json.loads((workspace / "reports" / "package.json").read_text())
+    assert pkg["decision"] == "provisional" and registry(home)["production"] == pkg["tag"]
+    assert registry(home)["events"][-1]["action"] == "provisional"
+
+    set_params(workspace, first_model="reject")
+    home = tmp_path / "strict"
+    gate(workspace, home)
+    out = package(workspace, home)
+    assert "REJECTED" in out.stdout and not (home / "models" / "llmsrec").exists()
+
+
+@pytest.mark.slow
+def test_registry_cli_promote_list_rollback(pipeline_outputs, tmp_path):
+    home = tmp_path / "bentoml"
+    gate(pipeline_outputs, home)
+    package(pipeline_outputs, home)
+    first = registry(home)["production"]
+    # A second, different version (another data version): package it as well.
+    ws = tmp_path / "ws2"
+    import shutil
+
+    shutil.copytree(pipeline_outputs, ws)
+    (ws / "data" / "prepared" / "meta.json").write_text((ws / "data" / "prepared" / "meta.json").read_text() + "\n")
+    seq = pd.read_parquet(ws / "data" / "prepared" / "sequences.parquet")
+    seq.to_parquet(ws / "data" / "prepared" / "sequences.parquet", index=False, compression="gzip")
+    gate(ws, home)
+    package(ws, home)
+    second = registry(home)["production"]
+    assert second != first
+
+    listing = run_stage(ws, home, "components.registry", "list").stdout
+    assert f"* {second}" in listing and f"  {first}" in listing
+    assert run_stage(ws, home, "components.registry", "rollback").stdout.strip() == f"production: {first}"
+    assert registry(home)["production"] == first
+    out = run_stage(ws, home, "components.registry", "rollback", check=False)
+    assert out.returncode == 1 and "no earlier production version" in out.stderr
+    assert run_stage(ws, home, "components.registry", "promote", second).stdout.strip() == f"production: {second}"
+    out = run_stage(ws, home, "components.registry", "promote", "llmsrec:doesnotexist", check=False)
+    assert out.returncode == 1 and "no such model" in out.stderr and registry(home)["production"] == second

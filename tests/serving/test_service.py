@@ -1,0 +1,217 @@
+"""The service: in-process through its ASGI app, then a real `bentoml serve`, then `bentoml build`."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+from tests.conftest import REPO
+from tests.serving.conftest import free_port, stage_env
+
+
+@pytest.fixture(scope="module")
+def client(promoted_home):
+    """The public service's ASGI app in this process (its scorer dependency is a local instance)."""
+    import torch
+    from bentoml._internal.configuration.containers import BentoMLContainer
+    from bentoml._internal.models.model import ModelStore
+    from starlette.testclient import TestClient
+
+    before_threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    store = BentoMLContainer.model_store.get()
+    home = BentoMLContainer.bentoml_home.get()
+    BentoMLContainer.bentoml_home.set(str(promoted_home))
+    BentoMLContainer.model_store.set(ModelStore(str(promoted_home / "models")))
+    sys.modules.pop("components.serving.service", None)
+    try:
+        from components.serving.service import LLMSRecService
+
+        with TestClient(LLMSRecService.to_asgi()) as c:
+            yield c
+    finally:
+        BentoMLContainer.bentoml_home.set(home)
+        BentoMLContainer.model_store.set(store)
+        sys.modules.pop("components.serving.service", None)
+        torch.set_num_threads(before_threads)
+
+
+@pytest.fixture(scope="module")
+def catalogue(pipeline_outputs):
+    items = pd.read_parquet(pipeline_outputs / "data" / "prepared" / "items.parquet").sort_values("idx")
+    users = pd.read_parquet(pipeline_outputs / "data" / "prepared" / "users.parquet")
+    lengths = pd.read_parquet(pipeline_outputs / "data" / "prepared" / "sequences.parquet").set_index("user_idx")["items"]
+    # users with at least 10 items first: their whole window is history
+    users = users.assign(n=users["idx"].map(lengths.map(len))).sort_values("n", ascending=False, kind="stable")
+    return items["item_id"].tolist(), dict(zip(items["item_id"], items["title"], strict=True)), users["user_id"].tolist()
+
+
+def production(home: Path) -> str:
+    return json.loads((home / "registry" / "llmsrec.json").read_text())["production"]
+
+
+@pytest.mark.real_llm
+def test_recommend_in_process(client, catalogue, promoted_home):
+    ids, titles, users = catalogue
+    history = ids[:3]
+    r = client.post("/recommend", json={"history": history + ["NOT-AN-ITEM"], "k": 5})
+    assert r.status_code == 200, r.text
+    body = r.json()
+    assert body["model"] == production(promoted_home) and body["status"] == "passed"
+    assert body["unknown_items"] == ["NOT-AN-ITEM"] and body["fallback"] is None and body["history_used"] == 3
+    assert len(body["items"]) == 5
+    assert all(i["title"] == titles[i["item_id"]] for i in body["items"])
+    assert not {i["item_id"] for i in body["items"]} & set(history)  # exclude_seen defaults to true
+    scores = [i["score"] for i in body["items"]]
+    assert scores == sorted(scores, reverse=True)
+
+    # {item_id, timestamp} objects, numeric ids for string catalogues are matched as text, seen items allowed
+    r = client.post("/recommend", json={"history": [{"item_id": h, "timestamp": 1_650_000_000 + i}
+                                                    for i, h in enumerate(history)],
+                                        "k": len(ids), "exclude_seen": False})
+    assert r.status_code == 200 and len(r.json()["items"]) == len(ids)
+
+    # A known user's history comes from the data
+    r = client.post("/recommend", json={"user_id": users[0], "k": 3})
+    assert r.status_code == 200 and r.json()["history_used"] == 10 and len(r.json()["items"]) == 3
+
+
+@pytest.mark.real_llm
+def test_history_window_and_fallback(client, catalogue):
+    ids, _, _ = catalogue
+    long = (ids * 3)[:35]
+    r = client.post("/recommend", json={"history": long, "k": 3})
+    assert r.status_code == 200 and r.json()["history_used"] == 10  # truncated to the model's window
+    # The window is the last 10: the same last 10 items give the same ranking as the long history
+    same = client.post("/recommend", json={"history": long[-10:], "k": 3, "exclude_seen": False}).json()
+    full = client.post("/recommend", json={"history": long, "k": 3, "exclude_seen": False}).json()
+    assert [i["item_id"] for i in same["items"]] == [i["item_id"] for i in full["items"]]
+
+    for history in ([], ["nope-1", "nope-2"]):
+        r = client.post("/recommend", json={"history": history, "k": 4})
+        assert r.status_code == 200
+        body = r.json()
+        assert body["fallback"] == "popularity" and body["history_used"] == 0 and len(body["items"]) == 4
+        assert body["unknown_items"] == history
+
+
+@pytest.mark.parametrize("payload, status, says", [
+    ({"history": ["x"], "k": 0}, 422, "k:"),
+    ({"history": ["x"], "k": 101}, 422, "k:"),
+    ({"history": ["x"], "k": "ten"}, 422, "k:"),
+    ({"history": "I00001"}, 422, "history"),
+    ({"history": [{"item": "x"}]}, 422, "history"),
+    ({"history": [{"item_id": "x", "timestamp": -5}]}, 422, "timestamp"),
+    ({"history": [None]}, 422, "history"),
+    ({"k": 5}, 422, "exactly one of"),
+    ({"history": ["x"], "user_id": "U1"}, 422, "exactly one of"),
+    ({"user_id": "nobody"}, 404, "not in the data"),
+])
+@pytest.mark.real_llm
+def test_bad_input_gets_4xx_with_a_message(client, payload, status, says):
+    r = client.post("/recommend", json=payload)
+    assert r.status_code == status, r.text
+    assert says in r.json()["error"]
+
+
+@pytest.mark.real_llm
+def test_malformed_oversized_and_items(client, catalogue):
+    r = client.post("/recommend", content=b'{"history": ["a", ', headers={"content-type": "application/json"})
+    assert r.status_code == 400 and "malformed JSON" in r.json()["error"]
+    r = client.post("/recommend", content=b"x" * (2 << 20), headers={"content-type": "application/json"})
+    assert r.status_code == 413 and "larger than" in r.json()["error"]
+
+    ids, titles, _ = catalogue
+    page = client.post("/items", json={"limit": 5, "offset": 2}).json()
+    assert page["total"] == len(ids) and [i["item_id"] for i in page["items"]] == ids[2:7]
+    assert all(i["title"] == titles[i["item_id"]] for i in page["items"])
+    assert client.post("/items", json={"offset": len(ids)}).json()["items"] == []
+    assert client.post("/items", json={"limit": 0}).status_code == 422
+    assert client.post("/items", json={"limit": 5000}).status_code == 422
+
+
+def wait_ready(url: str, proc: subprocess.Popen, timeout: float = 240) -> None:
+    import httpx
+
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        if proc.poll() is not None:
+            raise AssertionError(f"bentoml serve exited {proc.returncode}")
+        try:
+            if httpx.get(f"{url}/readyz", timeout=2).status_code == 200:
+                return
+        except httpx.TransportError:
+            pass
+        time.sleep(0.5)
+    raise AssertionError(f"not ready after {timeout}s")
+
+
+@pytest.mark.slow
+@pytest.mark.real_llm
+def test_bentoml_serve_subprocess(promoted_home, catalogue, tmp_path):
+    import httpx
+
+    ids, _, _ = catalogue
+    port = free_port()
+    url = f"http://127.0.0.1:{port}"
+    log = (tmp_path / "serve.log").open("w")
+    env = stage_env(promoted_home)
+    env["LLMSREC_TORCH_THREADS"] = "1"
+    proc = subprocess.Popen([sys.executable, "-m", "bentoml", "serve", "--port", str(port), "--host", "127.0.0.1"],
+                            cwd=REPO, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+    try:
+        wait_ready(url, proc)
+        assert httpx.get(f"{url}/livez").status_code == 200
+        good = httpx.post(f"{url}/recommend", json={"history": ids[:4], "k": 3}, timeout=60)
+        assert good.status_code == 200, good.text
+        assert good.json()["model"] == production(promoted_home) and len(good.json()["items"]) == 3
+        # concurrent calls share the batcher and each gets its own answer
+        with httpx.Client(timeout=60) as c:
+            import concurrent.futures as cf
+
+            with cf.ThreadPoolExecutor(4) as pool:
+                answers = list(pool.map(lambda i: c.post(f"{url}/recommend", json={"history": ids[i:i + 3], "k": 2}),
+                                        range(4)))
+        assert all(a.status_code == 200 and len(a.json()["items"]) == 2 for a in answers)
+        bad = httpx.post(f"{url}/recommend", json={"history": ids[:2], "k": 500})
+        assert bad.status_code == 422 and "k:" in bad.json()["error"]
+        assert httpx.post(f"{url}/recommend", content=b"{nope", headers={"content-type": "application/json"}
+                          ).status_code == 400
+        assert httpx.post(f"{url}/items", json={"limit": 2}).json()["items"][0]["item_id"] == ids[0]
+        metrics = httpx.get(f"{url}/metrics").text
+        assert "bentoml_service_request_total" in metrics or "bentoml_api_server_request_total" in metrics
+        spec = httpx.get(f"{url}/docs.json").json()
+        assert "/recommend" in spec["paths"] and "/items" in spec["paths"]
+    finally:
+        os.killpg(proc.pid, signal.SIGTERM)
+        try:
+            proc.wait(30)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+        log.close()
+
+
+@pytest.mark.slow
+def test_bentoml_build(promoted_home):
+    out = subprocess.run([sys.executable, "-m", "bentoml", "build", "--output", "tag"], cwd=REPO,
+                         env=stage_env(promoted_home), capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stdout + out.stderr
+    bentos = promoted_home / "bentos" / "llmsrec"
+    built = [p for p in bentos.iterdir() if p.is_dir()]
+    assert len(built) == 1
+    bento = built[0]
+    assert (bento / "src" / "components" / "serving" / "service.py").is_file()
+    assert not (bento / "src" / "tests").exists() and not (bento / "src" / "data").exists()
+    # the production model travels inside the Bento
+    prod = production(promoted_home).split(":")[1]
+    assert (bento / "models" / "llmsrec" / prod / "llmsrec" / "adapters.safetensors").is_file()
+    reqs = (bento / "env" / "python" / "requirements.txt").read_text()
+    assert "torch==2.13.0+cpu" in reqs
