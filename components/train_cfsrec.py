@@ -14,6 +14,11 @@ Warm start: `cfsrec.warm_start_from: <checkpoint dir>` starts from a previous SA
 Items are matched by item_id through the two index mappings: known items keep their embeddings,
 new items start fresh. An incompatible checkpoint (other architecture, no shared items) fails with
 the fix, or trains from scratch when `cfsrec.warm_start_mismatch: fresh`.
+
+Staged warm start: `--warm-start-staged DIR` names where an orchestrator (the Airflow DAG) puts the
+checkpoint to continue from, normally the production model's SASRec. It is used only when
+`cfsrec.warm_start_from` is null and DIR holds a checkpoint, and an incompatible one is skipped
+(training starts fresh, and the summary says why) because nobody asked for it by name.
 """
 
 from __future__ import annotations
@@ -98,8 +103,8 @@ def plot_curve(curve: list[dict[str, Any]], path: Path) -> None:
     plt.close(fig)
 
 
-def train(params: dict[str, Any], prepared: Path, state_dir: Path | None, log=print) -> tuple[SASRec, FitResult,
-                                                                                               dict[str, Any]]:
+def train(params: dict[str, Any], prepared: Path, state_dir: Path | None, log=print,
+          staged: Path | None = None) -> tuple[SASRec, FitResult, dict[str, Any]]:
     cfg = section(params, "cfsrec")
     seed = int(cfg.get("seed") if cfg.get("seed") is not None else params.get("seed", 0))
     model_cfg = SASRecConfig.from_params(cfg)
@@ -121,6 +126,9 @@ def train(params: dict[str, Any], prepared: Path, state_dir: Path | None, log=pr
     if cfg.get("warm_start_from"):
         warm = warm_start(model, Path(cfg["warm_start_from"]), mismatch)
         log(f"warm start: {warm}")
+    elif staged is not None and (Path(staged) / "config.json").is_file():
+        warm = warm_start(model, Path(staged), "fresh") | {"staged": True}
+        log(f"warm start (staged by the orchestrator): {warm}")
     # The key covers what determines the weights epoch by epoch. `epochs`, `eval_every` and `patience`
     # only decide when to look and when to stop, so a run can be extended or cut short and still resume.
     key = run_key(model.config_dict(), {"lr": opts.lr, "batch_size": opts.batch_size, "seed": opts.seed,
@@ -151,10 +159,13 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--plot", type=Path, help="training curve, PNG")
     ap.add_argument("--summary", type=Path, required=True, help="training summary JSON (a DVC metric)")
     ap.add_argument("--state-dir", type=Path, help="resume state root; must not be a declared output")
+    ap.add_argument("--warm-start-staged", type=Path,
+                    help="checkpoint an orchestrator staged to continue from, used when cfsrec.warm_start_from is null")
     args = ap.parse_args(argv)
 
     t0 = time.time()
-    model, result, summary = train(load_params(args.params), args.prepared, args.state_dir)
+    model, result, summary = train(load_params(args.params), args.prepared, args.state_dir,
+                                   staged=args.warm_start_staged)
     out = fresh_dir(args.out)
     model.save(out)
     write_json(out / "training.json", summary)

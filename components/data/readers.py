@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import gzip
+import json
 from pathlib import Path
 
 import pandas as pd
@@ -28,7 +29,7 @@ def check_file(path: Path) -> None:
 
 
 def read_table(path: Path, required: list[str], columns: dict[str, str] | None = None) -> pd.DataFrame:
-    """Read a .tsv/.csv/.parquet table, rename mapped columns to canonical names, check required ones.
+    """Read a .tsv/.csv/.parquet/.jsonl table, rename mapped columns to canonical names, check required ones.
 
     `columns` maps canonical name -> name in the file (params `data.columns`). All values are read
     as strings: ids must not lose leading zeros, and typing happens in one place (schema.py).
@@ -52,8 +53,10 @@ def read_table(path: Path, required: list[str], columns: dict[str, str] | None =
             raise DataError(path, f"cannot be parsed as {_OTHER_SEPS[sep]}-separated ({e})",
                             f"check the delimiter: {suffix} files must be {_OTHER_SEPS[sep]}-separated") from None
         _check_delimiter(path, df, sep, required, columns)
+    elif suffix == ".jsonl":
+        df = _read_jsonl(path)
     else:
-        raise DataError(path, f"unsupported file type '{suffix}'", "use .tsv, .csv or .parquet")
+        raise DataError(path, f"unsupported file type '{suffix}'", "use .tsv, .csv, .parquet or .jsonl")
 
     df = df.rename(columns={v: k for k, v in (columns or {}).items()})
     missing = [c for c in required if c not in df.columns]
@@ -69,6 +72,26 @@ def read_table(path: Path, required: list[str], columns: dict[str, str] | None =
     df["_source"] = str(path)
     df["_row"] = range(1, len(df) + 1)
     return df
+
+
+def _read_jsonl(path: Path) -> pd.DataFrame:
+    """JSON Lines, one object per line. Values become strings (as in CSV) so ids keep their exact text;
+    null stays missing. pandas.read_json would turn ids 7 and 7.0 into the same float."""
+    rows = []
+    with path.open(encoding="utf-8") as f:
+        for n, line in enumerate(f, 1):
+            if not line.strip():
+                continue
+            try:
+                rec = json.loads(line)
+            except (json.JSONDecodeError, UnicodeDecodeError) as e:
+                raise DataError(path, f"line {n} is not valid JSON ({e})",
+                                "write one JSON object per line (JSON Lines), UTF-8") from None
+            if not isinstance(rec, dict):
+                raise DataError(path, f"line {n} is a JSON {type(rec).__name__}, not an object",
+                                "write one JSON object per line, e.g. {\"user_id\": \"u1\", ...}")
+            rows.append({k: None if v is None else str(v) for k, v in rec.items()})
+    return pd.DataFrame(rows, dtype="string")
 
 
 def _check_delimiter(path: Path, df: pd.DataFrame, sep: str, required, columns) -> None:

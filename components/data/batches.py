@@ -1,0 +1,65 @@
+"""New-interaction batches: the files that arrive after the base source, and how they join it.
+
+A batch is one file in the canonical schema: `user_id`, `item_id`, `timestamp` (Unix seconds), plus
+`title` (and optionally `description`) for items the catalogue does not know yet. CSV, TSV, Parquet
+and JSON Lines are read. Accepted batches live in the raw store (`data/batches/<batch_id>/<file>`,
+written by components/landing.py); `ingest` appends them, in arrival order, to the base source.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pandas as pd
+
+from components.data.readers import read_table
+from components.data.schema import canonical_interactions, canonical_items
+
+BATCH_SUFFIXES = (".csv", ".tsv", ".parquet", ".jsonl")
+BATCH_META = "batch.json"  # written next to the raw file when a batch is accepted
+
+
+def read_batch(path: Path) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """Canonical (interactions, items) of one batch file; items only where a row carries a title."""
+    df = read_table(Path(path), ["user_id", "item_id", "timestamp"])
+    inter = canonical_interactions(df, str(path))
+    if "title" not in df.columns:
+        return inter, canonical_items(df.iloc[:0].assign(title=pd.Series(dtype="string")), str(path))
+    titled = df[df["title"].notna() & (df["title"].astype("string").str.strip() != "")]
+    items = canonical_items(titled, str(path))
+    # One catalogue row per distinct (item_id, title, description): a batch repeats an item on every
+    # interaction row. Conflicting titles for one item stay, and validation quarantines the later one.
+    items = items.drop_duplicates(subset=["item_id", "title", "description"], keep="first")
+    return inter, items.reset_index(drop=True)
+
+
+def accepted_batches(store: Path) -> list[Path]:
+    """The raw files of the accepted batches, in arrival order (batch ids start with the UTC arrival time).
+
+    Directories whose name starts with '.' are batches still being written (renamed into place
+    when complete), so a reader never sees half a batch.
+    """
+    store = Path(store)
+    if not store.is_dir():
+        return []
+    files = []
+    for d in sorted(p for p in store.iterdir() if p.is_dir() and not p.name.startswith(".")):
+        files += sorted(f for f in d.iterdir() if f.suffix.lower() in BATCH_SUFFIXES)
+    return files
+
+
+def merge_batches(interactions: pd.DataFrame, items: pd.DataFrame,
+                  batches: list[Path]) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """Append batches to the base tables. An item already in the catalogue keeps its title there;
+    a batch only adds items that are new. Rows keep their lineage (`_source` = the batch file)."""
+    inters, catalogue = [interactions], [items]
+    known = set(items["item_id"].dropna().astype(str))
+    for path in batches:
+        b_inter, b_items = read_batch(path)
+        new = b_items[~b_items["item_id"].astype(str).isin(known)]
+        known |= set(new["item_id"].dropna().astype(str))
+        inters.append(b_inter)
+        catalogue.append(new)
+    if len(inters) == 1:
+        return interactions, items
+    return (pd.concat(inters, ignore_index=True), pd.concat(catalogue, ignore_index=True))
