@@ -1,0 +1,90 @@
+"""Run one DVC stage the way the DAG's tasks do: `dvc repro -s <stage>` in the repository.
+
+`-s` reproduces that stage alone (Airflow already ran its upstream tasks), and DVC skips it when its
+deps, params and command are unchanged, so a retried or repeated task costs nothing. The output is
+streamed into the task log as it comes.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import os
+import re
+import subprocess
+import sys
+import time
+from collections import deque
+from contextlib import contextmanager
+from pathlib import Path
+
+# What the stages print when the input, not the machine, is wrong (components.errors.stage_main):
+# retrying cannot help, so the task fails at once and shows this line.
+USER_ERROR = re.compile(r"^ERROR \[([\w.-]+)\] (.+)$")
+# Offline, quiet tools, as the Makefile sets them.
+QUIET_ENV = {"DVC_NO_ANALYTICS": "1", "GX_ANALYTICS_ENABLED": "False", "BENTOML_DO_NOT_TRACK": "True",
+             "HF_HUB_OFFLINE": "1"}
+
+
+class StageFailed(Exception):
+    """The stage failed for a reason that may pass (a crash, a killed process, a lock): retry."""
+
+
+class StageInputError(StageFailed):
+    """The stage rejected its input or params: fix them, retrying changes nothing."""
+
+
+def stage_env() -> dict[str, str]:
+    """The task's environment, with this interpreter's bin first on PATH: dvc.yaml calls `python`."""
+    env = {**QUIET_ENV, **os.environ}
+    env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}"
+    return env
+
+
+@contextmanager
+def repo_lock(repo: Path):
+    """One DVC process per repository. The Airflow pool serialises the DVC tasks on one queue; this
+    lock also covers a stage routed to another pool (distill on `gpu`) and a `dvc repro` started by
+    hand. The waiting process blocks in the kernel (flock), it does not poll."""
+    path = Path(repo) / ".dvc" / "tmp" / "orchestration.lock"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with path.open("w") as f:
+        fcntl.flock(f, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(f, fcntl.LOCK_UN)
+
+
+def run_stage(repo: Path, address: str, log=print) -> dict:
+    """`dvc repro -s ADDRESS`; returns {stage, ran, seconds}. Raises StageInputError or StageFailed."""
+    with repo_lock(repo):
+        out = run_module(repo, ["dvc", "repro", "-s", address], log)
+    return {"stage": address, "ran": any(line.startswith("Running stage") for line in out["lines"]),
+            "seconds": out["seconds"]}
+
+
+def run_module(repo: Path, argv: list[str], log=print) -> dict:
+    """`python -m ARGV...` in the repository (params' relative paths resolve there), output streamed to
+    `log`. Returns {lines, seconds}; raises StageInputError or StageFailed on a non-zero exit."""
+    cmd = [sys.executable, "-m", *argv]
+    lines: deque[str] = deque(maxlen=400)
+    errors: list[str] = []
+    t0 = time.time()
+    log(f"$ python -m {' '.join(argv)}   (in {repo})")
+    proc = subprocess.Popen(cmd, cwd=repo, env=stage_env(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                            text=True, bufsize=1)
+    assert proc.stdout is not None
+    for line in proc.stdout:
+        line = line.rstrip("\n")
+        log(line)
+        lines.append(line)
+        if USER_ERROR.match(line):
+            errors.append(line)
+    rc = proc.wait()
+    seconds = round(time.time() - t0, 1)
+    if rc != 0:
+        if errors:
+            raise StageInputError(errors[-1])
+        last = next((t for t in reversed(lines) if t.strip()), "no output")
+        raise StageFailed(f"`{' '.join(argv[:4])}` failed (exit {rc}) after {seconds}s: {last}")
+    return {"lines": list(lines), "seconds": seconds}

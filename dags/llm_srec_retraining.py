@@ -1,0 +1,251 @@
+"""
+### llm_srec_retraining: retrain LLM-SRec when new interactions arrive, release it only through the gate
+
+**Runs** on the cron schedule in `params.yaml` → `orchestration.schedule` (UTC), and whenever a batch
+lands: the Asset `llm_srec_landing_zone` is updated when the triggerer sees the sentinel
+`data/incoming/_READY` (`python -m components.landing drop FILE` writes the batch and the sentinel).
+
+**Tasks**
+
+1. `ingest_batches`: moves complete files from `data/incoming/` into the raw store `data/batches/`
+   (atomic rename, de-duplicated by SHA-256, validated on its own; a batch with too many bad rows is
+   rejected into `data/landing/rejected/` with its quarantined rows, and the run fails here).
+2. `prepare_warm_start`: stages the production model's SASRec (or the previous checkpoint) so
+   `pretrain_cfsrec` continues from it; known items keep their embeddings, new items start fresh.
+3. One task per DVC stage in `dvc.yaml`, wired by the stages' deps and outs, each running
+   `dvc repro -s <stage>`: DVC skips what has not changed, so reruns and retries are idempotent.
+   Adding a stage to `dvc.yaml` adds a task here. They share the 1-slot pool `dvc` (DVC's repo lock);
+   `distill` goes to queue `gpu` and pool `gpu` (`orchestration.tasks`).
+4. `check_gate`: reads `reports/gate.json`; passed → the stages after the gate (`package`: save to
+   BentoML and promote) → `reload_serving`; failed → `mark_rejected` (log, registry, notify callback).
+5. `run_summary`: always runs; writes `reports/runs/<run>/summary.json`, notifies, and fails the run
+   if any task failed. A failed or rejected run leaves the production model as it was.
+
+Configuration: `params.yaml` → `orchestration`. Setup, pools and GPU workers: README → Airflow.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from datetime import timedelta
+from pathlib import Path
+
+from airflow.providers.standard.triggers.file import FileDeleteTrigger
+from airflow.sdk import (
+    DAG,
+    Asset,
+    AssetOrTimeSchedule,
+    AssetWatcher,
+    CronTriggerTimetable,
+    TriggerRule,
+    get_current_context,
+    task,
+)
+from airflow.sdk.exceptions import AirflowFailException
+
+from components.errors import ConfigError
+from components.io import read_json
+from components.orchestration import graph, release
+from components.orchestration.config import load_config
+from components.orchestration.operators import DvcStageOperator
+from components.orchestration.runner import StageFailed, StageInputError, run_module
+
+# The repository this DAG drives: the folder above dags/, or $LLMSREC_REPO when the DAG file is
+# deployed elsewhere (e.g. a dags folder that only holds a copy).
+REPO = Path(os.environ.get("LLMSREC_REPO") or Path(__file__).resolve().parents[1]).resolve()
+CFG = load_config(REPO / "params.yaml")
+STAGES = graph.pipeline_stages(REPO)
+LANDING = CFG["landing"]
+ORCHESTRATION_TASKS = ("ingest_batches", "prepare_warm_start", "check_gate", "mark_rejected", "reload_serving",
+                       "run_summary")
+
+if clash := sorted({s.task_id for s in STAGES} & set(ORCHESTRATION_TASKS)):
+    raise ConfigError(REPO / "dvc.yaml", f"stage(s) {clash} share a name with the DAG's own tasks",
+                      "rename the stage(s)")
+STORE_READERS = graph.reads(STAGES, LANDING["store"])
+if not STORE_READERS:
+    raise ConfigError(REPO / "params.yaml", f"orchestration.landing.store ({LANDING['store']}) is not a dependency "
+                      "of any dvc.yaml stage, so accepted batches would never reach training",
+                      "add it to the ingest stage's deps and command (--batches), or fix the path")
+GATE_STAGE = graph.writer_of(STAGES, CFG["gate_report"])
+RELEASE_STAGES = graph.downstream(STAGES, GATE_STAGE) if GATE_STAGE else []
+
+
+def _schedule():
+    """Cron, the landing-zone Asset, both, or neither (manual runs only)."""
+    cron = CronTriggerTimetable(CFG["schedule"], timezone="UTC") if CFG["schedule"] else None
+    if not CFG["trigger_on_batch"]:
+        return cron
+    ready = REPO / LANDING["incoming"] / LANDING["ready_file"]
+    # The triggerer polls for the sentinel asynchronously (no worker slot is held) and deletes it when
+    # it fires; it never touches the batches themselves.
+    landing = Asset(name="llm_srec_landing_zone", uri=(REPO / LANDING["incoming"]).as_uri(),
+                    watchers=[AssetWatcher(name="llm_srec_landing_ready",
+                                           trigger=FileDeleteTrigger(filepath=str(ready),
+                                                                     poke_interval=float(LANDING["poll_seconds"])))])
+    return AssetOrTimeSchedule(timetable=cron, assets=landing) if cron else landing
+
+
+def _run_id() -> str:
+    return get_current_context()["run_id"]
+
+
+def _record_failure(context) -> None:
+    """Every task's failure reason is kept for the summary (tasks may run on different workers)."""
+    ti = context["ti"]
+    release.record_error(REPO, context["run_id"], ti.task_id, context.get("exception"))
+
+
+with DAG(
+    dag_id="llm_srec_retraining",
+    description="Retrain SASRec + LLM-SRec on new interaction batches; promote only through the gate",
+    doc_md=__doc__,
+    schedule=_schedule(),
+    start_date=CFG["start_date"],
+    catchup=False,
+    max_active_runs=1,
+    tags=["llm-srec", "retraining", "dvc", "bentoml"],
+    default_args={
+        "owner": "mlops",
+        "retries": CFG["retries"],
+        "retry_delay": timedelta(seconds=CFG["retry_delay_seconds"]),
+        "retry_exponential_backoff": 2.0,
+        "max_retry_delay": timedelta(seconds=CFG["max_retry_delay_seconds"]),
+        "on_failure_callback": _record_failure,
+    },
+) as dag:
+
+    @task
+    def ingest_batches() -> dict:
+        """Landing zone → raw store. Runs the same CLI an operator would, in the repository."""
+        record = release.run_dir(REPO, _run_id()) / "landing.json"
+        try:
+            run_module(REPO, ["components.landing", "ingest", "--record", str(record)], log=print)
+        except StageInputError as e:  # a rejected batch: a data problem, retrying cannot fix it
+            raise AirflowFailException(str(e)) from None
+        except StageFailed as e:
+            raise RuntimeError(str(e)) from None
+        return read_json(record)
+
+    @task
+    def prepare_warm_start() -> dict:
+        info = release.stage_warm_start(REPO, STAGES, CFG["warm_start"], log=print)
+        return {**info, "production_before": release.production_tag()}
+
+    @task.branch
+    def check_gate() -> list[str]:
+        decision = release.gate_decision(REPO, CFG["gate_report"])
+        print(f"gate: {decision['reason']}")
+        for c in decision.get("checks", []):
+            print(f"  {'ok  ' if c.get('passed') else 'FAIL'} {c.get('name')}: {c.get('value')} "
+                  f"(threshold {c.get('threshold')})")
+        if decision["release"]:
+            return [s.task_id for s in RELEASE_STAGES] or ["reload_serving"]
+        return ["mark_rejected"]
+
+    @task
+    def mark_rejected() -> dict:
+        decision = release.gate_decision(REPO, CFG["gate_report"])
+        production = release.production_tag()
+        record = {"outcome": "rejected", "run_id": _run_id(), "reason": decision["reason"],
+                  "failed_checks": decision["failed_checks"], "production": production}
+        try:
+            from components.registry import log_event
+        except ImportError:
+            log_event = None
+        if log_event is not None:  # the registry's history shows rejected runs next to promotions
+            log_event("reject", None, f"airflow run {_run_id()}: {decision['reason']}")
+        print(f"REJECTED: {decision['reason']}. Production stays {production or 'empty'}.")
+        release.notify(CFG["notify_callback"], record, log=print)
+        return record
+
+    @task
+    def reload_serving() -> dict:
+        return release.reload_serving(CFG["serving_reload_command"], release.production_tag(), log=print)
+
+    @task(trigger_rule=TriggerRule.ALL_DONE, retries=0)
+    def run_summary() -> dict:
+        ctx = get_current_context()
+        ti, run_id = ctx["ti"], ctx["run_id"]
+        states = ti.get_task_states(dag_id=ti.dag_id, run_ids=[run_id])
+        states = {t: str(s) for t, s in (states.get(run_id, states) or {}).items() if t != ti.task_id}
+        pulled = {s.task_id: ti.xcom_pull(task_ids=s.task_id) for s in STAGES}
+        warm = ti.xcom_pull(task_ids="prepare_warm_start") or {}
+        rundir = release.run_dir(REPO, run_id)
+        landing = read_json(rundir / "landing.json") if (rundir / "landing.json").is_file() else {}
+        decision = None
+        if states.get("check_gate") == "success":
+            decision = release.gate_decision(REPO, CFG["gate_report"])
+        before = warm.get("production_before")
+        after = release.production_tag()
+        ran = {t: bool(r and r.get("ran")) for t, r in pulled.items()}
+        outcome, reason = release.outcome_of(states, ran, decision, before, after)
+        record = {
+            "run_id": run_id, "outcome": outcome, "reason": reason,
+            "production_before": before, "production_after": after,
+            "landing": landing, "warm_start": warm,
+            "stages": {s.task_id: {"state": states.get(s.task_id), **(pulled[s.task_id] or {})} for s in STAGES},
+            "tasks": states,
+            "gate": {k: decision[k] for k in ("passed", "decision", "failed_checks", "reason")} if decision else None,
+            "metrics": release.metrics_line(REPO),
+            "errors": release.read_errors(REPO, run_id),
+        }
+        path = release.write_summary(REPO, run_id, record)
+        release.clear_warm_start(REPO, STAGES)
+        for line in release.summary_lines(record):
+            print(line)
+        print(f"summary: {path}")
+        if outcome in ("failed", "promoted"):
+            release.notify(CFG["notify_callback"], record, log=print)
+        if outcome == "failed":
+            # The summary is a leaf: if it succeeded, Airflow would call a broken run a success.
+            raise AirflowFailException(f"run failed: {reason}. Errors: {json.dumps(record['errors'])}")
+        return record
+
+    landed = ingest_batches()
+    warm = prepare_warm_start()
+    gate = check_gate()
+    rejected = mark_rejected()
+    reload = reload_serving()
+    summary = run_summary()
+    landed >> warm
+
+    ops = {}
+    for stage in STAGES:
+        opts = dict(CFG["tasks"].get(stage.address) or CFG["tasks"].get(stage.task_id) or {})
+        minutes = opts.pop("execution_timeout_minutes", None)
+        ops[stage.address] = DvcStageOperator(
+            task_id=stage.task_id, stage=stage.address, repo=str(REPO),
+            pool=opts.pop("pool", CFG["dvc_pool"]),
+            execution_timeout=timedelta(minutes=minutes) if minutes else None,
+            doc_md=f"`dvc repro -s {stage.address}`\n\ndeps: {', '.join(stage.deps)}\n\nouts: {', '.join(stage.outs)}",
+            **opts,
+        )
+    for stage in STAGES:
+        for up in stage.upstream:
+            ops[up] >> ops[stage.address]
+        if not stage.upstream:
+            warm >> ops[stage.address]
+
+    release_ids = {s.address for s in RELEASE_STAGES}
+    if GATE_STAGE is not None:
+        ops[GATE_STAGE.address] >> gate
+    else:  # no gate in dvc.yaml yet: the branch waits for the whole pipeline, then rejects (nothing to judge)
+        for s in STAGES:
+            if not any(s.address in o.upstream for o in STAGES):
+                ops[s.address] >> gate
+    gate >> rejected
+    if RELEASE_STAGES:
+        for s in RELEASE_STAGES:
+            gate >> ops[s.address]
+        for s in RELEASE_STAGES:
+            if not any(s.address in o.upstream for o in RELEASE_STAGES):
+                ops[s.address] >> reload
+    else:
+        gate >> reload
+    # Leaf stages that are neither the gate nor released by it (e.g. a report) end in the summary.
+    others = [ops[s.address] for s in STAGES
+              if GATE_STAGE is not None and s.address not in release_ids | {GATE_STAGE.address}
+              and not any(s.address in o.upstream for o in STAGES)]
+    [rejected, reload, *others] >> summary
