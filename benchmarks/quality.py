@@ -17,6 +17,7 @@ A model is one entry in `MODEL_STAGES` (the training stages it needs, in dvc.yam
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import os
 import platform
@@ -96,6 +97,27 @@ def run_stage(name: str, cmd: str, workspace: Path, log) -> dict[str, float]:
     return {"seconds": round(seconds, 2), "peak_rss_mb": round(rss_mb, 1)}
 
 
+def machine() -> str:
+    """Where a stage ran: the host and, when there is one, the GPU (a resumed run mixes machines)."""
+    try:
+        import torch
+        gpu = torch.cuda.get_device_name(0) if torch.cuda.is_available() else None
+    except ImportError:
+        gpu = None
+    return f"{platform.node()} ({os.cpu_count()} CPUs{', ' + gpu if gpu else ''})"
+
+
+def stage_key(stage: dict[str, Any], params: dict[str, Any]) -> str:
+    """What a finished stage depends on besides code and upstream data: its command and its params."""
+    def get(dotted: str) -> Any:
+        node: Any = params
+        for part in dotted.split("."):
+            node = node.get(part) if isinstance(node, dict) else None
+        return node
+    used = {p: get(p) for p in stage.get("params", [])}
+    return hashlib.sha256(json.dumps([stage["cmd"], used], sort_keys=True, default=str).encode()).hexdigest()
+
+
 def stage_metrics_file(stage: dict[str, Any]) -> str | None:
     for entry in stage.get("metrics", []):
         return next(iter(entry)) if isinstance(entry, dict) else entry
@@ -112,7 +134,25 @@ def run(args: argparse.Namespace, log=print) -> dict[str, Any]:
     (workspace / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
     log(f"workspace {workspace}; stages {' -> '.join(plan)}")
 
-    stages = {name: run_stage(name, dvc["stages"][name]["cmd"], workspace, log) for name in plan}
+    # A stage finished earlier in this workspace with the same command and params is kept when
+    # resuming, so a run can continue on another machine (data and SASRec on a CPU, distill on a
+    # GPU worker). Anything after a stage that reruns reruns too.
+    record_path = workspace / "quality_stages.json"
+    record = json.loads(record_path.read_text()) if args.resume and record_path.exists() else {}
+    stages: dict[str, dict[str, Any]] = {}
+    rerun = False
+    for name in plan:
+        stage = dvc["stages"][name]
+        key = stage_key(stage, params)
+        outs_exist = all((workspace / out).exists() for out in stage.get("outs", []) if isinstance(out, str))
+        if not rerun and record.get(name, {}).get("key") == key and outs_exist:
+            log(f"\n== {name}: kept from {record[name]['machine']} ({record[name]['seconds']}s)")
+            stages[name] = record[name]
+            continue
+        rerun = True
+        stages[name] = {**run_stage(name, stage["cmd"], workspace, log), "machine": machine(), "key": key}
+        record[name] = stages[name]
+        record_path.write_text(json.dumps(record, indent=2))
     metrics = json.loads((workspace / "reports" / "metrics.json").read_text())
     result: dict[str, Any] = {k: v for k, v in metrics.items() if k in models or k.removesuffix("_shuffled") in models}
     training = {}
@@ -127,9 +167,10 @@ def run(args: argparse.Namespace, log=print) -> dict[str, Any]:
         "seconds_per_epoch": training[main_model]["seconds_per_epoch"] if main_model else 0.0,
         "peak_rss_mb": max(s["peak_rss_mb"] for s in stages.values()),
         "peak_rss_mb_per_stage": {name: s["peak_rss_mb"] for name, s in stages.items()},
+        "machine_per_stage": {name: s["machine"] for name, s in stages.items()},
         "training": training,
         "data": json.loads((workspace / "reports" / "data_summary.json").read_text()),
-        "params": {k: params[k] for k in ("seed", "data", "eval", *(p for p in ("cfsrec", "evaluate") if p in params))},
+        "params": {k: params[k] for k in ("seed", "data", "eval", *(p for p in ("cfsrec", "distill", "llm", "evaluate") if p in params))},
         "command": " ".join(["python -m benchmarks.quality", *(shlex.quote(a) for a in args.argv)]),
         "machine": {"platform": platform.platform(), "cpus": os.cpu_count(), "python": platform.python_version()},
         "finished_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
@@ -149,6 +190,8 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                     help="any params.yaml override, e.g. cfsrec.loss=ce (repeatable)")
     ap.add_argument("--workdir", help="scratch workspace (default: a new temporary directory, kept)")
+    ap.add_argument("--resume", action="store_true",
+                    help="keep stages this --workdir already finished with the same command and params")
     ap.add_argument("--out", type=Path, required=True, help="results JSON")
     args = ap.parse_args(argv)
     args.argv = list(sys.argv[1:] if argv is None else argv)

@@ -35,6 +35,7 @@ class DistillOptions:
     lr: float = 1e-4
     epochs: int = 10
     max_steps: int | None = None  # the step budget; None = epochs only
+    max_minutes: float | None = None  # wall-clock budget (e.g. a leased GPU); validates and stops when spent
     eval_every: float = 0.1  # validate every this fraction of an epoch
     valid_users: int | None = 200  # seeded subset of the valid split used for early stopping
     patience: int = 3
@@ -62,6 +63,9 @@ class DistillOptions:
                 raise ConfigError("params.yaml", f"distill.{key}={getattr(opts, key)!r}", f"set distill.{key} to a positive integer")
         if opts.max_steps is not None and opts.max_steps < 1:
             raise ConfigError("params.yaml", f"distill.max_steps={opts.max_steps}", "use a positive step budget or null")
+        if opts.max_minutes is not None and not (isinstance(opts.max_minutes, int | float) and opts.max_minutes > 0):
+            raise ConfigError("params.yaml", f"distill.max_minutes={opts.max_minutes!r}",
+                              "use a positive number of minutes or null")
         if not 0 < opts.eval_every <= 10:
             raise ConfigError("params.yaml", f"distill.eval_every={opts.eval_every}", "use a fraction of an epoch, e.g. 0.1")
         return opts
@@ -156,7 +160,7 @@ def fit(model, prepared, opts: DistillOptions, seed: int, accelerator=None, log=
     bad_evals, step, tokens, t0 = 0, 0, 0, time.time()
     model.train()
     bar = tqdm(total=total, desc="distill", disable=not accelerator.is_main_process)
-    stop = False
+    stop = out_of_time = False
     for epoch in range(1, opts.epochs + 1):
         order = rng.permutation(len(examples))
         for lo in range(0, len(order), opts.batch_size):
@@ -181,7 +185,11 @@ def fit(model, prepared, opts: DistillOptions, seed: int, accelerator=None, log=
                      **{k: round(v.item(), 5) for k, v in terms.items()}}
             bar.update(1)
             bar.set_postfix(loss=f"{loss.item():.4f}", **{k: f"{v.item():.3f}" for k, v in terms.items()})
-            if step % eval_every == 0 or step == total:
+            out_of_time = opts.max_minutes is not None and time.time() - t0 > opts.max_minutes * 60
+            if world > 1:  # every process must agree, or the validation gather below would hang
+                out_of_time = bool(accelerator.gather_for_metrics(
+                    torch.tensor([out_of_time], device=accelerator.device)).any())
+            if step % eval_every == 0 or step == total or out_of_time:
                 if accelerator.is_main_process:
                     ndcg = validate_ndcg(model, prepared, valid_rows, opts.eval_batch_size, opts.item_batch_size)
                     point["valid_ndcg@10"] = round(ndcg, 5)
@@ -194,9 +202,9 @@ def fit(model, prepared, opts: DistillOptions, seed: int, accelerator=None, log=
                     stop = bad_evals >= opts.patience
                 stop = bool(accelerator.gather_for_metrics(torch.tensor([stop], device=accelerator.device)).any())
             curve.append(point)
-            if step >= total or stop:
+            if step >= total or stop or out_of_time:
                 break
-        if step >= total or stop:
+        if step >= total or stop or out_of_time:
             break
     bar.close()
     if best["state"] is not None:
@@ -206,8 +214,11 @@ def fit(model, prepared, opts: DistillOptions, seed: int, accelerator=None, log=
         model.backbone.model.gradient_checkpointing_disable()
     model.backbone.model.eval()
     model.eval()
+    stopped_by = "early_stopping" if stop else "max_minutes" if out_of_time else "step_budget"
     return {"curve": curve, "steps": step, "steps_per_epoch": steps_per_epoch, "best_step": best["step"],
-            "best_valid_ndcg@10": round(best["ndcg"], 5), "early_stopped": stop, "train_seconds": round(seconds, 2),
+            "best_valid_ndcg@10": round(best["ndcg"], 5), "early_stopped": stop, "stopped_by": stopped_by,
+            "train_seconds": round(seconds, 2), "epochs": round(step / steps_per_epoch, 3),
+            "seconds_per_epoch": round(seconds * steps_per_epoch / max(step, 1), 2),
             "seconds_per_step": round(seconds / max(step, 1), 3), "history_items_per_second": round(tokens / seconds, 2),
             "users_per_second": round(step * opts.batch_size / seconds, 3), "valid_users": len(valid_rows)}
 

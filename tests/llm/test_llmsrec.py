@@ -9,6 +9,7 @@ import pytest
 import torch
 
 from components.distill import DistillOptions, Examples, build_model, fit
+from components.errors import ConfigError
 from components.llm.model import LLMSRec
 from components.sequences import Prepared
 
@@ -189,3 +190,16 @@ def test_teacher_stays_in_eval_mode_while_training(model, data):
         a = model.loss_terms(batch)["distill"]
         b = model.loss_terms(batch)["distill"]
     assert torch.equal(a, b)  # no dropout noise in O_u
+
+
+def test_wall_clock_budget_validates_keeps_the_best_and_stops(model, data):
+    result = fit(model, data, DistillOptions(max_minutes=1e-6, epochs=5, eval_every=1.0, valid_users=5), seed=0,
+                 log=lambda *_: None)
+    assert result["steps"] == 1 and result["stopped_by"] == "max_minutes"
+    assert "valid_ndcg@10" in result["curve"][-1] and result["best_step"] == 1
+
+
+@pytest.mark.parametrize("bad", [0, -1.5, "ten"])
+def test_bad_wall_clock_budget_is_refused(bad):
+    with pytest.raises(ConfigError, match="distill.max_minutes"):
+        DistillOptions.from_params({"max_minutes": bad})

@@ -44,6 +44,17 @@ def test_quality_benchmark_runs_the_real_stages(tmp_path):
     assert set(prepared["item_id"]) <= set(items["item_id"])
     assert "cfsrec" in run.stdout and "peak RSS" in run.stdout
 
+    # --resume keeps the stages whose command and params are unchanged (how a GPU worker continues a
+    # CPU run) and reruns the changed stage and everything after it.
+    again = subprocess.run([*cmd[:-4], "--set", "cfsrec.epochs=3", "--workdir", str(tmp_path / "ws"), "--resume",
+                            "--out", str(out)], cwd=REPO, env=subprocess_env(), capture_output=True, text=True,
+                           timeout=600)
+    assert again.returncode == 0, again.stdout[-2000:] + again.stderr[-2000:]
+    res2 = json.loads(out.read_text())
+    assert all(res2["seconds"][s] == res["seconds"][s] for s in ("ingest", "validate", "prepare"))
+    assert "== prepare: kept from" in again.stdout and "== pretrain_cfsrec: python" in again.stdout
+    assert res2["epochs"] == 3 and set(res2["machine_per_stage"]) == set(res2["seconds"])
+
 
 def test_unknown_model_is_refused(tmp_path):
     cmd = [sys.executable, "-m", "benchmarks.quality", "--models", "popularity,nosuch", "--source", "synthetic",
