@@ -57,10 +57,15 @@ def render_result(name: str, result: dict[str, Any]) -> str:
                           f"{'meets' if met else 'does not meet'} the issue's bar "
                           f"(NDCG@10 >= {ref['ndcg@10']:.2f}, HR@10 >= {ref['hr@10']:.2f})."]
     seconds = result.get("seconds", {})
+    machines = sorted(set(result.get("machine_per_stage", {}).values()))
+    if len(machines) > 1:  # a resumed run: say where each stage ran
+        lines += ["", "Ran on: " + "; ".join(
+            f"{m}: {', '.join(k for k, v in result['machine_per_stage'].items() if v == m)}" for m in machines) + "."]
     lines += ["", f"Cost: {result.get('epochs')} epochs at {result.get('seconds_per_epoch', 0):.1f} s/epoch; "
               + ", ".join(f"{k} {v:.0f} s" for k, v in seconds.items())
               + f" ({sum(seconds.values()) / 60:.1f} min in all); peak RSS {result.get('peak_rss_mb', 0):,.0f} MB; "
               f"{result.get('machine', {}).get('cpus', '?')} CPUs. Finished {result.get('finished_at', '?')}.", ""]
+    lines += llmsrec_lines(result)
     for model, t in result.get("training", {}).items():
         if t.get("resumed_after_epoch"):
             lines += [f"{model} training was interrupted and resumed after epoch {t['resumed_after_epoch']}, so the "
@@ -74,11 +79,86 @@ def render_result(name: str, result: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
-def render(results_dir: Path) -> str:
+def llmsrec_lines(result: dict[str, Any]) -> list[str]:
+    """The issue's LLM-SRec targets: NDCG@10 >= SASRec x 1.03 and a shuffled-inference drop >= 4%."""
+    if "llmsrec" not in result or "cfsrec" not in result:
+        return []
+    t = result.get("training", {}).get("llmsrec", {})
+    d = result.get("params", {}).get("distill", {})
+    llm, cf = result["llmsrec"]["ndcg@10"], result["cfsrec"]["ndcg@10"]
+    drop = (result.get("llmsrec_shuffled", {}).get("shuffle_drop") or {}).get("ndcg@10")
+    lines = ["", f"LLM-SRec: backbone {t.get('backbone')} ({t.get('dtype')}, {t.get('device')}), "
+                 f"{t.get('trainable_parameters', 0):,} trained parameters; {t.get('steps')} steps of "
+                 f"{d.get('batch_size')} users ({t.get('epochs')} epochs, {t.get('seconds_per_step')} s/step, "
+                 f"stopped by {t.get('stopped_by', '?')}); best validation NDCG@10 {t.get('best_valid_ndcg@10')} "
+                 f"at step {t.get('best_step')}; L_distill {'on' if d.get('use_distill_loss', True) else 'off'}, "
+                 f"L_uniform {'on' if d.get('use_uniform_loss', True) else 'off'}.",
+             "", f"Targets: LLM-SRec NDCG@10 {llm:.4f} vs SASRec x 1.03 = {cf * 1.03:.4f} "
+                 f"({'met' if llm >= cf * 1.03 else f'missed by {cf * 1.03 - llm:.4f}'}; {llm / cf - 1:+.1%} vs SASRec)"]
+    if drop is not None:
+        lines[-1] += f"; shuffled-inference drop {drop:.1%} ({'met' if drop >= 0.04 else 'missed'}, target >= 4%)"
+    lines[-1] += "."
+    return lines
+
+
+def ablation_lines(results: dict[str, dict[str, Any]]) -> list[str]:
+    """Pair each `X_ablation` result with `X`: the paper's ablation must score below the full model."""
+    lines = []
+    for name, res in results.items():
+        full = results.get(name.removesuffix("_ablation"))
+        if name.endswith("_ablation") and full and "llmsrec" in res and "llmsrec" in full:
+            a, f = res["llmsrec"]["ndcg@10"], full["llmsrec"]["ndcg@10"]
+            lines += [f"- {name}: without L_distill/L_uniform NDCG@10 {a:.4f} vs the full model {f:.4f} "
+                      f"({a / f - 1:+.1%}; target: below the full model, {'met' if a < f else 'missed'})."]
+    return ["## Ablation", "", *lines, ""] if lines else []
+
+
+def gpu_lines(path: Path) -> list[str]:
+    if not path.is_file():
+        return []
+    g = json.loads(path.read_text())
+    return ["## GPU check (`bash benchmarks/gpu_check.sh`)", "",
+            f"{g.get('gpu')}, torch {g.get('torch')}, backbone {g.get('backbone')}: bf16 training "
+            f"{g['seconds_per_step']:.3f} s/step at batch {g['batch_size']} ({g['users_per_s']:.1f} users/s, "
+            f"{g['user_prompt_tokens_per_s']:,.0f} user-prompt tokens/s); item table {g['item_table_items_per_s']:,.0f} "
+            f"items/s. Loss on a fixed batch vs the CPU fp32 path: fp32 relative difference {g['rel_diff_fp32']:.1e} "
+            f"(tolerance {g['tolerance']['fp32']:g}), bf16 {g['rel_diff_bf16']:.1e} (tolerance "
+            f"{g['tolerance']['bf16']:g}): {'agrees' if g['agrees'] else 'DISAGREES'}.", ""]
+
+
+def plot_models(results: dict[str, dict[str, Any]], path: Path) -> None:
+    """One bar chart of NDCG@10 and HR@10 per model and result file: the comparison at a glance."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(len(results), 1, figsize=(9, 2.6 * len(results)), squeeze=False)
+    for ax, (name, res) in zip(axes[:, 0], results.items(), strict=True):
+        rows = model_rows(res)
+        x = range(len(rows))
+        for off, metric in ((-0.2, "ndcg@10"), (0.2, "hr@10")):
+            bars = ax.bar([i + off for i in x], [m[metric] for _, m in rows], width=0.4, label=metric)
+            ax.bar_label(bars, fmt="%.3f", fontsize=7)
+        ax.set_xticks(list(x), [k for k, _ in rows], fontsize=8)
+        ax.set_ylim(0, 1)
+        ax.set_title(name, fontsize=9)
+        ax.legend(fontsize=7, loc="upper right")
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def render(results_dir: Path, plot: Path | None = None) -> str:
+    results = {p.stem: json.loads(p.read_text()) for p in sorted(Path(results_dir).glob("*.json"))}
     parts = [INTRO]
-    for path in sorted(Path(results_dir).glob("*.json")):
-        parts.append(render_result(path.stem, json.loads(path.read_text())))
-    return "\n".join(parts)
+    if plot is not None and results:
+        plot_models(results, plot)
+        parts.append(f"![NDCG@10 and HR@10 per model]({plot.name})\n")
+    parts += [render_result(name, res) for name, res in results.items()]
+    parts += ["\n".join(ablation_lines(results)), "\n".join(gpu_lines(Path(results_dir) / "gpu" / "gpu_check.json"))]
+    return "\n".join(p for p in parts if p)
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -87,7 +167,7 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--out", type=Path, default=REPO / "docs" / "benchmarks.md")
     args = ap.parse_args(argv)
     args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(render(args.results))
+    args.out.write_text(render(args.results, plot=args.out.with_suffix(".png")))
     print(f"wrote {args.out}")
 
 

@@ -30,3 +30,26 @@ def test_render_tables_from_results(tmp_path):
     assert "resumed after epoch 30" in doc and "all 40 epochs took 10 min" in doc
     assert "best validation NDCG@10 0.6100 at epoch 35 of 40" in doc
     assert doc.index("## quality_ml1m\n") < doc.index("## quality_ml1m_bce\n")
+
+
+def llmsrec_result(llm: float, shuffled_drop: float, distill_loss: bool) -> dict:
+    r = result(0.60, 0.82)
+    m = {"ndcg@10": llm, "hr@10": 0.9, "ndcg@20": llm, "hr@20": 0.95, "n_users": 2000}
+    r |= {"llmsrec": m, "llmsrec_shuffled": {**m, "shuffle_drop": {"ndcg@10": shuffled_drop}},
+          "machine_per_stage": {"ingest": "cpu-box (2 CPUs)", "distill": "gpu-box (16 CPUs, NVIDIA H200)"}}
+    r["training"]["llmsrec"] = {"backbone": "smollm2-135m", "dtype": "bfloat16", "device": "cuda:0", "steps": 800,
+                                "epochs": 8.0, "stopped_by": "max_minutes", "best_step": 700}
+    r["params"]["distill"] = {"batch_size": 20, "use_distill_loss": distill_loss, "use_uniform_loss": distill_loss}
+    return r
+
+
+def test_llmsrec_targets_ablation_and_plot(tmp_path):
+    (tmp_path / "q_llm.json").write_text(json.dumps(llmsrec_result(0.63, 0.05, True)))
+    (tmp_path / "q_llm_ablation.json").write_text(json.dumps(llmsrec_result(0.61, 0.02, False)))
+    doc = render(tmp_path, plot=tmp_path / "out" / "bench.png")
+    assert "LLM-SRec NDCG@10 0.6300 vs SASRec x 1.03 = 0.6180 (met; +5.0% vs SASRec)" in doc
+    assert "shuffled-inference drop 5.0% (met" in doc and "shuffled-inference drop 2.0% (missed" in doc
+    assert "LLM-SRec NDCG@10 0.6100 vs SASRec x 1.03 = 0.6180 (missed by 0.0080" in doc
+    assert "NDCG@10 0.6100 vs the full model 0.6300 (-3.2%; target: below the full model, met)" in doc
+    assert "L_distill off" in doc and "gpu-box (16 CPUs, NVIDIA H200): distill" in doc
+    assert (tmp_path / "out" / "bench.png").stat().st_size > 1000 and "](bench.png)" in doc
