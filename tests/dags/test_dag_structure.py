@@ -1,0 +1,93 @@
+"""The DAG file imports cleanly, and its tasks are exactly dvc.yaml's stages plus the orchestration tasks."""
+
+from __future__ import annotations
+
+import pytest
+
+from tests.conftest import REPO
+
+ORCHESTRATION = {"ingest_batches", "prepare_warm_start", "check_gate", "mark_rejected", "reload_serving",
+                 "run_summary"}
+
+
+@pytest.fixture(scope="module")
+def dagbag(airflow_home):
+    from airflow.dag_processing.dagbag import DagBag
+
+    return DagBag(dag_folder=str(REPO / "dags"))
+
+
+@pytest.fixture(scope="module")
+def dag(dagbag):
+    return dagbag.dags["llm_srec_retraining"]
+
+
+def dvc_stages() -> list[str]:
+    import yaml
+
+    return list(yaml.safe_load((REPO / "dvc.yaml").read_text())["stages"])
+
+
+def test_dagbag_has_no_import_errors(dagbag):
+    assert dagbag.import_errors == {}
+    assert "llm_srec_retraining" in dagbag.dag_ids
+
+
+def test_tasks_are_the_dvc_stages_plus_orchestration(dag):
+    assert set(dag.task_ids) == set(dvc_stages()) | ORCHESTRATION
+
+
+def test_edges_follow_dvc_deps_and_outs(dag):
+    up = {t.task_id: set(t.upstream_task_ids) for t in dag.tasks}
+    assert up["ingest"] == {"prepare_warm_start"} and up["prepare_warm_start"] == {"ingest_batches"}
+    assert "ingest" in up["validate"] and "validate" in up["prepare"] and "prepare" in up["pretrain_cfsrec"]
+    assert {"pretrain_cfsrec", "prepare"} <= up["distill"]
+    assert {"distill", "pretrain_cfsrec"} <= up["evaluate"]
+    if "gate" in up:  # issue 5's stages: the branch sits between the gate and what the gate releases
+        assert up["check_gate"] == {"gate"}
+        assert "check_gate" in up["package"] and up["reload_serving"] == {"package"}
+    assert up["mark_rejected"] == {"check_gate"}
+    assert up["run_summary"] >= {"mark_rejected", "reload_serving"}
+
+
+def test_dag_settings(dag):
+    from datetime import UTC
+
+    assert dag.doc_md and "llm_srec_retraining" in dag.doc_md
+    assert dag.tags and dag.catchup is False and dag.max_active_runs == 1
+    assert dag.start_date.utcoffset() == UTC.utcoffset(None)
+    dvc_tasks = [dag.get_task(s) for s in dvc_stages()]
+    assert {t.pool for t in dvc_tasks if t.task_id != "distill"} == {"dvc"}
+    distill = dag.get_task("distill")
+    assert (distill.queue, distill.pool) == ("gpu", "gpu")
+    assert all(t.retries == 2 and t.retry_exponential_backoff for t in dvc_tasks)
+    assert dag.get_task("run_summary").trigger_rule == "all_done"
+    # Cron and the landing-zone Asset (with a watcher: data-aware, no polling worker).
+    timetable = dag.timetable
+    assert type(timetable).__name__ == "AssetOrTimeSchedule"
+    assert "0 3 * * *" in str(timetable)
+    assert "llm_srec_landing_zone" in str(timetable) and "FileDeleteTrigger" in str(timetable)
+
+
+def test_a_new_stage_in_dvc_yaml_becomes_a_task(tmp_path, airflow_home):
+    """No DAG edit: a stage appended to dvc.yaml shows up, wired after what it reads."""
+    import subprocess
+
+    import yaml
+
+    from tests.conftest import make_workspace
+
+    ws = make_workspace(tmp_path / "ws")
+    spec = yaml.safe_load((ws / "dvc.yaml").read_text())
+    spec["stages"]["report"] = {"cmd": "python -c 'print(1)' > reports/extra.txt",
+                                "deps": ["reports/metrics.json"], "outs": ["reports/extra.txt"]}
+    (ws / "dvc.yaml").write_text(yaml.safe_dump(spec, sort_keys=False))
+    subprocess.run(["git", "add", "dvc.yaml"], cwd=ws, check=True)
+    from airflow.dag_processing.dagbag import DagBag
+
+    bag = DagBag(dag_folder=str(ws / "dags"))
+    assert bag.import_errors == {}
+    dag = bag.dags["llm_srec_retraining"]
+    assert set(dag.task_ids) == set(spec["stages"]) | ORCHESTRATION
+    assert dag.get_task("report").upstream_task_ids == {"evaluate"}
+    assert "report" in dag.get_task("run_summary").upstream_task_ids
