@@ -13,7 +13,7 @@ export HF_HUB_OFFLINE := 1
 # Stage commands in dvc.yaml call `python`: make it the project's.
 export PATH := $(abspath $(BIN)):$(PATH)
 
-.PHONY: setup run test lint clean
+.PHONY: setup run test lint clean airflow
 .DEFAULT_GOAL := run
 
 setup: $(STAMP)
@@ -37,8 +37,16 @@ run: setup
 test: setup
 	$(BIN)/python -m pytest -q
 
+# Airflow for local use: scheduler, triggerer, dag processor and UI (http://localhost:8080) in one process,
+# LocalExecutor, metadata in .airflow/airflow.db. The login is printed and kept in .airflow/.
+AIRFLOW_ENV := AIRFLOW_HOME=$(abspath .airflow) AIRFLOW__CORE__DAGS_FOLDER=$(abspath dags) AIRFLOW__CORE__LOAD_EXAMPLES=False
+airflow: setup
+	$(AIRFLOW_ENV) $(BIN)/airflow db migrate
+	$(AIRFLOW_ENV) $(BIN)/python -m components.orchestration pools --apply
+	$(AIRFLOW_ENV) $(BIN)/airflow standalone
+
 lint: setup
-	$(BIN)/ruff check components tests benchmarks
+	$(BIN)/ruff check components tests benchmarks dags
 
 clean:
 	rm -rf data reports/data_docs

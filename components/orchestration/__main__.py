@@ -1,0 +1,44 @@
+"""`python -m components.orchestration pools [--apply]`: the Airflow pools the DAG expects.
+
+The DAG names its pools in params.yaml (`orchestration.dvc_pool`, `orchestration.tasks.*.pool`);
+a task whose pool does not exist is never scheduled, so create them once per Airflow installation.
+"""
+
+from __future__ import annotations
+
+import argparse
+import subprocess
+import sys
+from pathlib import Path
+
+from components.errors import stage_main
+from components.orchestration.config import load_config
+
+DESCRIPTIONS = {"dvc": "DVC stages: one at a time (DVC's repository lock)", "gpu": "GPU slots on the gpu queue"}
+
+
+def pools(cfg: dict) -> dict[str, int]:
+    """name -> slots. The DVC pool has exactly 1 slot: that is its purpose."""
+    out = {cfg["dvc_pool"]: 1}
+    for opts in (cfg["tasks"] or {}).values():
+        if opts.get("pool") and opts["pool"] not in out:
+            out[opts["pool"]] = 1
+    return out
+
+
+@stage_main("orchestration")
+def main(argv: list[str] | None = None) -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("command", choices=["pools"])
+    ap.add_argument("--params", type=Path, default=Path("params.yaml"))
+    ap.add_argument("--apply", action="store_true", help="run `airflow pools set` for each (else print the commands)")
+    args = ap.parse_args(argv)
+    for name, slots in pools(load_config(args.params)).items():
+        cmd = ["airflow", "pools", "set", name, str(slots), DESCRIPTIONS.get(name, "llm_srec_retraining")]
+        print(" ".join(cmd[:5]) + f' "{cmd[5]}"')
+        if args.apply:
+            subprocess.run([sys.executable, "-m", *cmd], check=True, stdout=subprocess.DEVNULL)
+
+
+if __name__ == "__main__":
+    main()
