@@ -87,6 +87,18 @@ def _schedule():
     return AssetOrTimeSchedule(timetable=cron, assets=landing) if cron else landing
 
 
+def _gpu_pod(gpus: int) -> dict:
+    """KubernetesExecutor: the task's pod asks for `gpus` GPUs. Other executors ignore executor_config,
+    and without the kubernetes client (a LocalExecutor or Celery install) there is nothing to build."""
+    try:
+        from kubernetes.client import models as k8s
+    except ImportError:
+        return {}
+    limits = {"nvidia.com/gpu": str(gpus)}
+    return {"pod_override": k8s.V1Pod(spec=k8s.V1PodSpec(containers=[
+        k8s.V1Container(name="base", resources=k8s.V1ResourceRequirements(limits=limits))]))}
+
+
 def _run_id() -> str:
     return get_current_context()["run_id"]
 
@@ -215,6 +227,8 @@ with DAG(
     for stage in STAGES:
         opts = dict(CFG["tasks"].get(stage.address) or CFG["tasks"].get(stage.task_id) or {})
         minutes = opts.pop("execution_timeout_minutes", None)
+        if gpus := opts.pop("gpus", None):
+            opts["executor_config"] = _gpu_pod(int(gpus))
         ops[stage.address] = DvcStageOperator(
             task_id=stage.task_id, stage=stage.address, repo=str(REPO),
             pool=opts.pop("pool", CFG["dvc_pool"]),

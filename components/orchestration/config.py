@@ -32,7 +32,7 @@ LANDING_DEFAULTS: dict[str, Any] = {
     "settle_seconds": 5,
 }
 WARM_START = ("champion", "previous", "none")
-TASK_KEYS = {"queue", "pool", "pool_slots", "retries", "execution_timeout_minutes"}
+TASK_KEYS = {"queue", "pool", "pool_slots", "retries", "execution_timeout_minutes", "gpus"}
 
 
 def load_config(params_path: Path) -> dict[str, Any]:
