@@ -27,6 +27,19 @@ def main(argv: list[str] | None = None) -> None:
             drop = (metrics.get(f"{name}_shuffled") or {}).get("shuffle_drop", {}).get("ndcg@10")
             parts.append(f"{name} {m['ndcg@10']:.4f}" + (f" (shuffled -{drop:.1%})" if drop is not None else ""))
         print("test NDCG@10 on the fixed candidates: " + ", ".join(parts))
+    gate_path, package_path = args.reports / "gate.json", args.reports / "package.json"
+    if gate_path.is_file():  # written by the gate and package stages
+        gate = read_json(gate_path)
+        failed = [f"{c['name']} {c['value']} < {c['threshold']}" for c in gate["checks"] if not c["passed"]]
+        print(f"gate: {'passed' if gate['passed'] else 'REJECTED (' + '; '.join(failed) + ')'}")
+    if package_path.is_file():
+        pkg = read_json(package_path)
+        if pkg["decision"] == "rejected":
+            print(f"package: rejected, production stays {pkg.get('production') or '(none)'}")
+        else:
+            note = " PROVISIONAL (no production model yet; the next model that passes the gate replaces it)" \
+                if pkg["decision"] == "provisional" else ""
+            print(f"package: {pkg['tag']} is production{note}; serve it with `bentoml serve`")
 
 
 if __name__ == "__main__":

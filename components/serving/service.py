@@ -28,6 +28,7 @@ Environment: `LLMSREC_MODEL_TAG` (serve that version instead of production), `LL
 from __future__ import annotations
 
 import json
+import logging
 import os
 from pathlib import Path
 from typing import Annotated, Any
@@ -37,6 +38,7 @@ from pydantic import BaseModel, ConfigDict, Field, StrictInt, StringConstraints
 
 from components.registry import resolve_serving_tag
 
+logger = logging.getLogger(__name__)
 BATCHING = os.environ.get("LLMSREC_BATCHING", "1") != "0"
 MAX_BATCH = int(os.environ.get("LLMSREC_MAX_BATCH", "16"))
 MAX_BODY_BYTES = int(os.environ.get("LLMSREC_MAX_BODY_BYTES", str(1 << 20)))
@@ -169,7 +171,18 @@ class LLMSRecService:
         """Served, `scorer` is a client of the scorer process (its batchable API goes through the
         adaptive batcher); in-process (tests, `to_asgi`) it is a local instance, called directly."""
         if hasattr(self.scorer, "to_async"):
-            return await getattr(self.scorer.to_async, method)(*args, **kwargs)
+            import aiohttp
+
+            for attempt in range(3):
+                try:
+                    return await getattr(self.scorer.to_async, method)(*args, **kwargs)
+                except aiohttp.ClientConnectionError as e:
+                    # The scorer's server closes idle keep-alive connections; a pooled one can be closed
+                    # just as it is reused (seen under concurrent load). Scoring is a pure function of the
+                    # request, so sending it again is safe.
+                    if attempt == 2:
+                        raise
+                    logger.warning("scorer connection dropped (%s); retrying", type(e).__name__)
         import anyio
 
         return await anyio.to_thread.run_sync(lambda: getattr(self.scorer, method)(*args, **kwargs))
@@ -290,4 +303,20 @@ class RequestGuard:
         await send({"type": "http.response.body", "body": data})
 
 
+class ClientErrorLogFilter(logging.Filter):
+    """BentoML logs every request that fails validation at ERROR with a traceback. A bad request is the
+    client's mistake, answered with a 4xx: keep one WARNING line, no traceback, so real errors stand out."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        from pydantic import ValidationError
+
+        exc = record.exc_info[1] if record.exc_info else None
+        if isinstance(exc, ValidationError):
+            record.levelno, record.levelname = logging.WARNING, "WARNING"
+            record.msg = f"{record.getMessage()}: rejected ({exc.error_count()} validation error(s)), answered 4xx"
+            record.args, record.exc_info, record.exc_text = (), None, None
+        return True
+
+
 LLMSRecService.add_asgi_middleware(RequestGuard, max_body=MAX_BODY_BYTES)
+logging.getLogger("bentoml._internal.server.http_app").addFilter(ClientErrorLogFilter())

@@ -116,7 +116,12 @@ def test_gate_then_package_promotes_and_failures_leave_the_champion(workspace, t
     assert manifest["data_version"].endswith(".dir") and manifest["metrics"]["llmsrec"]
     versions = stored_versions(home)
 
-    # 2. Champion vs challenger: the champion is re-scored on the current candidates (> 0 by construction).
+    # 2. Champion vs challenger: the champion is re-scored on the current candidates. Re-scoring the same
+    # model from its package reproduces evaluate's figure exactly; then a worse challenger fails.
+    gate(workspace, home)
+    regression = by_name(json.loads((workspace / "reports" / "gate.json").read_text())["checks"])["champion_regression"]
+    evaluated = json.loads((workspace / "reports" / "metrics.json").read_text())["llmsrec"]["ndcg@10"]
+    assert regression["champion_ndcg"] == pytest.approx(evaluated, abs=1e-6) and regression["value"] == pytest.approx(0)
     set_challenger_ndcg(workspace, 0.0)
     gate(workspace, home)
     report = json.loads((workspace / "reports" / "gate.json").read_text())
@@ -140,12 +145,30 @@ def test_gate_then_package_promotes_and_failures_leave_the_champion(workspace, t
     package(workspace, home)
     assert registry(home)["production"] == champion and stored_versions(home) == versions
 
-    # 4. A stale gate report (production changed since) is refused, not acted on.
+    # 4. A challenger that passes, on other data (a re-written sequences file): a second version, promoted.
     set_params(workspace, min_ndcg_at_10=0.0)
+    seq = pd.read_parquet(workspace / "data" / "prepared" / "sequences.parquet")
+    seq.to_parquet(workspace / "data" / "prepared" / "sequences.parquet", index=False, compression="gzip")
     gate(workspace, home)
-    (home / "registry" / "llmsrec.json").write_text(json.dumps({"production": None, "events": []}))
+    package(workspace, home)
+    second = registry(home)["production"]
+    assert second != champion and len(stored_versions(home)) == 2
+
+    # 5. The registry CLI: list, rollback (twice: the second has nowhere to go), promote, bad tag.
+    listing = run_stage(workspace, home, "components.registry", "list").stdout
+    assert f"* {second}" in listing and f"  {champion}" in listing
+    assert run_stage(workspace, home, "components.registry", "rollback").stdout.strip() == f"production: {champion}"
+    out = run_stage(workspace, home, "components.registry", "rollback", check=False)
+    assert out.returncode == 1 and "no earlier production version" in out.stderr
+    out = run_stage(workspace, home, "components.registry", "promote", "llmsrec:doesnotexist", check=False)
+    assert out.returncode == 1 and "no such model" in out.stderr and registry(home)["production"] == champion
+    assert run_stage(workspace, home, "components.registry", "promote", second).stdout.strip() == \
+        f"production: {second}"
+
+    # 6. The gate report of step 4 judged against `champion`; production has moved since: refused.
     out = package(workspace, home, check=False)
     assert out.returncode == 1 and "re-run the gate" in out.stderr and "Traceback" not in out.stderr
+    assert registry(home)["production"] == second
 
 
 @pytest.mark.slow
@@ -166,33 +189,3 @@ def test_first_failed_model_is_provisional_or_rejected(workspace, tmp_path):
     gate(workspace, home)
     out = package(workspace, home)
     assert "REJECTED" in out.stdout and not (home / "models" / "llmsrec").exists()
-
-
-@pytest.mark.slow
-def test_registry_cli_promote_list_rollback(pipeline_outputs, tmp_path):
-    home = tmp_path / "bentoml"
-    gate(pipeline_outputs, home)
-    package(pipeline_outputs, home)
-    first = registry(home)["production"]
-    # A second, different version (another data version): package it as well.
-    ws = tmp_path / "ws2"
-    import shutil
-
-    shutil.copytree(pipeline_outputs, ws)
-    (ws / "data" / "prepared" / "meta.json").write_text((ws / "data" / "prepared" / "meta.json").read_text() + "\n")
-    seq = pd.read_parquet(ws / "data" / "prepared" / "sequences.parquet")
-    seq.to_parquet(ws / "data" / "prepared" / "sequences.parquet", index=False, compression="gzip")
-    gate(ws, home)
-    package(ws, home)
-    second = registry(home)["production"]
-    assert second != first
-
-    listing = run_stage(ws, home, "components.registry", "list").stdout
-    assert f"* {second}" in listing and f"  {first}" in listing
-    assert run_stage(ws, home, "components.registry", "rollback").stdout.strip() == f"production: {first}"
-    assert registry(home)["production"] == first
-    out = run_stage(ws, home, "components.registry", "rollback", check=False)
-    assert out.returncode == 1 and "no earlier production version" in out.stderr
-    assert run_stage(ws, home, "components.registry", "promote", second).stdout.strip() == f"production: {second}"
-    out = run_stage(ws, home, "components.registry", "promote", "llmsrec:doesnotexist", check=False)
-    assert out.returncode == 1 and "no such model" in out.stderr and registry(home)["production"] == second

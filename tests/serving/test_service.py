@@ -210,8 +210,12 @@ def test_bentoml_build(promoted_home):
     bento = built[0]
     assert (bento / "src" / "components" / "serving" / "service.py").is_file()
     assert not (bento / "src" / "tests").exists() and not (bento / "src" / "data").exists()
-    # the production model travels inside the Bento
-    prod = production(promoted_home).split(":")[1]
-    assert (bento / "models" / "llmsrec" / prod / "llmsrec" / "adapters.safetensors").is_file()
+    # the scorer declares exactly the production model: `bentoml export`/`containerize` carry it along
+    import yaml
+
+    spec = yaml.safe_load((bento / "bento.yaml").read_text())
+    scorer = next(s for s in spec["services"] if s["name"] == "llmsrec_scorer")
+    assert [m["tag"] for m in scorer["models"]] == [production(promoted_home)]
+    assert spec["entry_service"] == "llmsrec_service"
     reqs = (bento / "env" / "python" / "requirements.txt").read_text()
     assert "torch==2.13.0+cpu" in reqs

@@ -1,0 +1,211 @@
+"""Serving benchmark (not CI): a real `bentoml serve`, with and without adaptive batching, in one run.
+
+    python -m benchmarks.serving [--home $BENTOML_HOME] [--threads 1] [--requests-c1 30] [--requests-c8 64] \\
+        --out benchmarks/results/serving.json
+
+Needs a production model in the BentoML store (`make run` puts one there). Measures:
+- latency p50/p95/p99 of POST /recommend at concurrency 1 and 8, and throughput at 8, for a server with
+  adaptive batching (the default) and one started with LLMSREC_BATCHING=0;
+- the bare LLM forward (the user prompt through the frozen LLM, no HTTP, no batching) for the same
+  prompts, with the same torch thread count, in this process;
+- errors (any non-200).
+Requests replay real users' histories from the packaged data (their last 10 items, dated), k=10.
+Targets (issue 5): p50 at c1 <= 1.3x the bare forward; batching >= 2x throughput at c8; 0 errors.
+"""
+
+from __future__ import annotations
+
+import argparse
+import concurrent.futures as cf
+import json
+import os
+import platform
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def percentiles(values: list[float]) -> dict[str, float]:
+    a = np.asarray(values) * 1000
+    return {"p50_ms": round(float(np.percentile(a, 50)), 1), "p95_ms": round(float(np.percentile(a, 95)), 1),
+            "p99_ms": round(float(np.percentile(a, 99)), 1), "n": len(values)}
+
+
+class Server:
+    """`bentoml serve` from the repository root on a free port; stopped (process group) on exit."""
+
+    def __init__(self, env: dict[str, str], log: Path):
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.log = log.open("w")
+        self.proc = subprocess.Popen([sys.executable, "-m", "bentoml", "serve", "--host", "127.0.0.1", "--port",
+                                      str(self.port)], cwd=REPO, env=env, stdout=self.log, stderr=subprocess.STDOUT,
+                                     start_new_session=True)
+
+    def wait_ready(self, timeout: float = 600) -> float:
+        import httpx
+
+        t0 = time.time()
+        while time.time() - t0 < timeout:
+            if self.proc.poll() is not None:
+                raise SystemExit(f"bentoml serve exited {self.proc.returncode}; see {self.log.name}")
+            try:
+                if httpx.get(f"{self.url}/readyz", timeout=2).status_code == 200:
+                    return time.time() - t0
+            except httpx.TransportError:
+                pass
+            time.sleep(0.5)
+        raise SystemExit(f"not ready after {timeout}s; see {self.log.name}")
+
+    def stop(self) -> None:
+        os.killpg(self.proc.pid, signal.SIGTERM)
+        try:
+            self.proc.wait(60)
+        except subprocess.TimeoutExpired:
+            os.killpg(self.proc.pid, signal.SIGKILL)
+        self.log.close()
+
+
+def load(url: str, payloads: list[dict], concurrency: int) -> dict:
+    """Send every payload with `concurrency` clients; latency of each call, throughput of the whole."""
+    import httpx
+
+    errors: list[str] = []
+    latencies: list[float] = []
+
+    def one(client: httpx.Client, payload: dict) -> None:
+        t0 = time.perf_counter()
+        try:
+            r = client.post(f"{url}/recommend", json=payload, timeout=300)
+            ok = r.status_code == 200 and len(r.json()["items"]) == payload["k"]
+            if not ok:
+                errors.append(f"{r.status_code}: {r.text[:200]}")
+        except httpx.HTTPError as e:
+            errors.append(repr(e))
+        latencies.append(time.perf_counter() - t0)
+
+    with httpx.Client(limits=httpx.Limits(max_connections=concurrency)) as client:
+        t0 = time.perf_counter()
+        with cf.ThreadPoolExecutor(concurrency) as pool:
+            list(pool.map(lambda p: one(client, p), payloads))
+        wall = time.perf_counter() - t0
+    return {"concurrency": concurrency, **percentiles(latencies), "throughput_rps": round(len(payloads) / wall, 3),
+            "errors": len(errors), "error_samples": errors[:3]}
+
+
+def payloads_from(model, n: int, seed: int = 0) -> list[dict]:
+    """Real users' last 10 items with their dates: the prompts the model was trained on."""
+    rng = np.random.default_rng(seed)
+    rows = [r for r in model.sequences.itertuples() if len(r.items) >= 10]
+    out = []
+    for i in rng.choice(len(rows), n, replace=n > len(rows)):
+        r = rows[i]
+        out.append({"history": [{"item_id": model.item_ids[int(j) - 1], "timestamp": int(t)}
+                                for j, t in zip(r.items[-10:], r.timestamps[-10:], strict=True)], "k": 10})
+    return out
+
+
+def bare_forward(model, payloads: list[dict], reps: int) -> dict:
+    """The user prompt through the frozen LLM (+ the injected vectors and f_user), one prompt at a time."""
+    import torch
+
+    times = []
+    with torch.no_grad():
+        for p in payloads[:reps]:
+            items, stamps, _ = model.resolve([(h["item_id"], h["timestamp"]) for h in p["history"]])
+            hist = model._histories([items], [stamps])
+            t0 = time.perf_counter()
+            model.model.user_vectors(hist)
+            times.append(time.perf_counter() - t0)
+    return percentiles(times)
+
+
+def main(argv: list[str] | None = None) -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--home", help="BentoML home holding the production model (default: $BENTOML_HOME or ~/bentoml)")
+    ap.add_argument("--threads", type=int, default=1, help="torch threads, for the servers and the bare forward")
+    ap.add_argument("--requests-c1", type=int, default=30)
+    ap.add_argument("--requests-c8", type=int, default=64)
+    ap.add_argument("--warmup", type=int, default=24, help="requests before timing (BentoML's batcher trains on them)")
+    ap.add_argument("--out", type=Path, default=REPO / "benchmarks" / "results" / "serving.json")
+    args = ap.parse_args(argv)
+
+    if args.home:
+        os.environ["BENTOML_HOME"] = str(Path(args.home).resolve())
+    os.environ.setdefault("BENTOML_DO_NOT_TRACK", "True")
+    import torch
+
+    from components.registry import get_model, resolve_serving_tag
+    from components.serving.packaged import PackagedModel
+
+    torch.set_num_threads(args.threads)
+    tag = resolve_serving_tag()
+    stored = get_model(tag)
+    model = PackagedModel.load(Path(stored.path), tag)
+    warm = payloads_from(model, args.warmup, seed=1)
+    c1 = payloads_from(model, args.requests_c1, seed=2)
+    c8 = payloads_from(model, args.requests_c8, seed=3)
+    bare_forward(model, warm, 3)  # first calls pay one-off costs
+    dtype = str(model.model.backbone.dtype)
+
+    env = dict(os.environ, LLMSREC_TORCH_THREADS=str(args.threads), OMP_NUM_THREADS=str(args.threads),
+               TOKENIZERS_PARALLELISM="false", PYTHONPATH=str(REPO))
+    results: dict = {}
+    load_before = os.getloadavg()
+    for name, batching in (("batching", "1"), ("no_batching", "0")):
+        server = Server({**env, "LLMSREC_BATCHING": batching}, Path(tempfile.gettempdir()) / f"serving_{name}.log")
+        try:
+            ready_s = server.wait_ready()
+            load(server.url, warm, 4)
+            # The bare forward is timed right before the c1 run, with the server idle: on a shared machine
+            # the load changes by the minute, and the ratio must compare like with like.
+            bare = bare_forward(model, c1, len(c1))
+            results[name] = {"ready_seconds": round(ready_s, 1), "bare_forward": bare, "c1": load(server.url, c1, 1),
+                             "c8": load(server.url, c8, 8)}
+        finally:
+            server.stop()
+        r = results[name]
+        print(f"{name}: bare forward p50 {bare['p50_ms']} ms ({dtype}, {args.threads} thread(s)) | "
+              f"c1 p50 {r['c1']['p50_ms']} ms p95 {r['c1']['p95_ms']} p99 {r['c1']['p99_ms']} | "
+              f"c8 p50 {r['c8']['p50_ms']} ms p95 {r['c8']['p95_ms']} p99 {r['c8']['p99_ms']}, "
+              f"{r['c8']['throughput_rps']} req/s | errors {r['c1']['errors'] + r['c8']['errors']}")
+
+    b, nb = results["batching"], results["no_batching"]
+    errors = sum(results[n][c]["errors"] for n in results for c in ("c1", "c8"))
+    ratio_latency = b["c1"]["p50_ms"] / b["bare_forward"]["p50_ms"]
+    speedup = b["c8"]["throughput_rps"] / nb["c8"]["throughput_rps"]
+    targets = {
+        "p50_c1_over_bare": {"value": round(ratio_latency, 3), "target": "<= 1.3", "met": ratio_latency <= 1.3},
+        "batching_throughput_gain_c8": {"value": round(speedup, 3), "target": ">= 2.0", "met": speedup >= 2.0},
+        "errors": {"value": errors, "target": "== 0", "met": errors == 0},
+    }
+    report = {
+        "model": tag, "threads": args.threads, "dtype": dtype, **results, "targets": targets,
+        "machine": {"cpus": os.cpu_count(), "platform": platform.platform(), "python": platform.python_version(),
+                    "torch": torch.__version__, "loadavg_before": [round(x, 2) for x in load_before],
+                    "loadavg_after": [round(x, 2) for x in os.getloadavg()]},
+        "command": "python -m benchmarks.serving " + " ".join(argv if argv is not None else sys.argv[1:]),
+    }
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps(report, indent=2) + "\n")
+    for k, t in targets.items():
+        print(f"target {k}: {t['value']} ({t['target']}) {'met' if t['met'] else 'NOT met'}")
+    print(f"-> {args.out}")
+
+
+if __name__ == "__main__":
+    main()
