@@ -121,7 +121,8 @@ def validate_ndcg(model, prepared, rows_subset: np.ndarray, batch_size: int, ite
     for lo in range(0, len(rows_subset), batch_size):
         sel = rows_subset[lo: lo + batch_size]
         hist = prepared.histories("valid", prepared.rows(cand.user_idx[sel]), model.max_history)
-        ranks.append(candidate_ranks(model.score_candidates(hist, torch.from_numpy(cand.items[sel]))).numpy())
+        scores = model.score_candidates(hist, torch.from_numpy(cand.items[sel]))  # [B, C], on the model's device
+        ranks.append(candidate_ranks(scores.cpu()).numpy())
     model.train()
     return float(ndcg_at(np.concatenate(ranks), 10).mean())
 

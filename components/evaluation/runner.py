@@ -45,12 +45,12 @@ def rank_split(model: Recommender, data: Prepared, split: str, *, batch_size: in
             items = torch.from_numpy(cand.items[lo: lo + batch_size])  # [B, 1+K]
             if full_catalogue:
                 # One user pass serves both protocols: for an LLM the user pass is the whole cost.
-                scores = model.score_all(hist)  # [B, N+1]
+                scores = model.score_all(hist).cpu()  # [B, N+1]; ranks are counted on the CPU
                 ranks.append(candidate_ranks(scores.gather(1, items)).numpy())
                 ex_rows, ex_items = history_pairs(data, split, rows)
                 fulls.append(full_ranks(scores, items[:, 0], ex_rows, ex_items).numpy())
             else:
-                ranks.append(candidate_ranks(model.score_candidates(hist, items)).numpy())
+                ranks.append(candidate_ranks(model.score_candidates(hist, items).cpu()).numpy())
     finally:
         model.train(was_training)
     out = pd.DataFrame({"user_idx": cand.user_idx, "rank": np.concatenate(ranks) if ranks else []})

@@ -126,7 +126,8 @@ class SASRec(Recommender):
 
     def sequence_output(self, histories: Histories) -> Tensor:
         """[B, L, H] output at every position of the (at most max_len) most recent items."""
-        items = histories.last(self.config.max_len).items  # [B, L]
+        # Histories come from the data loaders on the CPU; the model may live on a GPU (as LLM-SRec's teacher).
+        items = histories.last(self.config.max_len).items.to(self.item_emb.weight.device)  # [B, L]
         B, L = items.shape
         keep = (items != 0).unsqueeze(-1)  # [B, L, 1]
         x = self.item_emb(items) * math.sqrt(self.config.hidden)  # [B, L, H]
@@ -164,7 +165,7 @@ class SASRec(Recommender):
 
     def score_candidates(self, histories: Histories, candidates: Tensor) -> Tensor:
         u = self.user_representation(histories)  # [B, H]
-        return torch.einsum("bh,bch->bc", u, self.item_emb(candidates))  # [B, C]
+        return torch.einsum("bh,bch->bc", u, self.item_emb(candidates.to(u.device)))  # [B, C]
 
     def config_dict(self) -> dict[str, Any]:
         return asdict(self.config)
