@@ -2,6 +2,7 @@
 
     python -m benchmarks.serving [--home $BENTOML_HOME] [--threads 1] [--requests-c1 30] [--requests-c8 64] \\
         --out benchmarks/results/serving.json
+    python -m benchmarks.serving --render benchmarks/results/serving.json     # the README's table
 
 Needs a production model in the BentoML store (`make run` puts one there). Measures:
 - latency p50/p95/p99 of POST /recommend at concurrency 1 and 8, and throughput at 8, for a server with
@@ -134,6 +135,24 @@ def bare_forward(model, payloads: list[dict], reps: int) -> dict:
     return percentiles(times)
 
 
+def render(report: dict) -> str:
+    """The README's table, from a result file (never typed by hand)."""
+    rows = ["| server | bare forward p50 | c1 p50 / p95 / p99 | c8 p50 / p95 / p99 | c8 throughput | errors |",
+            "|---|---|---|---|---|---|"]
+    for name in ("batching", "no_batching"):
+        r = report[name]
+        rows.append(f"| {name.replace('_', ' ')} | {r['bare_forward']['p50_ms']} ms | {r['c1']['p50_ms']} / "
+                    f"{r['c1']['p95_ms']} / {r['c1']['p99_ms']} ms | {r['c8']['p50_ms']} / {r['c8']['p95_ms']} / "
+                    f"{r['c8']['p99_ms']} ms | {r['c8']['throughput_rps']} req/s | "
+                    f"{r['c1']['errors'] + r['c8']['errors']} |")
+    m = report["machine"]
+    rows += ["", f"{m['cpus']} CPUs, {report['threads']} torch thread(s), {report['dtype']}, load average "
+                 f"{m['loadavg_before'][0]} before / {m['loadavg_after'][0]} after (shared machine). Targets: " +
+             "; ".join(f"{k} {t['value']} ({t['target']}: {'met' if t['met'] else 'not met'})"
+                       for k, t in report["targets"].items()) + "."]
+    return "\n".join(rows)
+
+
 def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--home", help="BentoML home holding the production model (default: $BENTOML_HOME or ~/bentoml)")
@@ -142,7 +161,11 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--requests-c8", type=int, default=64)
     ap.add_argument("--warmup", type=int, default=24, help="requests before timing (BentoML's batcher trains on them)")
     ap.add_argument("--out", type=Path, default=REPO / "benchmarks" / "results" / "serving.json")
+    ap.add_argument("--render", type=Path, metavar="RESULT_JSON", help="print the README table of a result and exit")
     args = ap.parse_args(argv)
+    if args.render:
+        print(render(json.loads(args.render.read_text())))
+        return
 
     if args.home:
         os.environ["BENTOML_HOME"] = str(Path(args.home).resolve())

@@ -172,6 +172,7 @@ def test_gate_then_package_promotes_and_failures_leave_the_champion(workspace, t
 
 
 @pytest.mark.slow
+@pytest.mark.real_llm
 def test_first_failed_model_is_provisional_or_rejected(workspace, tmp_path):
     """With nothing in production, a failing model is promoted flagged provisional (so `bentoml serve`
     has something to serve after the very first run), or, with first_model: reject, not at all."""

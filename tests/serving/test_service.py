@@ -200,6 +200,7 @@ def test_bentoml_serve_subprocess(promoted_home, catalogue, tmp_path):
 
 
 @pytest.mark.slow
+@pytest.mark.real_llm
 def test_bentoml_build(promoted_home):
     out = subprocess.run([sys.executable, "-m", "bentoml", "build", "--output", "tag"], cwd=REPO,
                          env=stage_env(promoted_home), capture_output=True, text=True, timeout=300)
