@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import tempfile
 from pathlib import Path
 
 import pytest
@@ -15,6 +16,9 @@ os.environ.setdefault("GX_ANALYTICS_ENABLED", "False")
 os.environ.setdefault("DVC_NO_ANALYTICS", "1")
 os.environ.setdefault("BENTOML_DO_NOT_TRACK", "True")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
+# `dvc repro` now ends with `package`, which writes to BentoML's model store: tests never touch a real one
+# (not ~/bentoml, not a BENTOML_HOME set in the shell). Tests that need their own store set it per process.
+os.environ["BENTOML_HOME"] = tempfile.mkdtemp(prefix="llmsrec-test-bentoml-")
 
 
 @pytest.fixture

@@ -27,10 +27,19 @@ SMALL = {
 def test_dvc_repro_fresh_clone_then_noop(tmp_path):
     ws = make_workspace(tmp_path / "ws", SMALL)
     env = venv_env()
+    env["BENTOML_HOME"] = str(tmp_path / "bentoml")  # an empty store: this run's model is the first
     first = subprocess.run(DVC + ["repro"], cwd=ws, env=env, capture_output=True, text=True, timeout=1200)
     assert first.returncode == 0, first.stdout + first.stderr
-    for stage in ("ingest", "validate", "prepare", "pretrain_cfsrec", "distill", "evaluate"):
+    for stage in ("ingest", "validate", "prepare", "pretrain_cfsrec", "distill", "evaluate", "gate", "package"):
         assert f"Running stage '{stage}'" in first.stdout
+    # Two distillation steps leave LLM-SRec near chance, so the default gate rejects it; with nothing in
+    # production it is promoted anyway, as provisional (gate.first_model), into the empty test store.
+    gate = json.loads((ws / "reports" / "gate.json").read_text())
+    assert {c["name"] for c in gate["checks"]} == {"ndcg@10_floor", "lift_over_popularity", "shuffle_drop",
+                                                  "champion_regression"}
+    package = json.loads((ws / "reports" / "package.json").read_text())
+    assert package["decision"] == ("promoted" if gate["passed"] else "provisional")
+    assert package["production"] == package["tag"] and package["tag"].startswith("llmsrec:")
 
     summary = json.loads((ws / "reports" / "data_summary.json").read_text())
     assert summary["users"] == 300 and summary["items"] <= 200 and summary["interactions"] > 300 * 5
