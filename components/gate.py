@@ -63,11 +63,15 @@ def options(cfg: dict[str, Any]) -> dict[str, Any]:
     return opts
 
 
-def check(name: str, value: float | None, threshold: float | None, **extra) -> dict[str, Any]:
-    """One check; a null threshold means the check is switched off (it passes, marked skipped)."""
+def check(name: str, value: float | None, threshold: float | None, passed: bool | None = None,
+          **extra) -> dict[str, Any]:
+    """One check; a null threshold means the check is switched off (it passes, marked skipped).
+
+    `passed` decides a check whose relative value is undefined (a baseline of 0): value is then None.
+    """
     if threshold is None:
         return {"name": name, "value": value, "threshold": None, "passed": True, "skipped": True, **extra}
-    ok = value is not None and bool(np.isfinite(value)) and value >= threshold
+    ok = passed if passed is not None else value is not None and bool(np.isfinite(value)) and value >= threshold
     return {"name": name, "value": None if value is None else round(float(value), 6),
             "threshold": threshold, "passed": bool(ok), **extra}
 
@@ -89,8 +93,9 @@ def floor_checks(metrics: dict[str, Any], opts: dict[str, Any], path: Path = Pat
     else:
         pop = float(_metric(metrics, "popularity", path,
                             "add popularity to evaluate.models, or set gate.min_lift_over_popularity: null")["ndcg@10"])
-        lift = ndcg / pop - 1 if pop > 0 else (np.inf if ndcg > 0 else 0.0)
-        checks.append(check("lift_over_popularity", lift, opts["min_lift_over_popularity"],
+        # With popularity at 0 a relative lift is undefined: any positive NDCG@10 beats it.
+        lift, beats = (ndcg / pop - 1, None) if pop > 0 else (None, ndcg > 0)
+        checks.append(check("lift_over_popularity", lift, opts["min_lift_over_popularity"], passed=beats,
                             ndcg=ndcg, popularity_ndcg=pop))
     if opts["min_shuffle_drop"] is None:
         checks.append(check("shuffle_drop", None, None))
@@ -127,10 +132,11 @@ def champion_check(champion, data, per_user: pd.DataFrame, opts: dict[str, Any],
         raise DataError("reports/per_user.parquet", f"lacks {len(missing)} test users of {opts['model']}",
                         "re-run evaluate on the current prepared data (`dvc repro evaluate`)")
     challenger = round(float(mine.loc[users[pick], "ndcg@10"].mean()), 6)
-    change = challenger / champ - 1 if champ > 0 else (0.0 if challenger == 0 else np.inf)
+    # A champion at NDCG@10 0 has no relative change to measure: the challenger cannot be worse than it.
+    change, not_worse = (challenger / champ - 1, None) if champ > 0 else (None, True)
     unknown_pos = sum(c[0] not in champion.index for c in candidates)
     return check("champion_regression", change,
-                 None if opts["max_regression"] is None else -float(opts["max_regression"]),
+                 None if opts["max_regression"] is None else -float(opts["max_regression"]), passed=not_worse,
                  champion=champion.tag, champion_ndcg=champ, challenger_ndcg=challenger, n_users=int(len(pick)),
                  positives_unknown_to_champion=int(unknown_pos))
 

@@ -37,9 +37,10 @@ def small_params(llm_dir: Path) -> dict:
         "distill": {"max_steps": 2, "batch_size": 8, "valid_users": 8, "eval_every": 1.0, "item_batch_size": 128},
         "evaluate": {"threads": 1},
         # Lenient on purpose: these runs test the orchestration, not the model's quality, and a random-weight
-        # LLM's NDCG@10 may be 0 on a few users (tests/serving/test_gate.py tests every check, the champion's too).
+        # LLM's NDCG@10 may be 0 on a few users (tests/serving/test_gate.py tests every check). max_regression
+        # 1.0 still re-scores the champion on the new data (the path a real retrain takes) but lets any score pass.
         "gate": {"min_ndcg_at_10": 0.0, "min_lift_over_popularity": None, "min_shuffle_drop": None,
-                 "max_regression": None},
+                 "max_regression": 1.0},
         "orchestration": {"retries": 0, "landing": {"settle_seconds": 0}},
     }
 

@@ -49,6 +49,15 @@ def test_null_threshold_skips_a_check_and_needs_no_metrics():
     assert all(c["passed"] and c.get("skipped") for c in checks.values())
 
 
+def test_a_zero_baseline_is_beaten_by_any_positive_score():
+    """Popularity at NDCG 0 leaves the relative lift undefined, not infinite: a better model passes."""
+    checks = by_name(floor_checks({**METRICS, "popularity": {"ndcg@10": 0.0}}, options({})))
+    assert checks["lift_over_popularity"]["passed"] and checks["lift_over_popularity"]["value"] is None
+    zero = by_name(floor_checks({**METRICS, "popularity": {"ndcg@10": 0.0}, "llmsrec": {"ndcg@10": 0.0}},
+                                options({"min_ndcg_at_10": None})))
+    assert not zero["lift_over_popularity"]["passed"]
+
+
 def test_missing_metrics_name_the_fix():
     with pytest.raises(DataError, match="evaluate.shuffle, or set gate.min_shuffle_drop: null"):
         floor_checks({"llmsrec": {"ndcg@10": 0.3}, "popularity": {"ndcg@10": 0.1}}, options({}))
