@@ -60,13 +60,18 @@ def main(argv: list[str] | None = None) -> None:
         model.adapters.to(backbone.device)
         model.cfsrec.to(backbone.device)
         with torch.no_grad():
-            return float(sum(model.loss_terms(batch).values())), model
+            loss = sum(model.loss_terms(batch).values())
+        # Where the LLM's weights really were: an exact agreement must not come from a silent CPU fallback.
+        placed[f"{device}/{dtype}"] = str(next(backbone.model.parameters()).device)
+        return float(loss), model
 
+    placed: dict[str, str] = {}
     ref, _ = loss_on("cpu", "fp32")
     dev32, _ = loss_on(args.device, "fp32")
     dev16, model = loss_on(args.device, "bf16")
     rel32, rel16 = abs(dev32 - ref) / abs(ref), abs(dev16 - ref) / abs(ref)
-    print(f"loss on a fixed batch: cpu fp32 {ref:.5f}, {args.device} fp32 {dev32:.5f} (rel {rel32:.1e}), "
+    print(f"LLM weights on {placed}; loss on a fixed batch: cpu fp32 {ref:.8f}, {args.device} fp32 {dev32:.8f} "
+          f"(rel {rel32:.1e}), "
           f"{args.device} bf16 {dev16:.5f} (rel {rel16:.1e})")
 
     sync = torch.cuda.synchronize if model.backbone.device.type == "cuda" else (lambda: None)
@@ -97,6 +102,7 @@ def main(argv: list[str] | None = None) -> None:
         "device": str(model.backbone.device),
         "gpu": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,
         "backbone": model.backbone.name, "torch": torch.__version__,
+        "llm_weights_on": placed, "cuda_tf32_matmul": torch.backends.cuda.matmul.allow_tf32,
         "loss_cpu_fp32": ref, "loss_device_fp32": dev32, "loss_device_bf16": dev16,
         "rel_diff_fp32": rel32, "rel_diff_bf16": rel16,
         "tolerance": {"fp32": args.rtol_fp32, "bf16": args.rtol_bf16},

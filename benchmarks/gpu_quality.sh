@@ -26,6 +26,7 @@ rm -rf "$WS-ablation" && cp -r "$WS" "$WS-ablation"  # before the full run adds 
 python -m benchmarks.quality --models popularity,cfsrec,llmsrec $ARGS $DISTILL --workdir "$WS" --resume \
     --out "$OUT/quality_llmsrec.json"
 cp "$WS/reports/distill_curve.png" "$OUT/distill_curve.png" 2>/dev/null || true
+[ "${ABLATION:-1}" = 0 ] && exit 0  # ABLATION=0: the full model only
 # shellcheck disable=SC2086
 python -m benchmarks.quality --models popularity,cfsrec,llmsrec $ARGS $DISTILL --workdir "$WS-ablation" --resume \
     --set distill.use_distill_loss=false --set distill.use_uniform_loss=false --out "$OUT/quality_llmsrec_ablation.json"
