@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 from pathlib import Path
 from typing import Any
 
@@ -47,7 +48,9 @@ def render_result(name: str, result: dict[str, Any]) -> str:
         lines.append(f"| {key} | " + " | ".join(f"{m[k]:.4f}" for k in METRICS) + f" | {m['n_users']:,} | "
                      + (f"{full['ndcg@10']:.4f} | {full['hr@10']:.4f}" if full else "– | –")
                      + f" | {'' if drop is None else format(drop, '.1%')} |")
-    ref = next((v for k, v in REFERENCE.items() if name.startswith(k)), None)
+    # The reference is for the full dataset: a user subsample is another benchmark.
+    subsample = result.get("params", {}).get("data", {}).get("max_users")
+    ref = None if subsample else next((v for k, v in REFERENCE.items() if name.startswith(k)), None)
     if ref:
         lines.append(f"| *target: Kang & McAuley SASRec* | {ref['ndcg@10']:.4f} | {ref['hr@10']:.4f} | | | | | | |")
         if "cfsrec" in result:
@@ -113,17 +116,20 @@ def ablation_lines(results: dict[str, dict[str, Any]]) -> list[str]:
     return ["## Ablation", "", *lines, ""] if lines else []
 
 
-def gpu_lines(path: Path) -> list[str]:
-    if not path.is_file():
-        return []
+def gpu_lines(paths: list[Path]) -> list[str]:
+    return ["## GPU check (`bash benchmarks/gpu_check.sh`)", "", *(gpu_line(p) for p in paths), ""] if paths else []
+
+
+def gpu_line(path: Path) -> str:
     g = json.loads(path.read_text())
-    return ["## GPU check (`bash benchmarks/gpu_check.sh`)", "",
-            f"{g.get('gpu')}, torch {g.get('torch')}, backbone {g.get('backbone')}: bf16 training "
+    placed = g.get("llm_weights_on")
+    return (f"- `{path.name}`: {g.get('gpu')}, torch {g.get('torch')}, backbone {g.get('backbone')}: {g['steps']} bf16 training steps, "
             f"{g['seconds_per_step']:.3f} s/step at batch {g['batch_size']} ({g['users_per_s']:.1f} users/s, "
             f"{g['user_prompt_tokens_per_s']:,.0f} user-prompt tokens/s); item table {g['item_table_items_per_s']:,.0f} "
             f"items/s. Loss on a fixed batch vs the CPU fp32 path: fp32 relative difference {g['rel_diff_fp32']:.1e} "
             f"(tolerance {g['tolerance']['fp32']:g}), bf16 {g['rel_diff_bf16']:.1e} (tolerance "
-            f"{g['tolerance']['bf16']:g}): {'agrees' if g['agrees'] else 'DISAGREES'}.", ""]
+            f"{g['tolerance']['bf16']:g}): {'agrees' if g['agrees'] else 'DISAGREES'}"
+            + (f"; LLM weights were on {placed}." if placed else "."))
 
 
 def plot_models(results: dict[str, dict[str, Any]], path: Path) -> None:
@@ -152,12 +158,19 @@ def plot_models(results: dict[str, dict[str, Any]], path: Path) -> None:
 
 def render(results_dir: Path, plot: Path | None = None) -> str:
     results = {p.stem: json.loads(p.read_text()) for p in sorted(Path(results_dir).glob("*.json"))}
+    results = {k: v for k, v in results.items() if model_rows(v)}  # quality results only (not serving.json)
     parts = [INTRO]
     if plot is not None and results:
         plot_models(results, plot)
         parts.append(f"![NDCG@10 and HR@10 per model]({plot.name})\n")
-    parts += [render_result(name, res) for name, res in results.items()]
-    parts += ["\n".join(ablation_lines(results)), "\n".join(gpu_lines(Path(results_dir) / "gpu" / "gpu_check.json"))]
+    for name, res in results.items():
+        parts.append(render_result(name, res))
+        curve = Path(results_dir) / f"{name}_curve.png"  # the distill stage's training curve, when kept
+        if curve.is_file():
+            parts.append(f"![{name}: distillation loss and validation NDCG@10]"
+                         f"({os.path.relpath(curve.resolve(), (plot or curve).resolve().parent)})\n")
+    parts += ["\n".join(ablation_lines(results)),
+              "\n".join(gpu_lines(sorted((Path(results_dir) / "gpu").glob("gpu_check*.json"))))]
     return "\n".join(p for p in parts if p)
 
 

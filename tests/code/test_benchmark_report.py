@@ -21,7 +21,11 @@ def result(ndcg: float, hr: float) -> dict:
 def test_render_tables_from_results(tmp_path):
     (tmp_path / "quality_ml1m.json").write_text(json.dumps(result(0.6012, 0.8311)))
     (tmp_path / "quality_ml1m_bce.json").write_text(json.dumps(result(0.5512, 0.8011)))
+    sub = result(0.5, 0.7)
+    sub["params"]["data"] = {"max_users": 2000}
+    (tmp_path / "quality_ml1m_2k.json").write_text(json.dumps(sub))
     doc = render(tmp_path)
+    assert doc.count("| *target: Kang & McAuley SASRec* |") == 2  # not for the 2,000-user subsample
     assert "| cfsrec | 0.6012 | 0.8311 | 0.6212 | 0.8811 | 6,040 | 0.1000 | 0.8311 |  |" in doc
     assert "| cfsrec_shuffled |" in doc and "| 12.3% |" in doc
     assert "ndcg@10 +0.0107, hr@10 +0.0066; meets the issue's bar" in doc
@@ -46,7 +50,14 @@ def llmsrec_result(llm: float, shuffled_drop: float, distill_loss: bool) -> dict
 def test_llmsrec_targets_ablation_and_plot(tmp_path):
     (tmp_path / "q_llm.json").write_text(json.dumps(llmsrec_result(0.63, 0.05, True)))
     (tmp_path / "q_llm_ablation.json").write_text(json.dumps(llmsrec_result(0.61, 0.02, False)))
+    (tmp_path / "gpu").mkdir()
+    (tmp_path / "gpu" / "gpu_check.json").write_text(json.dumps({
+        "gpu": "NVIDIA H200", "torch": "2.11", "backbone": "smollm2-135m", "steps": 20, "seconds_per_step": 0.4,
+        "batch_size": 20, "users_per_s": 50.0, "user_prompt_tokens_per_s": 12000.0, "item_table_items_per_s": 480.0,
+        "rel_diff_fp32": 1e-6, "rel_diff_bf16": 4e-4, "tolerance": {"fp32": 1e-3, "bf16": 5e-2}, "agrees": True,
+        "llm_weights_on": {"cuda/fp32": "cuda:0"}}))
     doc = render(tmp_path, plot=tmp_path / "out" / "bench.png")
+    assert "20 bf16 training steps, 0.400 s/step" in doc and "LLM weights were on {'cuda/fp32': 'cuda:0'}" in doc
     assert "LLM-SRec NDCG@10 0.6300 vs SASRec x 1.03 = 0.6180 (met; +5.0% vs SASRec)" in doc
     assert "shuffled-inference drop 5.0% (met" in doc and "shuffled-inference drop 2.0% (missed" in doc
     assert "LLM-SRec NDCG@10 0.6100 vs SASRec x 1.03 = 0.6180 (missed by 0.0080" in doc
