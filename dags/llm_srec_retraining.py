@@ -148,6 +148,8 @@ with DAG(
     @task.branch
     def check_gate() -> list[str]:
         decision = release.gate_decision(REPO, CFG["gate_report"])
+        # The summary reports this decision: recomputed after `package`, it would see the new production model.
+        get_current_context()["ti"].xcom_push(key="decision", value=decision)
         print(f"gate: {decision['reason']}")
         for c in decision.get("checks", []):
             print(f"  {'ok  ' if c.get('passed') else 'FAIL'} {c.get('name')}: {c.get('value')} "
@@ -188,7 +190,7 @@ with DAG(
         landing = read_json(rundir / "landing.json") if (rundir / "landing.json").is_file() else {}
         decision = None
         if states.get("check_gate") == "success":
-            decision = release.gate_decision(REPO, CFG["gate_report"])
+            decision = ti.xcom_pull(task_ids="check_gate", key="decision")
         before = warm.get("production_before")
         after = release.production_tag()
         ran = {t: bool(r and r.get("ran")) for t, r in pulled.items()}
@@ -208,7 +210,7 @@ with DAG(
         for line in release.summary_lines(record):
             print(line)
         print(f"summary: {path}")
-        if outcome in ("failed", "promoted"):
+        if outcome in ("failed", "promoted", "provisional"):
             release.notify(CFG["notify_callback"], record, log=print)
         if outcome == "failed":
             # The summary is a leaf: if it succeeded, Airflow would call a broken run a success.

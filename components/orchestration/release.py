@@ -186,13 +186,15 @@ def metrics_line(repo: Path) -> dict[str, float]:
 
 def outcome_of(states: dict[str, str], ran: dict[str, bool], decision: dict[str, Any] | None,
                before: str | None, after: str | None) -> tuple[str, str]:
-    """(outcome, reason) of a run from its task states: failed | rejected | promoted | unchanged."""
+    """(outcome, reason) of a run from its task states: failed | rejected | provisional | promoted | unchanged."""
     failed = sorted(t for t, s in states.items() if s in ("failed", "upstream_failed"))
     if failed:
         first = [t for t in failed if states[t] == "failed"] or failed
         return "failed", f"failed at {', '.join(first)}; production stays {before or 'empty'}"
     if decision is not None and not decision.get("release"):
         return "rejected", f"{decision.get('reason')}; production stays {before or 'empty'}"
+    if after != before and decision is not None and decision.get("decision") == "provisional":
+        return "provisional", f"{decision.get('reason')}; production is now {after}, flagged provisional"
     if after != before:
         return "promoted", f"production is now {after} (was {before or 'empty'})"
     if not any(ran.values()):

@@ -91,3 +91,19 @@ def test_a_new_stage_in_dvc_yaml_becomes_a_task(tmp_path, airflow_home):
     assert set(dag.task_ids) == set(spec["stages"]) | ORCHESTRATION
     assert dag.get_task("report").upstream_task_ids == {"evaluate"}
     assert "report" in dag.get_task("run_summary").upstream_task_ids
+
+
+def test_run_outcome_reports_a_provisional_first_model_as_such():
+    """A failed gate with an empty store releases the first model flagged provisional: the summary must
+    say so (not "rejected, production stays empty"), and a failed gate with a champion stays rejected."""
+    from components.orchestration.release import outcome_of
+
+    done = {"gate": "success", "check_gate": "success", "package": "success"}
+    provisional = {"release": True, "decision": "provisional", "reason": "gate failed: shuffle_drop"}
+    outcome, reason = outcome_of(done, {"gate": True}, provisional, None, "llmsrec:v1")
+    assert outcome == "provisional" and "llmsrec:v1" in reason and "shuffle_drop" in reason
+    rejected = {"release": False, "decision": "rejected", "reason": "gate failed: shuffle_drop"}
+    assert outcome_of({**done, "package": "skipped"}, {"gate": True}, rejected, "llmsrec:v1", "llmsrec:v1")[0] \
+        == "rejected"
+    passed = {"release": True, "decision": "promoted", "reason": "gate passed"}
+    assert outcome_of(done, {"gate": True}, passed, "llmsrec:v1", "llmsrec:v2")[0] == "promoted"
