@@ -1,0 +1,20 @@
+#!/usr/bin/env bash
+# The serving benchmark (benchmarks/serving.py) on a GPU worker, where adaptive batching can pay:
+# on a 2-core CPU one prompt already saturates the core, so batching cannot reach issue 5's 2x there.
+#
+# A bare GPU worker lacks bentoml and ~30 of its dependencies (about 7 MiB of wheels). Prepare here:
+#   python -m pip download --only-binary=:all: --python-version 3.12 --implementation cp \
+#       --platform manylinux_2_28_x86_64 --platform manylinux_2_17_x86_64 --platform manylinux2014_x86_64 \
+#       --platform any -d /tmp/serving-wheels bentoml==$(grep -oP '^bentoml==\K.*' constraints.txt)
+#   then copy into .carry/serving-wheels/ the wheels whose packages the worker does not have (its package
+#   list: the device documentation), plus a BentoML home holding a production model into .carry/bentoml
+#   (`make run` makes one; the LLM is referenced, not stored). Carry those with what gpu_env.sh needs.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+OUT=${OUT:-benchmarks/results}
+source benchmarks/gpu_env.sh
+python -m pip install -q --no-index --no-deps --target "$SITE" "$CARRY"/serving-wheels/*.whl
+# shellcheck disable=SC2086  # SERVING_ARGS is a word list
+python -m benchmarks.serving --home "${STORE:-$CARRY/bentoml}" --threads "${THREADS:-4}" ${SERVING_ARGS:-} \
+    --out "$OUT/serving_gpu.json"  # SERVING_ARGS: e.g. --requests-c8 128
+python -m benchmarks.serving --render "$OUT/serving_gpu.json"
