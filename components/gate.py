@@ -24,7 +24,6 @@ can refuse a stale decision.
 from __future__ import annotations
 
 import argparse
-import hashlib
 import time
 from pathlib import Path
 from typing import Any
@@ -33,7 +32,7 @@ import numpy as np
 import pandas as pd
 
 from components.errors import ConfigError, DataError, stage_main
-from components.io import read_json, write_json
+from components.io import read_json, sha256_of, write_json
 from components.params import load_params, section
 
 DEFAULTS: dict[str, Any] = {
@@ -155,7 +154,7 @@ def load_champion(llm: dict[str, Any]):
 
 
 def metrics_digest(path: Path) -> str:
-    return hashlib.sha256(Path(path).read_bytes()).hexdigest()[:16]
+    return sha256_of(path)[:16]
 
 
 @stage_main("gate")

@@ -24,7 +24,6 @@ checkpoint to continue from, normally the production model's SASRec. It is used 
 from __future__ import annotations
 
 import argparse
-import hashlib
 import time
 from pathlib import Path
 from typing import Any
@@ -33,7 +32,7 @@ import torch
 from safetensors.torch import load_file
 
 from components.errors import ConfigError, stage_main
-from components.io import fresh_dir, write_json
+from components.io import fresh_dir, sha256_of, write_json
 from components.models.base import WEIGHTS, match_items, read_checkpoint_meta
 from components.models.sasrec import SASRec, SASRecConfig
 from components.params import load_params, section
@@ -77,7 +76,7 @@ def warm_start(model: SASRec, directory: Path, mismatch: str = "error") -> dict[
 
 
 def file_digest(path: Path) -> str:
-    return hashlib.sha256(Path(path).read_bytes()).hexdigest()[:16]
+    return sha256_of(path)[:16]
 
 
 def plot_curve(curve: list[dict[str, Any]], path: Path) -> None:
