@@ -8,7 +8,8 @@ Needs a production model in the BentoML store (`make run` puts one there). Measu
 - latency p50/p95/p99 of POST /recommend at concurrency 1 and 8, and throughput at 8, for a server with
   adaptive batching (the default) and one started with LLMSREC_BATCHING=0;
 - the bare LLM forward (the user prompt through the frozen LLM, no HTTP, no batching) for the same
-  prompts, with the same torch thread count, in this process;
+  prompts, with the same torch thread count, in this process, interleaved with the c1 requests;
+- the LLM pass over B = 1..16 prompts at once: what batching can gain at most on this machine;
 - errors (any non-200).
 Requests replay real users' histories from the packaged data (their last 10 items, dated), k=10.
 Targets (issue 5): p50 at c1 <= 1.3x the bare forward; batching >= 2x throughput at c8; 0 errors.
@@ -73,6 +74,9 @@ class Server:
         raise SystemExit(f"not ready after {timeout}s; see {self.log.name}")
 
     def stop(self) -> None:
+        if self.proc.poll() is not None:  # exited on its own (a failed start): nothing to stop
+            self.log.close()
+            return
         os.killpg(self.proc.pid, signal.SIGTERM)
         try:
             self.proc.wait(60)
@@ -81,31 +85,50 @@ class Server:
         self.log.close()
 
 
+def post(client, url: str, payload: dict, errors: list[str]) -> float:
+    """One POST /recommend; its latency in seconds. A non-200 or a short answer is an error."""
+    import httpx
+
+    t0 = time.perf_counter()
+    try:
+        r = client.post(f"{url}/recommend", json=payload, timeout=300)
+        if not (r.status_code == 200 and len(r.json()["items"]) == payload["k"]):
+            errors.append(f"{r.status_code}: {r.text[:200]}")
+    except httpx.HTTPError as e:
+        errors.append(repr(e))
+    return time.perf_counter() - t0
+
+
 def load(url: str, payloads: list[dict], concurrency: int) -> dict:
     """Send every payload with `concurrency` clients; latency of each call, throughput of the whole."""
     import httpx
 
     errors: list[str] = []
-    latencies: list[float] = []
-
-    def one(client: httpx.Client, payload: dict) -> None:
-        t0 = time.perf_counter()
-        try:
-            r = client.post(f"{url}/recommend", json=payload, timeout=300)
-            ok = r.status_code == 200 and len(r.json()["items"]) == payload["k"]
-            if not ok:
-                errors.append(f"{r.status_code}: {r.text[:200]}")
-        except httpx.HTTPError as e:
-            errors.append(repr(e))
-        latencies.append(time.perf_counter() - t0)
-
     with httpx.Client(limits=httpx.Limits(max_connections=concurrency)) as client:
         t0 = time.perf_counter()
         with cf.ThreadPoolExecutor(concurrency) as pool:
-            list(pool.map(lambda p: one(client, p), payloads))
+            latencies = list(pool.map(lambda p: post(client, url, p, errors), payloads))
         wall = time.perf_counter() - t0
     return {"concurrency": concurrency, **percentiles(latencies), "throughput_rps": round(len(payloads) / wall, 3),
             "errors": len(errors), "error_samples": errors[:3]}
+
+
+def c1_with_bare(url: str, model, payloads: list[dict]) -> tuple[dict, dict]:
+    """Concurrency 1 and the bare forward, interleaved prompt by prompt (forward, then the same prompt over
+    HTTP): both see the same machine state. On a GPU the forward is bound by Python launching kernels, so
+    it drifts with the host's load by tens of percent between runs a minute apart; interleaving keeps
+    the ratio a like-for-like comparison. c1 throughput is requests per second of request time."""
+    import httpx
+
+    errors: list[str] = []
+    bare, latencies = [], []
+    with httpx.Client() as client:
+        for p in payloads:
+            bare.append(bare_forward(model, [p], 1)["p50_ms"] / 1000)
+            latencies.append(post(client, url, p, errors))
+    c1 = {"concurrency": 1, **percentiles(latencies), "throughput_rps": round(len(latencies) / sum(latencies), 3),
+          "errors": len(errors), "error_samples": errors[:3]}
+    return percentiles(bare), c1
 
 
 def payloads_from(model, n: int, seed: int = 0) -> list[dict]:
@@ -120,6 +143,13 @@ def payloads_from(model, n: int, seed: int = 0) -> list[dict]:
     return out
 
 
+def _sync() -> None:
+    import torch
+
+    if torch.cuda.is_available():
+        torch.cuda.synchronize()  # GPU kernels run asynchronously: time them to completion
+
+
 def bare_forward(model, payloads: list[dict], reps: int) -> dict:
     """The user prompt through the frozen LLM (+ the injected vectors and f_user), one prompt at a time."""
     import torch
@@ -129,10 +159,38 @@ def bare_forward(model, payloads: list[dict], reps: int) -> dict:
         for p in payloads[:reps]:
             items, stamps, _ = model.resolve([(h["item_id"], h["timestamp"]) for h in p["history"]])
             hist = model._histories([items], [stamps])
+            _sync()
             t0 = time.perf_counter()
             model.model.user_vectors(hist)
+            _sync()
             times.append(time.perf_counter() - t0)
     return percentiles(times)
+
+
+def forward_by_batch(model, payloads: list[dict], sizes: tuple[int, ...] = (1, 2, 4, 8, 16), reps: int = 10) -> dict:
+    """Median time of one LLM pass over B prompts together, per B: the most batching can gain is
+    B * t(1) / t(B) (on a CPU that is ~1: one prompt already fills the cores; on a GPU it is the point)."""
+    import torch
+
+    out = {}
+    with torch.no_grad():
+        for B in [b for b in sizes if b <= len(payloads)] or [1]:
+            rows = [model.resolve([(h["item_id"], h["timestamp"]) for h in p["history"]]) for p in payloads[:B]]
+            hist = model._histories([r[0] for r in rows], [r[1] for r in rows])
+            model.model.user_vectors(hist)  # shapes seen once (allocator, kernels)
+            times = []
+            for _ in range(reps):
+                _sync()
+                t0 = time.perf_counter()
+                model.model.user_vectors(hist)
+                _sync()
+                times.append(time.perf_counter() - t0)
+            t = float(np.median(times))
+            out[str(B)] = {"ms": round(t * 1000, 2), "prompts_per_s": round(B / t, 1)}
+    t1 = out["1"]["ms"]
+    for B, r in out.items():
+        r["ideal_gain"] = round(int(B) * t1 / r["ms"], 2)
+    return out
 
 
 def render(report: dict) -> str:
@@ -146,7 +204,10 @@ def render(report: dict) -> str:
                     f"{r['c8']['p99_ms']} ms | {r['c8']['throughput_rps']} req/s | "
                     f"{r['c1']['errors'] + r['c8']['errors']} |")
     m = report["machine"]
-    rows += ["", f"{m['cpus']} CPUs, {report['threads']} torch thread(s), {report['dtype']}, load average "
+    if "forward_by_batch" in report:
+        rows += ["", "LLM pass over B prompts at once: " + ", ".join(
+            f"B={b} {r['ms']} ms" for b, r in report["forward_by_batch"].items()) + "."]
+    rows += ["", (f"{m['gpu']}, " if m.get("gpu") else "") + f"{m['cpus']} CPUs, {report['threads']} torch thread(s), {report['dtype']}, load average "
                  f"{m['loadavg_before'][0]} before / {m['loadavg_after'][0]} after (shared machine). Targets: " +
              "; ".join(f"{k} {t['value']} ({t['target']}: {'met' if t['met'] else 'not met'})"
                        for k, t in report["targets"].items()) + "."]
@@ -186,18 +247,26 @@ def main(argv: list[str] | None = None) -> None:
     dtype = str(model.model.backbone.dtype)
 
     env = dict(os.environ, LLMSREC_TORCH_THREADS=str(args.threads), OMP_NUM_THREADS=str(args.threads),
-               TOKENIZERS_PARALLELISM="false", PYTHONPATH=str(REPO))
+               TOKENIZERS_PARALLELISM="false",
+               PYTHONPATH=os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")])))
     results: dict = {}
+    by_batch = forward_by_batch(model, warm)
+    print("LLM pass by batch size: " + ", ".join(f"B={b} {r['ms']} ms (ideal gain {r['ideal_gain']}x)"
+                                                 for b, r in by_batch.items()))
     load_before = os.getloadavg()
     for name, batching in (("batching", "1"), ("no_batching", "0")):
         server = Server({**env, "LLMSREC_BATCHING": batching}, Path(tempfile.gettempdir()) / f"serving_{name}.log")
         try:
             ready_s = server.wait_ready()
-            load(server.url, warm, 4)
-            # The bare forward is timed right before the c1 run, with the server idle: on a shared machine
-            # the load changes by the minute, and the ratio must compare like with like.
-            bare = bare_forward(model, c1, len(c1))
-            results[name] = {"ready_seconds": round(ready_s, 1), "bare_forward": bare, "c1": load(server.url, c1, 1),
+            # Warm-up at each timed concurrency right before it is timed, identically for both servers:
+            # BentoML's batcher fits its latency model on the first calls, and the entry service's pool of
+            # connections to the scorer must be open (connections idle past the scorer's keep-alive are
+            # dropped and retried, a one-off cost of ~0.5 s that belongs to no steady state).
+            load(server.url, warm, 8)
+            load(server.url, warm[:8], 1)
+            bare, r_c1 = c1_with_bare(server.url, model, c1)
+            load(server.url, warm, 8)
+            results[name] = {"ready_seconds": round(ready_s, 1), "bare_forward": bare, "c1": r_c1,
                              "c8": load(server.url, c8, 8)}
         finally:
             server.stop()
@@ -217,9 +286,11 @@ def main(argv: list[str] | None = None) -> None:
         "errors": {"value": errors, "target": "== 0", "met": errors == 0},
     }
     report = {
-        "model": tag, "threads": args.threads, "dtype": dtype, **results, "targets": targets,
+        "model": tag, "threads": args.threads, "dtype": dtype, "device": str(model.model.backbone.device),
+        "forward_by_batch": by_batch, **results, "targets": targets,
         "machine": {"cpus": os.cpu_count(), "platform": platform.platform(), "python": platform.python_version(),
-                    "torch": torch.__version__, "loadavg_before": [round(x, 2) for x in load_before],
+                    "torch": torch.__version__,
+                    "gpu": torch.cuda.get_device_name() if torch.cuda.is_available() else None, "loadavg_before": [round(x, 2) for x in load_before],
                     "loadavg_after": [round(x, 2) for x in os.getloadavg()]},
         "command": "python -m benchmarks.serving " + " ".join(argv if argv is not None else sys.argv[1:]),
     }
