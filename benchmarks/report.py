@@ -156,6 +156,18 @@ def plot_models(results: dict[str, dict[str, Any]], path: Path) -> None:
     plt.close(fig)
 
 
+def serving_lines(paths: list[Path]) -> list[str]:
+    """The serving benchmark's tables (`benchmarks/serving.py` renders each), one per result file."""
+    from benchmarks.serving import render as render_serving
+
+    lines = []
+    for path in (p for p in paths if p.is_file()):
+        report = json.loads(path.read_text())
+        lines += [f"### {path.relative_to(path.parents[1] if path.parent.name == 'gpu' else path.parent)}", "",
+                  f"`{report.get('command', 'python -m benchmarks.serving')}`", "", render_serving(report), ""]
+    return ["## Serving (`python -m benchmarks.serving`, `bash benchmarks/gpu_serving.sh`)", "", *lines] if lines else []
+
+
 def render(results_dir: Path, plot: Path | None = None) -> str:
     results = {p.stem: json.loads(p.read_text()) for p in sorted(Path(results_dir).glob("*.json"))}
     results = {k: v for k, v in results.items() if model_rows(v)}  # quality results only (not serving.json)
@@ -170,7 +182,9 @@ def render(results_dir: Path, plot: Path | None = None) -> str:
             parts.append(f"![{name}: distillation loss and validation NDCG@10]"
                          f"({os.path.relpath(curve.resolve(), (plot or curve).resolve().parent)})\n")
     parts += ["\n".join(ablation_lines(results)),
-              "\n".join(gpu_lines(sorted((Path(results_dir) / "gpu").glob("gpu_check*.json"))))]
+              "\n".join(gpu_lines(sorted((Path(results_dir) / "gpu").glob("gpu_check*.json")))),
+              "\n".join(serving_lines([Path(results_dir) / "serving.json",
+                                        *sorted((Path(results_dir) / "gpu").glob("serving_gpu*.json"))]))]
     return "\n".join(p for p in parts if p)
 
 

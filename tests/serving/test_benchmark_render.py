@@ -14,3 +14,23 @@ def test_render_table_from_result():
     table = render(report)
     assert "| batching | 400.0 ms | 410.0 / 450.0 / 470.0 ms | 2400.0 / 3600.0 / 3700.0 ms | 3.1 req/s | 0 |" in table
     assert "| no batching |" in table and "2.4 req/s" in table and "errors 0 (== 0: met)" in table
+
+
+def test_gpu_result_shows_the_batch_sweep_and_the_card_and_lands_in_docs(tmp_path):
+    import json
+
+    from benchmarks.report import render as render_docs
+
+    run = {"bare_forward": {"p50_ms": 21.3}, "c1": {"p50_ms": 38.1, "p95_ms": 78.7, "p99_ms": 237.3, "errors": 0},
+           "c8": {"p50_ms": 123.1, "p95_ms": 243.9, "p99_ms": 862.3, "throughput_rps": 49.9, "errors": 0}}
+    report = {"batching": run, "no_batching": {**run, "c8": {**run["c8"], "throughput_rps": 24.7}}, "threads": 4,
+              "dtype": "torch.bfloat16", "forward_by_batch": {"1": {"ms": 33.8}, "16": {"ms": 33.2}},
+              "machine": {"cpus": 16, "gpu": "NVIDIA H200", "loadavg_before": [1.0], "loadavg_after": [0.4]},
+              "targets": {"batching_throughput_gain_c8": {"value": 2.02, "target": ">= 2.0", "met": True}},
+              "command": "python -m benchmarks.serving --threads 4"}
+    assert "B=1 33.8 ms, B=16 33.2 ms" in render(report) and "NVIDIA H200, 16 CPUs" in render(report)
+    (tmp_path / "gpu").mkdir()
+    (tmp_path / "gpu" / "serving_gpu.json").write_text(json.dumps(report))
+    doc = render_docs(tmp_path)
+    assert "### gpu/serving_gpu.json" in doc and "`python -m benchmarks.serving --threads 4`" in doc
+    assert "batching_throughput_gain_c8 2.02 (>= 2.0: met)" in doc
