@@ -33,6 +33,9 @@ from pathlib import Path
 import numpy as np
 
 REPO = Path(__file__).resolve().parents[1]
+# BentoML's batcher estimates from its last 50 batches and refreshes at most every 5 s
+# (bentoml/_internal/marshal/dispatcher.py): a warm-up outlasts both.
+WARM_REQUESTS, WARM_SECONDS = 50, 6.0
 
 
 def free_port() -> int:
@@ -111,6 +114,43 @@ def load(url: str, payloads: list[dict], concurrency: int) -> dict:
         wall = time.perf_counter() - t0
     return {"concurrency": concurrency, **percentiles(latencies), "throughput_rps": round(len(payloads) / wall, 3),
             "errors": len(errors), "error_samples": errors[:3]}
+
+
+def scorer_stats(url: str) -> dict[str, float]:
+    """The scorer's histograms from /metrics (components/serving/service.py): sums and counts so far."""
+    import httpx
+
+    keys = ("llmsrec_batch_size_sum", "llmsrec_batch_size_count", "llmsrec_model_seconds_sum")
+    out = {k: 0.0 for k in keys}
+    for line in httpx.get(f"{url}/metrics", timeout=30).text.splitlines():
+        name, _, value = line.partition(" ")
+        if name in out:
+            out[name] += float(value)
+    return out
+
+
+def scorer_delta(before: dict[str, float], after: dict[str, float]) -> dict:
+    """What the scorer saw between two scrapes: calls, mean batch size, model time per call."""
+    calls = after["llmsrec_batch_size_count"] - before["llmsrec_batch_size_count"]
+    if not calls:
+        return {"calls": 0}
+    return {"calls": int(calls),
+            "mean_batch": round((after["llmsrec_batch_size_sum"] - before["llmsrec_batch_size_sum"]) / calls, 2),
+            "model_ms_per_call": round(
+                1000 * (after["llmsrec_model_seconds_sum"] - before["llmsrec_model_seconds_sum"]) / calls, 2)}
+
+
+def warm_up(url: str, payloads: list[dict], concurrency: int, min_requests: int, min_seconds: float) -> None:
+    """Serve at `concurrency` until both minimums are reached, so what follows is that load's steady state.
+
+    BentoML's batcher first trains its latency model (holding early requests for up to seconds), then
+    decides how long to hold a request from the waits of its last 50 batches, refreshed at most every
+    5 s. The entry service's pooled connections to the scorer must also be open (ones idle past the
+    scorer's keep-alive are dropped and retried, a one-off cost that belongs to no load)."""
+    t0, sent = time.perf_counter(), 0
+    while sent < min_requests or time.perf_counter() - t0 < min_seconds:
+        load(url, payloads, concurrency)
+        sent += len(payloads)
 
 
 def c1_with_bare(url: str, model, payloads: list[dict]) -> tuple[dict, dict]:
@@ -220,7 +260,8 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--threads", type=int, default=1, help="torch threads, for the servers and the bare forward")
     ap.add_argument("--requests-c1", type=int, default=30)
     ap.add_argument("--requests-c8", type=int, default=64)
-    ap.add_argument("--warmup", type=int, default=24, help="requests before timing (BentoML's batcher trains on them)")
+    ap.add_argument("--warmup", type=int, default=24, help="distinct warm-up payloads; the first warm-up (c8) sends them once, later ones "
+                    "repeat them for >= 50 requests and >= 6 s")
     ap.add_argument("--out", type=Path, default=REPO / "benchmarks" / "results" / "serving.json")
     ap.add_argument("--render", type=Path, metavar="RESULT_JSON", help="print the README table of a result and exit")
     args = ap.parse_args(argv)
@@ -258,23 +299,26 @@ def main(argv: list[str] | None = None) -> None:
         server = Server({**env, "LLMSREC_BATCHING": batching}, Path(tempfile.gettempdir()) / f"serving_{name}.log")
         try:
             ready_s = server.wait_ready()
-            # Warm-up at each timed concurrency right before it is timed, identically for both servers:
-            # BentoML's batcher fits its latency model on the first calls, and the entry service's pool of
-            # connections to the scorer must be open (connections idle past the scorer's keep-alive are
-            # dropped and retried, a one-off cost of ~0.5 s that belongs to no steady state).
-            load(server.url, warm, 8)
-            load(server.url, warm[:8], 1)
+            # A warm-up at each timed concurrency right before it is timed, identically for both servers
+            # (see warm_up); c1 first: after a burst BentoML's batcher keeps holding lone requests for
+            # minutes (its learned wait decays by 5% per 5-s refresh), which no c1 warm-up undoes.
+            warm_up(server.url, warm, 1, WARM_REQUESTS, WARM_SECONDS)
+            before = scorer_stats(server.url)
             bare, r_c1 = c1_with_bare(server.url, model, c1)
-            load(server.url, warm, 8)
-            results[name] = {"ready_seconds": round(ready_s, 1), "bare_forward": bare, "c1": r_c1,
-                             "c8": load(server.url, c8, 8)}
+            r_c1["scorer"] = scorer_delta(before, scorer_stats(server.url))
+            warm_up(server.url, warm, 8, WARM_REQUESTS, WARM_SECONDS)
+            before = scorer_stats(server.url)
+            r_c8 = load(server.url, c8, 8)
+            r_c8["scorer"] = scorer_delta(before, scorer_stats(server.url))
+            results[name] = {"ready_seconds": round(ready_s, 1), "bare_forward": bare, "c1": r_c1, "c8": r_c8}
         finally:
             server.stop()
         r = results[name]
         print(f"{name}: bare forward p50 {bare['p50_ms']} ms ({dtype}, {args.threads} thread(s)) | "
               f"c1 p50 {r['c1']['p50_ms']} ms p95 {r['c1']['p95_ms']} p99 {r['c1']['p99_ms']} | "
               f"c8 p50 {r['c8']['p50_ms']} ms p95 {r['c8']['p95_ms']} p99 {r['c8']['p99_ms']}, "
-              f"{r['c8']['throughput_rps']} req/s | errors {r['c1']['errors'] + r['c8']['errors']}")
+              f"{r['c8']['throughput_rps']} req/s | errors {r['c1']['errors'] + r['c8']['errors']} | scorer "
+              f"c1 {r['c1'].get('scorer')} c8 {r['c8'].get('scorer')}")
 
     b, nb = results["batching"], results["no_batching"]
     errors = sum(results[n][c]["errors"] for n in results for c in ("c1", "c8"))

@@ -30,6 +30,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import time
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -95,6 +96,29 @@ class ScoreResult(BaseModel):
     result: Recommendation | None = None
 
 
+class _ScorerMetrics:
+    """What /metrics adds to BentoML's request counters: how full the batches are and how long the model
+    takes per batch. Request latency minus model time is the serving overhead (HTTP hops, batcher)."""
+
+    _instance: _ScorerMetrics | None = None
+
+    @classmethod
+    def get(cls) -> _ScorerMetrics:
+        # One per process: a registry refuses a second metric of the same name (in-process tests build
+        # several scorers).
+        if cls._instance is None:
+            cls._instance = cls()
+        return cls._instance
+
+    def __init__(self) -> None:
+        from prometheus_client import Histogram  # BentoML's multiprocess registry collects it at /metrics
+
+        self.batch_size = Histogram("llmsrec_batch_size", "requests merged into one model call",
+                                    buckets=(1, 2, 4, 8, 16, 32, 64))
+        self.model_seconds = Histogram("llmsrec_model_seconds", "model time per call (LLM pass, scoring, top-k)",
+                                       buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30))
+
+
 def _env_threads() -> None:
     import torch
 
@@ -102,7 +126,12 @@ def _env_threads() -> None:
         torch.set_num_threads(int(threads))
 
 
-@bentoml.service(name="llmsrec_scorer", workers=1, traffic={"timeout": 120, "max_concurrency": 256})
+# runner_connection: the public service's client to this one replaces its HTTP session every 100 requests
+# by default, closing the old one under the requests still in flight on it (BentoML 1.4.40,
+# _bentoml_impl/client/proxy2.py SessionManager): at concurrency 8 that dropped ~7 requests per 100,
+# which the scorer had already scored and then scored again on the retry. Refresh rarely instead.
+@bentoml.service(name="llmsrec_scorer", workers=1, traffic={"timeout": 120, "max_concurrency": 256},
+                 runner_connection={"max_requests": 10_000_000, "max_age": 3600.0})
 class LLMSRecScorer:
     # Resolved when the module is imported, so `bentoml build` packs exactly the production version.
     model_ref = bentoml.models.BentoModel(resolve_serving_tag())
@@ -117,6 +146,7 @@ class LLMSRecScorer:
         self.packaged = PackagedModel.load(path, self.tag, device=os.environ.get("LLMSREC_DEVICE", "auto"),
                                            dtype=os.environ.get("LLMSREC_DTYPE", "auto"))
         self.status = str(self.packaged.manifest.get("status", "passed"))
+        self.metrics = _ScorerMetrics.get()
         # One request before reporting ready: the first LLM pass pays one-off costs (allocations, kernels).
         self._score([ScoreRequest(history=[HistoryItem(item_id=self.packaged.item_ids[0])], k=1)])
 
@@ -138,7 +168,11 @@ class LLMSRecScorer:
                 items, stamps, unknown = pm.resolve([(str(h.item_id), h.timestamp) for h in r.history or []])
                 queries.append(Query(items, stamps, r.k, r.exclude_seen, unknown))
             slots.append(i)
-        for i, q, a in zip(slots, queries, pm.recommend(queries) if queries else [], strict=True):
+        t0 = time.perf_counter()
+        answers = pm.recommend(queries) if queries else []
+        self.metrics.batch_size.observe(len(requests))
+        self.metrics.model_seconds.observe(time.perf_counter() - t0)
+        for i, q, a in zip(slots, queries, answers, strict=True):
             results[i] = ScoreResult(result=Recommendation(
                 model=self.tag, status=self.status, unknown_items=q.unknown, history_used=a.history_used,
                 fallback=a.fallback, items=[RecommendedItem(item_id=pm.item_ids[j - 1], title=pm.titles[j], score=s)

@@ -188,6 +188,10 @@ def test_bentoml_serve_subprocess(promoted_home, catalogue, tmp_path):
         assert httpx.post(f"{url}/items", json={"limit": 2}).json()["items"][0]["item_id"] == ids[0]
         metrics = httpx.get(f"{url}/metrics").text
         assert "bentoml_service_request_total" in metrics or "bentoml_api_server_request_total" in metrics
+        # the scorer's own histograms: every scored request was in some batch, and the model took time
+        sizes = {line.split()[0]: float(line.split()[1]) for line in metrics.splitlines()
+                 if line.startswith(("llmsrec_batch_size_count", "llmsrec_batch_size_sum", "llmsrec_model_seconds_sum"))}
+        assert sizes["llmsrec_batch_size_sum"] >= 6 and sizes["llmsrec_model_seconds_sum"] > 0, sizes
         spec = httpx.get(f"{url}/docs.json").json()
         assert "/recommend" in spec["paths"] and "/items" in spec["paths"]
     finally:
