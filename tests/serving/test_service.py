@@ -44,6 +44,24 @@ def client(promoted_home):
         torch.set_num_threads(before_threads)
 
 
+def test_scorer_answers_alike_on_its_event_loop_and_in_a_thread(client, catalogue, monkeypatch):
+    """LLMSREC_SCORE_ON_LOOP only moves where the model runs (the loop on CUDA, a thread on a CPU)."""
+    import asyncio
+
+    svc = sys.modules["components.serving.service"]
+    ids = catalogue[0]
+    requests = [svc.ScoreRequest(history=[svc.HistoryItem(item_id=i) for i in ids[:5]], k=5),
+                svc.ScoreRequest(history=[], k=3)]
+    answers = {}
+    for mode in ("1", "0"):
+        monkeypatch.setenv("LLMSREC_SCORE_ON_LOOP", mode)
+        scorer = svc.LLMSRecScorer()
+        assert scorer.score_on_loop is (mode == "1")
+        answers[mode] = [r.model_dump() for r in asyncio.run(scorer.score(requests))]
+    assert answers["1"] == answers["0"]
+    assert len(answers["1"][0]["result"]["items"]) == 5 and answers["1"][1]["result"]["fallback"] == "popularity"
+
+
 @pytest.fixture(scope="module")
 def catalogue(pipeline_outputs):
     items = pd.read_parquet(pipeline_outputs / "data" / "prepared" / "items.parquet").sort_values("idx")
