@@ -233,17 +233,34 @@ def forward_by_batch(model, payloads: list[dict], sizes: tuple[int, ...] = (1, 2
     return out
 
 
+def targets_of(results: dict) -> dict:
+    """Issue 5's targets from what was measured (a partial run has only the batching server)."""
+    targets = {}
+    if b := results.get("batching"):
+        ratio = b["c1"]["p50_ms"] / b["bare_forward"]["p50_ms"]
+        targets["p50_c1_over_bare"] = {"value": round(ratio, 3), "target": "<= 1.3", "met": ratio <= 1.3}
+    if b and (nb := results.get("no_batching")):
+        speedup = b["c8"]["throughput_rps"] / nb["c8"]["throughput_rps"]
+        targets["batching_throughput_gain_c8"] = {"value": round(speedup, 3), "target": ">= 2.0",
+                                                  "met": speedup >= 2.0}
+    errors = sum(r[c]["errors"] for r in results.values() for c in ("c1", "c8"))
+    targets["errors"] = {"value": errors, "target": "== 0", "met": errors == 0}
+    return targets
+
+
 def render(report: dict) -> str:
     """The README's table, from a result file (never typed by hand)."""
     rows = ["| server | bare forward p50 | c1 p50 / p95 / p99 | c8 p50 / p95 / p99 | c8 throughput | errors |",
             "|---|---|---|---|---|---|"]
-    for name in ("batching", "no_batching"):
+    for name in (n for n in ("batching", "no_batching") if n in report):
         r = report[name]
         rows.append(f"| {name.replace('_', ' ')} | {r['bare_forward']['p50_ms']} ms | {r['c1']['p50_ms']} / "
                     f"{r['c1']['p95_ms']} / {r['c1']['p99_ms']} ms | {r['c8']['p50_ms']} / {r['c8']['p95_ms']} / "
                     f"{r['c8']['p99_ms']} ms | {r['c8']['throughput_rps']} req/s | "
                     f"{r['c1']['errors'] + r['c8']['errors']} |")
     m = report["machine"]
+    if report.get("complete") is False:
+        rows += ["", "Partial run: the no-batching server was not measured, so there is no batching gain."]
     if "forward_by_batch" in report:
         rows += ["", "LLM pass over B prompts at once: " + ", ".join(
             f"B={b} {r['ms']} ms" for b, r in report["forward_by_batch"].items()) + "."]
@@ -295,6 +312,19 @@ def main(argv: list[str] | None = None) -> None:
     print("LLM pass by batch size: " + ", ".join(f"B={b} {r['ms']} ms (ideal gain {r['ideal_gain']}x)"
                                                  for b, r in by_batch.items()))
     load_before = os.getloadavg()
+
+    def build_report(results: dict) -> dict:
+        return {
+            "model": tag, "threads": args.threads, "dtype": dtype, "device": str(model.model.backbone.device),
+            "complete": len(results) == 2, "forward_by_batch": by_batch, **results, "targets": targets_of(results),
+            "machine": {"cpus": os.cpu_count(), "platform": platform.platform(), "python": platform.python_version(),
+                        "torch": torch.__version__,
+                        "gpu": torch.cuda.get_device_name() if torch.cuda.is_available() else None,
+                        "loadavg_before": [round(x, 2) for x in load_before],
+                        "loadavg_after": [round(x, 2) for x in os.getloadavg()]},
+            "command": "python -m benchmarks.serving " + " ".join(argv if argv is not None else sys.argv[1:]),
+        }
+
     for name, batching in (("batching", "1"), ("no_batching", "0")):
         server = Server({**env, "LLMSREC_BATCHING": batching}, Path(tempfile.gettempdir()) / f"serving_{name}.log")
         try:
@@ -313,6 +343,9 @@ def main(argv: list[str] | None = None) -> None:
             results[name] = {"ready_seconds": round(ready_s, 1), "bare_forward": bare, "c1": r_c1, "c8": r_c8}
         finally:
             server.stop()
+        args.out.parent.mkdir(parents=True, exist_ok=True)
+        # Written after each server, so a run cut short (a leased GPU's time running out) keeps what it measured.
+        args.out.write_text(json.dumps(build_report(results), indent=2) + "\n")
         r = results[name]
         print(f"{name}: bare forward p50 {bare['p50_ms']} ms ({dtype}, {args.threads} thread(s)) | "
               f"c1 p50 {r['c1']['p50_ms']} ms p95 {r['c1']['p95_ms']} p99 {r['c1']['p99_ms']} | "
@@ -320,27 +353,8 @@ def main(argv: list[str] | None = None) -> None:
               f"{r['c8']['throughput_rps']} req/s | errors {r['c1']['errors'] + r['c8']['errors']} | scorer "
               f"c1 {r['c1'].get('scorer')} c8 {r['c8'].get('scorer')}")
 
-    b, nb = results["batching"], results["no_batching"]
-    errors = sum(results[n][c]["errors"] for n in results for c in ("c1", "c8"))
-    ratio_latency = b["c1"]["p50_ms"] / b["bare_forward"]["p50_ms"]
-    speedup = b["c8"]["throughput_rps"] / nb["c8"]["throughput_rps"]
-    targets = {
-        "p50_c1_over_bare": {"value": round(ratio_latency, 3), "target": "<= 1.3", "met": ratio_latency <= 1.3},
-        "batching_throughput_gain_c8": {"value": round(speedup, 3), "target": ">= 2.0", "met": speedup >= 2.0},
-        "errors": {"value": errors, "target": "== 0", "met": errors == 0},
-    }
-    report = {
-        "model": tag, "threads": args.threads, "dtype": dtype, "device": str(model.model.backbone.device),
-        "forward_by_batch": by_batch, **results, "targets": targets,
-        "machine": {"cpus": os.cpu_count(), "platform": platform.platform(), "python": platform.python_version(),
-                    "torch": torch.__version__,
-                    "gpu": torch.cuda.get_device_name() if torch.cuda.is_available() else None, "loadavg_before": [round(x, 2) for x in load_before],
-                    "loadavg_after": [round(x, 2) for x in os.getloadavg()]},
-        "command": "python -m benchmarks.serving " + " ".join(argv if argv is not None else sys.argv[1:]),
-    }
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(report, indent=2) + "\n")
-    for k, t in targets.items():
+    report = build_report(results)
+    for k, t in report["targets"].items():
         print(f"target {k}: {t['value']} ({t['target']}) {'met' if t['met'] else 'NOT met'}")
     print(f"-> {args.out}")
 

@@ -34,3 +34,22 @@ def test_gpu_result_shows_the_batch_sweep_and_the_card_and_lands_in_docs(tmp_pat
     doc = render_docs(tmp_path)
     assert "### gpu/serving_gpu.json" in doc and "`python -m benchmarks.serving --threads 4`" in doc
     assert "batching_throughput_gain_c8 2.02 (>= 2.0: met)" in doc
+
+
+def test_targets_of_a_partial_run_say_only_what_was_measured():
+    from benchmarks.serving import targets_of
+
+    run = {"bare_forward": {"p50_ms": 40.0}, "c1": {"p50_ms": 50.0, "errors": 0},
+           "c8": {"throughput_rps": 40.0, "errors": 1}}
+    partial = targets_of({"batching": run})
+    assert set(partial) == {"p50_c1_over_bare", "errors"}
+    assert partial["p50_c1_over_bare"] == {"value": 1.25, "target": "<= 1.3", "met": True}
+    assert partial["errors"]["value"] == 1 and not partial["errors"]["met"]
+    whole = targets_of({"batching": run, "no_batching": {**run, "c8": {"throughput_rps": 25.0, "errors": 0}}})
+    assert whole["batching_throughput_gain_c8"] == {"value": 1.6, "target": ">= 2.0", "met": False}
+    report = {"batching": {**run, "c1": {**run["c1"], "p95_ms": 60, "p99_ms": 70},
+                           "c8": {**run["c8"], "p50_ms": 1, "p95_ms": 2, "p99_ms": 3}},
+              "complete": False, "threads": 4, "dtype": "torch.bfloat16", "targets": partial,
+              "machine": {"cpus": 16, "loadavg_before": [1.0], "loadavg_after": [1.0]}}
+    table = render(report)
+    assert "| batching |" in table and "| no batching |" not in table and "Partial run" in table
