@@ -41,6 +41,9 @@ from pydantic import BaseModel, ConfigDict, Field, StrictInt, StringConstraints
 from components.registry import resolve_serving_tag
 
 logger = logging.getLogger(__name__)
+# `bentoml serve` configures handlers but leaves this logger at the root's WARNING: the startup line that
+# says where the model runs is INFO.
+logger.setLevel(logging.INFO)
 BATCHING = os.environ.get("LLMSREC_BATCHING", "1") != "0"
 MAX_BATCH = int(os.environ.get("LLMSREC_MAX_BATCH", "16"))
 MAX_BODY_BYTES = int(os.environ.get("LLMSREC_MAX_BODY_BYTES", str(1 << 20)))
@@ -158,6 +161,8 @@ class LLMSRecScorer:
         on_loop = os.environ.get("LLMSREC_SCORE_ON_LOOP", "auto")
         self.score_on_loop = (self.packaged.model.backbone.device.type == "cuda") if on_loop == "auto" \
             else on_loop == "1"
+        logger.info("serving %s: model on %s, run on the %s", self.tag, self.packaged.model.backbone.device,
+                    "event loop" if self.score_on_loop else "worker threads")
         # One request before reporting ready: the first LLM pass pays one-off costs (allocations, kernels).
         self._score([ScoreRequest(history=[HistoryItem(item_id=self.packaged.item_ids[0])], k=1)])
 

@@ -174,7 +174,10 @@ def wait_ready(url: str, proc: subprocess.Popen, timeout: float = 240) -> None:
 
 @pytest.mark.slow
 @pytest.mark.real_llm
-def test_bentoml_serve_subprocess(promoted_home, catalogue, tmp_path):
+@pytest.mark.parametrize("on_loop", ["0", "1"], ids=["model-in-thread", "model-on-loop"])
+def test_bentoml_serve_subprocess(promoted_home, catalogue, tmp_path, on_loop):
+    """A real server, with the scorer's model in a worker thread (the CPU default) and on its event loop
+    (the CUDA default, LLMSREC_SCORE_ON_LOOP)."""
     import httpx
 
     ids, _, _ = catalogue
@@ -183,6 +186,7 @@ def test_bentoml_serve_subprocess(promoted_home, catalogue, tmp_path):
     log = (tmp_path / "serve.log").open("w")
     env = stage_env(promoted_home)
     env["LLMSREC_TORCH_THREADS"] = "1"
+    env["LLMSREC_SCORE_ON_LOOP"] = on_loop
     proc = subprocess.Popen([sys.executable, "-m", "bentoml", "serve", "--port", str(port), "--host", "127.0.0.1"],
                             cwd=REPO, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
     try:
@@ -210,6 +214,9 @@ def test_bentoml_serve_subprocess(promoted_home, catalogue, tmp_path):
         sizes = {line.split()[0]: float(line.split()[1]) for line in metrics.splitlines()
                  if line.startswith(("llmsrec_batch_size_count", "llmsrec_batch_size_sum", "llmsrec_model_seconds_sum"))}
         assert sizes["llmsrec_batch_size_sum"] >= 6 and sizes["llmsrec_model_seconds_sum"] > 0, sizes
+        log.flush()
+        where = "event loop" if on_loop == "1" else "worker threads"
+        assert f"model on cpu, run on the {where}" in (tmp_path / "serve.log").read_text()
         spec = httpx.get(f"{url}/docs.json").json()
         assert "/recommend" in spec["paths"] and "/items" in spec["paths"]
     finally:
