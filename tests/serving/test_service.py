@@ -230,11 +230,13 @@ def test_bentoml_serve_subprocess(promoted_home, catalogue, tmp_path, on_loop):
 
 @pytest.mark.slow
 @pytest.mark.real_llm
-def test_bentoml_build(promoted_home):
-    out = subprocess.run([sys.executable, "-m", "bentoml", "build", "--output", "tag"], cwd=REPO,
+@pytest.mark.parametrize(("bentofile", "name", "torch_pin"), [("bentofile.yaml", "llmsrec", "torch==2.13.0+cpu"),
+                                                            ("bentofile.gpu.yaml", "llmsrec-gpu", "torch==2.13.0")])
+def test_bentoml_build(promoted_home, bentofile, name, torch_pin):
+    out = subprocess.run([sys.executable, "-m", "bentoml", "build", "-f", bentofile, "--output", "tag"], cwd=REPO,
                          env=stage_env(promoted_home), capture_output=True, text=True, timeout=300)
     assert out.returncode == 0, out.stdout + out.stderr
-    bentos = promoted_home / "bentos" / "llmsrec"
+    bentos = promoted_home / "bentos" / name
     built = [p for p in bentos.iterdir() if p.is_dir()]
     assert len(built) == 1
     bento = built[0]
@@ -247,5 +249,7 @@ def test_bentoml_build(promoted_home):
     scorer = next(s for s in spec["services"] if s["name"] == "llmsrec_scorer")
     assert [m["tag"] for m in scorer["models"]] == [production(promoted_home)]
     assert spec["entry_service"] == "llmsrec_service"
-    reqs = (bento / "env" / "python" / "requirements.txt").read_text()
-    assert "torch==2.13.0+cpu" in reqs
+    reqs = (bento / "env" / "python" / "requirements.txt").read_text().splitlines()
+    assert torch_pin in reqs and not [r for r in reqs if r.startswith("torch") and r != torch_pin]
+    # the CPU index only where the CPU build is pinned: from it, a GPU image would get a CPU torch
+    assert any("download.pytorch.org/whl/cpu" in r for r in reqs) == torch_pin.endswith("+cpu")
