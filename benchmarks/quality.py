@@ -22,6 +22,7 @@ import json
 import os
 import platform
 import shlex
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -118,6 +119,16 @@ def stage_key(stage: dict[str, Any], params: dict[str, Any]) -> str:
     return hashlib.sha256(json.dumps([stage["cmd"], used], sort_keys=True, default=str).encode()).hexdigest()
 
 
+def median_epoch(workspace: Path, models: list[str]) -> dict[str, float]:
+    """SASRec's median epoch time from its curve: the mean (seconds_per_epoch) also counts any time the
+    process was paused or starved, which a run resumed across sessions on a shared machine has."""
+    curve = workspace / "reports" / "cfsrec_curve.json"
+    if "cfsrec" not in models or not curve.is_file():
+        return {}
+    seconds = [row["seconds"] for row in json.loads(curve.read_text()) if row.get("seconds") is not None]
+    return {"median_seconds_per_epoch": round(statistics.median(seconds), 2)} if seconds else {}
+
+
 def stage_metrics_file(stage: dict[str, Any]) -> str | None:
     for entry in stage.get("metrics", []):
         return next(iter(entry)) if isinstance(entry, dict) else entry
@@ -165,6 +176,7 @@ def run(args: argparse.Namespace, log=print) -> dict[str, Any]:
         "seconds": {name: s["seconds"] for name, s in stages.items()},
         "epochs": training[main_model]["epochs"] if main_model else 0,
         "seconds_per_epoch": training[main_model]["seconds_per_epoch"] if main_model else 0.0,
+        **median_epoch(workspace, models),
         "peak_rss_mb": max(s["peak_rss_mb"] for s in stages.values()),
         "peak_rss_mb_per_stage": {name: s["peak_rss_mb"] for name, s in stages.items()},
         "machine_per_stage": {name: s["machine"] for name, s in stages.items()},

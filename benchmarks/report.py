@@ -64,7 +64,10 @@ def render_result(name: str, result: dict[str, Any]) -> str:
     if len(machines) > 1:  # a resumed run: say where each stage ran
         lines += ["", "Ran on: " + "; ".join(
             f"{m}: {', '.join(k for k, v in result['machine_per_stage'].items() if v == m)}" for m in machines) + "."]
-    lines += ["", f"Cost: {result.get('epochs')} epochs at {result.get('seconds_per_epoch', 0):.1f} s/epoch; "
+    per_epoch = f"{result.get('seconds_per_epoch', 0):.1f} s/epoch"
+    if result.get("median_seconds_per_epoch"):  # the mean also counts pauses of a run resumed across sessions
+        per_epoch = f"a median {result['median_seconds_per_epoch']:.1f} s/epoch (mean {per_epoch})"
+    lines += ["", f"Cost: {result.get('epochs')} epochs at {per_epoch}; "
               + ", ".join(f"{k} {v:.0f} s" for k, v in seconds.items())
               + f" ({sum(seconds.values()) / 60:.1f} min in all); peak RSS {result.get('peak_rss_mb', 0):,.0f} MB; "
               f"{result.get('machine', {}).get('cpus', '?')} CPUs. Finished {result.get('finished_at', '?')}.", ""]
@@ -73,7 +76,7 @@ def render_result(name: str, result: dict[str, Any]) -> str:
         if t.get("resumed_after_epoch"):
             lines += [f"{model} training was interrupted and resumed after epoch {t['resumed_after_epoch']}, so the "
                       f"stage's seconds above cover only the resumed part; all {t['epochs']} epochs took "
-                      f"{t.get('train_seconds', 0) / 60:.0f} min of training.", ""]
+                      f"{t.get('train_seconds', 0) / 60:.0f} min of training (wall time, pauses included).", ""]
         if t.get("best_epoch") is not None:
             lines += [f"{model}: best validation NDCG@10 {t.get('best_valid_ndcg@10', 0):.4f} at epoch "
                       f"{t['best_epoch']} of {t['epochs']} ({t.get('stopped', '')}).", ""]

@@ -19,7 +19,7 @@ def result(ndcg: float, hr: float) -> dict:
 
 
 def test_render_tables_from_results(tmp_path):
-    (tmp_path / "quality_ml1m.json").write_text(json.dumps(result(0.6012, 0.8311)))
+    (tmp_path / "quality_ml1m.json").write_text(json.dumps(result(0.6012, 0.8311) | {"median_seconds_per_epoch": 12.5}))
     (tmp_path / "quality_ml1m_bce.json").write_text(json.dumps(result(0.5512, 0.8011)))
     sub = result(0.5, 0.7)
     sub["params"]["data"] = {"max_users": 2000}
@@ -32,6 +32,7 @@ def test_render_tables_from_results(tmp_path):
     assert "ndcg@10 -0.0393, hr@10 -0.0234; does not meet" in doc
     assert "40 epochs at 15.0 s/epoch" in doc and "peak RSS 1,234 MB" in doc
     assert "resumed after epoch 30" in doc and "all 40 epochs took 10 min" in doc
+    assert "40 epochs at a median 12.5 s/epoch (mean 15.0 s/epoch)" in doc  # quality_ml1m has a median
     assert "best validation NDCG@10 0.6100 at epoch 35 of 40" in doc
     assert doc.index("## quality_ml1m\n") < doc.index("## quality_ml1m_bce\n")
 

@@ -36,7 +36,7 @@ def test_quality_benchmark_runs_the_real_stages(tmp_path):
         assert res[key]["n_users"] == 150
     assert list(res["seconds"]) == ["ingest", "validate", "prepare", "pretrain_cfsrec", "evaluate"]
     assert all(s > 0 for s in res["seconds"].values())
-    assert res["epochs"] == 2 and res["seconds_per_epoch"] > 0
+    assert res["epochs"] == 2 and res["seconds_per_epoch"] > 0 and res["median_seconds_per_epoch"] > 0
     assert 50 < res["peak_rss_mb"] < 8000
     assert res["params"]["data"]["columns"] == {"item_id": "movie_id"} and res["params"]["cfsrec"]["hidden"] == 16
     # It really ran on the given files: the scratch workspace's prepared items are those movie ids.
