@@ -1,7 +1,7 @@
 """Serving benchmark (not CI): a real `bentoml serve`, with and without adaptive batching, in one run.
 
     python -m benchmarks.serving [--home $BENTOML_HOME] [--threads 1] [--requests-c1 30] [--requests-c8 64] \\
-        --out benchmarks/results/serving.json
+        [--servers batching,no_batching[,batching_thread,...]] --out benchmarks/results/serving.json
     python -m benchmarks.serving --render benchmarks/results/serving.json     # the README's table
 
 Needs a production model in the BentoML store (`make run` puts one there). Measures:
@@ -33,6 +33,12 @@ from pathlib import Path
 import numpy as np
 
 REPO = Path(__file__).resolve().parents[1]
+# The servers a run can start, each by the environment that sets it apart. The targets compare the first
+# two; the *_thread ones force the scorer's model into a worker thread (LLMSREC_SCORE_ON_LOOP=0, the CPU
+# default) to show what running it on the event loop (the CUDA default) changes on a GPU.
+SERVERS = {"batching": {"LLMSREC_BATCHING": "1"}, "no_batching": {"LLMSREC_BATCHING": "0"},
+           "batching_thread": {"LLMSREC_BATCHING": "1", "LLMSREC_SCORE_ON_LOOP": "0"},
+           "no_batching_thread": {"LLMSREC_BATCHING": "0", "LLMSREC_SCORE_ON_LOOP": "0"}}
 # BentoML's batcher estimates from its last 50 batches and refreshes at most every 5 s
 # (bentoml/_internal/marshal/dispatcher.py): a warm-up outlasts both.
 WARM_REQUESTS, WARM_SECONDS = 50, 6.0
@@ -256,15 +262,20 @@ def render(report: dict) -> str:
     """The README's table, from a result file (never typed by hand)."""
     rows = ["| server | bare forward p50 | c1 p50 / p95 / p99 | c8 p50 / p95 / p99 | c8 throughput | errors |",
             "|---|---|---|---|---|---|"]
-    for name in (n for n in ("batching", "no_batching") if n in report):
+    for name in (n for n in SERVERS if n in report):
         r = report[name]
         rows.append(f"| {name.replace('_', ' ')} | {r['bare_forward']['p50_ms']} ms | {r['c1']['p50_ms']} / "
                     f"{r['c1']['p95_ms']} / {r['c1']['p99_ms']} ms | {r['c8']['p50_ms']} / {r['c8']['p95_ms']} / "
                     f"{r['c8']['p99_ms']} ms | {r['c8']['throughput_rps']} req/s | "
                     f"{r['c1']['errors'] + r['c8']['errors']} |")
     m = report["machine"]
+    scorer = [f"{name.replace('_', ' ')} c{c}: mean batch {st['mean_batch']}, {st['model_ms_per_call']} ms model time per call"
+              for name in SERVERS if name in report for c in ("1", "8")
+              if (st := report[name][f"c{c}"].get("scorer", {})).get("calls")]
+    if scorer:
+        rows += ["", "Inside the scorer (from its /metrics): " + "; ".join(scorer) + "."]
     if report.get("complete") is False:
-        rows += ["", "Partial run: the no-batching server was not measured, so there is no batching gain."]
+        rows += ["", "Partial run: not every server asked for was measured; the targets cover what was."]
     if "forward_by_batch" in report:
         rows += ["", "LLM pass over B prompts at once: " + ", ".join(
             f"B={b} {r['ms']} ms" for b, r in report["forward_by_batch"].items()) + "."]
@@ -284,11 +295,16 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--warmup", type=int, default=24, help="distinct warm-up payloads; the first warm-up (c8) sends them once, later ones "
                     "repeat them for >= 50 requests and >= 6 s")
     ap.add_argument("--out", type=Path, default=REPO / "benchmarks" / "results" / "serving.json")
+    ap.add_argument("--servers", default="batching,no_batching",
+                    help=f"comma-separated, in order, from {', '.join(SERVERS)}")
     ap.add_argument("--render", type=Path, metavar="RESULT_JSON", help="print the README table of a result and exit")
     args = ap.parse_args(argv)
     if args.render:
         print(render(json.loads(args.render.read_text())))
         return
+    servers = [n.strip() for n in args.servers.split(",") if n.strip()]
+    if unknown := [n for n in servers if n not in SERVERS]:
+        ap.error(f"--servers: unknown {', '.join(unknown)}; choose from {', '.join(SERVERS)}")
 
     if args.home:
         os.environ["BENTOML_HOME"] = str(Path(args.home).resolve())
@@ -320,7 +336,7 @@ def main(argv: list[str] | None = None) -> None:
     def build_report(results: dict) -> dict:
         return {
             "model": tag, "threads": args.threads, "dtype": dtype, "device": str(model.model.backbone.device),
-            "complete": len(results) == 2, "forward_by_batch": by_batch, **results, "targets": targets_of(results),
+            "complete": all(n in results for n in servers), "forward_by_batch": by_batch, **results, "targets": targets_of(results),
             "machine": {"cpus": os.cpu_count(), "platform": platform.platform(), "python": platform.python_version(),
                         "torch": torch.__version__,
                         "gpu": torch.cuda.get_device_name() if torch.cuda.is_available() else None,
@@ -329,8 +345,8 @@ def main(argv: list[str] | None = None) -> None:
             "command": "python -m benchmarks.serving " + " ".join(argv if argv is not None else sys.argv[1:]),
         }
 
-    for name, batching in (("batching", "1"), ("no_batching", "0")):
-        server = Server({**env, "LLMSREC_BATCHING": batching}, Path(tempfile.gettempdir()) / f"serving_{name}.log")
+    for name in servers:
+        server = Server({**env, **SERVERS[name]}, Path(tempfile.gettempdir()) / f"serving_{name}.log")
         try:
             ready_s = server.wait_ready()
             # A warm-up at each timed concurrency right before it is timed, identically for both servers

@@ -22,13 +22,16 @@ def test_gpu_result_shows_the_batch_sweep_and_the_card_and_lands_in_docs(tmp_pat
     from benchmarks.report import render as render_docs
 
     run = {"bare_forward": {"p50_ms": 21.3}, "c1": {"p50_ms": 38.1, "p95_ms": 78.7, "p99_ms": 237.3, "errors": 0},
-           "c8": {"p50_ms": 123.1, "p95_ms": 243.9, "p99_ms": 862.3, "throughput_rps": 49.9, "errors": 0}}
-    report = {"batching": run, "no_batching": {**run, "c8": {**run["c8"], "throughput_rps": 24.7}}, "threads": 4,
+           "c8": {"p50_ms": 123.1, "p95_ms": 243.9, "p99_ms": 862.3, "throughput_rps": 49.9, "errors": 0,
+                  "scorer": {"calls": 20, "mean_batch": 8.0, "model_ms_per_call": 45.0}}}
+    report = {"batching": run, "no_batching": {**run, "c8": {**run["c8"], "throughput_rps": 24.7, "scorer": {}}},
+              "threads": 4,
               "dtype": "torch.bfloat16", "forward_by_batch": {"1": {"ms": 33.8}, "16": {"ms": 33.2}},
               "machine": {"cpus": 16, "gpu": "NVIDIA H200", "loadavg_before": [1.0], "loadavg_after": [0.4]},
               "targets": {"batching_throughput_gain_c8": {"value": 2.02, "target": ">= 2.0", "met": True}},
               "command": "python -m benchmarks.serving --threads 4"}
     assert "B=1 33.8 ms, B=16 33.2 ms" in render(report) and "NVIDIA H200, 16 CPUs" in render(report)
+    assert "scorer (from its /metrics): batching c8: mean batch 8.0, 45.0 ms model time per call." in render(report)
     (tmp_path / "gpu").mkdir()
     (tmp_path / "gpu" / "serving_gpu.json").write_text(json.dumps(report))
     doc = render_docs(tmp_path)
@@ -52,4 +55,14 @@ def test_targets_of_a_partial_run_say_only_what_was_measured():
               "complete": False, "threads": 4, "dtype": "torch.bfloat16", "targets": partial,
               "machine": {"cpus": 16, "loadavg_before": [1.0], "loadavg_after": [1.0]}}
     table = render(report)
-    assert "| batching |" in table and "| no batching |" not in table and "Partial run" in table
+    assert "| batching |" in table and "| no batching |" not in table and "Partial run: not every server" in table
+
+
+def test_unknown_server_is_refused_before_anything_starts(capsys):
+    import pytest
+
+    from benchmarks.serving import main
+
+    with pytest.raises(SystemExit) as exit_:
+        main(["--servers", "batching,nope"])
+    assert exit_.value.code == 2 and "--servers: unknown nope; choose from batching, no_batching" in capsys.readouterr().err
