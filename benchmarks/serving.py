@@ -174,7 +174,7 @@ def c1_with_bare(url: str, model, payloads: list[dict]) -> tuple[dict, dict]:
     bare, latencies = [], []
     with httpx.Client() as client:
         for p in payloads:
-            bare.append(bare_forward(model, [p], 1)["p50_ms"] / 1000)
+            bare.append(timed_pass(model, histories(model, [p])))
             latencies.append(post(client, url, p, errors))
     c1 = {"concurrency": 1, **percentiles(latencies), "throughput_rps": round(len(latencies) / sum(latencies), 3),
           "errors": len(errors), "error_samples": errors[:3]}
@@ -200,43 +200,38 @@ def _sync() -> None:
         torch.cuda.synchronize()  # GPU kernels run asynchronously: time them to completion
 
 
-def bare_forward(model, payloads: list[dict], reps: int) -> dict:
-    """The user prompt through the frozen LLM (+ the injected vectors and f_user), one prompt at a time."""
+def histories(model, payloads: list[dict]):
+    """The payloads' histories as the model reads them (right-aligned item and date tensors)."""
+    rows = [model.resolve([(h["item_id"], h["timestamp"]) for h in p["history"]]) for p in payloads]
+    return model._histories([r[0] for r in rows], [r[1] for r in rows])
+
+
+def timed_pass(model, hist) -> float:
+    """Seconds of one LLM pass (+ the injected vectors and f_user) over `hist`, to completion."""
     import torch
 
-    times = []
     with torch.no_grad():
-        for p in payloads[:reps]:
-            items, stamps, _ = model.resolve([(h["item_id"], h["timestamp"]) for h in p["history"]])
-            hist = model._histories([items], [stamps])
-            _sync()
-            t0 = time.perf_counter()
-            model.model.user_vectors(hist)
-            _sync()
-            times.append(time.perf_counter() - t0)
-    return percentiles(times)
+        _sync()
+        t0 = time.perf_counter()
+        model.model.user_vectors(hist)
+        _sync()
+    return time.perf_counter() - t0
+
+
+def bare_forward(model, payloads: list[dict], reps: int) -> dict:
+    """The user prompt through the frozen LLM, one prompt at a time."""
+    return percentiles([timed_pass(model, histories(model, [p])) for p in payloads[:reps]])
 
 
 def forward_by_batch(model, payloads: list[dict], sizes: tuple[int, ...] = (1, 2, 4, 8, 16), reps: int = 10) -> dict:
     """Median time of one LLM pass over B prompts together, per B: the most batching can gain is
     B * t(1) / t(B) (on a CPU that is ~1: one prompt already fills the cores; on a GPU it is the point)."""
-    import torch
-
     out = {}
-    with torch.no_grad():
-        for B in [b for b in sizes if b <= len(payloads)] or [1]:
-            rows = [model.resolve([(h["item_id"], h["timestamp"]) for h in p["history"]]) for p in payloads[:B]]
-            hist = model._histories([r[0] for r in rows], [r[1] for r in rows])
-            model.model.user_vectors(hist)  # shapes seen once (allocator, kernels)
-            times = []
-            for _ in range(reps):
-                _sync()
-                t0 = time.perf_counter()
-                model.model.user_vectors(hist)
-                _sync()
-                times.append(time.perf_counter() - t0)
-            t = float(np.median(times))
-            out[str(B)] = {"ms": round(t * 1000, 2), "prompts_per_s": round(B / t, 1)}
+    for B in [b for b in sizes if b <= len(payloads)] or [1]:
+        hist = histories(model, payloads[:B])
+        timed_pass(model, hist)  # shapes seen once (allocator, kernels)
+        t = float(np.median([timed_pass(model, hist) for _ in range(reps)]))
+        out[str(B)] = {"ms": round(t * 1000, 2), "prompts_per_s": round(B / t, 1)}
     t1 = out["1"]["ms"]
     for B, r in out.items():
         r["ideal_gain"] = round(int(B) * t1 / r["ms"], 2)
@@ -292,8 +287,8 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--threads", type=int, default=1, help="torch threads, for the servers and the bare forward")
     ap.add_argument("--requests-c1", type=int, default=30)
     ap.add_argument("--requests-c8", type=int, default=64)
-    ap.add_argument("--warmup", type=int, default=24, help="distinct warm-up payloads; the first warm-up (c8) sends them once, later ones "
-                    "repeat them for >= 50 requests and >= 6 s")
+    ap.add_argument("--warmup", type=int, default=24, help="distinct warm-up payloads (also the batch sweep's "
+                    "prompts); each warm-up repeats them for >= 50 requests and >= 6 s")
     ap.add_argument("--out", type=Path, default=REPO / "benchmarks" / "results" / "serving.json")
     ap.add_argument("--servers", default="batching,no_batching",
                     help=f"comma-separated, in order, from {', '.join(SERVERS)}")
@@ -373,8 +368,7 @@ def main(argv: list[str] | None = None) -> None:
               f"{r['c8']['throughput_rps']} req/s | errors {r['c1']['errors'] + r['c8']['errors']} | scorer "
               f"c1 {r['c1'].get('scorer')} c8 {r['c8'].get('scorer')}")
 
-    report = build_report(results)
-    for k, t in report["targets"].items():
+    for k, t in targets_of(results).items():
         print(f"target {k}: {t['value']} ({t['target']}) {'met' if t['met'] else 'NOT met'}")
     print(f"-> {args.out}")
 
