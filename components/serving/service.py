@@ -375,5 +375,17 @@ class ClientErrorLogFilter(logging.Filter):
         return True
 
 
+def _fix_media_types(service) -> None:
+    """Pin each API's response media type to the one BentoML derives for it. For a root-model output
+    (`score` returns a list) BentoML 1.4.40 derives it on every response by building a TypeAdapter and a
+    JSON schema of the whole output type (IOMixin.mime_type): ~0.6 ms of the scorer's event loop per
+    batch on the 2-core dev VM, the largest serving cost after the model. The value never changes."""
+    for api in service.apis.values():
+        if api.output_spec.media_type is None:
+            api.output_spec.media_type = api.output_spec.mime_type()
+
+
+_fix_media_types(LLMSRecScorer)
+_fix_media_types(LLMSRecService)
 LLMSRecService.add_asgi_middleware(RequestGuard, max_body=MAX_BODY_BYTES)
 logging.getLogger("bentoml._internal.server.http_app").addFilter(ClientErrorLogFilter())

@@ -62,6 +62,21 @@ def test_scorer_answers_alike_on_its_event_loop_and_in_a_thread(client, catalogu
     assert len(answers["1"][0]["result"]["items"]) == 5 and answers["1"][1]["result"]["fallback"] == "popularity"
 
 
+def test_media_types_pinned_to_what_bentoml_derives(client):
+    """Every API's response media type is fixed at import (BentoML would rebuild a JSON schema of the
+    output type per response to find it), and to exactly the value BentoML derives."""
+    svc = sys.modules["components.serving.service"]
+    for service in (svc.LLMSRecScorer, svc.LLMSRecService):
+        for name, api in service.apis.items():
+            spec = api.output_spec
+            pinned, spec.media_type = spec.media_type, None
+            try:
+                derived = spec.mime_type()
+            finally:
+                spec.media_type = pinned
+            assert pinned == derived == "application/json", (service.name, name)
+
+
 @pytest.fixture(scope="module")
 def catalogue(pipeline_outputs):
     items = pd.read_parquet(pipeline_outputs / "data" / "prepared" / "items.parquet").sort_values("idx")
