@@ -2,6 +2,7 @@
 
     python -m benchmarks.serving [--home $BENTOML_HOME] [--threads 1] [--requests-c1 30] [--requests-c8 64] \\
         [--servers batching,no_batching[,batching_thread,...]] --out benchmarks/results/serving.json
+    python -m benchmarks.serving --tiny-llm --out benchmarks/results/serving_tiny.json   # the serving stack alone
     python -m benchmarks.serving --render benchmarks/results/serving.json     # the README's table
 
 Needs a production model in the BentoML store (`make run` puts one there). Measures:
@@ -12,6 +13,12 @@ Needs a production model in the BentoML store (`make run` puts one there). Measu
 - the LLM pass over B = 1..16 prompts at once: what batching can gain at most on this machine;
 - errors (any non-200).
 Requests replay real users' histories from the packaged data (their last 10 items, dated), k=10.
+`overhead_ms` is what serving adds to one request at c1: its p50 latency minus the scorer's own model
+time per call (from the scorer's /metrics), so it holds whatever the model costs on the machine.
+`--tiny-llm` serves a model on a 2-layer random LLM instead (benchmarks/small_package.py, built by the real
+gate and package stages in a temporary BentoML home): its pass takes milliseconds, so the latencies are
+the serving stack's own (a 135M pass on a CPU, ~0.4 s, hides it). Its targets say nothing about the real
+model.
 Targets (issue 5): p50 at c1 <= 1.3x the bare forward; batching >= 2x throughput at c8; 0 errors.
 """
 
@@ -255,12 +262,13 @@ def targets_of(results: dict) -> dict:
 
 def render(report: dict) -> str:
     """The README's table, from a result file (never typed by hand)."""
-    rows = ["| server | bare forward p50 | c1 p50 / p95 / p99 | c8 p50 / p95 / p99 | c8 throughput | errors |",
-            "|---|---|---|---|---|---|"]
+    rows = ["| server | bare forward p50 | c1 p50 / p95 / p99 | c1 serving overhead | c8 p50 / p95 / p99 | c8 throughput "
+            "| errors |", "|---|---|---|---|---|---|---|"]
     for name in (n for n in SERVERS if n in report):
         r = report[name]
+        overhead = f"{r['c1']['overhead_ms']} ms" if "overhead_ms" in r["c1"] else "n/a"
         rows.append(f"| {name.replace('_', ' ')} | {r['bare_forward']['p50_ms']} ms | {r['c1']['p50_ms']} / "
-                    f"{r['c1']['p95_ms']} / {r['c1']['p99_ms']} ms | {r['c8']['p50_ms']} / {r['c8']['p95_ms']} / "
+                    f"{r['c1']['p95_ms']} / {r['c1']['p99_ms']} ms | {overhead} | {r['c8']['p50_ms']} / {r['c8']['p95_ms']} / "
                     f"{r['c8']['p99_ms']} ms | {r['c8']['throughput_rps']} req/s | "
                     f"{r['c1']['errors'] + r['c8']['errors']} |")
     m = report["machine"]
@@ -274,6 +282,9 @@ def render(report: dict) -> str:
     if "forward_by_batch" in report:
         rows += ["", "LLM pass over B prompts at once: " + ", ".join(
             f"B={b} {r['ms']} ms" for b, r in report["forward_by_batch"].items()) + "."]
+    if report.get("tiny_llm"):
+        rows += ["", "Tiny random LLM (`--tiny-llm`): these latencies are the serving stack's, the targets say nothing "
+                     "about the real model."]
     rows += ["", (f"{m['gpu']}, " if m.get("gpu") else "") + f"{m['cpus']} CPUs, {report['threads']} torch thread(s), {report['dtype']}, load average "
                  f"{m['loadavg_before'][0]} before / {m['loadavg_after'][0]} after (shared machine). Targets: " +
              "; ".join(f"{k} {t['value']} ({t['target']}: {'met' if t['met'] else 'not met'})"
@@ -284,6 +295,8 @@ def render(report: dict) -> str:
 def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--home", help="BentoML home holding the production model (default: $BENTOML_HOME or ~/bentoml)")
+    ap.add_argument("--tiny-llm", action="store_true", help="serve a fixture model on a 2-layer random LLM (built "
+                    "in a temporary BentoML home): measures the serving stack, not the model")
     ap.add_argument("--threads", type=int, default=1, help="torch threads, for the servers and the bare forward")
     ap.add_argument("--requests-c1", type=int, default=30)
     ap.add_argument("--requests-c8", type=int, default=64)
@@ -301,9 +314,21 @@ def main(argv: list[str] | None = None) -> None:
     if unknown := [n for n in servers if n not in SERVERS]:
         ap.error(f"--servers: unknown {', '.join(unknown)}; choose from {', '.join(SERVERS)}")
 
-    if args.home:
-        os.environ["BENTOML_HOME"] = str(Path(args.home).resolve())
+    if args.home and args.tiny_llm:
+        ap.error("--home and --tiny-llm both pick the model to serve; give one")
     os.environ.setdefault("BENTOML_DO_NOT_TRACK", "True")
+    with tempfile.TemporaryDirectory(prefix="llmsrec-tiny-") as scratch:
+        if args.tiny_llm:
+            from benchmarks.small_package import tiny_home
+
+            print("building the tiny-LLM fixture package (gate + package stages) ...", flush=True)
+            os.environ["BENTOML_HOME"] = str(tiny_home(Path(scratch)))
+        elif args.home:
+            os.environ["BENTOML_HOME"] = str(Path(args.home).resolve())
+        run(args, servers, argv)
+
+
+def run(args: argparse.Namespace, servers: list[str], argv: list[str] | None) -> None:
     import torch
 
     from components.registry import get_model, resolve_serving_tag
@@ -330,7 +355,7 @@ def main(argv: list[str] | None = None) -> None:
 
     def build_report(results: dict) -> dict:
         return {
-            "model": tag, "threads": args.threads, "dtype": dtype, "device": str(model.model.backbone.device),
+            "model": tag, "llm": model.model.backbone.name, "tiny_llm": args.tiny_llm, "threads": args.threads, "dtype": dtype, "device": str(model.model.backbone.device),
             "complete": all(n in results for n in servers), "forward_by_batch": by_batch, **results, "targets": targets_of(results),
             "machine": {"cpus": os.cpu_count(), "platform": platform.platform(), "python": platform.python_version(),
                         "torch": torch.__version__,
@@ -351,6 +376,8 @@ def main(argv: list[str] | None = None) -> None:
             before = scorer_stats(server.url)
             bare, r_c1 = c1_with_bare(server.url, model, c1)
             r_c1["scorer"] = scorer_delta(before, scorer_stats(server.url))
+            if r_c1["scorer"].get("calls"):
+                r_c1["overhead_ms"] = round(r_c1["p50_ms"] - r_c1["scorer"]["model_ms_per_call"], 1)
             warm_up(server.url, warm, 8, WARM_REQUESTS, WARM_SECONDS)
             before = scorer_stats(server.url)
             r_c8 = load(server.url, c8, 8)
@@ -363,7 +390,8 @@ def main(argv: list[str] | None = None) -> None:
         args.out.write_text(json.dumps(build_report(results), indent=2) + "\n")
         r = results[name]
         print(f"{name}: bare forward p50 {bare['p50_ms']} ms ({dtype}, {args.threads} thread(s)) | "
-              f"c1 p50 {r['c1']['p50_ms']} ms p95 {r['c1']['p95_ms']} p99 {r['c1']['p99_ms']} | "
+              f"c1 p50 {r['c1']['p50_ms']} ms p95 {r['c1']['p95_ms']} p99 {r['c1']['p99_ms']} "
+              f"(serving overhead {r['c1'].get('overhead_ms')} ms) | "
               f"c8 p50 {r['c8']['p50_ms']} ms p95 {r['c8']['p95_ms']} p99 {r['c8']['p99_ms']}, "
               f"{r['c8']['throughput_rps']} req/s | errors {r['c1']['errors'] + r['c8']['errors']} | scorer "
               f"c1 {r['c1'].get('scorer')} c8 {r['c8'].get('scorer')}")

@@ -13,93 +13,51 @@ import os
 import shutil
 import socket
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 import torch
 
-from tests.conftest import REPO, venv_env
+from benchmarks import small_package
+from benchmarks.small_package import GATE_ARGS, OPEN_GATE, PACKAGE_ARGS, build_outputs
+from tests.conftest import venv_env
 
-SMALL_PARAMS = {"seed": 3, "gate": {"model": "llmsrec", "min_ndcg_at_10": 0.0, "min_lift_over_popularity": None,
-                                    "min_shuffle_drop": None, "max_regression": 0.02, "champion_users": None,
-                                    "first_model": "provisional"},
-                "package": {"include_backbone": False}, "llm": {"device": "cpu", "dtype": "auto"}}
+SMALL_PARAMS = {"seed": 3, "gate": OPEN_GATE, "package": {"include_backbone": False},
+                "llm": {"device": "cpu", "dtype": "auto"}}
 
 
 @pytest.fixture(scope="session")
 def pipeline_outputs(tmp_path_factory) -> Path:
-    import yaml
-
-    from components.data.sources.synthetic import SyntheticConfig, generate
-    from components.evaluate import evaluate
-    from components.io import write_json, write_parquet
     from components.llm.backbone import load_backbone
-    from components.llm.model import LLMSRec, LLMSRecConfig
-    from components.models import Popularity
-    from components.models.sasrec import SASRec, SASRecConfig
-    from components.prepare import prepare
-    from components.sequences import Prepared
 
     before = torch.get_num_threads()
     torch.set_num_threads(1)  # a shared 2-core machine: threads only contend
     try:
-        root = tmp_path_factory.mktemp("pipeline")
-        inter, items = generate(SyntheticConfig(num_users=60, num_items=40, num_topics=4, max_length=30), seed=3)
-        res = prepare(inter, items, {}, {"num_negatives": 9, "max_users": 16}, seed=3)
-        prepared = root / "data" / "prepared"
-        for name in ("items", "users", "sequences", "candidates"):
-            write_parquet(res[name], prepared / f"{name}.parquet")
-        write_json(prepared / "meta.json", res["summary"])
-        data = Prepared.load(prepared)
-
-        torch.manual_seed(0)
-        sasrec = SASRec(SASRecConfig(hidden=16, max_len=20), data.item_ids, data.item_mapping_hash).eval()
-        sasrec.save(root / "models" / "cfsrec")
-        backbone = load_backbone("smollm2-135m", device="cpu")
-        titles = [""] + res["items"].sort_values("idx")["title"].tolist()
-        model = LLMSRec(LLMSRecConfig(backbone=backbone.name), sasrec, backbone, titles, data.item_ids,
-                        data.item_mapping_hash, cfsrec_path="models/cfsrec").eval()
-        model.build_item_table(64)
-        model.save(root / "models" / "llmsrec")
-
-        pop = Popularity.fit(data.train_items(), data.item_ids, data.item_mapping_hash)
-        metrics, per_user = evaluate(data, {"popularity": pop, "cfsrec": sasrec, "llmsrec": model},
-                                     ["cfsrec", "llmsrec"], seed=3, log=lambda *_: None)
-        write_json(root / "reports" / "metrics.json", metrics)
-        write_parquet(per_user, root / "reports" / "per_user.parquet")
-        (root / "params.yaml").write_text(yaml.safe_dump(SMALL_PARAMS, sort_keys=False))
-        return root
+        return build_outputs(tmp_path_factory.mktemp("pipeline"), load_backbone("smollm2-135m", device="cpu"),
+                             num_users=60, num_items=40, num_topics=4, max_length=30, num_negatives=9,
+                             max_users=16, params=SMALL_PARAMS)
     finally:
         torch.set_num_threads(before)
 
 
 def stage_env(home: Path) -> dict:
-    env = venv_env()
-    env.update(BENTOML_HOME=str(home), BENTOML_DO_NOT_TRACK="True", OMP_NUM_THREADS="1", MKL_NUM_THREADS="1",
-               TOKENIZERS_PARALLELISM="false", PYTHONPATH=str(REPO))
-    env.pop("LLMSREC_MODEL_TAG", None)
-    return env
+    return {**small_package.stage_env(home), "PATH": venv_env()["PATH"]}
 
 
 def run_stage(ws: Path, home: Path, module: str, *args: str, check: bool = True) -> subprocess.CompletedProcess:
-    """A stage as DVC runs it: its module's CLI, in the workspace, with the store at `home`."""
-    out = subprocess.run([sys.executable, "-m", module, *args], cwd=ws, env=stage_env(home), capture_output=True,
-                         text=True, timeout=300)
+    """A stage as DVC runs it (see benchmarks.small_package.run_stage), failing the test when it fails."""
+    out = small_package.run_stage(ws, home, module, *args, env=stage_env(home))
     if check and out.returncode != 0:
         raise AssertionError(f"{module} exited {out.returncode}:\n{out.stdout}\n{out.stderr}")
     return out
 
 
 def gate(ws: Path, home: Path, **kw) -> subprocess.CompletedProcess:
-    return run_stage(ws, home, "components.gate", "--metrics", "reports/metrics.json", "--per-user",
-                     "reports/per_user.parquet", "--prepared", "data/prepared", "--out", "reports/gate.json", **kw)
+    return run_stage(ws, home, "components.gate", *GATE_ARGS, **kw)
 
 
 def package(ws: Path, home: Path, **kw) -> subprocess.CompletedProcess:
-    return run_stage(ws, home, "components.package", "--gate", "reports/gate.json", "--metrics",
-                     "reports/metrics.json", "--prepared", "data/prepared", "--cfsrec", "models/cfsrec", "--llmsrec",
-                     "models/llmsrec", "--out", "reports/package.json", **kw)
+    return run_stage(ws, home, "components.package", *PACKAGE_ARGS, **kw)
 
 
 @pytest.fixture

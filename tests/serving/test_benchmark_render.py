@@ -12,8 +12,30 @@ def test_render_table_from_result():
               "dtype": "torch.bfloat16", "machine": {"cpus": 2, "loadavg_before": [4.0], "loadavg_after": [5.0]},
               "targets": {"errors": {"value": 0, "target": "== 0", "met": True}}}
     table = render(report)
-    assert "| batching | 400.0 ms | 410.0 / 450.0 / 470.0 ms | 2400.0 / 3600.0 / 3700.0 ms | 3.1 req/s | 0 |" in table
+    assert "| batching | 400.0 ms | 410.0 / 450.0 / 470.0 ms | n/a | 2400.0 / 3600.0 / 3700.0 ms | 3.1 req/s | 0 |" in table
     assert "| no batching |" in table and "2.4 req/s" in table and "errors 0 (== 0: met)" in table
+    assert "Tiny random LLM" not in table
+
+
+def test_render_shows_the_serving_overhead_and_labels_a_tiny_llm_run():
+    run = {"bare_forward": {"p50_ms": 4.0}, "c1": {"p50_ms": 7.9, "p95_ms": 10.3, "p99_ms": 11.7, "errors": 0,
+                                                  "overhead_ms": 3.6},
+           "c8": {"p50_ms": 31.4, "p95_ms": 41.0, "p99_ms": 43.1, "throughput_rps": 244.7, "errors": 0}}
+    report = {"batching": run, "tiny_llm": True, "threads": 1, "dtype": "torch.bfloat16",
+              "machine": {"cpus": 2, "loadavg_before": [1.0], "loadavg_after": [1.0]}, "targets": {}}
+    table = render(report)
+    assert "| batching | 4.0 ms | 7.9 / 10.3 / 11.7 ms | 3.6 ms | 31.4 / 41.0 / 43.1 ms | 244.7 req/s | 0 |" in table
+    assert "Tiny random LLM (`--tiny-llm`)" in table
+
+
+def test_home_and_tiny_llm_together_are_refused(capsys):
+    import pytest
+
+    from benchmarks.serving import main
+
+    with pytest.raises(SystemExit) as exit_:
+        main(["--tiny-llm", "--home", "/tmp/x"])
+    assert exit_.value.code == 2 and "--home and --tiny-llm both pick the model" in capsys.readouterr().err
 
 
 def test_gpu_result_shows_the_batch_sweep_and_the_card_and_lands_in_docs(tmp_path):
