@@ -188,6 +188,24 @@ def c1_with_bare(url: str, model, payloads: list[dict]) -> tuple[dict, dict]:
     return percentiles(bare), c1
 
 
+def after_burst(url: str, payloads: list[dict], seconds: float, window: float = 5.0) -> list[dict]:
+    """c1 p50 in consecutive windows right after the c8 load: how long BentoML's batcher keeps holding lone
+    requests once a burst is over. It holds a request while the queue is short and its learned wait (the
+    mean queueing wait of its last 50 batches, high under load) says more may come; that estimate decays
+    by 5% per 5-s refresh (bentoml/_internal/marshal/dispatcher.py, CorkDispatcher)."""
+    import httpx
+
+    out, errors, t0, i = [], [], time.perf_counter(), 0
+    with httpx.Client() as client:
+        while (start := time.perf_counter() - t0) < seconds:
+            latencies = []
+            while time.perf_counter() - t0 < start + window:
+                latencies.append(post(client, url, payloads[i % len(payloads)], errors))
+                i += 1
+            out.append({"from_s": round(start, 1), **percentiles(latencies)})
+    return out
+
+
 def payloads_from(model, n: int, seed: int = 0) -> list[dict]:
     """Real users' last 10 items with their dates: the prompts the model was trained on."""
     rng = np.random.default_rng(seed)
@@ -277,6 +295,10 @@ def render(report: dict) -> str:
               if (st := report[name][f"c{c}"].get("scorer", {})).get("calls")]
     if scorer:
         rows += ["", "Inside the scorer (from its /metrics): " + "; ".join(scorer) + "."]
+    bursts = [f"{name.replace('_', ' ')}: " + ", ".join(f"{w['p50_ms']}" for w in report[name]["c1_after_c8"])
+              for name in SERVERS if report.get(name, {}).get("c1_after_c8")]
+    if bursts:
+        rows += ["", "c1 p50 (ms) in 5-s windows right after the c8 load (`--after-burst`): " + "; ".join(bursts) + "."]
     if report.get("complete") is False:
         rows += ["", "Partial run: not every server asked for was measured; the targets cover what was."]
     if "forward_by_batch" in report:
@@ -305,6 +327,8 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--out", type=Path, default=REPO / "benchmarks" / "results" / "serving.json")
     ap.add_argument("--servers", default="batching,no_batching",
                     help=f"comma-separated, in order, from {', '.join(SERVERS)}")
+    ap.add_argument("--after-burst", type=float, default=0.0, metavar="SECONDS",
+                    help="after c8, time c1 for this long in 5-s windows (the batcher's hold after a burst)")
     ap.add_argument("--render", type=Path, metavar="RESULT_JSON", help="print the README table of a result and exit")
     args = ap.parse_args(argv)
     if args.render:
@@ -383,6 +407,8 @@ def run(args: argparse.Namespace, servers: list[str], argv: list[str] | None) ->
             r_c8 = load(server.url, c8, 8)
             r_c8["scorer"] = scorer_delta(before, scorer_stats(server.url))
             results[name] = {"ready_seconds": round(ready_s, 1), "bare_forward": bare, "c1": r_c1, "c8": r_c8}
+            if args.after_burst > 0:
+                results[name]["c1_after_c8"] = after_burst(server.url, c1, args.after_burst)
         finally:
             server.stop()
         args.out.parent.mkdir(parents=True, exist_ok=True)

@@ -21,11 +21,13 @@ def test_render_shows_the_serving_overhead_and_labels_a_tiny_llm_run():
     run = {"bare_forward": {"p50_ms": 4.0}, "c1": {"p50_ms": 7.9, "p95_ms": 10.3, "p99_ms": 11.7, "errors": 0,
                                                   "overhead_ms": 3.6},
            "c8": {"p50_ms": 31.4, "p95_ms": 41.0, "p99_ms": 43.1, "throughput_rps": 244.7, "errors": 0}}
-    report = {"batching": run, "tiny_llm": True, "threads": 1, "dtype": "torch.bfloat16",
+    after = [{"from_s": 0.0, "p50_ms": 11.1}, {"from_s": 5.0, "p50_ms": 9.3}]
+    report = {"batching": {**run, "c1_after_c8": after}, "no_batching": run, "tiny_llm": True, "threads": 1, "dtype": "torch.bfloat16",
               "machine": {"cpus": 2, "loadavg_before": [1.0], "loadavg_after": [1.0]}, "targets": {}}
     table = render(report)
     assert "| batching | 4.0 ms | 7.9 / 10.3 / 11.7 ms | 3.6 ms | 31.4 / 41.0 / 43.1 ms | 244.7 req/s | 0 |" in table
     assert "Tiny random LLM (`--tiny-llm`)" in table
+    assert "right after the c8 load (`--after-burst`): batching: 11.1, 9.3." in table  # no_batching has none
 
 
 def test_home_and_tiny_llm_together_are_refused(capsys):
