@@ -23,15 +23,17 @@ Choices (also in the README):
 Environment: `LLMSREC_MODEL_TAG` (serve that version instead of production), `LLMSREC_BATCHING=0`
 (no adaptive batching, for comparison), `LLMSREC_MAX_BATCH` (16), `LLMSREC_MAX_BODY_BYTES` (1 MiB),
 `LLMSREC_TORCH_THREADS`, `LLMSREC_DEVICE`/`LLMSREC_DTYPE` (auto), `LLMSREC_SCORE_ON_LOOP` (auto: on the
-event loop with CUDA, in a worker thread on a CPU; see `LLMSRecScorer.__init__`).
+event loop with CUDA, in one dedicated model thread on a CPU; see `LLMSRecScorer.__init__`).
 """
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 import os
 import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -141,30 +143,44 @@ class LLMSRecScorer:
     model_ref = bentoml.models.BentoModel(resolve_serving_tag())
 
     def __init__(self) -> None:
+        from components.llm.backbone import resolve_device
         from components.serving.packaged import PackagedModel
 
         _env_threads()
         ref = self.model_ref
         path = Path(getattr(ref, "path", ref))
         self.tag = str(getattr(ref, "tag", path.name))
-        self.packaged = PackagedModel.load(path, self.tag, device=os.environ.get("LLMSREC_DEVICE", "auto"),
-                                           dtype=os.environ.get("LLMSREC_DTYPE", "auto"))
-        self.status = str(self.packaged.manifest.get("status", "passed"))
-        self.metrics = _ScorerMetrics.get()
+        device = resolve_device(os.environ.get("LLMSREC_DEVICE", "auto"))
         # Where the model runs. On a GPU the LLM pass is bound by Python launching kernels, so it needs
         # the GIL nearly all the time; in a worker thread it fights the event loop for it (BentoML's
         # batcher polls every 1 ms while a batch is in flight and requests wait), and an H200 took 169 ms
         # per batch of 8 in the server against 44 ms bare. On the loop thread there is nothing to fight:
-        # requests arriving meanwhile wait in the socket, as they would wait for the batch anyway. On a
-        # CPU the pass is long (up to seconds) and spends its time in native code that releases the GIL,
-        # so a thread keeps the scorer responsive at no cost. LLMSREC_SCORE_ON_LOOP=1/0 overrides.
+        # requests arriving meanwhile wait in the socket, as they would wait for the batch anyway.
+        # On a CPU the pass is long (up to seconds, in native code that releases the GIL), so it runs in
+        # one dedicated thread and the scorer keeps answering /readyz meanwhile. One thread, and the same
+        # one that loads the model: every OS thread that runs torch gets its own OpenMP team, and once
+        # there are more OpenMP threads than cores libgomp stops spinning between parallel regions. With
+        # BentoML's pool of worker threads that made each pass ~35% slower than bare on the 2-core dev VM
+        # (a 2-thread pass: 203 ms in the server, 153 ms bare); one thread matches bare (benchmarks:
+        # serving.json). LLMSREC_SCORE_ON_LOOP=1/0 overrides.
         on_loop = os.environ.get("LLMSREC_SCORE_ON_LOOP", "auto")
-        self.score_on_loop = (self.packaged.model.backbone.device.type == "cuda") if on_loop == "auto" \
-            else on_loop == "1"
+        self.score_on_loop = device.type == "cuda" if on_loop == "auto" else on_loop == "1"
+        self._model_thread = None if self.score_on_loop else ThreadPoolExecutor(1, thread_name_prefix="llmsrec-model")
+        self.packaged = self._in_model_thread(PackagedModel.load, path, self.tag, device=str(device),
+                                              dtype=os.environ.get("LLMSREC_DTYPE", "auto"))
+        self.status = str(self.packaged.manifest.get("status", "passed"))
+        self.metrics = _ScorerMetrics.get()
         logger.info("serving %s: model on %s, run on the %s", self.tag, self.packaged.model.backbone.device,
-                    "event loop" if self.score_on_loop else "worker threads")
+                    "event loop" if self.score_on_loop else "model thread")
         # One request before reporting ready: the first LLM pass pays one-off costs (allocations, kernels).
-        self._score([ScoreRequest(history=[HistoryItem(item_id=self.packaged.item_ids[0])], k=1)])
+        self._in_model_thread(self._score, [ScoreRequest(history=[HistoryItem(item_id=self.packaged.item_ids[0])],
+                                                         k=1)])
+
+    def _in_model_thread(self, fn, *args, **kwargs):
+        """Call `fn` where the model runs (see __init__), blocking; for startup."""
+        if self._model_thread is None:
+            return fn(*args, **kwargs)
+        return self._model_thread.submit(fn, *args, **kwargs).result()
 
     def _score(self, requests: list[ScoreRequest]) -> list[ScoreResult]:
         from components.serving.packaged import Query
@@ -197,11 +213,9 @@ class LLMSRecScorer:
 
     @bentoml.api(batchable=BATCHING, max_batch_size=MAX_BATCH, max_latency_ms=60_000)
     async def score(self, requests: list[ScoreRequest]) -> list[ScoreResult]:
-        if self.score_on_loop:
-            return self._score(requests)  # blocks this process's event loop for one model call: see below
-        import anyio
-
-        return await anyio.to_thread.run_sync(self._score, requests)
+        if self._model_thread is None:
+            return self._score(requests)  # blocks this process's event loop for one model call: see __init__
+        return await asyncio.get_running_loop().run_in_executor(self._model_thread, self._score, requests)
 
     @bentoml.api
     def items(self, limit: int = 50, offset: int = 0) -> ItemsPage:

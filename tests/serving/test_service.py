@@ -45,10 +45,23 @@ def client(promoted_home):
 
 
 def test_scorer_answers_alike_on_its_event_loop_and_in_a_thread(client, catalogue, monkeypatch):
-    """LLMSREC_SCORE_ON_LOOP only moves where the model runs (the loop on CUDA, a thread on a CPU)."""
+    """LLMSREC_SCORE_ON_LOOP only moves where the model runs (the loop on CUDA, a thread on a CPU), and
+    the model is loaded and run in one thread only (a second thread running torch slows every pass)."""
     import asyncio
+    import threading
+
+    from components.serving.packaged import PackagedModel
 
     svc = sys.modules["components.serving.service"]
+    torch_threads: list[str] = []
+    for name in ("load", "recommend"):
+        original = getattr(PackagedModel, name)
+
+        def record(*args, _original=original, **kwargs):
+            torch_threads.append(threading.current_thread().name)
+            return _original(*args, **kwargs)
+
+        monkeypatch.setattr(PackagedModel, name, record)  # `load` stays callable on the class: its original is bound
     ids = catalogue[0]
     requests = [svc.ScoreRequest(history=[svc.HistoryItem(item_id=i) for i in ids[:5]], k=5),
                 svc.ScoreRequest(history=[], k=3)]
@@ -58,6 +71,11 @@ def test_scorer_answers_alike_on_its_event_loop_and_in_a_thread(client, catalogu
         scorer = svc.LLMSRecScorer()
         assert scorer.score_on_loop is (mode == "1")
         answers[mode] = [r.model_dump() for r in asyncio.run(scorer.score(requests))]
+        asyncio.run(scorer.score(requests))  # a second event loop, as a restarted worker would have
+        # load, warm-up and two calls, all in one thread: this one on the loop, else the model thread
+        assert len(torch_threads) == 4 and len(set(torch_threads)) == 1, torch_threads
+        assert torch_threads[0] == (threading.current_thread().name if mode == "1" else "llmsrec-model_0")
+        torch_threads.clear()
     assert answers["1"] == answers["0"]
     assert len(answers["1"][0]["result"]["items"]) == 5 and answers["1"][1]["result"]["fallback"] == "popularity"
 
@@ -232,7 +250,7 @@ def test_bentoml_serve_subprocess(promoted_home, catalogue, tmp_path, on_loop):
         stats = scorer_stats(url)
         assert stats["llmsrec_batch_size_sum"] >= 6 and stats["llmsrec_model_seconds_sum"] > 0, stats
         log.flush()
-        where = "event loop" if on_loop == "1" else "worker threads"
+        where = "event loop" if on_loop == "1" else "model thread"
         assert f"model on cpu, run on the {where}" in (tmp_path / "serve.log").read_text()
         spec = httpx.get(f"{url}/docs.json").json()
         assert "/recommend" in spec["paths"] and "/items" in spec["paths"]
