@@ -186,7 +186,7 @@ def render(results_dir: Path, plot: Path | None = None) -> str:
                          f"({os.path.relpath(curve.resolve(), (plot or curve).resolve().parent)})\n")
     parts += ["\n".join(ablation_lines(results)),
               "\n".join(gpu_lines(sorted((Path(results_dir) / "gpu").glob("gpu_check*.json")))),
-              "\n".join(serving_lines([Path(results_dir) / "serving.json", Path(results_dir) / "serving_tiny.json",
+              "\n".join(serving_lines([*sorted(Path(results_dir).glob("serving*.json")),
                                         *sorted((Path(results_dir) / "gpu").glob("serving_gpu*.json"))]))]
     return "\n".join(p for p in parts if p)
 

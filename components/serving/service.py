@@ -158,11 +158,11 @@ class LLMSRecScorer:
         # requests arriving meanwhile wait in the socket, as they would wait for the batch anyway.
         # On a CPU the pass is long (up to seconds, in native code that releases the GIL), so it runs in
         # one dedicated thread and the scorer keeps answering /readyz meanwhile. One thread, and the same
-        # one that loads the model: every OS thread that runs torch gets its own OpenMP team, and once
-        # there are more OpenMP threads than cores libgomp stops spinning between parallel regions. With
-        # BentoML's pool of worker threads that made each pass ~35% slower than bare on the 2-core dev VM
-        # (a 2-thread pass: 203 ms in the server, 153 ms bare); one thread matches bare (benchmarks:
-        # serving.json). LLMSREC_SCORE_ON_LOOP=1/0 overrides.
+        # one that loads the model: every OS thread that runs torch gets its own OpenMP team, and two
+        # teams on few cores slow every pass (most likely libgomp giving up spin-waiting once its teams
+        # outnumber the cores: OMP_WAIT_POLICY=PASSIVE is as slow). With BentoML's pool of worker threads
+        # a 2-thread pass took 203 ms in the server against 153 ms bare on the 2-core dev VM; one thread
+        # matches bare (README, serving benchmark). LLMSREC_SCORE_ON_LOOP=1/0 overrides.
         on_loop = os.environ.get("LLMSREC_SCORE_ON_LOOP", "auto")
         self.score_on_loop = device.type == "cuda" if on_loop == "auto" else on_loop == "1"
         self._model_thread = None if self.score_on_loop else ThreadPoolExecutor(1, thread_name_prefix="llmsrec-model")
