@@ -41,11 +41,13 @@ import numpy as np
 
 REPO = Path(__file__).resolve().parents[1]
 # The servers a run can start, each by the environment that sets it apart. The targets compare the first
-# two; the *_thread ones force the scorer's model into a worker thread (LLMSREC_SCORE_ON_LOOP=0, the CPU
-# default) to show what running it on the event loop (the CUDA default) changes on a GPU.
+# two, which run the model where the scorer decides (LLMSREC_SCORE_ON_LOOP=auto: the event loop on CUDA,
+# a model thread on a CPU); the *_thread and *_loop ones force one or the other, to compare them.
 SERVERS = {"batching": {"LLMSREC_BATCHING": "1"}, "no_batching": {"LLMSREC_BATCHING": "0"},
            "batching_thread": {"LLMSREC_BATCHING": "1", "LLMSREC_SCORE_ON_LOOP": "0"},
-           "no_batching_thread": {"LLMSREC_BATCHING": "0", "LLMSREC_SCORE_ON_LOOP": "0"}}
+           "no_batching_thread": {"LLMSREC_BATCHING": "0", "LLMSREC_SCORE_ON_LOOP": "0"},
+           "batching_loop": {"LLMSREC_BATCHING": "1", "LLMSREC_SCORE_ON_LOOP": "1"},
+           "no_batching_loop": {"LLMSREC_BATCHING": "0", "LLMSREC_SCORE_ON_LOOP": "1"}}
 # BentoML's batcher estimates from its last 50 batches and refreshes at most every 5 s
 # (bentoml/_internal/marshal/dispatcher.py): a warm-up outlasts both.
 WARM_REQUESTS, WARM_SECONDS = 50, 6.0
@@ -368,7 +370,9 @@ def run(args: argparse.Namespace, servers: list[str], argv: list[str] | None) ->
     bare_forward(model, warm, 3)  # first calls pay one-off costs
     dtype = str(model.model.backbone.dtype)
 
-    env = dict(os.environ, LLMSREC_TORCH_THREADS=str(args.threads), OMP_NUM_THREADS=str(args.threads),
+    # Each server sets where its model runs (SERVERS); none inherits an override from this shell.
+    env = dict(os.environ, LLMSREC_SCORE_ON_LOOP="auto", LLMSREC_TORCH_THREADS=str(args.threads),
+               OMP_NUM_THREADS=str(args.threads),
                TOKENIZERS_PARALLELISM="false",
                PYTHONPATH=os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")])))
     results: dict = {}
