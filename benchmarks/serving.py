@@ -395,25 +395,38 @@ def run(args: argparse.Namespace, servers: list[str], argv: list[str] | None) ->
 
     for name in servers:
         server = Server({**env, **SERVERS[name]}, Path(tempfile.gettempdir()) / f"serving_{name}.log")
+        t_server = time.perf_counter()
+
+        def step(what: str, name: str = name, t_server: float = t_server) -> None:
+            """A server's run takes minutes: say where it is (and, cut short, where it stopped)."""
+            print(f"  [{name} +{time.perf_counter() - t_server:.0f}s] {what}", flush=True)
+
         try:
+            step(f"starting bentoml serve (log {server.log.name})")
             ready_s = server.wait_ready()
+            step(f"ready after {ready_s:.1f}s; c1 warm-up")
             # A warm-up at each timed concurrency right before it is timed, identically for both servers
             # (see warm_up); c1 first: after a burst BentoML's batcher keeps holding lone requests for
             # minutes (its learned wait decays by 5% per 5-s refresh), which no c1 warm-up undoes.
             warm_up(server.url, warm, 1, WARM_REQUESTS, WARM_SECONDS)
+            step(f"c1: {len(c1)} requests, each after its bare forward")
             before = scorer_stats(server.url)
             bare, r_c1 = c1_with_bare(server.url, model, c1)
             r_c1["scorer"] = scorer_delta(before, scorer_stats(server.url))
             if r_c1["scorer"].get("calls"):
                 r_c1["overhead_ms"] = round(r_c1["p50_ms"] - r_c1["scorer"]["model_ms_per_call"], 1)
+            step("c8 warm-up")
             warm_up(server.url, warm, 8, WARM_REQUESTS, WARM_SECONDS)
+            step(f"c8: {len(c8)} requests")
             before = scorer_stats(server.url)
             r_c8 = load(server.url, c8, 8)
             r_c8["scorer"] = scorer_delta(before, scorer_stats(server.url))
             results[name] = {"ready_seconds": round(ready_s, 1), "bare_forward": bare, "c1": r_c1, "c8": r_c8}
             if args.after_burst > 0:
+                step(f"c1 for {args.after_burst:.0f}s after the burst")
                 results[name]["c1_after_c8"] = after_burst(server.url, c1, args.after_burst)
         finally:
+            step("stopping")
             server.stop()
         args.out.parent.mkdir(parents=True, exist_ok=True)
         # Written after each server, so a run cut short (a leased GPU's time running out) keeps what it measured.
