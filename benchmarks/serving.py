@@ -121,6 +121,12 @@ def post(client, url: str, payload: dict, errors: list[str]) -> float:
     return time.perf_counter() - t0
 
 
+def summary(concurrency: int, latencies: list[float], seconds: float, errors: list[str]) -> dict:
+    """One timed phase: latency percentiles, throughput over `seconds`, errors and a few of them."""
+    return {"concurrency": concurrency, **percentiles(latencies), "throughput_rps": round(len(latencies) / seconds, 3),
+            "errors": len(errors), "error_samples": errors[:3]}
+
+
 def load(url: str, payloads: list[dict], concurrency: int) -> dict:
     """Send every payload with `concurrency` clients; latency of each call, throughput of the whole."""
     import httpx
@@ -131,8 +137,7 @@ def load(url: str, payloads: list[dict], concurrency: int) -> dict:
         with cf.ThreadPoolExecutor(concurrency) as pool:
             latencies = list(pool.map(lambda p: post(client, url, p, errors), payloads))
         wall = time.perf_counter() - t0
-    return {"concurrency": concurrency, **percentiles(latencies), "throughput_rps": round(len(payloads) / wall, 3),
-            "errors": len(errors), "error_samples": errors[:3]}
+    return summary(concurrency, latencies, wall, errors)
 
 
 def scorer_stats(url: str) -> dict[str, float]:
@@ -185,9 +190,7 @@ def c1_with_bare(url: str, model, payloads: list[dict]) -> tuple[dict, dict]:
         for p in payloads:
             bare.append(timed_pass(model, histories(model, [p])))
             latencies.append(post(client, url, p, errors))
-    c1 = {"concurrency": 1, **percentiles(latencies), "throughput_rps": round(len(latencies) / sum(latencies), 3),
-          "errors": len(errors), "error_samples": errors[:3]}
-    return percentiles(bare), c1
+    return percentiles(bare), summary(1, latencies, sum(latencies), errors)
 
 
 def after_burst(url: str, payloads: list[dict], seconds: float, window: float = 5.0) -> list[dict]:
@@ -197,14 +200,14 @@ def after_burst(url: str, payloads: list[dict], seconds: float, window: float = 
     by 5% per 5-s refresh (bentoml/_internal/marshal/dispatcher.py, CorkDispatcher)."""
     import httpx
 
-    out, errors, t0, i = [], [], time.perf_counter(), 0
+    out, t0, i = [], time.perf_counter(), 0
     with httpx.Client() as client:
         while (start := time.perf_counter() - t0) < seconds:
-            latencies = []
+            latencies, errors = [], []
             while time.perf_counter() - t0 < start + window:
                 latencies.append(post(client, url, payloads[i % len(payloads)], errors))
                 i += 1
-            out.append({"from_s": round(start, 1), **percentiles(latencies)})
+            out.append({"from_s": round(start, 1), **summary(1, latencies, sum(latencies), errors)})
     return out
 
 
@@ -343,14 +346,15 @@ def main(argv: list[str] | None = None) -> None:
     if args.home and args.tiny_llm:
         ap.error("--home and --tiny-llm both pick the model to serve; give one")
     os.environ.setdefault("BENTOML_DO_NOT_TRACK", "True")
-    with tempfile.TemporaryDirectory(prefix="llmsrec-tiny-") as scratch:
-        if args.tiny_llm:
-            from benchmarks.small_package import tiny_home
-
-            print("building the tiny-LLM fixture package (gate + package stages) ...", flush=True)
-            os.environ["BENTOML_HOME"] = str(tiny_home(Path(scratch)))
-        elif args.home:
+    if not args.tiny_llm:
+        if args.home:
             os.environ["BENTOML_HOME"] = str(Path(args.home).resolve())
+        return run(args, servers, argv)
+    from benchmarks.small_package import tiny_home
+
+    with tempfile.TemporaryDirectory(prefix="llmsrec-tiny-") as scratch:
+        print("building the tiny-LLM fixture package (gate + package stages) ...", flush=True)
+        os.environ["BENTOML_HOME"] = str(tiny_home(Path(scratch)))
         run(args, servers, argv)
 
 

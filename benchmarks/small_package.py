@@ -15,6 +15,7 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+from contextlib import contextmanager
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
@@ -25,6 +26,19 @@ PACKAGE_ARGS = ("--gate", "reports/gate.json", "--metrics", "reports/metrics.jso
 # A gate every fixture model passes (nothing in it is trained), so `package` always promotes it.
 OPEN_GATE = {"model": "llmsrec", "min_ndcg_at_10": 0.0, "min_lift_over_popularity": None, "min_shuffle_drop": None,
              "max_regression": 0.02, "champion_users": None, "first_model": "provisional"}
+
+
+@contextmanager
+def one_torch_thread():
+    """Torch on one thread while the fixture is built (a shared 2-core machine: threads only contend)."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
 
 
 def build_outputs(root: Path, backbone, *, num_users: int, num_items: int, num_topics: int, max_length: int,
@@ -43,27 +57,28 @@ def build_outputs(root: Path, backbone, *, num_users: int, num_items: int, num_t
     from components.prepare import prepare
     from components.sequences import Prepared
 
-    inter, items = generate(SyntheticConfig(num_users=num_users, num_items=num_items, num_topics=num_topics,
-                                            max_length=max_length), seed=3)
-    res = prepare(inter, items, {}, {"num_negatives": num_negatives, "max_users": max_users}, seed=3)
-    prepared = root / "data" / "prepared"
-    for name in ("items", "users", "sequences", "candidates"):
-        write_parquet(res[name], prepared / f"{name}.parquet")
-    write_json(prepared / "meta.json", res["summary"])
-    data = Prepared.load(prepared)
+    with one_torch_thread():
+        inter, items = generate(SyntheticConfig(num_users=num_users, num_items=num_items, num_topics=num_topics,
+                                                max_length=max_length), seed=3)
+        res = prepare(inter, items, {}, {"num_negatives": num_negatives, "max_users": max_users}, seed=3)
+        prepared = root / "data" / "prepared"
+        for name in ("items", "users", "sequences", "candidates"):
+            write_parquet(res[name], prepared / f"{name}.parquet")
+        write_json(prepared / "meta.json", res["summary"])
+        data = Prepared.load(prepared)
 
-    torch.manual_seed(0)
-    sasrec = SASRec(SASRecConfig(hidden=16, max_len=20), data.item_ids, data.item_mapping_hash).eval()
-    sasrec.save(root / "models" / "cfsrec")
-    titles = [""] + res["items"].sort_values("idx")["title"].tolist()
-    model = LLMSRec(LLMSRecConfig(backbone=backbone.name), sasrec, backbone, titles, data.item_ids,
-                    data.item_mapping_hash, cfsrec_path="models/cfsrec").eval()
-    model.build_item_table(64)
-    model.save(root / "models" / "llmsrec")
+        torch.manual_seed(0)
+        sasrec = SASRec(SASRecConfig(hidden=16, max_len=20), data.item_ids, data.item_mapping_hash).eval()
+        sasrec.save(root / "models" / "cfsrec")
+        titles = [""] + res["items"].sort_values("idx")["title"].tolist()
+        model = LLMSRec(LLMSRecConfig(backbone=backbone.name), sasrec, backbone, titles, data.item_ids,
+                        data.item_mapping_hash, cfsrec_path="models/cfsrec").eval()
+        model.build_item_table(64)
+        model.save(root / "models" / "llmsrec")
 
-    pop = Popularity.fit(data.train_items(), data.item_ids, data.item_mapping_hash)
-    metrics, per_user = evaluate(data, {"popularity": pop, "cfsrec": sasrec, "llmsrec": model},
-                                 ["cfsrec", "llmsrec"], seed=3, log=lambda *_: None)
+        pop = Popularity.fit(data.train_items(), data.item_ids, data.item_mapping_hash)
+        metrics, per_user = evaluate(data, {"popularity": pop, "cfsrec": sasrec, "llmsrec": model},
+                                     ["cfsrec", "llmsrec"], seed=3, log=lambda *_: None)
     write_json(root / "reports" / "metrics.json", metrics)
     write_parquet(per_user, root / "reports" / "per_user.parquet")
     (root / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
@@ -102,20 +117,13 @@ def run_stage(ws: Path, home: Path, module: str, *args: str, env: dict | None = 
 
 def tiny_home(workdir: Path) -> Path:
     """A BentoML home (workdir/bentoml) whose production model runs on a tiny random LLM."""
-    import torch
-
     from components.llm.backbone import load_backbone
 
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        llm = tiny_llm(workdir / "tiny-llm")
-        build_outputs(workdir / "ws", load_backbone(str(llm), device="cpu"), num_users=200, num_items=400,
-                      num_topics=8, max_length=40, num_negatives=99, max_users=50,
-                      params={"seed": 3, "gate": OPEN_GATE, "package": {"include_backbone": True},
-                              "llm": {"backbone": str(llm), "device": "cpu", "dtype": "auto"}})
-    finally:
-        torch.set_num_threads(before)
+    llm = tiny_llm(workdir / "tiny-llm")
+    build_outputs(workdir / "ws", load_backbone(str(llm), device="cpu"), num_users=200, num_items=400,
+                  num_topics=8, max_length=40, num_negatives=99, max_users=50,
+                  params={"seed": 3, "gate": OPEN_GATE, "package": {"include_backbone": True},
+                          "llm": {"backbone": str(llm), "device": "cpu", "dtype": "auto"}})
     home = workdir / "bentoml"
     for module, args in (("components.gate", GATE_ARGS), ("components.package", PACKAGE_ARGS)):
         out = run_stage(workdir / "ws", home, module, *args)

@@ -16,7 +16,6 @@ import subprocess
 from pathlib import Path
 
 import pytest
-import torch
 
 from benchmarks import small_package
 from benchmarks.small_package import GATE_ARGS, OPEN_GATE, PACKAGE_ARGS, build_outputs
@@ -30,14 +29,9 @@ SMALL_PARAMS = {"seed": 3, "gate": OPEN_GATE, "package": {"include_backbone": Fa
 def pipeline_outputs(tmp_path_factory) -> Path:
     from components.llm.backbone import load_backbone
 
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)  # a shared 2-core machine: threads only contend
-    try:
-        return build_outputs(tmp_path_factory.mktemp("pipeline"), load_backbone("smollm2-135m", device="cpu"),
-                             num_users=60, num_items=40, num_topics=4, max_length=30, num_negatives=9,
-                             max_users=16, params=SMALL_PARAMS)
-    finally:
-        torch.set_num_threads(before)
+    return build_outputs(tmp_path_factory.mktemp("pipeline"), load_backbone("smollm2-135m", device="cpu"),
+                         num_users=60, num_items=40, num_topics=4, max_length=30, num_negatives=9, max_users=16,
+                         params=SMALL_PARAMS)
 
 
 def stage_env(home: Path) -> dict:
