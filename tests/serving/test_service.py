@@ -222,8 +222,8 @@ def wait_ready(url: str, proc: subprocess.Popen, timeout: float = 240) -> None:
 @pytest.mark.real_llm
 @pytest.mark.parametrize("on_loop", ["0", "1"], ids=["model-in-thread", "model-on-loop"])
 def test_bentoml_serve_subprocess(promoted_home, catalogue, tmp_path, on_loop):
-    """A real server, with the scorer's model in a worker thread (the CPU default) and on its event loop
-    (the CUDA default, LLMSREC_SCORE_ON_LOOP)."""
+    """A real server, with the scorer's model in its dedicated model thread (the CPU default) and on its
+    event loop (the CUDA default, LLMSREC_SCORE_ON_LOOP)."""
     import httpx
 
     ids, _, _ = catalogue
