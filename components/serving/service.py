@@ -38,7 +38,7 @@ from pathlib import Path
 from typing import Annotated, Any
 
 import bentoml
-from pydantic import BaseModel, ConfigDict, Field, StrictInt, StringConstraints
+from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictInt, StringConstraints
 
 from components.registry import resolve_serving_tag
 
@@ -73,6 +73,27 @@ class Recommendation(BaseModel):
     unknown_items: list[str] = Field(description="history item ids the model does not know (ignored)")
     history_used: int = Field(description="most recent known history items the model read (its window)")
     fallback: str | None = Field(default=None, description="'popularity' when no known history item was left")
+
+
+class RecommendRequest(BaseModel):
+    """POST /recommend's body. Strict: a misspelt field (`exclude_seem`) or a value of the wrong type
+    (`"k": "5"`, `"k": true`, `"exclude_seen": "no"`) is a 422, never silently read as something else."""
+
+    model_config = ConfigDict(extra="forbid")
+    history: Annotated[list[ItemId | HistoryItem] | None, Field(
+        description="the user's items, oldest first: item ids, or {item_id, timestamp} objects",
+        examples=[["I00010", "I00011", "I00012"]])] = None
+    user_id: Annotated[str | None, Field(description="a known user: their history comes from the data")] = None
+    k: Annotated[StrictInt, Field(ge=1, le=100, description="how many items to return")] = 10
+    exclude_seen: Annotated[StrictBool, Field(description="leave out every item of the history")] = True
+
+
+class ItemsRequest(BaseModel):
+    """POST /items's body (strict, like RecommendRequest)."""
+
+    model_config = ConfigDict(extra="forbid")
+    limit: Annotated[StrictInt, Field(ge=1, le=1000)] = 50
+    offset: Annotated[StrictInt, Field(ge=0)] = 0
 
 
 class CatalogueItem(BaseModel):
@@ -274,34 +295,29 @@ class LLMSRecService:
         out = await anyio.to_thread.run_sync(lambda: getattr(self.scorer, method)(*args, **kwargs))
         return await out if inspect.isawaitable(out) else out  # `score` is async (see LLMSRecScorer)
 
-    @bentoml.api(route="/recommend")
-    async def recommend(
-        self,
-        history: Annotated[list[ItemId | HistoryItem] | None, Field(
-            description="the user's items, oldest first: item ids, or {item_id, timestamp} objects",
-            examples=[["I00010", "I00011", "I00012"]])] = None,
-        user_id: Annotated[str | None, Field(description="a known user: their history comes from the data")] = None,
-        k: Annotated[int, Field(ge=1, le=100)] = 10,
-        exclude_seen: bool = True,
-    ) -> Recommendation:
+    # input_spec: BentoML validates the body against these models (extra fields forbidden, strict types)
+    # and calls the method with their fields as keyword arguments.
+    @bentoml.api(route="/recommend", input_spec=RecommendRequest)
+    async def recommend(self, **fields: Any) -> Recommendation:
         """Top-k items for one user, from a history or a known user_id (exactly one of the two)."""
-        if (history is None) == (user_id is None):
+        r = RecommendRequest.model_construct(**fields)  # BentoML has validated them against RecommendRequest
+        if (r.history is None) == (r.user_id is None):
             return _error(422, "give exactly one of 'history' (a list of item ids or {item_id, timestamp}) "
                                "or 'user_id'")
-        items = None if history is None else [
-            h if isinstance(h, HistoryItem) else HistoryItem(item_id=h) for h in history]
-        req = ScoreRequest(history=items, user_id=user_id, k=k, exclude_seen=exclude_seen)
+        items = None if r.history is None else [
+            h if isinstance(h, HistoryItem) else HistoryItem(item_id=h) for h in r.history]
+        req = ScoreRequest(history=items, user_id=r.user_id, k=r.k, exclude_seen=r.exclude_seen)
         out = (await self._call("score", [req]))[0]
         out = out if isinstance(out, ScoreResult) else ScoreResult.model_validate(out)
         if out.error is not None:
             return _error(out.status_code, out.error)
         return out.result
 
-    @bentoml.api(route="/items")
-    async def items(self, limit: Annotated[int, Field(ge=1, le=1000)] = 50,
-                    offset: Annotated[int, Field(ge=0)] = 0) -> ItemsPage:
+    @bentoml.api(route="/items", input_spec=ItemsRequest)
+    async def items(self, **fields: Any) -> ItemsPage:
         """A page of the model's catalogue (item_id, title), in index order."""
-        page = await self._call("items", limit=limit, offset=offset)
+        r = ItemsRequest.model_construct(**fields)
+        page = await self._call("items", limit=r.limit, offset=r.offset)
         return page if isinstance(page, ItemsPage) else ItemsPage.model_validate(page)
 
 
@@ -310,12 +326,12 @@ class RequestGuard:
 
     - 413 when the body is larger than `max_body` bytes (by Content-Length, or counted as it streams);
     - BentoML answers every pydantic failure with 400. Here malformed JSON stays 400 and a well-formed
-      body with wrong types or out-of-range values (k > 100, a string for k, ...) becomes 422, with one
-      readable line per problem.
+      body with wrong types or out-of-range values (k > 100, a string for k, ...) or an unknown field
+      becomes 422, with one readable line per problem (an unknown field's line lists the route's fields).
     """
 
-    def __init__(self, app, max_body: int = MAX_BODY_BYTES):
-        self.app, self.max_body = app, max_body
+    def __init__(self, app, max_body: int = MAX_BODY_BYTES, fields: dict[str, list[str]] | None = None):
+        self.app, self.max_body, self.fields = app, max_body, fields or {}
 
     async def __call__(self, scope, receive, send):
         if scope["type"] != "http" or scope.get("method") != "POST":
@@ -354,7 +370,8 @@ class RequestGuard:
                 return await send(message)
             body.append(message.get("body", b""))
             if not message.get("more_body"):
-                status, payload = (413, self._too_large()) if too_large else self._classify(b"".join(body))
+                status, payload = ((413, self._too_large()) if too_large else
+                                   self._classify(b"".join(body), self.fields.get(scope.get("path", ""))))
                 await self._send_json(send, status, payload)
             return None
 
@@ -365,7 +382,7 @@ class RequestGuard:
                          "(the model reads only its last items), or raise LLMSREC_MAX_BODY_BYTES"}
 
     @staticmethod
-    def _classify(raw: bytes) -> tuple[int, dict[str, Any]]:
+    def _classify(raw: bytes, fields: list[str] | None = None) -> tuple[int, dict[str, Any]]:
         try:
             payload = json.loads(raw)
         except ValueError:
@@ -378,8 +395,11 @@ class RequestGuard:
                                   '{"history": ["I00001", "I00002"], "k": 10}', "detail": details}
         lines = []
         for d in details:
-            loc = ".".join(str(p) for p in d.get("loc", ()) if p not in ("body",))
-            lines.append(f"{loc or 'body'}: {d.get('msg', 'invalid')}")
+            loc = [str(p) for p in d.get("loc", ()) if p != "body"]
+            msg = d.get("msg", "invalid")
+            if d.get("type") == "extra_forbidden" and len(loc) == 1 and fields:  # a top-level field
+                msg = f"unknown field. Fix: use only {', '.join(fields)}"
+            lines.append(f"{'.'.join(loc) or 'body'}: {msg}")
         return 422, {"error": "; ".join(lines), "detail": details}
 
     @staticmethod
@@ -417,5 +437,6 @@ def _fix_media_types(service) -> None:
 
 _fix_media_types(LLMSRecScorer)
 _fix_media_types(LLMSRecService)
-LLMSRecService.add_asgi_middleware(RequestGuard, max_body=MAX_BODY_BYTES)
+LLMSRecService.add_asgi_middleware(RequestGuard, max_body=MAX_BODY_BYTES, fields={
+    api.route: list(api.input_spec.model_fields) for api in LLMSRecService.apis.values()})
 logging.getLogger("bentoml._internal.server.http_app").addFilter(ClientErrorLogFilter())

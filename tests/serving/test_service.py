@@ -171,6 +171,15 @@ def test_history_window_and_fallback(client, catalogue):
     ({"history": ["x"], "k": 0}, 422, "k:"),
     ({"history": ["x"], "k": 101}, 422, "k:"),
     ({"history": ["x"], "k": "ten"}, 422, "k:"),
+    # Strict types: nothing is coerced into a value the client did not send.
+    ({"history": ["x"], "k": "5"}, 422, "k:"),
+    ({"history": ["x"], "k": True}, 422, "k:"),
+    ({"history": ["x"], "k": 2.0}, 422, "k:"),
+    ({"history": ["x"], "exclude_seen": "no"}, 422, "exclude_seen:"),
+    ({"history": ["x"], "exclude_seen": 0}, 422, "exclude_seen:"),
+    # A misspelt field is an error, not silently ignored; the message lists the real ones.
+    ({"history": ["x"], "exclude_seem": False}, 422, "exclude_seem: unknown field. Fix: use only history, user_id, k, "
+                                                    "exclude_seen"),
     ({"history": "I00001"}, 422, "history"),
     ({"history": [{"item": "x"}]}, 422, "history"),
     ({"history": [{"item_id": "x", "timestamp": -5}]}, 422, "timestamp"),
@@ -200,6 +209,10 @@ def test_malformed_oversized_and_items(client, catalogue):
     assert client.post("/items", json={"offset": len(ids)}).json()["items"] == []
     assert client.post("/items", json={"limit": 0}).status_code == 422
     assert client.post("/items", json={"limit": 5000}).status_code == 422
+    for bad, says in (({"limit": "5"}, "limit:"), ({"offset": True}, "offset:"),
+                      ({"page": 2}, "page: unknown field. Fix: use only limit, offset")):
+        r = client.post("/items", json=bad)
+        assert r.status_code == 422 and says in r.json()["error"], r.text
 
 
 def wait_ready(url: str, proc: subprocess.Popen, timeout: float = 240) -> None:
@@ -267,6 +280,11 @@ def test_bentoml_serve_subprocess(promoted_home, catalogue, tmp_path, on_loop):
         assert f"model on cpu, run on the {where}" in (tmp_path / "serve.log").read_text()
         spec = httpx.get(f"{url}/docs.json").json()
         assert "/recommend" in spec["paths"] and "/items" in spec["paths"]
+        # The documented contract is the enforced one: the four fields, nothing else, k within 1..100.
+        body = spec["paths"]["/recommend"]["post"]["requestBody"]["content"]["application/json"]["schema"]
+        assert list(body["properties"]) == ["history", "user_id", "k", "exclude_seen"]
+        assert body["additionalProperties"] is False
+        assert (body["properties"]["k"]["minimum"], body["properties"]["k"]["maximum"]) == (1, 100)
     finally:
         os.killpg(proc.pid, signal.SIGTERM)
         try:
