@@ -115,6 +115,7 @@ class LLMSRec(Recommender):
         self.item_table: Tensor | None = None  # [N+1, d'] f_item for the catalogue, once computed
         self.infer_batch_size = 16  # prompts per LLM pass when scoring
         self._prefix_kv: list[tuple[Tensor, Tensor]] | None = None
+        self._table_copy: tuple[Tensor, Tensor] | None = None  # (item_table, its copy on the scoring device)
 
     def train(self, mode: bool = True) -> LLMSRec:
         """Only the adapters ever train: the frozen teacher keeps dropout off in every mode."""
@@ -238,13 +239,22 @@ class LLMSRec(Recommender):
                   for i in range(0, len(histories), n)]
         return torch.cat([self.user_vectors(c) for c in chunks])  # [B, d']
 
+    def _table_on(self, device: torch.device) -> Tensor:
+        """The item table on the scoring device, copied once per table: scoring is called per request in
+        serving and per 16 users in evaluation, and a fresh copy each time is a host-to-GPU transfer of the
+        whole catalogue (1.9 MB for ML-1M's 3,706 items, 51 MB for 100k) before every product."""
+        table = self.item_table
+        if self._table_copy is None or self._table_copy[0] is not table or self._table_copy[1].device != device:
+            self._table_copy = (table, table.to(device))
+        return self._table_copy[1]
+
     def score_all(self, histories: Histories) -> Tensor:
         u = self._users_for_scoring(histories)  # [B, d']
-        return neg_inf_padding(u @ self.item_table.to(u.device).T)  # [B, N+1]
+        return neg_inf_padding(u @ self._table_on(u.device).T)  # [B, N+1]
 
     def score_candidates(self, histories: Histories, candidates: Tensor) -> Tensor:
         u = self._users_for_scoring(histories)  # [B, d']
-        return torch.einsum("bd,bcd->bc", u, self.item_table.to(u.device)[candidates.to(u.device)])  # [B, C]
+        return torch.einsum("bd,bcd->bc", u, self._table_on(u.device)[candidates.to(u.device)])  # [B, C]
 
     def trainable_parameters(self) -> list[nn.Parameter]:
         return list(self.adapters.parameters())

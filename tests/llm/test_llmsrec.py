@@ -127,6 +127,23 @@ def test_checkpoint_round_trip_saves_only_trained_parts(model, data, tmp_path):
     assert size < 4 * sum(p.numel() for p in model.trainable_parameters()) + 100_000
 
 
+def test_item_table_is_copied_to_the_scoring_device_once_per_table(model, data):
+    """Scoring reuses one device copy of the item table (a GPU copy per request or per 16 users would move
+    the whole catalogue each time), and a rebuilt table is never scored through a stale copy. The meta
+    device stands in for a GPU: on the CPU `.to` returns the table itself, so nothing would be tested."""
+    model.build_item_table(16)
+    meta = torch.device("meta")
+    first = model._table_on(meta)
+    assert first.device == meta and first.shape == model.item_table.shape
+    assert model._table_on(meta) is first  # no second transfer
+    model.item_table = model.item_table * 2  # a new table (a re-built or re-loaded one)
+    assert model._table_on(meta) is not first
+    hist = data.histories("test", np.arange(3), 10)
+    with torch.no_grad():  # and scoring on the CPU uses the new table
+        u = model._users_for_scoring(hist)
+        torch.testing.assert_close(model.score_all(hist)[:, 1:], u @ model.item_table[1:].T)
+
+
 def test_wrong_teacher_is_refused(model, data, tmp_path, teacher):
     from components.errors import DataError
 
