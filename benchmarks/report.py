@@ -159,16 +159,99 @@ def plot_models(results: dict[str, dict[str, Any]], path: Path) -> None:
     plt.close(fig)
 
 
-def serving_lines(paths: list[Path]) -> list[str]:
+def serving_label(name: str, report: dict[str, Any]) -> str:
+    """A serving result's name in plots: its file, and the machine and model that produced it."""
+    m = report.get("machine", {})
+    if m.get("gpu"):
+        where = m["gpu"].replace("NVIDIA ", "")
+    elif "+cu" in m.get("torch", ""):  # early GPU results did not record the card: say only what they did
+        where = f"{m.get('cpus', '?')} cores, torch {m['torch']}"
+    else:
+        where = f"{m.get('cpus', '?')}-core CPU"
+    return f"{name}\n{where}\n{report.get('threads', '?')} torch thr" + (", tiny LLM" if report.get("tiny_llm") else "")
+
+
+def plot_serving(reports: dict[str, dict[str, Any]], path: Path) -> None:
+    """Issue 5's serving targets at a glance, one group per result file: c1 p50 over the bare forward per
+    server (target <= 1.3), batching's c8 throughput gain (target >= 2), and what batching can gain at most
+    on that machine (B * t(1) / t(B) from the batch sweep): flat on a CPU, steep on a GPU."""
+    import matplotlib
+    import matplotlib.ticker
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from benchmarks.serving import SERVERS
+
+    labels = [serving_label(n, r) for n, r in reports.items()]
+    fig, (ax1, ax2, ax3) = plt.subplots(1, 3, figsize=(17, 5.2), gridspec_kw={"width_ratios": [1.3, 1, 1]})
+    servers = [s for s in SERVERS if any(s in r for r in reports.values())]
+    width = 0.8 / len(servers)
+    for j, server in enumerate(servers):
+        xs, ys = [], []
+        for i, r in enumerate(reports.values()):
+            if server in r and r[server].get("bare_forward", {}).get("p50_ms"):
+                xs.append(i - 0.4 + width * (j + 0.5))
+                ys.append(r[server]["c1"]["p50_ms"] / r[server]["bare_forward"]["p50_ms"])
+        bars = ax1.bar(xs, ys, width=width, label=server.replace("_", " "))
+        ax1.bar_label(bars, fmt="%.2f", fontsize=6)
+    ax1.axhline(1.3, color="k", ls="--", lw=1, label="target <= 1.3")
+    ax1.set_title("c1 p50 / bare LLM forward", fontsize=9)
+    ax2_x, gains = [], []
+    for i, r in enumerate(reports.values()):
+        if "batching" in r and "no_batching" in r:
+            ax2_x.append(i)
+            gains.append(r["batching"]["c8"]["throughput_rps"] / r["no_batching"]["c8"]["throughput_rps"])
+    ax2.bar_label(ax2.bar(ax2_x, gains, width=0.5, color="tab:green"), fmt="%.2fx", fontsize=7)
+    ax2.axhline(2.0, color="k", ls="--", lw=1, label="target >= 2")
+    ax2.set_title("c8 throughput: batching / no batching", fontsize=9)
+    for ax in (ax1, ax2):
+        ax.set_xticks(range(len(labels)), labels, fontsize=6)
+        ax.legend(fontsize=6, loc="upper left")
+    sizes: set[int] = set()
+    for label, r in zip(labels, reports.values(), strict=True):
+        sweep = r.get("forward_by_batch") or {}
+        if sweep:
+            B = sorted(int(b) for b in sweep)
+            sizes.update(B)
+            ax3.plot(B, [sweep[str(b)]["ideal_gain"] if "ideal_gain" in sweep[str(b)] else
+                         b * sweep["1"]["ms"] / sweep[str(b)]["ms"] for b in B], marker="o",
+                     label=label.replace("\n", " "))
+    if sizes:
+        B = sorted(sizes)
+        ax3.plot(B, B, "k:", lw=1, label="perfect (a pass over B costs one)")
+        ax3.axhline(2.0, color="k", ls="--", lw=1)
+        ax3.set_xscale("log", base=2)
+        ax3.set_yscale("log", base=2)
+        for axis in (ax3.xaxis, ax3.yaxis):
+            axis.set_major_formatter(matplotlib.ticker.FuncFormatter(lambda v, _: f"{v:g}"))
+        ax3.legend(fontsize=6)
+    ax3.set_xlabel("prompts per LLM pass (B)", fontsize=8)
+    ax3.set_title("most batching can gain: B x t(1) / t(B)", fontsize=9)
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def serving_lines(paths: list[Path], plot: Path | None = None) -> list[str]:
     """The serving benchmark's tables (`benchmarks/serving.py` renders each), one per result file."""
     from benchmarks.serving import render as render_serving
 
-    lines = []
+    lines, reports = [], {}
     for path in (p for p in paths if p.is_file()):
         report = json.loads(path.read_text())
-        lines += [f"### {path.relative_to(path.parents[1] if path.parent.name == 'gpu' else path.parent)}", "",
-                  f"`{report.get('command', 'python -m benchmarks.serving')}`", "", render_serving(report), ""]
-    return ["## Serving (`python -m benchmarks.serving`, `bash benchmarks/gpu_serving.sh`)", "", *lines] if lines else []
+        name = str(path.relative_to(path.parents[1] if path.parent.name == "gpu" else path.parent))
+        reports[name.removesuffix(".json")] = report
+        lines += [f"### {name}", "", f"`{report.get('command', 'python -m benchmarks.serving')}`", "",
+                  render_serving(report), ""]
+    if not lines:
+        return []
+    head = ["## Serving (`python -m benchmarks.serving`, `bash benchmarks/gpu_serving.sh`)", ""]
+    if plot is not None:
+        plot_serving(reports, plot)
+        head += [f"![serving targets per result file]({plot.name})", ""]
+    return [*head, *lines]
 
 
 def render(results_dir: Path, plot: Path | None = None) -> str:
@@ -187,7 +270,8 @@ def render(results_dir: Path, plot: Path | None = None) -> str:
     parts += ["\n".join(ablation_lines(results)),
               "\n".join(gpu_lines(sorted((Path(results_dir) / "gpu").glob("gpu_check*.json")))),
               "\n".join(serving_lines([*sorted(Path(results_dir).glob("serving*.json")),
-                                        *sorted((Path(results_dir) / "gpu").glob("serving_gpu*.json"))]))]
+                                        *sorted((Path(results_dir) / "gpu").glob("serving_gpu*.json"))],
+                                       plot=plot.with_name("serving.png") if plot is not None else None))]
     return "\n".join(p for p in parts if p)
 
 

@@ -90,3 +90,31 @@ def test_unknown_server_is_refused_before_anything_starts(capsys):
     with pytest.raises(SystemExit) as exit_:
         main(["--servers", "batching,nope"])
     assert exit_.value.code == 2 and "--servers: unknown nope; choose from batching, no_batching" in capsys.readouterr().err
+
+
+def test_docs_plot_the_serving_targets_of_every_result(tmp_path):
+    """`benchmarks.report` draws one serving figure next to the tables (c1 ratio, batching gain, batch
+    sweep); results without a sweep or without the unbatched server are drawn with what they have."""
+    import json
+
+    from benchmarks.report import render as render_docs
+    from benchmarks.report import serving_label
+
+    run = {"bare_forward": {"p50_ms": 150.0}, "c1": {"p50_ms": 157.0, "p95_ms": 170.0, "p99_ms": 175.0, "errors": 0},
+           "c8": {"p50_ms": 1200.0, "p95_ms": 1400.0, "p99_ms": 1450.0, "throughput_rps": 6.4, "errors": 0}}
+    cpu = {"batching": run, "no_batching": {**run, "c8": {**run["c8"], "throughput_rps": 5.4}}, "threads": 2,
+           "dtype": "torch.bfloat16", "forward_by_batch": {"1": {"ms": 150.0}, "4": {"ms": 640.0, "ideal_gain": 0.94}},
+           "machine": {"cpus": 2, "torch": "2.13.0+cpu", "loadavg_before": [1.0], "loadavg_after": [1.0]},
+           "targets": {}}
+    partial = {"batching": run, "threads": 4, "dtype": "torch.bfloat16", "complete": False, "targets": {},
+               "machine": {"cpus": 16, "torch": "2.11.0+cu130", "loadavg_before": [1.0], "loadavg_after": [1.0]}}
+    (tmp_path / "gpu").mkdir()
+    (tmp_path / "serving.json").write_text(json.dumps(cpu))
+    (tmp_path / "gpu" / "serving_gpu.json").write_text(json.dumps(partial))
+    doc = render_docs(tmp_path, plot=tmp_path / "docs" / "benchmarks.png")
+    png = tmp_path / "docs" / "serving.png"
+    assert "![serving targets per result file](serving.png)" in doc
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and png.stat().st_size > 10_000
+    assert serving_label("serving", cpu) == "serving\n2-core CPU\n2 torch thr"
+    # an early GPU result that did not record its card is labelled with what it did record
+    assert serving_label("gpu/serving_gpu", partial) == "gpu/serving_gpu\n16 cores, torch 2.11.0+cu130\n4 torch thr"
