@@ -85,7 +85,8 @@ class RecommendRequest(BaseModel):
         examples=[["I00010", "I00011", "I00012"]])] = None
     user_id: Annotated[str | None, Field(description="a known user: their history comes from the data")] = None
     k: Annotated[StrictInt, Field(ge=1, le=100, description="how many items to return")] = 10
-    exclude_seen: Annotated[StrictBool, Field(description="leave out every item of the history")] = True
+    exclude_seen: Annotated[StrictBool, Field(description="leave out every item of the history (then fewer than k "
+                                                          "items come back when fewer unseen ones are left)")] = True
 
 
 class ItemsRequest(BaseModel):

@@ -167,6 +167,14 @@ def test_history_window_and_fallback(client, catalogue):
         assert body["unknown_items"] == history
 
 
+@pytest.mark.real_llm
+def test_exclude_seen_returns_fewer_than_k_when_the_catalogue_runs_out(client, catalogue):
+    ids, _, _ = catalogue
+    r = client.post("/recommend", json={"history": ids[:-3], "k": 10})
+    assert r.status_code == 200, r.text
+    assert sorted(i["item_id"] for i in r.json()["items"]) == sorted(ids[-3:])  # only the unseen ones, no padding
+
+
 @pytest.mark.parametrize("payload, status, says", [
     ({"history": ["x"], "k": 0}, 422, "k:"),
     ({"history": ["x"], "k": 101}, 422, "k:"),
