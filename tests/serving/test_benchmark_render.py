@@ -103,9 +103,10 @@ def test_docs_plot_the_serving_targets_of_every_result(tmp_path):
     run = {"bare_forward": {"p50_ms": 150.0}, "c1": {"p50_ms": 157.0, "p95_ms": 170.0, "p99_ms": 175.0, "errors": 0},
            "c8": {"p50_ms": 1200.0, "p95_ms": 1400.0, "p99_ms": 1450.0, "throughput_rps": 6.4, "errors": 0}}
     cpu = {"batching": run, "no_batching": {**run, "c8": {**run["c8"], "throughput_rps": 5.4}}, "threads": 2,
-           "dtype": "torch.bfloat16", "forward_by_batch": {"1": {"ms": 150.0}, "4": {"ms": 640.0, "ideal_gain": 0.94}},
+           "dtype": "torch.bfloat16",
+           "forward_by_batch": {"1": {"ms": 150.0, "ideal_gain": 1.0}, "4": {"ms": 640.0, "ideal_gain": 0.94}},
            "machine": {"cpus": 2, "torch": "2.13.0+cpu", "loadavg_before": [1.0], "loadavg_after": [1.0]},
-           "targets": {}}
+           "targets": {"batching_throughput_gain_c8": {"value": 1.185, "target": ">= 2.0", "met": False}}}
     partial = {"batching": run, "threads": 4, "dtype": "torch.bfloat16", "complete": False, "targets": {},
                "machine": {"cpus": 16, "torch": "2.11.0+cu130", "loadavg_before": [1.0], "loadavg_after": [1.0]}}
     (tmp_path / "gpu").mkdir()
