@@ -25,7 +25,8 @@ def main(argv: list[str] | None = None) -> None:
             if name.endswith("_shuffled") or "ndcg@10" not in m:
                 continue
             drop = (metrics.get(f"{name}_shuffled") or {}).get("shuffle_drop", {}).get("ndcg@10")
-            parts.append(f"{name} {m['ndcg@10']:.4f}" + (f" (shuffled -{drop:.1%})" if drop is not None else ""))
+            # shuffle_drop is the relative fall (negative when shuffling helped): print the signed change.
+            parts.append(f"{name} {m['ndcg@10']:.4f}" + (f" (shuffled {-drop:+.1%})" if drop is not None else ""))
         print("test NDCG@10 on the fixed candidates: " + ", ".join(parts))
     gate_path, package_path = args.reports / "gate.json", args.reports / "package.json"
     if gate_path.is_file():  # written by the gate and package stages
