@@ -37,6 +37,7 @@ def http_dir(tmp_path):
     threading.Thread(target=server.serve_forever, daemon=True).start()
     yield root, f"http://127.0.0.1:{server.server_address[1]}"
     server.shutdown()
+    server.server_close()  # shutdown() only stops the loop; this closes the listening socket
 
 
 def test_movielens_1m_latin1(tmp_path):
