@@ -7,7 +7,7 @@
 
 Needs a production model in the BentoML store (`make run` puts one there). Measures:
 - latency p50/p95/p99 of POST /recommend at concurrency 1 and 8, and throughput at 8, for a server with
-  adaptive batching (the default) and one started with LLMSREC_BATCHING=0;
+  adaptive batching (the default) and one started with LLMSREC_BATCHING=0 (and, asked for, others: SERVERS);
 - the bare LLM forward (the user prompt through the frozen LLM, no HTTP, no batching) for the same
   prompts, with the same torch thread count, in this process, interleaved with the c1 requests;
 - the LLM pass over B = 1..16 prompts at once: what batching can gain at most on this machine;
@@ -43,7 +43,10 @@ REPO = Path(__file__).resolve().parents[1]
 # The servers a run can start, each by the environment that sets it apart. The targets compare the first
 # two, which run the model where the scorer decides (LLMSREC_SCORE_ON_LOOP=auto: the event loop on CUDA,
 # a model thread on a CPU); the *_thread and *_loop ones force one or the other, to compare them.
+# batching_bentoml uses BentoML's own batcher instead of the scorer's (results before 2026-11-27 have no
+# "env" and used BentoML's batcher as "batching").
 SERVERS = {"batching": {"LLMSREC_BATCHING": "1"}, "no_batching": {"LLMSREC_BATCHING": "0"},
+           "batching_bentoml": {"LLMSREC_BATCHING": "bentoml"},
            "batching_thread": {"LLMSREC_BATCHING": "1", "LLMSREC_SCORE_ON_LOOP": "0"},
            "no_batching_thread": {"LLMSREC_BATCHING": "0", "LLMSREC_SCORE_ON_LOOP": "0"},
            "batching_loop": {"LLMSREC_BATCHING": "1", "LLMSREC_SCORE_ON_LOOP": "1"},
@@ -425,7 +428,8 @@ def run(args: argparse.Namespace, servers: list[str], argv: list[str] | None) ->
             before = scorer_stats(server.url)
             r_c8 = load(server.url, c8, 8)
             r_c8["scorer"] = scorer_delta(before, scorer_stats(server.url))
-            results[name] = {"ready_seconds": round(ready_s, 1), "bare_forward": bare, "c1": r_c1, "c8": r_c8}
+            results[name] = {"env": SERVERS[name], "ready_seconds": round(ready_s, 1), "bare_forward": bare,
+                             "c1": r_c1, "c8": r_c8}
             if args.after_burst > 0:
                 step(f"c1 for {args.after_burst:.0f}s after the burst")
                 results[name]["c1_after_c8"] = after_burst(server.url, c1, args.after_burst)

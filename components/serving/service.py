@@ -6,8 +6,9 @@ Two services, the pattern BentoML documents for adaptive batching with structure
   `/livez`, `/readyz`, `/metrics` and the OpenAPI docs at `/` and `/docs.json`. It validates input and
   turns every client mistake into a 4xx with a message (see `RequestGuard` for 400/413/422).
 - `LLMSRecScorer` (internal): loads the production model (the BentoML store's `llmsrec` version the
-  registry points at, see components/registry.py) and the real LLM, and scores. Its `score` API is
-  batchable: concurrent /recommend calls are merged by BentoML's adaptive batcher into one LLM pass.
+  registry points at, see components/registry.py) and the real LLM, and scores. Concurrent /recommend
+  calls are merged into one LLM pass by its adaptive batcher (components/serving/batcher.py: a lone
+  request goes straight to the model; requests that arrive while it is busy form the next batch).
 
 `/readyz` on the public port answers 200 only when the scorer is ready, i.e. after the LLM and the
 item table are loaded and one warm-up request has run.
@@ -20,8 +21,8 @@ Choices (also in the README):
   items of it (its window), `exclude_seen` removes every item of the whole history;
 - items sent without a timestamp are dated the last day of the model's data.
 
-Environment: `LLMSREC_MODEL_TAG` (serve that version instead of production), `LLMSREC_BATCHING=0`
-(no adaptive batching, for comparison), `LLMSREC_MAX_BATCH` (16), `LLMSREC_MAX_BODY_BYTES` (1 MiB),
+Environment: `LLMSREC_MODEL_TAG` (serve that version instead of production), `LLMSREC_BATCHING` (1: the
+adaptive batcher, the default; 0: none; bentoml: BentoML's own batcher, for comparison), `LLMSREC_MAX_BATCH` (16), `LLMSREC_MAX_BODY_BYTES` (1 MiB),
 `LLMSREC_TORCH_THREADS`, `LLMSREC_DEVICE`/`LLMSREC_DTYPE` (auto), `LLMSREC_SCORE_ON_LOOP` (auto: on the
 event loop with CUDA, in one dedicated model thread on a CPU; see `LLMSRecScorer.__init__`).
 """
@@ -41,12 +42,16 @@ import bentoml
 from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictInt, StringConstraints
 
 from components.registry import resolve_serving_tag
+from components.serving.batcher import GreedyBatcher
 
 logger = logging.getLogger(__name__)
 # `bentoml serve` configures handlers but leaves this logger at the root's WARNING: the startup line that
 # says where the model runs is INFO.
 logger.setLevel(logging.INFO)
-BATCHING = os.environ.get("LLMSREC_BATCHING", "1") != "0"
+BATCHING = os.environ.get("LLMSREC_BATCHING", "1")
+if BATCHING not in ("1", "0", "bentoml"):
+    raise ValueError(f"LLMSREC_BATCHING={BATCHING!r} is not a batching mode. Fix: 1 (adaptive batching, the default), "
+                     "0 (none) or bentoml (BentoML's own batcher)")
 MAX_BATCH = int(os.environ.get("LLMSREC_MAX_BATCH", "16"))
 MAX_BODY_BYTES = int(os.environ.get("LLMSREC_MAX_BODY_BYTES", str(1 << 20)))
 
@@ -186,8 +191,8 @@ class LLMSRecScorer:
         self.tag = str(getattr(ref, "tag", path.name))
         device = resolve_device(os.environ.get("LLMSREC_DEVICE", "auto"))
         # Where the model runs. On a GPU the LLM pass is bound by Python launching kernels, so it needs
-        # the GIL nearly all the time; in a worker thread it fights the event loop for it (BentoML's
-        # batcher polls every 1 ms while a batch is in flight and requests wait), and an H200 took 169 ms
+        # the GIL nearly all the time; in a worker thread it fights the event loop for it (BentoML's own
+        # batcher, used then, polled every 1 ms while a batch was in flight), and an H200 took 169 ms
         # per batch of 8 in the server against 44 ms bare. On the loop thread there is nothing to fight:
         # requests arriving meanwhile wait in the socket, as they would wait for the batch anyway.
         # On a CPU the pass is long (up to seconds, in native code that releases the GIL), so it runs in
@@ -204,8 +209,10 @@ class LLMSRecScorer:
                                               dtype=os.environ.get("LLMSREC_DTYPE", "auto"))
         self.status = str(self.packaged.manifest.get("status", "passed"))
         self.metrics = _ScorerMetrics.get()
-        logger.info("serving %s: model on %s, run on the %s", self.tag, self.packaged.model.backbone.device,
-                    "event loop" if self.score_on_loop else "model thread")
+        self._batcher = GreedyBatcher(self._score_batch, MAX_BATCH) if BATCHING == "1" else None
+        logger.info("serving %s: model on %s, run on the %s; batching: %s", self.tag,
+                    self.packaged.model.backbone.device, "event loop" if self.score_on_loop else "model thread",
+                    {"1": f"adaptive, up to {MAX_BATCH}", "0": "off", "bentoml": f"BentoML's, up to {MAX_BATCH}"}[BATCHING])
         # One request before reporting ready: the first LLM pass pays one-off costs (allocations, kernels).
         self._in_model_thread(self._score, [ScoreRequest(history=[HistoryItem(item_id=self.packaged.item_ids[0])],
                                                          k=1)])
@@ -246,8 +253,14 @@ class LLMSRecScorer:
                                             for j, s in zip(a.items, a.scores, strict=True)]))
         return results  # type: ignore[return-value]
 
-    @bentoml.api(batchable=BATCHING, max_batch_size=MAX_BATCH, max_latency_ms=60_000)
+    @bentoml.api(batchable=BATCHING == "bentoml", max_batch_size=MAX_BATCH, max_latency_ms=60_000)
     async def score(self, requests: list[ScoreRequest]) -> list[ScoreResult]:
+        if self._batcher is not None:  # each request joins whatever batch is forming (see batcher.py)
+            return list(await asyncio.gather(*(self._batcher(r) for r in requests)))
+        return await self._score_batch(requests)
+
+    async def _score_batch(self, requests: list[ScoreRequest]) -> list[ScoreResult]:
+        """One model call over `requests`, where the model runs (see __init__)."""
         if self._model_thread is None:
             return self._score(requests)  # blocks this process's event loop for one model call: see __init__
         return await asyncio.get_running_loop().run_in_executor(self._model_thread, self._score, requests)
@@ -274,8 +287,8 @@ class LLMSRecService:
         _freeze_startup_objects()
 
     async def _call(self, method: str, *args, **kwargs):
-        """Served, `scorer` is a client of the scorer process (its batchable API goes through the
-        adaptive batcher); in-process (tests, `to_asgi`) it is a local instance, called directly."""
+        """Served, `scorer` is a client of the scorer process (where concurrent calls are batched); in-process
+        (tests, `to_asgi`) it is a local instance, called directly."""
         if hasattr(self.scorer, "to_async"):
             import aiohttp
 

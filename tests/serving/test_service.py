@@ -80,6 +80,14 @@ def test_scorer_answers_alike_on_its_event_loop_and_in_a_thread(client, catalogu
     assert len(answers["1"][0]["result"]["items"]) == 5 and answers["1"][1]["result"]["fallback"] == "popularity"
 
 
+def test_an_unknown_batching_mode_is_refused_at_startup():
+    out = subprocess.run([sys.executable, "-c", "import components.serving.service"], cwd=REPO, capture_output=True,
+                         text=True, env={**os.environ, "LLMSREC_BATCHING": "yes"}, timeout=120)
+    assert out.returncode != 0
+    assert "LLMSREC_BATCHING='yes' is not a batching mode. Fix: 1 (adaptive batching, the default), 0 (none) or " \
+           "bentoml" in out.stderr
+
+
 def test_startup_objects_are_frozen_out_of_the_collector(client):
     """Both services freeze what startup made (model, tokenizer, libraries), so a full garbage collection
     no longer walks them while requests wait (it took ~230 ms in the scorer on the 2-core VM)."""
@@ -285,7 +293,7 @@ def test_bentoml_serve_subprocess(promoted_home, catalogue, tmp_path, on_loop):
         assert stats["llmsrec_batch_size_sum"] >= 6 and stats["llmsrec_model_seconds_sum"] > 0, stats
         log.flush()
         where = "event loop" if on_loop == "1" else "model thread"
-        assert f"model on cpu, run on the {where}" in (tmp_path / "serve.log").read_text()
+        assert f"model on cpu, run on the {where}; batching: adaptive, up to 16" in (tmp_path / "serve.log").read_text()
         spec = httpx.get(f"{url}/docs.json").json()
         assert "/recommend" in spec["paths"] and "/items" in spec["paths"]
         # The documented contract is the enforced one: the four fields, nothing else, k within 1..100.
