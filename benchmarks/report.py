@@ -161,6 +161,8 @@ def plot_models(results: dict[str, dict[str, Any]], path: Path) -> None:
 
 def serving_label(name: str, report: dict[str, Any]) -> str:
     """A serving result's name in plots: its file, and the machine and model that produced it."""
+    from benchmarks.serving import SERVERS
+
     m = report.get("machine", {})
     if m.get("gpu"):
         where = m["gpu"].replace("NVIDIA ", "")
@@ -168,13 +170,17 @@ def serving_label(name: str, report: dict[str, Any]) -> str:
         where = f"{m.get('cpus', '?')} cores, torch {m['torch']}"
     else:
         where = f"{m.get('cpus', '?')}-core CPU"
-    return f"{name}\n{where}\n{report.get('threads', '?')} torch thr" + (", tiny LLM" if report.get("tiny_llm") else "")
+    old = any("env" not in report[s] for s in SERVERS if s in report)  # before the scorer's own batcher
+    return (f"{name}\n{where}\n{report.get('threads', '?')} torch thr" + (", tiny LLM" if report.get("tiny_llm") else "")
+            + ("\nbatching = BentoML's" if old else ""))
 
 
 def plot_serving(reports: dict[str, dict[str, Any]], path: Path) -> None:
     """Issue 5's serving targets at a glance, one group per result file: c1 p50 over the bare forward per
     server (target <= 1.3), batching's c8 throughput gain (target >= 2), and what batching can gain at most
-    on that machine (B * t(1) / t(B) from the batch sweep): flat on a CPU, steep on a GPU."""
+    on that machine (B * t(1) / t(B) from the batch sweep): flat on a CPU, steep on a GPU; and, for runs
+    with `--after-burst` on a real LLM, each server's c1 p50 in the windows right after the c8 load over its
+    c1 p50 before it (a batcher that holds lone requests after a burst shows as a hump)."""
     import matplotlib
     import matplotlib.ticker
 
@@ -184,7 +190,7 @@ def plot_serving(reports: dict[str, dict[str, Any]], path: Path) -> None:
     from benchmarks.serving import SERVERS
 
     labels = [serving_label(n, r) for n, r in reports.items()]
-    fig, (ax1, ax2, ax3) = plt.subplots(1, 3, figsize=(17, 5.2), gridspec_kw={"width_ratios": [1.3, 1, 1]})
+    fig, (ax1, ax2, ax3, ax4) = plt.subplots(1, 4, figsize=(22, 5.2), gridspec_kw={"width_ratios": [1.3, 1, 1, 1]})
     servers = [s for s in SERVERS if any(s in r for r in reports.values())]
     width = 0.8 / len(servers)
     for j, server in enumerate(servers):
@@ -225,6 +231,17 @@ def plot_serving(reports: dict[str, dict[str, Any]], path: Path) -> None:
         ax3.legend(fontsize=6)
     ax3.set_xlabel("prompts per LLM pass (B)", fontsize=8)
     ax3.set_title("most batching can gain: B x t(1) / t(B)", fontsize=9)
+    # Real-LLM runs only: a tiny LLM's c1 is a few ms, so its windows are mostly the VM's noise.
+    for name, r in ((n, r) for n, r in reports.items() if not r.get("tiny_llm")):
+        for server in (s for s in SERVERS if r.get(s, {}).get("c1_after_c8")):
+            windows = r[server]["c1_after_c8"]
+            ax4.plot([w["from_s"] for w in windows], [w["p50_ms"] / r[server]["c1"]["p50_ms"] for w in windows],
+                     marker="o", ms=3, label=f"{name}: {server.replace('_', ' ')}")
+    ax4.axhline(1.0, color="k", ls=":", lw=1)
+    ax4.set_xlabel("seconds after the c8 load (5-s windows)", fontsize=8)
+    ax4.set_title("c1 p50 after a burst / c1 p50 before it", fontsize=9)
+    if ax4.lines[1:]:
+        ax4.legend(fontsize=6)
     fig.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=110)
@@ -251,6 +268,24 @@ def serving_lines(paths: list[Path], plot: Path | None = None) -> list[str]:
     return [*head, *lines]
 
 
+def batcher_lines(paths: list[Path]) -> list[str]:
+    """`benchmarks.batchers_c1` results: what each batcher adds to a lone request, servers side by side."""
+    lines = []
+    for path in paths:
+        r = json.loads(path.read_text())
+        base = list(r["servers"])[-1]
+        lines += [f"### {path.name}", "", f"`{r['command']}`", "", f"| server | c1 p50 | c1 p95 | p50 minus {base} |",
+                  "|---|---|---|---|"]
+        lines += [f"| {name.replace('_', ' ')} | {s['c1']['p50_ms']} ms | {s['c1']['p95_ms']} ms | "
+                  f"{s[f'p50_minus_{base}_ms']:+.2f} ms |" for name, s in r["servers"].items()]
+        lines += ["", f"{r['servers'][base]['c1']['n']} requests per server, round-robin; "
+                      f"LLMSREC_SCORE_ON_LOOP={r['on_loop']}; {r['machine']['cpus']} CPUs"
+                      + (", tiny random LLM" if r.get("tiny_llm") else "") + f"; errors {r['errors']}.", ""]
+    if not lines:
+        return []
+    return ["## Batchers at concurrency 1 (`python -m benchmarks.batchers_c1`)", "", *lines]
+
+
 def render(results_dir: Path, plot: Path | None = None) -> str:
     results = {p.stem: json.loads(p.read_text()) for p in sorted(Path(results_dir).glob("*.json"))}
     results = {k: v for k, v in results.items() if model_rows(v)}  # quality results only (not serving.json)
@@ -268,7 +303,8 @@ def render(results_dir: Path, plot: Path | None = None) -> str:
               "\n".join(gpu_lines(sorted((Path(results_dir) / "gpu").glob("gpu_check*.json")))),
               "\n".join(serving_lines([*sorted(Path(results_dir).glob("serving*.json")),
                                         *sorted((Path(results_dir) / "gpu").glob("serving_gpu*.json"))],
-                                       plot=plot.with_name("serving.png") if plot is not None else None))]
+                                       plot=plot.with_name("serving.png") if plot is not None else None)),
+              "\n".join(batcher_lines(sorted(Path(results_dir).glob("batchers_c1*.json"))))]
     return "\n".join(p for p in parts if p)
 
 

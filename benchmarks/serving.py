@@ -307,6 +307,8 @@ def render(report: dict) -> str:
               for name in SERVERS if report.get(name, {}).get("c1_after_c8")]
     if bursts:
         rows += ["", "c1 p50 (ms) in 5-s windows right after the c8 load (`--after-burst`): " + "; ".join(bursts) + "."]
+    if any("env" not in report[name] for name in SERVERS if name in report):
+        rows += ["", "Run before the scorer had its own batcher (2026-11-27): its batching servers used BentoML's."]
     if report.get("complete") is False:
         rows += ["", "Partial run: not every server asked for was measured; the targets cover what was."]
     if "forward_by_batch" in report:
@@ -342,23 +344,34 @@ def main(argv: list[str] | None = None) -> None:
     if args.render:
         print(render(json.loads(args.render.read_text())))
         return
-    servers = [n.strip() for n in args.servers.split(",") if n.strip()]
+    servers = server_names(ap, args.servers)
+    with_served_model(ap, args, lambda: run(args, servers, argv))
+
+
+def server_names(ap: argparse.ArgumentParser, text: str) -> list[str]:
+    """`--servers`: comma-separated names from SERVERS; an unknown one is refused before anything starts."""
+    servers = [n.strip() for n in text.split(",") if n.strip()]
     if unknown := [n for n in servers if n not in SERVERS]:
         ap.error(f"--servers: unknown {', '.join(unknown)}; choose from {', '.join(SERVERS)}")
+    return servers
 
+
+def with_served_model(ap: argparse.ArgumentParser, args: argparse.Namespace, fn) -> None:
+    """Call `fn()` with BENTOML_HOME on the model to serve: `--home` (or the environment's), or with
+    `--tiny-llm` a tiny-LLM fixture package built in a temporary home that is removed afterwards."""
     if args.home and args.tiny_llm:
         ap.error("--home and --tiny-llm both pick the model to serve; give one")
     os.environ.setdefault("BENTOML_DO_NOT_TRACK", "True")
     if not args.tiny_llm:
         if args.home:
             os.environ["BENTOML_HOME"] = str(Path(args.home).resolve())
-        return run(args, servers, argv)
+        return fn()
     from benchmarks.small_package import tiny_home
 
     with tempfile.TemporaryDirectory(prefix="llmsrec-tiny-") as scratch:
         print("building the tiny-LLM fixture package (gate + package stages) ...", flush=True)
         os.environ["BENTOML_HOME"] = str(tiny_home(Path(scratch)))
-        run(args, servers, argv)
+        fn()
 
 
 def run(args: argparse.Namespace, servers: list[str], argv: list[str] | None) -> None:

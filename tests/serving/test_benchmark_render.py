@@ -15,6 +15,11 @@ def test_render_table_from_result():
     assert "| batching | 400.0 ms | 410.0 / 450.0 / 470.0 ms | n/a | 2400.0 / 3600.0 / 3700.0 ms | 3.1 req/s | 0 |" in table
     assert "| no batching |" in table and "2.4 req/s" in table and "errors 0 (== 0: met)" in table
     assert "Tiny random LLM" not in table
+    # no server recorded its environment: an old result, whose "batching" was BentoML's batcher
+    assert "its batching servers used BentoML's" in table
+    for name in ("batching", "no_batching"):
+        report[name] = {**report[name], "env": {}}
+    assert "used BentoML's" not in render(report)
 
 
 def test_render_shows_the_serving_overhead_and_labels_a_tiny_llm_run():
@@ -102,7 +107,9 @@ def test_docs_plot_the_serving_targets_of_every_result(tmp_path):
 
     run = {"bare_forward": {"p50_ms": 150.0}, "c1": {"p50_ms": 157.0, "p95_ms": 170.0, "p99_ms": 175.0, "errors": 0},
            "c8": {"p50_ms": 1200.0, "p95_ms": 1400.0, "p99_ms": 1450.0, "throughput_rps": 6.4, "errors": 0}}
-    cpu = {"batching": run, "no_batching": {**run, "c8": {**run["c8"], "throughput_rps": 5.4}}, "threads": 2,
+    after = [{"from_s": 0.0, "p50_ms": 330.0}, {"from_s": 5.0, "p50_ms": 160.0}]
+    cpu = {"batching": {**run, "env": {}}, "no_batching": {**run, "env": {}, "c8": {**run["c8"], "throughput_rps": 5.4}},
+           "batching_bentoml": {**run, "env": {}, "c1_after_c8": after}, "threads": 2,
            "dtype": "torch.bfloat16",
            "forward_by_batch": {"1": {"ms": 150.0, "ideal_gain": 1.0}, "4": {"ms": 640.0, "ideal_gain": 0.94}},
            "machine": {"cpus": 2, "torch": "2.13.0+cpu", "loadavg_before": [1.0], "loadavg_after": [1.0]},
@@ -117,5 +124,25 @@ def test_docs_plot_the_serving_targets_of_every_result(tmp_path):
     assert "![serving targets per result file](serving.png)" in doc
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and png.stat().st_size > 10_000
     assert serving_label("serving", cpu) == "serving\n2-core CPU\n2 torch thr"
-    # an early GPU result that did not record its card is labelled with what it did record
-    assert serving_label("gpu/serving_gpu", partial) == "gpu/serving_gpu\n16 cores, torch 2.11.0+cu130\n4 torch thr"
+    # an early GPU result that did not record its card is labelled with what it did record, and its
+    # servers with no recorded environment ran before the scorer's own batcher
+    assert serving_label("gpu/serving_gpu", partial) == ("gpu/serving_gpu\n16 cores, torch 2.11.0+cu130\n4 torch thr"
+                                                         "\nbatching = BentoML's")
+
+
+def test_docs_list_what_each_batcher_costs_a_lone_request(tmp_path):
+    """`benchmarks.batchers_c1` results get their own table in docs/benchmarks.md, against the last server."""
+    import json
+
+    from benchmarks.report import render as render_docs
+
+    c1 = {"p50_ms": 8.2, "p95_ms": 10.0, "p99_ms": 11.0, "n": 2000}
+    result = {"on_loop": "1", "tiny_llm": True, "errors": 0, "machine": {"cpus": 2},
+              "command": "python -m benchmarks.batchers_c1 --tiny-llm",
+              "servers": {"batching": {"c1": c1, "p50_minus_no_batching_ms": 0.09},
+                          "no_batching": {"c1": {**c1, "p50_ms": 8.1}, "p50_minus_no_batching_ms": 0.0}}}
+    (tmp_path / "batchers_c1_tiny_loop.json").write_text(json.dumps(result))
+    doc = render_docs(tmp_path)
+    assert "## Batchers at concurrency 1" in doc and "| server | c1 p50 | c1 p95 | p50 minus no_batching |" in doc
+    assert "| batching | 8.2 ms | 10.0 ms | +0.09 ms |" in doc
+    assert "2000 requests per server, round-robin; LLMSREC_SCORE_ON_LOOP=1; 2 CPUs, tiny random LLM; errors 0." in doc
