@@ -249,10 +249,12 @@ def wait_ready(url: str, proc: subprocess.Popen, timeout: float = 240) -> None:
 
 @pytest.mark.slow
 @pytest.mark.real_llm
-@pytest.mark.parametrize("on_loop", ["0", "1"], ids=["model-in-thread", "model-on-loop"])
-def test_bentoml_serve_subprocess(promoted_home, catalogue, tmp_path, on_loop):
+@pytest.mark.parametrize(("on_loop", "batching"), [("0", "1"), ("1", "1"), ("0", "bentoml")],
+                         ids=["model-in-thread", "model-on-loop", "bentoml-batcher"])
+def test_bentoml_serve_subprocess(promoted_home, catalogue, tmp_path, on_loop, batching):
     """A real server, with the scorer's model in its dedicated model thread (the CPU default) and on its
-    event loop (the CUDA default, LLMSREC_SCORE_ON_LOOP)."""
+    event loop (the CUDA default, LLMSREC_SCORE_ON_LOOP); and with BentoML's own batcher instead of the
+    scorer's (LLMSREC_BATCHING=bentoml)."""
     import httpx
 
     ids, _, _ = catalogue
@@ -262,6 +264,7 @@ def test_bentoml_serve_subprocess(promoted_home, catalogue, tmp_path, on_loop):
     env = stage_env(promoted_home)
     env["LLMSREC_TORCH_THREADS"] = "1"
     env["LLMSREC_SCORE_ON_LOOP"] = on_loop
+    env["LLMSREC_BATCHING"] = batching
     proc = subprocess.Popen([sys.executable, "-m", "bentoml", "serve", "--port", str(port), "--host", "127.0.0.1"],
                             cwd=REPO, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
     try:
@@ -293,7 +296,8 @@ def test_bentoml_serve_subprocess(promoted_home, catalogue, tmp_path, on_loop):
         assert stats["llmsrec_batch_size_sum"] >= 6 and stats["llmsrec_model_seconds_sum"] > 0, stats
         log.flush()
         where = "event loop" if on_loop == "1" else "model thread"
-        assert f"model on cpu, run on the {where}; batching: adaptive, up to 16" in (tmp_path / "serve.log").read_text()
+        how = "adaptive, up to 16" if batching == "1" else "BentoML's, up to 16"
+        assert f"model on cpu, run on the {where}; batching: {how}" in (tmp_path / "serve.log").read_text()
         spec = httpx.get(f"{url}/docs.json").json()
         assert "/recommend" in spec["paths"] and "/items" in spec["paths"]
         # The documented contract is the enforced one: the four fields, nothing else, k within 1..100.
