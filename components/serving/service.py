@@ -22,9 +22,10 @@ Choices (also in the README):
 - items sent without a timestamp are dated the last day of the model's data.
 
 Environment: `LLMSREC_MODEL_TAG` (serve that version instead of production), `LLMSREC_BATCHING` (1: the
-adaptive batcher, the default; 0: none; bentoml: BentoML's own batcher, for comparison), `LLMSREC_MAX_BATCH` (16), `LLMSREC_MAX_BODY_BYTES` (1 MiB),
-`LLMSREC_TORCH_THREADS`, `LLMSREC_DEVICE`/`LLMSREC_DTYPE` (auto), `LLMSREC_SCORE_ON_LOOP` (auto: on the
-event loop with CUDA, in one dedicated model thread on a CPU; see `LLMSRecScorer.__init__`).
+adaptive batcher, the default; 0: none; bentoml: BentoML's own batcher, for comparison),
+`LLMSREC_MAX_BATCH` (16), `LLMSREC_MAX_BODY_BYTES` (1 MiB), `LLMSREC_TORCH_THREADS`,
+`LLMSREC_DEVICE`/`LLMSREC_DTYPE` (auto), `LLMSREC_SCORE_ON_LOOP` (auto: on the event loop with CUDA, in
+one dedicated model thread on a CPU; see `LLMSRecScorer.__init__`).
 """
 
 from __future__ import annotations
@@ -53,6 +54,8 @@ if BATCHING not in ("1", "0", "bentoml"):
     raise ValueError(f"LLMSREC_BATCHING={BATCHING!r} is not a batching mode. Fix: 1 (adaptive batching, the default), "
                      "0 (none) or bentoml (BentoML's own batcher)")
 MAX_BATCH = int(os.environ.get("LLMSREC_MAX_BATCH", "16"))
+if MAX_BATCH < 1:
+    raise ValueError(f"LLMSREC_MAX_BATCH={MAX_BATCH} is below 1. Fix: the most requests per model call, e.g. 16")
 MAX_BODY_BYTES = int(os.environ.get("LLMSREC_MAX_BODY_BYTES", str(1 << 20)))
 
 ItemId = Annotated[str, StringConstraints(strip_whitespace=True, min_length=1, max_length=256)] | StrictInt

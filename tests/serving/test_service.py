@@ -80,12 +80,14 @@ def test_scorer_answers_alike_on_its_event_loop_and_in_a_thread(client, catalogu
     assert len(answers["1"][0]["result"]["items"]) == 5 and answers["1"][1]["result"]["fallback"] == "popularity"
 
 
-def test_an_unknown_batching_mode_is_refused_at_startup():
+@pytest.mark.parametrize(("env", "says"), [
+    ({"LLMSREC_BATCHING": "yes"}, "LLMSREC_BATCHING='yes' is not a batching mode. Fix: 1 (adaptive batching, the "
+                                  "default), 0 (none) or bentoml"),
+    ({"LLMSREC_MAX_BATCH": "0"}, "LLMSREC_MAX_BATCH=0 is below 1. Fix:")])
+def test_bad_batching_settings_are_refused_at_startup(env, says):
     out = subprocess.run([sys.executable, "-c", "import components.serving.service"], cwd=REPO, capture_output=True,
-                         text=True, env={**os.environ, "LLMSREC_BATCHING": "yes"}, timeout=120)
-    assert out.returncode != 0
-    assert "LLMSREC_BATCHING='yes' is not a batching mode. Fix: 1 (adaptive batching, the default), 0 (none) or " \
-           "bentoml" in out.stderr
+                         text=True, env={**os.environ, **env}, timeout=120)
+    assert out.returncode != 0 and says in out.stderr
 
 
 def test_startup_objects_are_frozen_out_of_the_collector(client):
