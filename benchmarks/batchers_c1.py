@@ -30,6 +30,7 @@ from benchmarks.serving import (
     payloads_from,
     percentiles,
     post,
+    server_env,
     server_names,
     with_served_model,
 )
@@ -61,9 +62,7 @@ def run(args: argparse.Namespace, servers: list[str], argv: list[str] | None) ->
     tag = resolve_serving_tag()
     model = PackagedModel.load(Path(get_model(tag).path), tag, device="cpu")
     payloads = payloads_from(model, 50, seed=2)
-    env = dict(os.environ, LLMSREC_SCORE_ON_LOOP=args.on_loop, LLMSREC_TORCH_THREADS=str(args.threads),
-               OMP_NUM_THREADS=str(args.threads), TOKENIZERS_PARALLELISM="false",
-               PYTHONPATH=os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")])))
+    env = server_env(args.threads, args.on_loop)
     up = {name: Server({**env, **SERVERS[name]}, Path(tempfile.gettempdir()) / f"batchers_c1_{name}.log")
           for name in servers}
     try:

@@ -161,7 +161,7 @@ def plot_models(results: dict[str, dict[str, Any]], path: Path) -> None:
 
 def serving_label(name: str, report: dict[str, Any]) -> str:
     """A serving result's name in plots: its file, and the machine and model that produced it."""
-    from benchmarks.serving import SERVERS
+    from benchmarks.serving import predates_own_batcher
 
     m = report.get("machine", {})
     if m.get("gpu"):
@@ -170,9 +170,8 @@ def serving_label(name: str, report: dict[str, Any]) -> str:
         where = f"{m.get('cpus', '?')} cores, torch {m['torch']}"
     else:
         where = f"{m.get('cpus', '?')}-core CPU"
-    old = any("env" not in report[s] for s in SERVERS if s in report)  # before the scorer's own batcher
     return (f"{name}\n{where}\n{report.get('threads', '?')} torch thr" + (", tiny LLM" if report.get("tiny_llm") else "")
-            + ("\nbatching = BentoML's" if old else ""))
+            + ("\nbatching = BentoML's" if predates_own_batcher(report) else ""))
 
 
 def plot_serving(reports: dict[str, dict[str, Any]], path: Path) -> None:

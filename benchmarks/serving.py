@@ -197,10 +197,11 @@ def c1_with_bare(url: str, model, payloads: list[dict]) -> tuple[dict, dict]:
 
 
 def after_burst(url: str, payloads: list[dict], seconds: float, window: float = 5.0) -> list[dict]:
-    """c1 p50 in consecutive windows right after the c8 load: how long BentoML's batcher keeps holding lone
-    requests once a burst is over. It holds a request while the queue is short and its learned wait (the
-    mean queueing wait of its last 50 batches, high under load) says more may come; that estimate decays
-    by 5% per 5-s refresh (bentoml/_internal/marshal/dispatcher.py, CorkDispatcher)."""
+    """c1 p50 in consecutive windows right after the c8 load: whether a batcher keeps holding lone requests
+    once a burst is over. BentoML's does (`batching_bentoml`): it holds a request while the queue is short
+    and its learned wait (the mean queueing wait of its last 50 batches, high under load) says more may
+    come; that estimate decays by 5% per 5-s refresh (bentoml/_internal/marshal/dispatcher.py,
+    CorkDispatcher). The scorer's own batcher has nothing to decay (components/serving/batcher.py)."""
     import httpx
 
     out, t0, i = [], time.perf_counter(), 0
@@ -307,7 +308,7 @@ def render(report: dict) -> str:
               for name in SERVERS if report.get(name, {}).get("c1_after_c8")]
     if bursts:
         rows += ["", "c1 p50 (ms) in 5-s windows right after the c8 load (`--after-burst`): " + "; ".join(bursts) + "."]
-    if any("env" not in report[name] for name in SERVERS if name in report):
+    if predates_own_batcher(report):
         rows += ["", "Run before the scorer had its own batcher (2026-11-27): its batching servers used BentoML's."]
     if report.get("complete") is False:
         rows += ["", "Partial run: not every server asked for was measured; the targets cover what was."]
@@ -346,6 +347,20 @@ def main(argv: list[str] | None = None) -> None:
         return
     servers = server_names(ap, args.servers)
     with_served_model(ap, args, lambda: run(args, servers, argv))
+
+
+def server_env(threads: int, on_loop: str = "auto") -> dict[str, str]:
+    """The environment every server starts from (SERVERS adds what sets each apart): `threads` torch threads,
+    the model where the scorer decides unless `on_loop` says, and this repository importable."""
+    return dict(os.environ, LLMSREC_SCORE_ON_LOOP=on_loop, LLMSREC_TORCH_THREADS=str(threads),
+                OMP_NUM_THREADS=str(threads), TOKENIZERS_PARALLELISM="false",
+                PYTHONPATH=os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")])))
+
+
+def predates_own_batcher(report: dict) -> bool:
+    """A result from before the scorer had its own batcher (2026-11-27): its servers recorded no "env", and
+    its batching servers used BentoML's batcher."""
+    return any("env" not in report[name] for name in SERVERS if name in report)
 
 
 def server_names(ap: argparse.ArgumentParser, text: str) -> list[str]:
@@ -391,10 +406,7 @@ def run(args: argparse.Namespace, servers: list[str], argv: list[str] | None) ->
     dtype = str(model.model.backbone.dtype)
 
     # Each server sets where its model runs (SERVERS); none inherits an override from this shell.
-    env = dict(os.environ, LLMSREC_SCORE_ON_LOOP="auto", LLMSREC_TORCH_THREADS=str(args.threads),
-               OMP_NUM_THREADS=str(args.threads),
-               TOKENIZERS_PARALLELISM="false",
-               PYTHONPATH=os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")])))
+    env = server_env(args.threads)
     results: dict = {}
     by_batch = forward_by_batch(model, warm)
     print("LLM pass by batch size: " + ", ".join(f"B={b} {r['ms']} ms (ideal gain {r['ideal_gain']}x)"
