@@ -24,15 +24,19 @@ class FakeModel:
         return [i * 10 for i in items]
 
 
-def test_concurrent_requests_share_one_call_and_each_gets_its_own_answer():
+@pytest.mark.parametrize(("n", "max_batch", "batches"), [
+    (8, 16, [list(range(8))]),  # concurrent requests share one call
+    (10, 4, [[0, 1, 2, 3], [4, 5, 6, 7], [8, 9]]),  # and no call takes more than max_batch
+], ids=["one-call", "max-batch"])
+def test_concurrent_requests_share_calls_of_at_most_max_batch_and_each_gets_its_own_answer(n, max_batch, batches):
     model = FakeModel()
-    batcher = GreedyBatcher(model, max_batch=16)
+    batcher = GreedyBatcher(model, max_batch=max_batch)
 
     async def main():
-        return await asyncio.gather(*(batcher(i) for i in range(8)))
+        return await asyncio.gather(*(batcher(i) for i in range(n)))
 
-    assert asyncio.run(main()) == [i * 10 for i in range(8)]
-    assert model.batches == [list(range(8))]
+    assert asyncio.run(main()) == [i * 10 for i in range(n)]
+    assert model.batches == batches
 
 
 def test_requests_arriving_while_the_model_is_busy_form_the_next_batch():
@@ -64,17 +68,6 @@ def test_a_lone_request_after_a_burst_is_not_held():
     alone = asyncio.run(main())
     assert model.batches[-1] == [99] and [len(b) for b in model.batches[:-1]] == [8] * 5
     assert alone < 0.05 * 2, f"a lone request took {alone:.3f}s for a 0.05-s model call"
-
-
-def test_batches_never_exceed_max_batch():
-    model = FakeModel()
-    batcher = GreedyBatcher(model, max_batch=4)
-
-    async def main():
-        return await asyncio.gather(*(batcher(i) for i in range(10)))
-
-    assert asyncio.run(main()) == [i * 10 for i in range(10)]
-    assert [len(b) for b in model.batches] == [4, 4, 2]
 
 
 def test_a_failed_call_reaches_its_own_batch_only():
