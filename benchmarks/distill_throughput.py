@@ -1,22 +1,24 @@
-"""Distillation throughput, efficient vs naive, in one run (not CI).
+"""LLM-SRec training and evaluation throughput: today's path, each change alone, and the chosen default (not CI).
 
-    python -m benchmarks.distill_throughput [--prepared DIR] [--steps 3] [--batch-size 20] \\
-        [--backbone smollm2-135m] [--dtype auto] --out benchmarks/results/throughput/distill_throughput.json
+    python -m benchmarks.distill_throughput [--prepared DIR] [--cfsrec DIR] [--steps 2] [--eval-users 32] \\
+        [--threads N] --out benchmarks/results/throughput/distill_throughput_cpu.json
 
-Measures, on the same batches:
-- training: LLM-SRec's own path (one masked scatter for the whole batch, the base model only,
-  hidden states read at [UserOut]/[ItemOut] only): tokens/s and users/s;
-- the same math done the naive per-sample way, as in the reference code: a Python loop over
-  samples, each prompt's embedding built with torch.cat around the injected vectors, one full
-  causal-LM call per prompt with `output_hidden_states=True` (vocabulary-wide logits included);
-  the losses of both paths are compared, so the speed-up is for identical math;
-- the item table (f_item for the catalogue): items/s, with and without the cached item-prompt prefix.
-Prints the figures and writes them to JSON.
+On the same data, seed and batches, for each configuration:
+- training: examples per second over `--steps` optimizer steps of `distill.batch_size` (one warm-up step
+  first), and where the time goes: user prompts, item prompts, backward (profiled once per row);
+- evaluation: users per second scoring fresh validation users against 100 candidates (an empty
+  frozen-text cache, as in the `evaluate` stage), and item-table items per second.
+
+Rows: `today` is the default before these changes (the paper's prompt, all layers, 3 sampled negatives,
+only the opening sentence's keys/values reused); each `+ change` row is today with one change; `chosen`
+is `params.yaml`'s default. The exact change (`kv_reuse: frozen`) also reports its loss next to
+today's on the same batch. Prints a table and writes JSON.
 """
 
 from __future__ import annotations
 
 import argparse
+import copy
 import json
 import platform
 import tempfile
@@ -25,7 +27,15 @@ from pathlib import Path
 
 import numpy as np
 import torch
-import torch.nn.functional as F
+
+TODAY = {"prompt": "paper", "kv_reuse": "opening", "negatives": "sampled", "num_negatives": 3, "num_layers": None}
+CHANGES = {
+    "+ kv_reuse: frozen (exact)": {"kv_reuse": "frozen"},
+    "+ negatives: in_batch, K=1": {"negatives": "in_batch", "num_negatives": 1},
+    "+ num_layers: 8": {"num_layers": 8},
+    "+ prompt: compact": {"prompt": "compact"},
+    "+ prompt: text_first": {"prompt": "text_first", "kv_reuse": "frozen"},
+}
 
 
 def prepared_default(workdir: Path) -> Path:
@@ -42,82 +52,99 @@ def prepared_default(workdir: Path) -> Path:
     return workdir
 
 
-def naive_states(model, causal_lm, ids: torch.Tensor, mask: torch.Tensor, hist_items: torch.Tensor,
-                 hist_valid: torch.Tensor, out_id: int, out_vec: torch.Tensor) -> torch.Tensor:
-    """Per sample: split the prompt at its placeholders, torch.cat the pieces, run the full causal LM."""
-    emb = causal_lm.get_input_embeddings()
-    dev, dtype = emb.weight.device, emb.weight.dtype
-    states = []
-    for b in range(ids.shape[0]):
-        row = ids[b][mask[b].bool()].to(dev)
-        items = hist_items[b][hist_valid[b]]
-        pieces, start, k = [], 0, 0
-        for t in range(len(row)):
-            if row[t] == model.prompts.history_id or row[t] == out_id:
-                if t > start:
-                    pieces.append(emb(row[start:t]))
-                if row[t] == out_id:
-                    pieces.append(out_vec.to(dev, dtype)[None])
-                else:
-                    vec = model.adapters.f_I(model.cfsrec.item_embeddings[items[k].to(model.device)][None])
-                    pieces.append(vec.to(dev, dtype))
-                    k += 1
-                start = t + 1
-        if start < len(row):
-            pieces.append(emb(row[start:]))
-        x = torch.cat(pieces)[None]  # [1, T, H]
-        out = causal_lm(inputs_embeds=x, output_hidden_states=True)
-        pos = int((row == out_id).nonzero()[0, 0])
-        states.append(out.hidden_states[-1][0, pos].float())
-    return torch.stack(states).to(model.device)  # [B, H]
+def chosen_config(params_path: Path) -> dict:
+    from components.params import load_params
+
+    params = load_params(params_path)
+    d, llm = params.get("distill", {}), params.get("llm", {})
+    return {**{k: d[k] for k in ("prompt", "kv_reuse", "negatives", "num_negatives") if k in d},
+            "num_layers": llm.get("num_layers")}
 
 
-def naive_loss_terms(model, causal_lm, batch) -> dict[str, torch.Tensor]:
-    """LLMSRec.loss_terms, computed the naive way (same prompts, same formulas)."""
-    from components.llm.model import uniformity
-
-    items, ts = model._prompt_window(batch.histories)
-    ids, mask = model.prompts.users(items.numpy(), ts.numpy())
-    u = model.adapters.f_user(naive_states(model, causal_lm, ids, mask, items, items != 0,
-                                           model.prompts.user_out_id, model.adapters.user_token))
-    cands = torch.cat([batch.targets[:, -1:], batch.negatives[:, -1, : model.num_negatives]], 1)  # [B, 1+K]
-    flat = cands.reshape(-1)
-    iids, imask = model.prompts.items(flat.numpy())
-    iv = model.adapters.f_item(naive_states(model, causal_lm, iids, imask, flat[:, None],
-                                            torch.ones(len(flat), 1, dtype=torch.bool),
-                                            model.prompts.item_out_id, model.adapters.item_token))
-    logits = torch.einsum("bd,bcd->bc", u, iv.view(*cands.shape, -1))
-    terms = {"retrieval": F.cross_entropy(logits, torch.zeros(len(u), dtype=torch.long))}
-    with torch.no_grad():
-        o_u = model.cfsrec.user_representation(batch.histories)
-    cf_n, u_n = F.normalize(model.adapters.f_cf_user(o_u), dim=-1), F.normalize(u, dim=-1)
-    terms["distill"] = F.mse_loss(cf_n, u_n)
-    terms["uniform"] = uniformity(cf_n) + uniformity(u_n)
-    return terms
+def profile_step(model, batch) -> dict[str, float]:
+    """Seconds of one training step spent in user prompts, item prompts and backward."""
+    t0 = time.perf_counter()
+    u = model.user_vectors(batch.histories)
+    t1 = time.perf_counter()
+    cands = torch.cat([batch.targets[:, -1:], batch.negatives[:, -1, : model.num_negatives]], 1)
+    iv = model.item_vectors(torch.unique(cands))
+    t2 = time.perf_counter()
+    (u.sum() + iv.sum()).backward()
+    t3 = time.perf_counter()
+    model.adapters.zero_grad()
+    return {"user_prompts_s": round(t1 - t0, 3), "item_prompts_s": round(t2 - t1, 3), "backward_s": round(t3 - t2, 3)}
 
 
-def timed_steps(model, batches, loss_fn) -> tuple[float, list[float]]:
-    opt = torch.optim.Adam(model.trainable_parameters(), lr=0.0)  # lr 0: both paths see the same weights
-    losses, t0 = [], time.perf_counter()
-    for batch in batches:
-        loss = sum(loss_fn(batch).values())
+def measure(name: str, cfg: dict, args, data, teacher, titles, full_backbone) -> dict:
+    from components.distill import DistillOptions, Examples, build_model
+    from components.evaluation.metrics import candidate_ranks
+    from components.llm.backbone import truncate_layers
+
+    # min(): the tests' tiny model has fewer layers than a row asks for
+    backbone = (full_backbone if cfg["num_layers"] is None
+                else truncate_layers(full_backbone, min(cfg["num_layers"], full_backbone.num_layers)))
+    opts = DistillOptions(**{k: v for k, v in cfg.items() if k != "num_layers"})
+    torch.manual_seed(0)
+    model = build_model(data, copy.deepcopy(teacher), backbone, opts, titles)
+    model.train()
+    ex = Examples(data, window=128, seed=0)
+    rows = np.random.default_rng(0).permutation(len(ex))
+    batches = [ex.batch(rows[i * opts.batch_size:(i + 1) * opts.batch_size], opts.num_negatives, shuffle=False)
+               for i in range(args.steps + 1)]
+    opt = torch.optim.Adam(model.trainable_parameters(), lr=0.0)  # lr 0: every row sees the same weights
+    losses = []
+    for i, batch in enumerate(batches):
+        if i == 1:  # the first step warms up kernels, the allocator and the opening's keys/values
+            t0 = time.perf_counter()
+        loss = model.loss(batch)
         opt.zero_grad()
         loss.backward()
         opt.step()
         losses.append(loss.item())
-    return time.perf_counter() - t0, losses
+    train_s = time.perf_counter() - t0
+    model.kv_cache.clear()
+    profile = profile_step(model, batches[1])
+    p = model.prompts.users(*[t.numpy() for t in model._prompt_window(batches[1].histories)])
+    tokens = {"user_prompt_tokens": round(p.num_tokens() / len(p), 1),
+              "user_live_tokens": round(sum(len(v) for v in p.live) / len(p), 1)}
+
+    model.eval()
+    model.kv_cache.clear()
+    with torch.no_grad():
+        idx = torch.arange(1, min(args.items, model.num_items) + 1)
+        t0 = time.perf_counter()
+        for chunk in idx.split(opts.item_batch_size):
+            model.item_vectors(chunk)
+        items_per_s = len(idx) / (time.perf_counter() - t0)
+        model.build_item_table(opts.item_batch_size)
+        model.kv_cache.clear()  # a fresh evaluate stage: no user text seen before
+        cand = data.candidates["valid"]
+        sel = np.arange(min(args.eval_users, len(cand.user_idx)))
+        hist = data.histories("valid", data.rows(cand.user_idx[sel]), model.max_history)
+        t0 = time.perf_counter()
+        ranks = candidate_ranks(model.score_candidates(hist, torch.from_numpy(cand.items[sel])).cpu())
+        eval_s = time.perf_counter() - t0
+    out = {"name": name, "config": cfg, "layers": backbone.num_layers,
+           "examples_per_s": round(args.steps * opts.batch_size / train_s, 3),
+           "seconds_per_step": round(train_s / args.steps, 3), "profile": profile, **tokens,
+           "eval_users_per_s": round(len(sel) / eval_s, 3), "item_table_items_per_s": round(items_per_s, 2),
+           "first_loss": losses[0], "eval_ranks_checksum": int(ranks.sum())}
+    print(f"{name:<32} {out['examples_per_s']:>8.2f} ex/s  {out['eval_users_per_s']:>7.2f} eval users/s  "
+          f"{out['item_table_items_per_s']:>7.1f} items/s  {profile}", flush=True)
+    return out
 
 
 def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--prepared", type=Path, help="a prepare-stage output (default: the synthetic default)")
     ap.add_argument("--cfsrec", type=Path, help="a SASRec checkpoint (default: an untrained SASRec, same shapes)")
+    ap.add_argument("--params", type=Path, default=Path("params.yaml"), help="where the chosen default is read")
     ap.add_argument("--backbone", default="smollm2-135m")
     ap.add_argument("--dtype", default="auto")
-    ap.add_argument("--device", default="auto")
-    ap.add_argument("--steps", type=int, default=3)
-    ap.add_argument("--batch-size", type=int, default=20)
-    ap.add_argument("--items", type=int, default=256, help="items in the item-table measurement")
+    ap.add_argument("--steps", type=int, default=2)
+    ap.add_argument("--eval-users", type=int, default=32)
+    ap.add_argument("--items", type=int, default=128, help="items in the item-table measurement")
+    ap.add_argument("--only", help="comma-separated row names to run (default: all)")
     ap.add_argument("--threads", type=int)
     ap.add_argument("--out", type=Path, required=True)
     args = ap.parse_args(argv)
@@ -125,10 +152,8 @@ def main(argv: list[str] | None = None) -> None:
         torch.set_num_threads(args.threads)
 
     import pandas as pd
-    from transformers import AutoModelForCausalLM
 
-    from components.distill import DistillOptions, Examples, build_model
-    from components.llm.backbone import dense_from_gguf, load_backbone, packaged_gguf
+    from components.llm.backbone import load_backbone
     from components.models.base import load_checkpoint
     from components.models.sasrec import SASRec, SASRecConfig
     from components.sequences import Prepared
@@ -137,73 +162,33 @@ def main(argv: list[str] | None = None) -> None:
     data = Prepared.load(prepared_dir)
     teacher = load_checkpoint(args.cfsrec) if args.cfsrec else SASRec(SASRecConfig(), data.item_ids,
                                                                         data.item_mapping_hash)
-    backbone = load_backbone(args.backbone, device=args.device, dtype=args.dtype)
+    backbone = load_backbone(args.backbone, dtype=args.dtype)
     titles = [""] + pd.read_parquet(prepared_dir / "items.parquet").sort_values("idx")["title"].astype(str).tolist()
-    torch.manual_seed(0)
-    model = build_model(data, teacher, backbone, DistillOptions(), titles)
-    model.train()
-    source = dense_from_gguf(packaged_gguf(args.backbone))[0] if args.backbone == "smollm2-135m" else args.backbone
-    causal_lm = AutoModelForCausalLM.from_pretrained(source, dtype=backbone.dtype).to(backbone.device).eval()
-    causal_lm.requires_grad_(False)
-
-    ex = Examples(data, window=128, seed=0)
-    rows = np.random.default_rng(0).permutation(len(ex))
-    batches = [ex.batch(rows[i * args.batch_size:(i + 1) * args.batch_size], 3, shuffle=False)
-               for i in range(args.steps)]
-    user_tokens = sum(int(model.prompts.users(*[t.numpy() for t in model._prompt_window(b.histories)])[1].sum())
-                      for b in batches)
-    item_tokens = sum(int(model.prompts.items(torch.cat([b.targets[:, -1:], b.negatives[:, -1]], 1)
-                                              .reshape(-1).numpy())[1].sum()) for b in batches)
-    tokens = user_tokens + item_tokens
-    users = args.steps * args.batch_size
-
-    timed_steps(model, batches[:1], model.loss_terms)  # warm-up (allocator, kernels)
-    eff_s, eff_loss = timed_steps(model, batches, model.loss_terms)
-    print(f"efficient: {eff_s / args.steps:.2f}s/step, {tokens / eff_s:,.0f} tokens/s, {users / eff_s:.2f} users/s")
-    model.config.item_prefix_cache = True
-    pre_s, pre_loss = timed_steps(model, batches, model.loss_terms)
-    print(f"efficient + item prefix cache: {pre_s / args.steps:.2f}s/step")
-    model.config.item_prefix_cache = False
-    naive_s, naive_loss = timed_steps(model, batches, lambda b: naive_loss_terms(model, causal_lm, b))
-    print(f"naive per-sample: {naive_s / args.steps:.2f}s/step, {tokens / naive_s:,.0f} tokens/s")
-
-    idx = torch.arange(1, min(args.items, data.num_items) + 1)
-    table = {}
-    for cached in (False, True):
-        model.config.item_prefix_cache = cached
-        model._prefix_kv = None
-        with torch.no_grad():
-            model.item_vectors(idx[:8])  # warm-up (and the prefix's one-off computation)
-            t0 = time.perf_counter()
-            for chunk in idx.split(64):
-                model.item_vectors(chunk)
-        table["with_prefix_cache" if cached else "plain"] = round(len(idx) / (time.perf_counter() - t0), 2)
-    print(f"item table: {table['plain']:.1f} items/s plain, {table['with_prefix_cache']:.1f} items/s with the "
-          f"cached prefix ({model.prompts.item_prefix_len} of each item prompt's tokens)")
-
-    diffs = [abs(a - b) / max(abs(b), 1e-9) for a, b in zip(eff_loss, naive_loss, strict=True)]
-    result = {
-        "backbone": backbone.name, "dtype": str(backbone.dtype).replace("torch.", ""), "device": str(backbone.device),
-        "threads": torch.get_num_threads(), "cpu": platform.processor() or platform.machine(),
-        "steps": args.steps, "batch_size": args.batch_size, "tokens_per_step": round(tokens / args.steps),
-        "user_prompt_tokens_per_step": round(user_tokens / args.steps),
-        "item_prompt_tokens_per_step": round(item_tokens / args.steps),
-        "efficient": {"seconds_per_step": round(eff_s / args.steps, 3), "tokens_per_s": round(tokens / eff_s, 1),
-                      "users_per_s": round(users / eff_s, 3), "losses": eff_loss},
-        "efficient_item_prefix_cache": {"seconds_per_step": round(pre_s / args.steps, 3),
-                                        "tokens_per_s": round(tokens / pre_s, 1), "losses": pre_loss},
-        "naive_per_sample": {"seconds_per_step": round(naive_s / args.steps, 3),
-                             "tokens_per_s": round(tokens / naive_s, 1), "users_per_s": round(users / naive_s, 3),
-                             "losses": naive_loss},
-        "speedup_vs_naive": round(naive_s / eff_s, 2),
-        "max_relative_loss_difference": round(max(diffs), 6),
-        "item_table_items_per_s": table,
-        "item_prefix_tokens": model.prompts.item_prefix_len,
-    }
+    configs = {"today": TODAY, **{k: {**TODAY, **v} for k, v in CHANGES.items()},
+               "chosen (params.yaml)": {**TODAY, **chosen_config(args.params)}}
+    if args.only:
+        wanted = args.only.split(",")
+        configs = {k: v for k, v in configs.items() if any(k.startswith(w) for w in wanted)}
+    rows = [measure(name, cfg, args, data, teacher, titles, backbone) for name, cfg in configs.items()]
+    base = next((r for r in rows if r["name"] == "today"), None)
+    for r in rows:
+        if base:
+            r["train_speedup"] = round(r["examples_per_s"] / base["examples_per_s"], 2)
+            r["eval_speedup"] = round(r["eval_users_per_s"] / base["eval_users_per_s"], 2)
+            if r["name"].endswith("(exact)"):  # same math: the loss on the same batch must agree
+                r["loss_vs_today_relative_difference"] = abs(r["first_loss"] - base["first_loss"]) / abs(base["first_loss"])
+    result = {"backbone": backbone.name, "dtype": str(backbone.dtype).replace("torch.", ""), "device": str(backbone.device),
+              "threads": torch.get_num_threads(), "cpu": platform.processor() or platform.machine(),
+              "steps": args.steps, "eval_users": args.eval_users, "prepared": str(prepared_dir), "rows": rows}
+    print(f"\n{'configuration':<32}{'train ex/s':>11}{'x today':>8}{'eval users/s':>14}{'x today':>8}{'layers':>7}"
+          f"{'user tokens (live)':>20}")
+    for r in rows:
+        print(f"{r['name']:<32}{r['examples_per_s']:>11.2f}{r.get('train_speedup', float('nan')):>8.2f}"
+              f"{r['eval_users_per_s']:>14.2f}{r.get('eval_speedup', float('nan')):>8.2f}{r['layers']:>7}"
+              f"{r['user_prompt_tokens']:>13.0f} ({r['user_live_tokens']:.0f})")
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(result, indent=2) + "\n")
-    print(f"speed-up vs naive: {result['speedup_vs_naive']:.2f}x (losses agree within "
-          f"{result['max_relative_loss_difference']:.2e} relative) -> {args.out}")
+    print(f"-> {args.out}")
 
 
 if __name__ == "__main__":

@@ -90,7 +90,7 @@ def main(argv: list[str] | None = None) -> None:
         opt.step()
         if i >= 1:
             items, ts = model._prompt_window(b.histories)
-            tokens += int(model.prompts.users(items.cpu().numpy(), ts.cpu().numpy())[1].sum())
+            tokens += model.prompts.users(items.cpu().numpy(), ts.cpu().numpy()).num_tokens()
     sync()
     train_s = time.perf_counter() - t0
     t1 = time.perf_counter()

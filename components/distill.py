@@ -17,7 +17,7 @@ import argparse
 import copy
 import math
 import time
-from dataclasses import dataclass, fields
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
@@ -26,6 +26,7 @@ import torch
 
 from components.errors import ConfigError, stage_main
 from components.io import write_json
+from components.llm.prompts import LAYOUTS
 from components.params import load_params, section
 
 
@@ -39,16 +40,24 @@ class DistillOptions:
     eval_every: float = 0.1  # validate every this fraction of an epoch
     valid_users: int | None = 200  # seeded subset of the valid split used for early stopping
     patience: int = 3
+    lr_decay: float = 1.0  # the learning rate is multiplied by this at every validation (the reference: 0.95)
+    targets: str = "last"  # last: one example per user (the paper) | all: every position of the training sequence
     num_negatives: int = 3
+    negatives: str = "sampled"  # sampled (the paper) | in_batch: every other example's positive is a negative too
     history_len: int = 10
+    prompt: str = "paper"  # user-prompt layout: paper | compact | text_first | text_first_compact
     use_distill_loss: bool = True
     use_uniform_loss: bool = True
+    weights: dict[str, float] = field(default_factory=lambda: {"retrieval": 1.0, "distill": 1.0, "uniform": 1.0})
+    center: str = "none"  # beyond the paper: none | batchnorm on the LLM states before f_user/f_item
+    match_token_norm: bool = False  # beyond the paper: f_I outputs at the LLM's token-embedding norm
     shuffle_train: bool = False  # the paper's ablation: train on shuffled histories
     gradient_checkpointing: bool = False
     item_batch_size: int = 64
     eval_batch_size: int = 16
     max_title_chars: int = 120
-    item_prefix_cache: bool = True
+    kv_reuse: str = "frozen"  # none | opening | frozen: keys/values of frozen prompt text computed once, no grad
+    kv_cache_mb: float = 2048  # bound of the frozen-text keys/values kept across steps (0 = recompute)
     seed: int | None = None
 
     @classmethod
@@ -68,15 +77,31 @@ class DistillOptions:
                               "use a positive number of minutes or null")
         if not 0 < opts.eval_every <= 10:
             raise ConfigError("params.yaml", f"distill.eval_every={opts.eval_every}", "use a fraction of an epoch, e.g. 0.1")
+        choices = {"targets": ("last", "all"), "negatives": ("sampled", "in_batch"), "center": ("none", "batchnorm"),
+                   "kv_reuse": ("none", "opening", "frozen"), "prompt": LAYOUTS}
+        for key, allowed in choices.items():
+            if getattr(opts, key) not in allowed:
+                raise ConfigError("params.yaml", f"distill.{key}={getattr(opts, key)!r}", f"use one of {list(allowed)}")
+        weights = {"retrieval": 1.0, "distill": 1.0, "uniform": 1.0}
+        if not isinstance(opts.weights, dict) or set(opts.weights) - set(weights) or not all(
+                isinstance(v, int | float) and v >= 0 for v in opts.weights.values()):
+            raise ConfigError("params.yaml", f"distill.weights={opts.weights!r}",
+                              "map any of retrieval, distill, uniform to a non-negative number, e.g. {distill: 0.5}")
+        opts.weights = {**weights, **{k: float(v) for k, v in opts.weights.items()}}
+        if not (isinstance(opts.lr_decay, int | float) and 0 < opts.lr_decay <= 1):
+            raise ConfigError("params.yaml", f"distill.lr_decay={opts.lr_decay!r}", "use a factor in (0, 1], e.g. 0.95")
         return opts
 
 
 def build_model(prepared, cfsrec, backbone, opts: DistillOptions, titles: list[str], cfsrec_path: str | None = None):
     from components.llm.model import LLMSRec, LLMSRecConfig
 
-    cfg = LLMSRecConfig(backbone=backbone.name, history_len=opts.history_len, num_negatives=opts.num_negatives,
-                        use_distill_loss=opts.use_distill_loss, use_uniform_loss=opts.use_uniform_loss,
-                        max_title_chars=opts.max_title_chars, item_prefix_cache=opts.item_prefix_cache)
+    cfg = LLMSRecConfig(backbone=backbone.name, num_layers=backbone.num_layers if "|layers=" in backbone.fingerprint
+                        else None, history_len=opts.history_len, num_negatives=opts.num_negatives,
+                        negatives=opts.negatives, use_distill_loss=opts.use_distill_loss,
+                        use_uniform_loss=opts.use_uniform_loss, weights=dict(opts.weights),
+                        max_title_chars=opts.max_title_chars, prompt=opts.prompt, kv_reuse=opts.kv_reuse,
+                        kv_cache_mb=opts.kv_cache_mb, center=opts.center, match_token_norm=opts.match_token_norm)
     cfsrec.check_data(prepared.num_items, prepared.item_mapping_hash, prepared.source,
                       "re-run pretrain_cfsrec on this data (dvc repro) before distilling")
     return LLMSRec(cfg, cfsrec, backbone, titles, prepared.item_ids, prepared.item_mapping_hash,
@@ -84,30 +109,56 @@ def build_model(prepared, cfsrec, backbone, opts: DistillOptions, titles: list[s
 
 
 class Examples:
-    """One example per user: history = training sequence minus its last item; target = that item."""
+    """Training examples (history -> next item) from each user's training sequence.
 
-    def __init__(self, prepared, window: int, seed: int):
+    `targets="last"` (the paper): one per user, the history is the training sequence without its last
+    item and the target that item. `targets="all"`: one per position, each with its own history window
+    (the `window` most recent items before it, dates included); positions older than the window that
+    `TrainingSet` keeps are not used.
+    """
+
+    def __init__(self, prepared, window: int, seed: int, targets: str = "last"):
         from components.training import TrainingSet
 
         self.set = TrainingSet(prepared, window)
         self.rng = np.random.default_rng(seed)
+        W = self.set.inputs.shape[1]
+        if targets == "last":
+            self.rows, self.pos = np.arange(len(self.set)), np.full(len(self.set), W - 1)
+        else:
+            self.rows = np.repeat(np.arange(len(self.set)), self.set.lengths)
+            self.pos = W - 1 - flat_offsets(self.set.lengths)  # every real input position of each row
 
     def __len__(self) -> int:
-        return len(self.set)
+        return len(self.rows)
 
-    def batch(self, rows: np.ndarray, num_negatives: int, shuffle: bool):
+    def batch(self, examples: np.ndarray, num_negatives: int, shuffle: bool):
+        """A `Batch` for example indices [B]: right-aligned histories, targets [B, 1], negatives [B, 1, K]."""
         from components.evaluation.metrics import shuffle_window
         from components.models.base import Batch, Histories
 
         s = self.set
-        width = int(s.lengths[rows].max())
-        items = torch.from_numpy(s.inputs[rows, -width:])  # [B, L]
-        last = torch.from_numpy(s.targets[rows, -1:])  # [B, 1] the last training item
+        rows, pos = self.rows[examples], self.pos[examples]
+        W = s.inputs.shape[1]
+        src = np.arange(W)[None] - (W - 1 - pos)[:, None]  # [B, W]: column of the row's window at each slot
+        ok = src >= 0
+        src = np.where(ok, src, 0)
+        items = np.where(ok, np.take_along_axis(s.inputs[rows], src, 1), 0)  # [B, W]
+        ts = np.where(ok, np.take_along_axis(s.timestamps[rows], src, 1), 0)  # [B, W]
+        width = int((items != 0).sum(1).max())
+        items, ts = torch.from_numpy(items[:, -width:]), torch.from_numpy(ts[:, -width:])  # [B, L]
+        target = torch.from_numpy(s.targets[rows, pos][:, None])  # [B, 1] the item that followed
         if shuffle:  # items move, dates and "Item No." stay: the paper's shuffled training
             items = shuffle_window(items, None, torch.Generator().manual_seed(int(self.rng.integers(2**31))))
         neg = s.sample_negatives(rows, (1, num_negatives), self.rng)  # [B, 1, K]
-        return Batch(Histories(items, torch.from_numpy(s.timestamps[rows, -width:]), torch.from_numpy(s.users[rows])),
-                     targets=last, negatives=torch.from_numpy(neg))
+        return Batch(Histories(items, ts, torch.from_numpy(s.users[rows])), targets=target,
+                     negatives=torch.from_numpy(neg))
+
+
+def flat_offsets(lengths: np.ndarray) -> np.ndarray:
+    """[sum(lengths)]: 0..n-1 for each n in lengths, concatenated."""
+    ends = np.cumsum(lengths)
+    return np.arange(int(ends[-1]) if len(ends) else 0) - np.repeat(ends - lengths, lengths)
 
 
 @torch.no_grad()
@@ -148,7 +199,8 @@ def fit(model, prepared, opts: DistillOptions, seed: int, accelerator=None, log=
     params = model.trainable_parameters()
     optimizer = accelerator.prepare(torch.optim.Adam(params, lr=opts.lr))
 
-    examples = Examples(prepared, window=max(model.cfsrec.max_history or 128, opts.history_len), seed=seed)
+    examples = Examples(prepared, window=max(model.cfsrec.max_history or 128, opts.history_len), seed=seed,
+                        targets=opts.targets)
     steps_per_epoch = math.ceil(len(examples) / opts.batch_size)
     total = steps_per_epoch * opts.epochs if opts.max_steps is None else min(opts.max_steps, steps_per_epoch * opts.epochs)
     eval_every = max(1, round(opts.eval_every * steps_per_epoch))
@@ -168,7 +220,7 @@ def fit(model, prepared, opts: DistillOptions, seed: int, accelerator=None, log=
             rows = order[lo: lo + opts.batch_size][rank::world]  # this process's share of the batch
             batch = examples.batch(rows, opts.num_negatives, opts.shuffle_train)
             terms = model.loss_terms(batch)
-            loss = sum(terms.values())
+            loss = sum(opts.weights[k] * v for k, v in terms.items())
             if not torch.isfinite(loss):
                 raise PipelineError(f"distill step {step + 1} (epoch {epoch})", f"the loss is {loss.item()} "
                                     f"({ {k: v.item() for k, v in terms.items()} })",
@@ -182,7 +234,8 @@ def fit(model, prepared, opts: DistillOptions, seed: int, accelerator=None, log=
             optimizer.step()
             step += 1
             tokens += int(batch.histories.items.ne(0).sum())
-            point = {"step": step, "epoch": round(step / steps_per_epoch, 3), "loss": round(loss.item(), 5),
+            point = {"step": step, "epoch": round(step / steps_per_epoch, 3), "minutes": round((time.time() - t0) / 60, 3),
+                     "loss": round(loss.item(), 5),
                      **{k: round(v.item(), 5) for k, v in terms.items()}}
             bar.update(1)
             bar.set_postfix(loss=f"{loss.item():.4f}", **{k: f"{v.item():.3f}" for k, v in terms.items()})
@@ -201,6 +254,8 @@ def fit(model, prepared, opts: DistillOptions, seed: int, accelerator=None, log=
                     else:
                         bad_evals += 1
                     stop = bad_evals >= opts.patience
+                for group in optimizer.param_groups:  # the reference's schedule: x0.95 per validation
+                    group["lr"] *= opts.lr_decay
                 stop = bool(accelerator.gather_for_metrics(torch.tensor([stop], device=accelerator.device)).any())
             curve.append(point)
             if step >= total or stop or out_of_time:
@@ -272,7 +327,8 @@ def main(argv: list[str] | None = None) -> None:
     accelerator = Accelerator(cpu=not torch.cuda.is_available() or llm_cfg.get("device") == "cpu")
     device = str(accelerator.device) if llm_cfg.get("device", "auto") == "auto" else llm_cfg["device"]
     backbone = load_backbone(llm_cfg.get("backbone", "smollm2-135m"), device=device, dtype=llm_cfg.get("dtype", "auto"),
-                             allow_download=bool(llm_cfg.get("allow_download", False)))
+                             allow_download=bool(llm_cfg.get("allow_download", False)),
+                             num_layers=llm_cfg.get("num_layers"))
     prepared = Prepared.load(args.prepared)
     titles = [""] + pd.read_parquet(args.prepared / "items.parquet").sort_values("idx")["title"].astype(str).tolist()
     model = build_model(prepared, load_checkpoint(args.cfsrec), backbone, opts, titles, str(args.cfsrec))

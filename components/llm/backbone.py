@@ -53,6 +53,38 @@ class Backbone:
     def embed_tokens(self) -> nn.Module:
         return self.model.get_input_embeddings()
 
+    @property
+    def num_layers(self) -> int:
+        return len(self.model.layers)
+
+
+def truncate_layers(backbone: Backbone, num_layers: int) -> Backbone:
+    """The same backbone reading only its first `num_layers` decoder layers (then the final norm).
+
+    Beyond the paper (which reads the last layer): cost falls in proportion to the layers dropped. The
+    weights are shared with `backbone`, which is left whole; the fingerprint records the cut, so adapters
+    trained on L layers refuse a backbone with another L. Raises ConfigError when L is out of range.
+    """
+    import copy
+
+    total = backbone.num_layers
+    if not isinstance(num_layers, int) or not 1 <= num_layers <= total:
+        raise ConfigError("params.yaml", f"llm.num_layers={num_layers!r}, the backbone has {total} layers",
+                          f"use an integer from 1 to {total}, or null for all of them")
+    base = backbone.fingerprint.split("|layers=")[0]
+    if num_layers == total and "|layers=" not in backbone.fingerprint:
+        return backbone
+    model = copy.copy(backbone.model)
+    model._modules = dict(model._modules)  # a shallow copy would otherwise share (and cut) the original's
+    model.layers = nn.ModuleList(list(backbone.model.layers)[:num_layers])
+    model.config = copy.deepcopy(backbone.model.config)
+    model.config.num_hidden_layers = num_layers
+    if getattr(model.config, "layer_types", None):
+        model.config.layer_types = model.config.layer_types[:num_layers]
+    return Backbone(model=model, tokenizer=backbone.tokenizer, name=backbone.name,
+                    fingerprint=f"{base}|layers={num_layers}", hidden_size=backbone.hidden_size,
+                    dtype=backbone.dtype, device=backbone.device)
+
 
 def cache_root() -> Path:
     base = os.environ.get("LLMSREC_CACHE") or os.path.join(
@@ -152,8 +184,10 @@ def _dir_fingerprint(path: Path) -> str:
 
 
 def load_backbone(name: str = DEFAULT_BACKBONE, device: str = "auto", dtype: str = "auto",
-                  allow_download: bool = False, cache: Path | None = None) -> Backbone:
-    """Load a frozen base transformer and its tokenizer. Every parameter has requires_grad=False."""
+                  allow_download: bool = False, cache: Path | None = None, num_layers: int | None = None) -> Backbone:
+    """Load a frozen base transformer and its tokenizer. Every parameter has requires_grad=False.
+
+    `num_layers` keeps only the first L decoder layers (`truncate_layers`); None keeps all."""
     from transformers import AutoConfig, AutoModel, AutoTokenizer
     from transformers.models.auto.modeling_auto import MODEL_FOR_CAUSAL_LM_MAPPING_NAMES
 
@@ -195,5 +229,6 @@ def load_backbone(name: str = DEFAULT_BACKBONE, device: str = "auto", dtype: str
             m.p = 0.0
     for p in model.parameters():
         p.requires_grad_(False)
-    return Backbone(model=model, tokenizer=tokenizer, name=name, fingerprint=fingerprint,
-                    hidden_size=int(config.hidden_size), dtype=dt, device=dev)
+    backbone = Backbone(model=model, tokenizer=tokenizer, name=name, fingerprint=fingerprint,
+                        hidden_size=int(config.hidden_size), dtype=dt, device=dev)
+    return backbone if num_layers is None else truncate_layers(backbone, num_layers)

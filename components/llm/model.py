@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import hashlib
 import json
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -29,7 +29,8 @@ from torch import Tensor, nn
 from components.errors import DataError
 from components.io import write_json
 from components.llm.backbone import Backbone
-from components.llm.prompts import PromptTokenizer
+from components.llm.kv import FrozenKVCache
+from components.llm.prompts import Prompts, PromptTokenizer
 from components.models.base import Batch, Histories, Recommender, neg_inf_padding, register
 
 ADAPTERS, ITEM_TABLE, TITLES = "adapters.safetensors", "item_table.safetensors", "titles.json"
@@ -37,18 +38,28 @@ ADAPTERS, ITEM_TABLE, TITLES = "adapters.safetensors", "item_table.safetensors",
 
 @dataclass
 class LLMSRecConfig:
+    """What an LLM-SRec checkpoint needs to be rebuilt; the paper's settings are the defaults except
+    where a field says "beyond the paper" (each measured in docs/benchmarks.md)."""
+
     backbone: str = "smollm2-135m"
+    num_layers: int | None = None  # beyond the paper: only the LLM's first L layers (None = all)
     history_len: int = 10  # the prompt shows the last 10 items
     proj_hidden: int = 2048  # f_user / f_item inner width
     out_dim: int = 128  # d'
     cf_hidden: int = 128  # f_CF-user inner width
     num_negatives: int = 3  # training candidates: positive + 3 random negatives
+    negatives: str = "sampled"  # sampled (the paper) | in_batch: + every other example's positive
     use_distill_loss: bool = True
     use_uniform_loss: bool = True
+    weights: dict[str, float] = field(default_factory=lambda: {"retrieval": 1.0, "distill": 1.0, "uniform": 1.0})
     max_title_chars: int = 120
-    # Item prompts share their opening text: compute its keys/values once and reuse them. Same
-    # results; measured +39% items/s for the item table (benchmarks/results/throughput/distill_throughput.json).
-    item_prefix_cache: bool = True
+    prompt: str = "paper"  # user-prompt layout (components/llm/prompts.py): paper | compact | text_first | ...
+    # none: one pass over the whole prompt; opening: the first sentence's keys/values computed once;
+    # frozen: also each row's text before its first injected slot, without gradients (exact, faster).
+    kv_reuse: str = "frozen"
+    kv_cache_mb: float = 2048  # bound of the cache of frozen-text keys/values across steps (0 = off)
+    center: str = "none"  # beyond the paper: batchnorm = BatchNorm (no affine) on the states before f_user/f_item
+    match_token_norm: bool = False  # beyond the paper: rescale f_I outputs to the LLM's mean token-embedding norm
 
 
 def _cache_kwarg(llm: nn.Module) -> str:
@@ -89,17 +100,54 @@ class Adapters(nn.Module):
         # Initialised at the scale of real token embeddings so the LLM sees in-distribution inputs.
         self.user_token = nn.Parameter(torch.randn(H) * 0.02)
         self.item_token = nn.Parameter(torch.randn(H) * 0.02)
+        # The frozen LLM's output states share one dominant direction (cosine 0.92-0.99 across inputs):
+        # centring them per batch leaves the adapters the part that differs.
+        centre = cfg.center == "batchnorm"
+        self.norm_user = nn.BatchNorm1d(H, affine=False) if centre else nn.Identity()
+        self.norm_item = nn.BatchNorm1d(H, affine=False) if centre else nn.Identity()
+
+
+def _layers(out) -> list[tuple[Tensor, Tensor]]:
+    """Per-layer (keys, values) of a forward's cache, [B, kv_heads, T, head_dim] each."""
+    cache = getattr(out, "cache", None) or out.past_key_values
+    return [(layer.keys, layer.values) for layer in cache.layers]
+
+
+def _cache_from(llm: nn.Module, layers: list[tuple[Tensor, Tensor]]) -> dict[str, Any]:
+    from transformers import DynamicCache
+
+    return {_cache_kwarg(llm): DynamicCache(layers, config=llm.config), "use_cache": True}
+
+
+def _pad(rows: list[list[int]], pad_id: int) -> tuple[Tensor, Tensor]:
+    """[B, T] ids and attention mask, right-padded."""
+    T = max((len(r) for r in rows), default=0)
+    ids = torch.full((len(rows), T), pad_id, dtype=torch.long)
+    mask = torch.zeros((len(rows), T), dtype=torch.long)
+    for b, r in enumerate(rows):
+        ids[b, : len(r)] = torch.tensor(r, dtype=torch.long)
+        mask[b, : len(r)] = 1
+    return ids, mask
 
 
 @register("llmsrec")
 class LLMSRec(Recommender):
+    """LLM-SRec (Kim et al., KDD 2025): a frozen SASRec distilled into a frozen LLM (module docstring).
+
+    Histories in, scores out, through the `Recommender` interface: `score_candidates` [B, C],
+    `score_all` [B, N+1]; `loss_terms` for training. Raises DataError on mismatched titles.
+    """
+
     def __init__(self, config: LLMSRecConfig, cfsrec: Recommender, backbone: Backbone, titles: list[str],
-                 item_ids: list[str], item_mapping_hash: str, padding_side: str = "right",
-                 cfsrec_path: str | None = None):
+                 item_ids: list[str], item_mapping_hash: str, cfsrec_path: str | None = None):
         super().__init__(item_ids, item_mapping_hash)
         if len(titles) != len(item_ids) + 1:
             raise DataError("titles", f"{len(titles)} titles for {len(item_ids)} items (+ padding)",
                             "pass one title per item idx 0..N")
+        if config.kv_reuse not in ("none", "opening", "frozen"):
+            raise ValueError(f"kv_reuse={config.kv_reuse!r}: use none, opening or frozen")
+        if config.negatives not in ("sampled", "in_batch"):
+            raise ValueError(f"negatives={config.negatives!r}: use sampled or in_batch")
         self.config = config
         self.max_history = config.history_len
         self.num_negatives = config.num_negatives
@@ -111,10 +159,14 @@ class LLMSRec(Recommender):
         object.__setattr__(self, "backbone", backbone)
         d = int(cfsrec.item_embeddings.shape[1])
         self.adapters = Adapters(d, backbone.hidden_size, config)
-        self.prompts = PromptTokenizer(backbone.tokenizer, titles, config.max_title_chars, padding_side)
+        special_base = max(int(backbone.embed_tokens.num_embeddings), len(backbone.tokenizer))
+        self.prompts = PromptTokenizer(backbone.tokenizer, titles, special_base, config.max_title_chars, config.prompt)
+        self.token_norm = float(backbone.embed_tokens.weight.float().norm(dim=-1).mean())
         self.item_table: Tensor | None = None  # [N+1, d'] f_item for the catalogue, once computed
         self.infer_batch_size = 16  # prompts per LLM pass when scoring
-        self._prefix_kv: list[tuple[Tensor, Tensor]] | None = None
+        self.frozen_batch_size = 32  # rows per no-grad pass over frozen text
+        self._openings: dict[str, list[tuple[Tensor, Tensor]]] = {}
+        self.kv_cache = FrozenKVCache(config.kv_cache_mb)
         self._table_copy: tuple[Tensor, Tensor] | None = None  # (item_table, its copy on the scoring device)
 
     def train(self, mode: bool = True) -> LLMSRec:
@@ -128,82 +180,152 @@ class LLMSRec(Recommender):
     def device(self) -> torch.device:
         return self.adapters.user_token.device
 
-    def llm_states(self, ids: Tensor, mask: Tensor, hist_items: Tensor, hist_valid: Tensor,
-                   out_id: int, out_vec: Tensor, prefix: list[tuple[Tensor, Tensor]] | None = None) -> Tensor:
-        """Last hidden state at the single `out_id` position of every row: [B, H] (fp32).
+    @torch.no_grad()
+    def _opening_kv(self, kind: str, opening: list[int]) -> list[tuple[Tensor, Tensor]]:
+        """Keys/values of the sentence every prompt of `kind` starts with: [1, kv_heads, P, head_dim] per
+        layer. The LLM is frozen and the text fixed, so they are constants, computed once per model."""
+        if kind not in self._openings:
+            ids = torch.tensor([opening], device=self.backbone.device)  # [1, P]
+            self._openings[kind] = _layers(self.backbone.model(input_ids=ids, use_cache=True))
+        return self._openings[kind]
 
-        hist_items [B, K] are the items whose f_I(E_i) go, in order, into the row's [HistoryEmb]
-        slots; hist_valid [B, K] marks the real ones. One masked scatter fills every slot of the
-        batch; positions come from the attention mask, so left and right padding give the same states.
-        With `prefix` (per-layer keys/values of a token prefix shared by every row), `ids` are the
-        tokens after it and attend to the cached prefix instead of recomputing it.
+    @torch.no_grad()
+    def _frozen_kv(self, kind: str, prompts: Prompts) -> tuple[list[tuple[Tensor, Tensor]], Tensor]:
+        """Keys/values of each row's frozen text (after the opening): per layer [B, kv_heads, F, head_dim],
+        right-padded to the longest row F, and the rows' lengths [B]. Rows found in `kv_cache` are
+        reused; the others run without gradients in length-sorted batches and are added to it."""
+        llm, dev = self.backbone.model, self.backbone.device
+        opening = self._opening_kv(kind, prompts.opening)
+        P = len(prompts.opening)
+        rows: list[list[tuple[Tensor, Tensor]] | None] = [None] * len(prompts)
+        todo = []
+        for b, f in enumerate(prompts.frozen):
+            if f:
+                rows[b] = self.kv_cache.get((kind, tuple(f)))
+                if rows[b] is None:
+                    todo.append(b)
+        todo.sort(key=lambda b: len(prompts.frozen[b]))
+        for lo in range(0, len(todo), self.frozen_batch_size):
+            part = todo[lo: lo + self.frozen_batch_size]
+            ids, mask = _pad([prompts.frozen[b] for b in part], self.prompts.pad_id)
+            n = len(part)
+            kw = _cache_from(llm, [(k.expand(n, -1, -1, -1), v.expand(n, -1, -1, -1)) for k, v in opening])
+            out = llm(input_ids=ids.to(dev), attention_mask=torch.cat([mask.new_ones(n, P), mask], 1).to(dev),
+                      position_ids=(P + torch.arange(ids.shape[1])).expand(n, -1).to(dev), **kw)
+            layers = _layers(out)
+            for j, b in enumerate(part):
+                f = len(prompts.frozen[b])
+                rows[b] = [(k[j, :, P:P + f], v[j, :, P:P + f]) for k, v in layers]
+                self.kv_cache.put((kind, tuple(prompts.frozen[b])), rows[b])
+        lens = torch.tensor([len(f) for f in prompts.frozen])
+        F_max = int(lens.max()) if len(lens) else 0
+        out_layers = []
+        for layer, (ok, ov) in enumerate(opening):
+            K = ok.new_zeros(len(prompts), ok.shape[1], F_max, ok.shape[3])
+            V = ov.new_zeros(len(prompts), ov.shape[1], F_max, ov.shape[3])
+            for b, row in enumerate(rows):
+                if row is not None:
+                    K[b, :, : row[layer][0].shape[1]] = row[layer][0]
+                    V[b, :, : row[layer][1].shape[1]] = row[layer][1]
+            out_layers.append((K, V))
+        return out_layers, lens
+
+    def llm_states(self, kind: str, prompts: Prompts, hist_vecs: Tensor, out_vec: Tensor) -> Tensor:
+        """Last hidden state at each row's `[UserOut]`/`[ItemOut]`: [B, H] (fp32).
+
+        hist_vecs [M, H] go, in order, into the [HistoryEmb] slots of the rows (row-major); out_vec [H]
+        is the output token's input embedding. With `kv_reuse` the opening (and, for `frozen`, each row's
+        text before its first slot) attend as cached keys/values and only the rest runs with gradients;
+        positions are explicit, so the states equal one pass over the whole prompt (tested).
         """
         llm, dev = self.backbone.model, self.backbone.device
-        ids, mask = ids.to(dev), mask.to(dev)
+        reuse = self.config.kv_reuse
+        if reuse == "none":
+            ids, mask = _pad([prompts.full(b) for b in range(len(prompts))], self.prompts.pad_id)
+            prefix, prefix_mask, start = None, None, torch.zeros(len(prompts), dtype=torch.long)
+        else:
+            P = len(prompts.opening)
+            opening = self._opening_kv(kind, prompts.opening)
+            B = len(prompts)
+            if reuse == "frozen":
+                frozen, lens = self._frozen_kv(kind, prompts)
+                prefix = [(torch.cat([ok.expand(B, -1, -1, -1), fk], 2), torch.cat([ov.expand(B, -1, -1, -1), fv], 2))
+                          for (ok, ov), (fk, fv) in zip(opening, frozen, strict=True)]
+                fmask = (torch.arange(frozen[0][0].shape[2])[None] < lens[:, None]).long()  # [B, F]
+                ids, mask = _pad(prompts.live, self.prompts.pad_id)
+                start = P + lens
+            else:
+                prefix = [(k.expand(B, -1, -1, -1), v.expand(B, -1, -1, -1)) for k, v in opening]
+                fmask = torch.zeros(B, 0, dtype=torch.long)
+                ids, mask = _pad([f + v for f, v in zip(prompts.frozen, prompts.live, strict=True)], self.prompts.pad_id)
+                start = torch.full((B,), P)
+            prefix_mask = torch.cat([torch.ones(B, P, dtype=torch.long), fmask], 1)
         emb = self.backbone.embed_tokens
         special = ids >= emb.num_embeddings  # our token ids lie beyond the LLM's table
-        x = emb(ids.masked_fill(special, 0))  # [B, T, H]
-        hist_slots = ids == self.prompts.history_id  # [B, T]
-        vecs = self.adapters.f_I(self.cfsrec.item_embeddings[hist_items[hist_valid].to(self.device)])  # [M, H]
-        if int(hist_slots.sum()) != vecs.shape[0]:
-            raise RuntimeError(f"{int(hist_slots.sum())} [HistoryEmb] slots for {vecs.shape[0]} items")
-        x = x.masked_scatter(hist_slots.unsqueeze(-1), vecs.to(device=dev, dtype=x.dtype))  # [B, T, H]
-        out_slots = ids == out_id  # [B, T], exactly one per row
+        x = emb(ids.masked_fill(special, 0).to(dev))  # [B, T, H]
+        hist_slots = (ids == self.prompts.history_id).to(dev)  # [B, T]
+        if int(hist_slots.sum()) != hist_vecs.shape[0]:
+            raise RuntimeError(f"{int(hist_slots.sum())} [HistoryEmb] slots for {hist_vecs.shape[0]} items")
+        x = x.masked_scatter(hist_slots.unsqueeze(-1), hist_vecs.to(device=dev, dtype=x.dtype))  # [B, T, H]
+        out_id = self.prompts.user_out_id if kind == "user" else self.prompts.item_out_id
+        out_slots = (ids == out_id).to(dev)  # [B, T], exactly one per row
         x = torch.where(out_slots.unsqueeze(-1), out_vec.to(device=dev, dtype=x.dtype), x)  # [B, T, H]
-        positions = (mask.cumsum(-1) - 1).clamp(min=0)  # [B, T]
+        positions = start[:, None] + (mask.cumsum(-1) - 1).clamp(min=0)  # [B, T]
         kwargs: dict[str, Any] = {"use_cache": False}
         if prefix is not None:
-            from transformers import DynamicCache
+            kwargs = _cache_from(llm, prefix)
+            mask = torch.cat([prefix_mask, mask], 1)  # [B, P+F+T]
+        h = llm(inputs_embeds=x, attention_mask=mask.to(dev), position_ids=positions.to(dev), **kwargs).last_hidden_state
+        return h[out_slots].to(device=self.device, dtype=self.adapters.user_token.dtype)  # [B, H]
 
-            B, P = ids.shape[0], prefix[0][0].shape[-2]
-            # Expanded views: the cache appends by concatenation, so the stored prefix is never mutated.
-            cache = DynamicCache([(k.expand(B, -1, -1, -1), v.expand(B, -1, -1, -1)) for k, v in prefix],
-                                 config=llm.config)
-            kwargs = {_cache_kwarg(llm): cache, "use_cache": True}
-            mask = torch.cat([mask.new_ones(B, P), mask], 1)  # [B, P+T]
-            positions = positions + P
-        h = llm(inputs_embeds=x, attention_mask=mask, position_ids=positions, **kwargs).last_hidden_state
-        return h[out_slots].float().to(self.device)  # [B, H]
+    def inject(self, items: Tensor) -> Tensor:
+        """f_I(E_i) for item idx [M] -> [M, H]: what goes into the [HistoryEmb] slots."""
+        v = self.adapters.f_I(self.cfsrec.item_embeddings[items.to(self.device)])  # [M, H]
+        if self.config.match_token_norm:
+            v = v * (self.token_norm / v.norm(dim=-1, keepdim=True).clamp(min=1e-6))
+        return v
 
     def _prompt_window(self, histories: Histories) -> tuple[Tensor, Tensor]:
         window = histories.last(self.config.history_len)
         return window.items, window.timestamps  # [B, K]
 
     def user_vectors(self, histories: Histories) -> Tensor:
+        """f_user(h at [UserOut]) for histories [B, L] -> [B, d']."""
         items, ts = self._prompt_window(histories)
-        ids, mask = self.prompts.users(items.cpu().numpy(), ts.cpu().numpy())
-        h = self.llm_states(ids, mask, items, items != 0, self.prompts.user_out_id, self.adapters.user_token)
-        return self.adapters.f_user(h)  # [B, d']
+        prompts = self.prompts.users(items.cpu().numpy(), ts.cpu().numpy())
+        h = self.llm_states("user", prompts, self.inject(items[items != 0]), self.adapters.user_token)
+        return self.adapters.f_user(self.adapters.norm_user(h))  # [B, d']
 
     def item_vectors(self, idx: Tensor) -> Tensor:
-        """f_item(h_i) for item idx [M] -> [M, d']."""
-        use_cache = self.config.item_prefix_cache and self.prompts.padding_side == "right"
-        prefix = self._item_prefix() if use_cache else None
-        ids, mask = self.prompts.items(idx.cpu().numpy(), skip=self.prompts.item_prefix_len if prefix else 0)
-        h = self.llm_states(ids, mask, idx.unsqueeze(1), torch.ones_like(idx.unsqueeze(1), dtype=torch.bool),
-                            self.prompts.item_out_id, self.adapters.item_token, prefix=prefix)
-        return self.adapters.f_item(h)  # [M, d']
-
-    @torch.no_grad()
-    def _item_prefix(self) -> list[tuple[Tensor, Tensor]]:
-        """Keys/values of the text every item prompt starts with. The LLM is frozen and the text is
-        fixed, so they are constants: computed once per model, reused by every item pass."""
-        llm = self.backbone.model
-        if self._prefix_kv is None:
-            ids = torch.tensor([self.prompts.item_prefix_ids], device=self.backbone.device)  # [1, P]
-            out = llm(input_ids=ids, use_cache=True)
-            cache = getattr(out, "cache", None) or out.past_key_values
-            self._prefix_kv = [(layer.keys, layer.values) for layer in cache.layers]
-        return self._prefix_kv
+        """f_item(h at [ItemOut]) for item idx [M] -> [M, d']."""
+        h = self.llm_states("item", self.prompts.items(idx.cpu().numpy()), self.inject(idx), self.adapters.item_token)
+        return self.adapters.f_item(self.adapters.norm_item(h))  # [M, d']
 
     # -- the interface --------------------------------------------------------------------------------
     def loss_terms(self, batch: Batch) -> dict[str, Tensor]:
-        """Reads the last column: history -> targets[:, -1] (positive), negatives[:, -1, :K]."""
+        """The paper's losses (section 3.3) for the last column: history -> targets[:, -1], negatives[:, -1, :K].
+
+        L_retrieval: softmax over the positive and the K sampled negatives (`negatives: in_batch` adds every
+        other example's positive, beyond the paper); L_distill and L_uniform as in the module docstring.
+        Each item's prompt runs once per step however many users share it. Returns unweighted terms.
+        """
         u = self.user_vectors(batch.histories)  # [B, d']
-        cands = torch.cat([batch.targets[:, -1:], batch.negatives[:, -1, : self.num_negatives]], 1)  # [B, 1+K]
-        iv = self.item_vectors(cands.reshape(-1)).view(*cands.shape, -1)  # [B, 1+K, d']
-        logits = torch.einsum("bd,bcd->bc", u, iv)  # [B, 1+K]
-        terms = {"retrieval": F.cross_entropy(logits, torch.zeros(len(u), dtype=torch.long, device=u.device))}
+        pos = batch.targets[:, -1]  # [B]
+        neg = batch.negatives[:, -1, : self.num_negatives]  # [B, K]
+        cands = torch.cat([pos[:, None], neg], 1)  # [B, 1+K]
+        uniq, inverse = torch.unique(cands, return_inverse=True)  # [U], [B, 1+K]
+        iv = self.item_vectors(uniq)  # [U, d']
+        if self.config.negatives == "in_batch":
+            logits = u @ iv.T  # [B, U]
+            allowed = torch.zeros_like(logits, dtype=torch.bool)
+            allowed[:, inverse[:, 0].unique().to(logits.device)] = True  # every example's positive (duplicates share a column)
+            allowed.scatter_(1, inverse.to(logits.device), True)  # and this example's own candidates
+            logits = logits.masked_fill(~allowed, float("-inf"))
+            target = inverse[:, 0].to(logits.device)
+        else:
+            logits = torch.einsum("bd,bcd->bc", u, iv[inverse])  # [B, 1+K]
+            target = torch.zeros(len(u), dtype=torch.long, device=u.device)
+        terms = {"retrieval": F.cross_entropy(logits, target)}
         u_n = F.normalize(u, dim=-1)
         if self.config.use_distill_loss or self.config.use_uniform_loss:
             with torch.no_grad():
@@ -216,28 +338,37 @@ class LLMSRec(Recommender):
         return terms
 
     def loss(self, batch: Batch) -> Tensor:
-        return sum(self.loss_terms(batch).values())
+        """sum of `loss_terms`, each times its `config.weights` entry (the paper: all 1)."""
+        return sum(self.config.weights.get(k, 1.0) * v for k, v in self.loss_terms(batch).items())
 
     @torch.no_grad()
     def build_item_table(self, batch_size: int = 64, progress: bool = False) -> Tensor:
-        """f_item for the whole catalogue, once per model, in batches: what scoring and serving use."""
+        """f_item for the whole catalogue, once per model: [N+1, d'], row 0 zeros. What scoring and serving use.
+
+        Items run in order of prompt length, so a batch pads little."""
         from tqdm import tqdm
 
-        rows = [torch.zeros(1, self.config.out_dim)]
         idx = torch.arange(1, self.num_items + 1)
-        for chunk in tqdm(idx.split(batch_size), desc="item table", disable=not progress, leave=False):
-            rows.append(self.item_vectors(chunk).cpu())
-        self.item_table = torch.cat(rows)  # [N+1, d']
+        lengths = torch.tensor([len(f) for f in self.prompts.items(idx.numpy()).frozen])
+        order = idx[lengths.argsort(stable=True)]
+        table = torch.zeros(self.num_items + 1, self.config.out_dim)
+        for chunk in tqdm(order.split(batch_size), desc="item table", disable=not progress, leave=False):
+            table[chunk] = self.item_vectors(chunk).cpu()
+        self.item_table = table  # [N+1, d']
         return self.item_table
 
     def _users_for_scoring(self, histories: Histories) -> Tensor:
-        """User vectors in chunks of `infer_batch_size`: callers may pass hundreds of users at once."""
+        """User vectors in chunks of `infer_batch_size`, in order of prompt length (little padding):
+        callers may pass hundreds of users at once."""
         if self.item_table is None:
             self.build_item_table()
-        n = self.infer_batch_size
-        chunks = [Histories(histories.items[i:i + n], histories.timestamps[i:i + n], histories.users[i:i + n])
-                  for i in range(0, len(histories), n)]
-        return torch.cat([self.user_vectors(c) for c in chunks])  # [B, d']
+        items, _ = self._prompt_window(histories)
+        order = (items != 0).sum(1).argsort(stable=True)  # [B]: prompt length follows the history length
+        out = torch.empty(len(histories), self.config.out_dim, device=self.device)
+        for chunk in order.split(self.infer_batch_size):
+            out[chunk.to(self.device)] = self.user_vectors(
+                Histories(histories.items[chunk], histories.timestamps[chunk], histories.users[chunk]))
+        return out  # [B, d']
 
     def _table_on(self, device: torch.device) -> Tensor:
         """The item table on the scoring device, copied once per table: scoring is called per request in
@@ -293,7 +424,7 @@ class LLMSRec(Recommender):
         The teacher and the backbone are checked against what the adapters were trained with: other
         weights would feed the adapters inputs they have never seen.
         """
-        from components.llm.backbone import load_backbone
+        from components.llm.backbone import load_backbone, truncate_layers
         from components.models.base import load_checkpoint
 
         directory = Path(directory)
@@ -302,7 +433,10 @@ class LLMSRec(Recommender):
                 raise DataError(directory / name, "LLM-SRec checkpoint file not found",
                                 "point at a directory written by the distill stage")
         meta = json.loads((directory / "config.json").read_text())
-        config = LLMSRecConfig(**meta["config"])
+        raw = dict(meta["config"])
+        if raw.pop("item_prefix_cache", None) is not None:  # checkpoints from before kv_reuse: same math
+            raw.setdefault("kv_reuse", "opening")
+        config = LLMSRecConfig(**raw)
         if cfsrec is None:
             cfsrec_dir = cfsrec_dir or meta["cfsrec"].get("path")
             if cfsrec_dir is None:
@@ -312,7 +446,9 @@ class LLMSRec(Recommender):
             raise DataError(cfsrec_dir or "cfsrec", "this SASRec checkpoint is not the one LLM-SRec was distilled from",
                             "use the SASRec checkpoint of the same pipeline run, or re-run the distill stage")
         if backbone is None:
-            backbone = load_backbone(config.backbone, **backbone_kwargs)
+            backbone = load_backbone(config.backbone, num_layers=config.num_layers, **backbone_kwargs)
+        elif config.num_layers is not None and backbone.num_layers != config.num_layers:
+            backbone = truncate_layers(backbone, config.num_layers)
         if backbone.fingerprint != meta["backbone"]["fingerprint"]:
             raise DataError(config.backbone, f"backbone weights differ from the ones used in training "
                                              f"({backbone.fingerprint[:24]} vs {meta['backbone']['fingerprint'][:24]})",

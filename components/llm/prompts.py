@@ -1,107 +1,163 @@
-"""The paper's prompts, and their tokenization.
+"""LLM-SRec's prompts, and their tokenization into a frozen part and a live part.
 
-User (last `history_len` items, oldest first):
-    This user has made a series of purchases in the following order: Item No.1, Time: 2022-03-04,
-    "<title>"[HistoryEmb], Item No.2, ... . Based on this sequence of purchases, generate user
-    representation token:[UserOut]
-Item:
-    The item title and item embedding are as follows: "<title>"[HistoryEmb], then generate item
-    representation token:[ItemOut]
+The paper's prompts (Kim et al., KDD 2025, section 3.2; last `history_len` items, oldest first):
 
-`[HistoryEmb]`, `[UserOut]`, `[ItemOut]` are added to the tokenizer as special tokens, so each is one
-id that cannot be produced by text. Their ids lie beyond the LLM's embedding table: the model
-replaces them with injected vectors and never looks them up, so the LLM's own rows stay untouched.
+    User: This user has made a series of purchases in the following order: Item No.1, Time: 2022-03-04,
+          "<title>"[HistoryEmb], Item No.2, ... . Based on this sequence of purchases, generate user
+          representation token:[UserOut]
+    Item: The item title and item embedding are as follows: "<title>"[HistoryEmb], then generate item
+          representation token:[ItemOut]
+
+`distill.prompt` picks the user prompt's layout (the item prompt is the paper's in every layout):
+
+| layout               | what the LLM reads                                                                 |
+|----------------------|------------------------------------------------------------------------------------|
+| `paper`              | the paper's: each item's number, date and title, then its `[HistoryEmb]`            |
+| `compact`            | beyond the paper: titles and `[HistoryEmb]` interleaved, no numbers or dates         |
+| `text_first`         | beyond the paper: the paper's numbers, dates and titles first, then the K slots       |
+| `text_first_compact` | beyond the paper: titles first, then the K slots                                    |
+
+Every prompt is tokenized as three parts, so the model can spend gradients only where they are needed:
+- `opening`: the fixed first sentence, the same ids for every row of a kind (its keys/values are
+  computed once per model);
+- `frozen`: the row's text before its first injected slot. It depends on nothing trained, so the frozen
+  LLM's keys/values for it are constants (computed without gradients, cacheable across steps). In the
+  text-first layouts that is all of the history's text;
+- `live`: from the first `[HistoryEmb]` to `[UserOut]`/`[ItemOut]`: what runs with gradients.
+
+Special ids are never produced by tokenizing text: each text piece is tokenized on its own and the
+special ids are inserted between them. They lie beyond the LLM's embedding table (the model replaces them
+with injected vectors), and they are not registered with the tokenizer, so a title that spells
+`[HistoryEmb]` stays ordinary text.
 """
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from datetime import UTC, datetime
 
 import numpy as np
-import torch
-from torch import Tensor
 
 HISTORY, USER_OUT, ITEM_OUT = "[HistoryEmb]", "[UserOut]", "[ItemOut]"
 SPECIAL_TOKENS = (HISTORY, USER_OUT, ITEM_OUT)
-USER_PREFIX = "This user has made a series of purchases in the following order: "
-USER_SUFFIX = ". Based on this sequence of purchases, generate user representation token:" + USER_OUT
-ITEM_PREFIX = "The item title and item embedding are as follows: "
-ITEM_SUFFIX = ", then generate item representation token:" + ITEM_OUT
+LAYOUTS = ("paper", "compact", "text_first", "text_first_compact")
+
+PAPER_OPENING = "This user has made a series of purchases in the following order:"
+PAPER_CLOSING = ". Based on this sequence of purchases, generate user representation token:"
+COMPACT_OPENING = "Purchases in order:"
+COMPACT_CLOSING = ". User representation:"
+SLOTS_INTRO = ". Their item embeddings, in the same order:"
+ITEM_OPENING = "The item title and item embedding are as follows:"
+ITEM_CLOSING = ", then generate item representation token:"
 
 
 def clean_title(title: str, max_chars: int) -> str:
-    """Titles are data: they must not contain our special tokens, and very long ones are cut."""
-    for tok in SPECIAL_TOKENS:
-        title = title.replace(tok, "")
-    title = title.replace('"', "'")  # the prompt quotes titles
+    """Titles are quoted in the prompt, so their own double quotes become single ones; long ones are cut."""
+    title = title.replace('"', "'")
     return title if len(title) <= max_chars else title[: max_chars - 1].rstrip() + "…"
 
 
-def user_prompt(titles: list[str], timestamps: list[int]) -> str:
-    entries = [
-        f'Item No.{k}, Time: {datetime.fromtimestamp(int(t), UTC):%Y-%m-%d}, "{title}"{HISTORY}'
-        for k, (title, t) in enumerate(zip(titles, timestamps, strict=True), start=1)
-    ]
-    return USER_PREFIX + ", ".join(entries) + USER_SUFFIX
+def _date(ts: int) -> str:
+    return f"{datetime.fromtimestamp(int(ts), UTC):%Y-%m-%d}"
+
+
+def user_pieces(layout: str, titles: list[str], timestamps: list[int]) -> tuple[str, list[str | None]]:
+    """(opening text, pieces): each piece is text, or None for a `[HistoryEmb]` slot; `[UserOut]` ends it."""
+    if layout in ("paper", "text_first"):
+        opening, closing = PAPER_OPENING, PAPER_CLOSING
+        texts = [f'{"," if k > 1 else ""} Item No.{k}, Time: {_date(t)}, "{title}"'
+                 for k, (title, t) in enumerate(zip(titles, timestamps, strict=True), start=1)]
+    elif layout in ("compact", "text_first_compact"):
+        opening, closing = COMPACT_OPENING, COMPACT_CLOSING
+        texts = [f'{"," if k > 1 else ""} "{title}"' for k, title in enumerate(titles, start=1)]
+    else:
+        raise ValueError(f"unknown prompt layout {layout!r}; use one of {LAYOUTS}")
+    if layout.startswith("text_first"):
+        pieces: list[str | None] = ["".join(texts) + SLOTS_INTRO, *([None] * len(texts)), " " + closing.lstrip(". ")]
+    else:
+        pieces = [p for text in texts for p in (text, None)] + [closing]
+    return opening, pieces
+
+
+def user_prompt(layout: str, titles: list[str], timestamps: list[int]) -> str:
+    """The whole user prompt as text (for reading and logging; the model never tokenizes this string)."""
+    opening, pieces = user_pieces(layout, titles, timestamps)
+    return opening + "".join(HISTORY if p is None else p for p in pieces) + USER_OUT
 
 
 def item_prompt(title: str) -> str:
-    return f'{ITEM_PREFIX}"{title}"{HISTORY}{ITEM_SUFFIX}'
+    return f'{ITEM_OPENING} "{title}"{HISTORY}{ITEM_CLOSING}{ITEM_OUT}'
+
+
+@dataclass
+class Prompts:
+    """A batch of tokenized prompts of one kind, split as the module docstring says."""
+
+    opening: list[int]  # shared by every row
+    frozen: list[list[int]]  # per row: the text before the first injected slot
+    live: list[list[int]]  # per row: first [HistoryEmb] .. [UserOut]/[ItemOut]
+
+    def __len__(self) -> int:
+        return len(self.live)
+
+    def full(self, b: int) -> list[int]:
+        return self.opening + self.frozen[b] + self.live[b]
+
+    def num_tokens(self) -> int:
+        return sum(len(self.opening) + len(f) + len(v) for f, v in zip(self.frozen, self.live, strict=True))
 
 
 class PromptTokenizer:
     """Builds and tokenizes prompts for batches of histories and items.
 
-    Item prompts never change, so they are tokenized once for the whole catalogue and only padded
-    per batch. User prompts depend on the history, dates included, and are tokenized per batch with
-    the fast tokenizer (milliseconds, next to seconds of LLM compute).
+    Item prompts never change, so they are tokenized once for the whole catalogue. User prompts depend on
+    the history, dates included, and are tokenized per batch (one batched call of the fast tokenizer:
+    milliseconds, next to the LLM's compute).
+
+    `special_base`: the first id past the LLM's embedding table; `[HistoryEmb]`, `[UserOut]` and
+    `[ItemOut]` get `special_base + 0, 1, 2`.
     """
 
-    def __init__(self, tokenizer, titles: list[str], max_title_chars: int = 120, padding_side: str = "right"):
+    def __init__(self, tokenizer, titles: list[str], special_base: int, max_title_chars: int = 120,
+                 layout: str = "paper"):
+        if layout not in LAYOUTS:
+            raise ValueError(f"unknown prompt layout {layout!r}; use one of {LAYOUTS}")
         self.tok = tokenizer
-        self.tok.add_tokens(list(SPECIAL_TOKENS), special_tokens=True)
-        self.history_id, self.user_out_id, self.item_out_id = self.tok.convert_tokens_to_ids(list(SPECIAL_TOKENS))
+        self.layout = layout
+        self.history_id, self.user_out_id, self.item_out_id = (special_base + k for k in range(3))
         pad = self.tok.pad_token_id if self.tok.pad_token_id is not None else self.tok.eos_token_id
         self.pad_id = int(pad if pad is not None else 0)
-        self.padding_side = padding_side
         self.titles = [clean_title(t, max_title_chars) for t in titles]  # idx 0 = padding, unused
-        self._item_ids = [self._ids(item_prompt(t)) for t in self.titles]
-        # Tokens every item prompt starts with (compared as tokens, not text: a tokenizer may merge
-        # across the boundary). Kept one short of the shortest prompt, so every row has tokens left.
-        real = self._item_ids[1:] or self._item_ids
-        first = real[0]
-        n = min(len(r) for r in real) - 1
-        for r in real[1:]:
-            n = min(n, next((i for i, (a, b) in enumerate(zip(first, r, strict=False)) if a != b), n))
-        self.item_prefix_len = max(n, 0)
-        self.item_prefix_ids = first[: self.item_prefix_len]
+        self.user_opening = self._ids([PAPER_OPENING if layout in ("paper", "text_first") else COMPACT_OPENING])[0]
+        self.item_opening = self._ids([ITEM_OPENING])[0]
+        closing = self._ids([ITEM_CLOSING])[0]
+        frozen = self._ids([f' "{t}"' for t in self.titles])
+        self._item_frozen = frozen
+        self._item_live = [self.history_id, *closing, self.item_out_id]
 
-    def _ids(self, text: str) -> list[int]:
-        return self.tok(text, add_special_tokens=False)["input_ids"]
+    def _ids(self, texts: list[str]) -> list[list[int]]:
+        return self.tok(texts, add_special_tokens=False)["input_ids"] if texts else []
 
-    def pad(self, rows: list[list[int]]) -> tuple[Tensor, Tensor]:
-        """[B, T] ids and attention mask, padded on `padding_side`."""
-        T = max(len(r) for r in rows)
-        ids = torch.full((len(rows), T), self.pad_id, dtype=torch.long)
-        mask = torch.zeros((len(rows), T), dtype=torch.long)
-        for b, r in enumerate(rows):
-            sl = slice(0, len(r)) if self.padding_side == "right" else slice(T - len(r), T)
-            ids[b, sl] = torch.tensor(r, dtype=torch.long)
-            mask[b, sl] = 1
-        return ids, mask
-
-    def users(self, items: np.ndarray, timestamps: np.ndarray) -> tuple[Tensor, Tensor]:
-        """Prompts for right-aligned histories [B, L] (0 = padding): one [HistoryEmb] per real item."""
-        texts = []
+    def users(self, items: np.ndarray, timestamps: np.ndarray) -> Prompts:
+        """Prompts for right-aligned histories [B, L] (0 = padding): one [HistoryEmb] per real item, in order."""
+        rows = []
         for row_items, row_ts in zip(items, timestamps, strict=True):
             keep = row_items != 0
-            texts.append(user_prompt([self.titles[i] for i in row_items[keep]], row_ts[keep].tolist()))
-        rows = self.tok(texts, add_special_tokens=False)["input_ids"]
-        return self.pad(rows)
+            rows.append(user_pieces(self.layout, [self.titles[i] for i in row_items[keep]], row_ts[keep].tolist())[1])
+        texts = [p for pieces in rows for p in pieces if p is not None]
+        ids = iter(self._ids(texts))
+        frozen, live = [], []
+        for pieces in rows:
+            first_slot = pieces.index(None) if None in pieces else len(pieces)
+            frozen.append([t for p in pieces[:first_slot] for t in next(ids)])
+            row: list[int] = []
+            for p in pieces[first_slot:]:
+                row.extend([self.history_id] if p is None else next(ids))
+            live.append(row + [self.user_out_id])
+        return Prompts(self.user_opening, frozen, live)
 
-    def items(self, idx: np.ndarray, skip: int = 0) -> tuple[Tensor, Tensor]:
-        """Item prompts, without their first `skip` tokens when a cached prefix stands for them."""
-        return self.pad([self._item_ids[i][skip:] for i in idx])
+    def items(self, idx: np.ndarray) -> Prompts:
+        return Prompts(self.item_opening, [self._item_frozen[i] for i in idx], [self._item_live for _ in idx])
 
     def special_ids(self) -> list[int]:
         return [self.history_id, self.user_out_id, self.item_out_id]

@@ -35,9 +35,13 @@ def test_gpu_check_dry_run_on_cpu(tmp_path, tiny_llama_dir):
 def test_distill_throughput_runs_and_both_paths_agree(tmp_path, tiny_llama_dir):
     from benchmarks.distill_throughput import main
 
-    main(["--backbone", str(tiny_llama_dir), "--dtype", "fp32", "--steps", "1", "--batch-size", "4",
-          "--items", "32", "--out", str(tmp_path / "tp.json")])
+    main(["--backbone", str(tiny_llama_dir), "--dtype", "fp32", "--steps", "1", "--eval-users", "4",
+          "--items", "16", "--out", str(tmp_path / "tp.json")])
     r = json.loads((tmp_path / "tp.json").read_text())
-    assert r["max_relative_loss_difference"] < 1e-3
-    assert r["speedup_vs_naive"] > 0 and r["efficient"]["users_per_s"] > 0
-    assert set(r["item_table_items_per_s"]) == {"plain", "with_prefix_cache"}
+    rows = {row["name"]: row for row in r["rows"]}
+    assert "today" in rows and "chosen (params.yaml)" in rows and len(rows) >= 7
+    assert all(row["examples_per_s"] > 0 and row["eval_users_per_s"] > 0 for row in rows.values())
+    exact = rows["+ kv_reuse: frozen (exact)"]
+    assert exact["loss_vs_today_relative_difference"] < 1e-4  # the exact change computes the same loss
+    assert exact["eval_ranks_checksum"] == rows["today"]["eval_ranks_checksum"]  # and the same ranking
+    assert rows["+ num_layers: 8"]["layers"] == 2  # the tiny model has 2 layers: a cut beyond them keeps all

@@ -11,6 +11,7 @@ import torch
 from components.distill import DistillOptions, Examples, build_model, fit
 from components.errors import ConfigError
 from components.llm.model import LLMSRec
+from components.llm.prompts import LAYOUTS
 from components.sequences import Prepared
 
 
@@ -33,32 +34,37 @@ def test_shapes_and_prompt_slots(model, data):
     assert hist.items.shape[1] <= 10
     assert model.user_vectors(hist).shape == (6, 128)
     assert model.item_vectors(torch.tensor([1, 2, 3])).shape == (3, 128)
-    ids, _ = model.prompts.users(hist.items.numpy(), hist.timestamps.numpy())
-    assert (ids == model.prompts.history_id).sum(1).tolist() == (hist.items != 0).sum(1).tolist()
-    assert (ids == model.prompts.user_out_id).sum(1).tolist() == [1] * 6
+    p = model.prompts.users(hist.items.numpy(), hist.timestamps.numpy())
+    rows = [p.full(b) for b in range(6)]
+    assert [r.count(model.prompts.history_id) for r in rows] == (hist.items != 0).sum(1).tolist()
+    assert [r.count(model.prompts.user_out_id) for r in rows] == [1] * 6
+    assert all(r[-1] == model.prompts.user_out_id for r in rows)
+    assert all(model.prompts.history_id not in f for f in p.frozen)  # the frozen part holds text only
+    assert all(v[0] == model.prompts.history_id for v in p.live)  # the live part starts at the first slot
     # the injected ids lie beyond the LLM's own table, so its embedding rows are never used for them
     assert min(model.prompts.special_ids()) >= model.backbone.embed_tokens.num_embeddings
 
 
-def test_injection_reads_the_true_position_under_left_and_right_padding(data, teacher, tiny_backbone, titles):
+@pytest.mark.parametrize("layout", LAYOUTS)
+def test_a_batch_gives_each_row_what_it_gives_alone(data, teacher, tiny_backbone, titles, layout):
+    """Padding (of frozen text and of the live part) never leaks into a row's state, in every layout."""
     torch.manual_seed(2)
-    right = build_model(data, copy.deepcopy(teacher), tiny_backbone, DistillOptions(), titles)
-    left = copy.deepcopy(right)
-    left.prompts.padding_side = "left"
+    m = build_model(data, copy.deepcopy(teacher), tiny_backbone, DistillOptions(prompt=layout), titles)
     hist = data.histories("valid", np.arange(8), 10)
     hist.items[0, :-2] = 0  # one very short history forces heavy padding in the batch
     with torch.no_grad():
-        r, lft = right.user_vectors(hist), left.user_vectors(hist)
-        alone = torch.cat([right.user_vectors(type(hist)(hist.items[i:i + 1], hist.timestamps[i:i + 1],
-                                                            hist.users[i:i + 1])) for i in range(8)])
-    torch.testing.assert_close(r, alone, atol=1e-4, rtol=1e-4)
-    torch.testing.assert_close(lft, alone, atol=1e-4, rtol=1e-4)
+        batched = m.user_vectors(hist)
+        m.kv_cache.clear()
+        alone = torch.cat([m.user_vectors(type(hist)(hist.items[i:i + 1], hist.timestamps[i:i + 1],
+                                                      hist.users[i:i + 1])) for i in range(8)])
+    torch.testing.assert_close(batched, alone, atol=1e-4, rtol=1e-4)
     # a different item in a [HistoryEmb] slot changes the output: the injection is really read
     hist2 = copy.deepcopy(hist)
     hist2.items[1, -1] = 1 if hist.items[1, -1] != 1 else 2
     with torch.no_grad():
-        assert not torch.allclose(right.user_vectors(hist2)[1], r[1])
-        torch.testing.assert_close(right.user_vectors(hist2)[2], r[2], atol=1e-5, rtol=1e-5)
+        changed = m.user_vectors(hist2)
+    assert not torch.allclose(changed[1], batched[1])
+    torch.testing.assert_close(changed[2], batched[2], atol=1e-5, rtol=1e-5)
 
 
 def test_gradients_reach_only_adapters_and_llm_stays_bit_identical(model, data):
@@ -164,39 +170,57 @@ def test_nan_loss_names_the_step(model, data):
         fit(model, data, DistillOptions(max_steps=2, valid_users=5), seed=0, log=lambda *_: None)
 
 
-def test_item_prefix_cache_gives_the_same_vectors_and_gradients(model):
-    idx = torch.tensor([1, 5, 9, 2])
-    assert 5 <= model.prompts.item_prefix_len < len(model.prompts.items(np.array([1]))[0][0])
-    plain = model.item_vectors(idx)
-    plain.sum().backward()
-    grad_plain = model.adapters.f_I[0].weight.grad.clone()
-    model.adapters.zero_grad()
-    model.config.item_prefix_cache = True
-    cached = model.item_vectors(idx)
-    cached.sum().backward()
-    torch.testing.assert_close(cached, plain, atol=1e-5, rtol=1e-5)
-    torch.testing.assert_close(model.adapters.f_I[0].weight.grad, grad_plain, atol=1e-5, rtol=1e-5)
-    assert model._prefix_kv is not None and model._prefix_kv[0][0].shape[0] == 1  # stored once, not per batch
+@pytest.fixture(scope="module")
+def tiny_backbone_fp64(smollm2_dir):
+    """The tiny Llama in float64: the cached and the one-pass paths then agree to rounding, not to fp32 noise."""
+    from transformers import AutoTokenizer, LlamaConfig, LlamaModel
 
-
-def test_vectorised_path_equals_the_naive_per_sample_reference(data, teacher, smollm2_dir, titles):
-    """The throughput benchmark's speed-up is only meaningful if both paths compute the same loss."""
-    from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
-
-    from benchmarks.distill_throughput import naive_loss_terms
     from components.llm.backbone import Backbone
 
     tok = AutoTokenizer.from_pretrained(smollm2_dir)
-    torch.manual_seed(3)
-    causal = LlamaForCausalLM(LlamaConfig(vocab_size=len(tok), hidden_size=32, intermediate_size=64,
-                                          num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2)).eval()
-    causal.requires_grad_(False)
-    bb = Backbone(causal.model, tok, "tiny", "tiny", 32, torch.float32, torch.device("cpu"))
-    m = build_model(data, copy.deepcopy(teacher), bb, DistillOptions(), titles)
-    batch = Examples(data, window=20, seed=0).batch(np.arange(6), 3, shuffle=False)
-    fast, naive = m.loss_terms(batch), naive_loss_terms(m, causal, batch)
-    for k in fast:
-        torch.testing.assert_close(fast[k], naive[k], atol=1e-5, rtol=1e-4)
+    torch.manual_seed(0)
+    cfg = LlamaConfig(vocab_size=len(tok), hidden_size=32, intermediate_size=64, num_hidden_layers=3,
+                      num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=1024)
+    model = LlamaModel(cfg).double().eval().requires_grad_(False)
+    return Backbone(model=model, tokenizer=tok, name="tiny-llama-fp64", fingerprint="tiny64", hidden_size=32,
+                    dtype=torch.float64, device=torch.device("cpu"))
+
+
+@pytest.mark.parametrize("layout", LAYOUTS)
+def test_cached_keys_values_give_the_same_losses_and_gradients_as_one_pass(data, teacher, tiny_backbone_fp64,
+                                                                          titles, layout):
+    """kv_reuse (the opening once; each row's frozen text without gradients, cached across steps) is
+    exact: the loss and every adapter gradient equal those of one pass over the whole prompt."""
+    torch.manual_seed(4)
+    m = build_model(data, copy.deepcopy(teacher).double(), tiny_backbone_fp64, DistillOptions(prompt=layout),
+                    titles).double()
+    batch = Examples(data, window=20, seed=0).batch(np.arange(10), 3, shuffle=False)
+    got = {}
+    for reuse in ("none", "opening", "frozen", "frozen-cached"):
+        m.config.kv_reuse = reuse.split("-")[0]
+        if reuse == "frozen":
+            m.kv_cache.clear()
+        m.adapters.zero_grad()
+        loss = m.loss(batch)
+        loss.backward()
+        got[reuse] = (loss.detach(), [p.grad.clone() for p in m.adapters.parameters() if p.grad is not None])
+    assert m.kv_cache.hits >= len(batch.histories) and len(m.kv_cache) > 0  # the last pass read the cache
+    for reuse in ("opening", "frozen", "frozen-cached"):
+        torch.testing.assert_close(got[reuse][0], got["none"][0], atol=1e-10, rtol=1e-10)
+        assert len(got[reuse][1]) == len(got["none"][1]) > 0
+        for a, b in zip(got[reuse][1], got["none"][1], strict=True):
+            torch.testing.assert_close(a, b, atol=1e-10, rtol=1e-8)
+
+
+def test_frozen_text_cache_stays_within_its_bound(data, teacher, tiny_backbone, titles):
+    m = build_model(data, copy.deepcopy(teacher), tiny_backbone, DistillOptions(kv_cache_mb=0.05), titles)
+    with torch.no_grad():
+        m.build_item_table(16)
+    assert 0 < m.kv_cache.bytes <= 0.05 * 2**20 and len(m.kv_cache) < m.num_items  # the oldest were evicted
+    off = build_model(data, copy.deepcopy(teacher), tiny_backbone, DistillOptions(kv_cache_mb=0), titles)
+    with torch.no_grad():
+        off.item_vectors(torch.tensor([1, 2]))
+    assert len(off.kv_cache) == 0
 
 
 def test_teacher_stays_in_eval_mode_while_training(model, data):
