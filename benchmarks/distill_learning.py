@@ -80,10 +80,18 @@ def run_variant(name: str, overrides: dict, args, prepared, teacher, titles, bac
     t0 = time.time()
     result = fit(model, prepared, opts, args.seed, log=lambda m: print(f"[{name}] {m}", flush=True))
     after = state_spread(model, prepared)
-    ev = [p for p in result["curve"] if "valid_ndcg@10" in p]
+    from components.distill import validate_ndcg
+
+    valid_n = len(prepared.candidates["valid"].user_idx)
+    rows = np.sort(np.random.default_rng(args.seed).choice(valid_n, min(valid_n, opts.valid_users or valid_n),
+                                                           replace=False))  # the rows fit validated on
+    shuffled = validate_ndcg(model, prepared, rows, opts.eval_batch_size, opts.item_batch_size, shuffle_seed=args.seed)
+    ev = [p for p in result["curve"] if p.get("valid_ndcg@10") is not None]
     return {"name": name, "overrides": overrides, "num_layers": backbone.num_layers,
             "options": {k: v for k, v in vars(opts).items()}, "spread_before": before, "spread_after": after,
             "best_valid_ndcg@10": result["best_valid_ndcg@10"], "best_step": result["best_step"],
+            "valid_ndcg@10_shuffled": round(shuffled, 5),
+            "valid_shuffle_drop": round(1 - shuffled / max(result["best_valid_ndcg@10"], 1e-9), 4),
             "steps": result["steps"], "seconds_per_step": result["seconds_per_step"],
             "examples_per_second": round(result["steps"] * opts.batch_size / result["train_seconds"], 2),
             "epochs": result["epochs"], "minutes": round((time.time() - t0) / 60, 2),
@@ -142,11 +150,12 @@ def main(argv: list[str] | None = None) -> None:
         args.out.parent.mkdir(parents=True, exist_ok=True)
         args.out.write_text(json.dumps({"prepared": str(args.prepared), "minutes": args.minutes, "base": base,
                                         "threads": torch.get_num_threads(), "variants": results}, indent=2) + "\n")
-    print(f"\n{'variant':<22}{'best valid NDCG@10':>20}{'steps':>7}{'s/step':>8}{'ex/s':>7}"
+    print(f"\n{'variant':<22}{'best valid NDCG@10':>20}{'shuffle drop':>13}{'steps':>7}{'s/step':>8}{'ex/s':>7}"
           f"{'cos user raw→after':>22}{'cos item raw→after':>22}")
     for r in results:
         b, a = r["spread_before"], r["spread_after"]
-        print(f"{r['name']:<22}{r['best_valid_ndcg@10']:>20.4f}{r['steps']:>7}{r['seconds_per_step']:>8.2f}"
+        print(f"{r['name']:<22}{r['best_valid_ndcg@10']:>20.4f}{r['valid_shuffle_drop']:>13.1%}{r['steps']:>7}"
+              f"{r['seconds_per_step']:>8.2f}"
               f"{r['examples_per_second']:>7.1f}{b['user_raw']:>11.3f}→{a['user_raw']:<10.3f}"
               f"{b['item_raw']:>11.3f}→{a['item_raw']:<10.3f}")
     if args.plot:

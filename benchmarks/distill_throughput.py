@@ -62,7 +62,13 @@ def chosen_config(params_path: Path) -> dict:
 
 
 def profile_step(model, batch) -> dict[str, float]:
-    """Seconds of one training step spent in user prompts, item prompts and backward."""
+    """Seconds of one training step spent in user prompts (tokenization included; also timed alone), item
+    prompts and backward, and the share of the user prompts' padded tokens that are padding."""
+    items, ts = model._prompt_window(batch.histories)
+    t = time.perf_counter()
+    p = model.prompts.users(items.numpy(), ts.numpy())
+    tokenize_s = time.perf_counter() - t
+    lengths = [len(f) + len(v) for f, v in zip(p.frozen, p.live, strict=True)]
     t0 = time.perf_counter()
     u = model.user_vectors(batch.histories)
     t1 = time.perf_counter()
@@ -72,7 +78,8 @@ def profile_step(model, batch) -> dict[str, float]:
     (u.sum() + iv.sum()).backward()
     t3 = time.perf_counter()
     model.adapters.zero_grad()
-    return {"user_prompts_s": round(t1 - t0, 3), "item_prompts_s": round(t2 - t1, 3), "backward_s": round(t3 - t2, 3)}
+    return {"tokenize_s": round(tokenize_s, 4), "user_prompts_s": round(t1 - t0, 3), "item_prompts_s": round(t2 - t1, 3),
+            "backward_s": round(t3 - t2, 3), "user_padding_share": round(1 - sum(lengths) / (len(lengths) * max(lengths)), 3)}
 
 
 def measure(name: str, cfg: dict, args, data, teacher, titles, full_backbone) -> dict:

@@ -285,6 +285,68 @@ def batcher_lines(paths: list[Path]) -> list[str]:
     return ["## Batchers at concurrency 1 (`python -m benchmarks.batchers_c1`)", "", *lines]
 
 
+def throughput_lines(paths: list[Path]) -> list[str]:
+    """`benchmarks.distill_throughput` results: today's path, each change, the chosen default."""
+    lines = []
+    for path in paths:
+        r = json.loads(path.read_text())
+        lines += [f"### {path.name}", "",
+                  f"{r['backbone']} ({r['dtype']}, {r['device']}, {r['threads']} threads), {r['steps']} timed steps of "
+                  f"20 examples after one warm-up, {r['eval_users']} fresh validation users scored against 100 "
+                  "candidates.", "",
+                  "| configuration | train examples/s | × today | eval users/s | × today | layers | user prompt tokens "
+                  "(with gradients) | one step: tokenize / user prompts / item prompts / backward (s) | padding |",
+                  "|---|---:|---:|---:|---:|---:|---:|---|---:|"]
+        for row in r["rows"]:
+            pr = row["profile"]
+            lines.append(f"| {row['name']} | {row['examples_per_s']:.2f} | {row.get('train_speedup', 1):.2f} | "
+                         f"{row['eval_users_per_s']:.2f} | {row.get('eval_speedup', 1):.2f} | {row['layers']} | "
+                         f"{row['user_prompt_tokens']:.0f} ({row['user_live_tokens']:.0f}) | "
+                         f"{pr['tokenize_s']:.3f} / {pr['user_prompts_s']:.2f} / {pr['item_prompts_s']:.2f} / "
+                         f"{pr['backward_s']:.2f} | {pr['user_padding_share']:.0%} |")
+        exact = [row for row in r["rows"] if "loss_vs_today_relative_difference" in row]
+        lines += [""] + [f"{row['name']}: loss on the same batch within {row['loss_vs_today_relative_difference']:.1e} "
+                         "(relative) of today's, the same validation ranks." if row["eval_ranks_checksum"] ==
+                         next(x for x in r["rows"] if x["name"] == "today")["eval_ranks_checksum"] else
+                         f"{row['name']}: loss within {row['loss_vs_today_relative_difference']:.1e} of today's."
+                         for row in exact] + [""]
+    if not lines:
+        return []
+    return ["## Distillation throughput (`python -m benchmarks.distill_throughput`)", "", *lines]
+
+
+def learning_lines(paths: list[Path], docs_dir: Path | None) -> list[str]:
+    """`benchmarks.distill_learning` results: variants side by side at one wall-clock budget."""
+    lines = []
+    for path in paths:
+        r = json.loads(path.read_text())
+        base = ", ".join(f"{k}={v}" for k, v in r["base"].items())
+        lines += [f"### {path.name}", "", f"{r['minutes']:g} min of training per variant (validation included) on "
+                  f"`{r['prepared']}`, {r['threads']} threads; every variant starts from: {base}.", "",
+                  "| variant | changes | best valid NDCG@10 | shuffle drop | steps | s/step | examples/s | [UserOut] cosine "
+                  "before → after | [ItemOut] cosine before → after | f_I norm after (token norm) |",
+                  "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|"]
+        for v in r["variants"]:
+            b, a = v["spread_before"], v["spread_after"]
+            changes = ", ".join(f"{k}={x}" for k, x in v["overrides"].items() if r["base"].get(k) != x) or "none"
+            drop = f"{v['valid_shuffle_drop']:.1%}" if "valid_shuffle_drop" in v else ""
+            lines.append(f"| {v['name']} | {changes} | {v['best_valid_ndcg@10']:.4f} | {drop} | {v['steps']} | "
+                         f"{v['seconds_per_step']:.2f} | {v['examples_per_second']:.1f} | {b['user_raw']:.3f} → "
+                         f"{a['user_raw']:.3f} | {b['item_raw']:.3f} → {a['item_raw']:.3f} | "
+                         f"{a['inject_norm']:.1f} ({a['token_norm']:.1f}) |")
+        png = path.with_suffix(".png")
+        if png.is_file() and docs_dir is not None:
+            lines += ["", f"![{path.stem}: validation NDCG@10 over training minutes]"
+                          f"({os.path.relpath(png.resolve(), docs_dir.resolve())})"]
+        lines.append("")
+    if not lines:
+        return []
+    return ["## Why LLM-SRec learned slowly, and what helps (`python -m benchmarks.distill_learning`)", "",
+            "Cosine: the mean pairwise cosine similarity of the LLM's last hidden states at `[UserOut]` (64 "
+            "validation users) and `[ItemOut]` (64 items); near 1, every input gives nearly the same state.", "",
+            *lines]
+
+
 def render(results_dir: Path, plot: Path | None = None) -> str:
     results = {p.stem: json.loads(p.read_text()) for p in sorted(Path(results_dir).glob("*.json"))}
     results = {k: v for k, v in results.items() if model_rows(v)}  # quality results only (not serving.json)
@@ -303,7 +365,10 @@ def render(results_dir: Path, plot: Path | None = None) -> str:
               "\n".join(serving_lines([*sorted(Path(results_dir).glob("serving*.json")),
                                         *sorted((Path(results_dir) / "gpu").glob("serving_gpu*.json"))],
                                        plot=plot.with_name("serving.png") if plot is not None else None)),
-              "\n".join(batcher_lines(sorted(Path(results_dir).glob("batchers_c1*.json"))))]
+              "\n".join(batcher_lines(sorted(Path(results_dir).glob("batchers_c1*.json")))),
+              "\n".join(throughput_lines(sorted((Path(results_dir) / "throughput").glob("distill_throughput*.json")))),
+              "\n".join(learning_lines(sorted((Path(results_dir) / "learning").glob("*.json")),
+                                       plot.parent if plot is not None else None))]
     return "\n".join(p for p in parts if p)
 
 

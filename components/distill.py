@@ -14,7 +14,6 @@ gradients are averaged across processes; only the main process validates and wri
 from __future__ import annotations
 
 import argparse
-import copy
 import math
 import time
 from dataclasses import dataclass, field, fields
@@ -132,11 +131,14 @@ class Examples:
     def __len__(self) -> int:
         return len(self.rows)
 
-    def batch(self, examples: np.ndarray, num_negatives: int, shuffle: bool):
-        """A `Batch` for example indices [B]: right-aligned histories, targets [B, 1], negatives [B, 1, K]."""
+    def batch(self, examples: np.ndarray, num_negatives: int, shuffle: bool, rng: np.random.Generator | None = None):
+        """A `Batch` for example indices [B]: right-aligned histories, targets [B, 1], negatives [B, 1, K].
+
+        Negatives and the shuffle draw from `rng` (default: the set's own generator)."""
         from components.evaluation.metrics import shuffle_window
         from components.models.base import Batch, Histories
 
+        rng = self.rng if rng is None else rng
         s = self.set
         rows, pos = self.rows[examples], self.pos[examples]
         W = s.inputs.shape[1]
@@ -149,10 +151,17 @@ class Examples:
         items, ts = torch.from_numpy(items[:, -width:]), torch.from_numpy(ts[:, -width:])  # [B, L]
         target = torch.from_numpy(s.targets[rows, pos][:, None])  # [B, 1] the item that followed
         if shuffle:  # items move, dates and "Item No." stay: the paper's shuffled training
-            items = shuffle_window(items, None, torch.Generator().manual_seed(int(self.rng.integers(2**31))))
-        neg = s.sample_negatives(rows, (1, num_negatives), self.rng)  # [B, 1, K]
+            items = shuffle_window(items, None, torch.Generator().manual_seed(int(rng.integers(2**31))))
+        neg = s.sample_negatives(rows, (1, num_negatives), rng)  # [B, 1, K]
         return Batch(Histories(items, ts, torch.from_numpy(s.users[rows])), targets=target,
                      negatives=torch.from_numpy(neg))
+
+    def batches(self, batch_size: int, num_negatives: int, shuffle: bool, rng: np.random.Generator,
+                rank: int = 0, world: int = 1):
+        """One epoch: the examples in `rng`'s order, `batch_size` per step; this process's share of each."""
+        order = rng.permutation(len(self))
+        for lo in range(0, len(order), batch_size):
+            yield self.batch(order[lo: lo + batch_size][rank::world], num_negatives, shuffle, rng)
 
 
 def flat_offsets(lengths: np.ndarray) -> np.ndarray:
@@ -162,27 +171,40 @@ def flat_offsets(lengths: np.ndarray) -> np.ndarray:
 
 
 @torch.no_grad()
-def validate_ndcg(model, prepared, rows_subset: np.ndarray, batch_size: int, item_batch_size: int) -> float:
-    from components.evaluation.metrics import candidate_ranks, ndcg_at
+def validate_ndcg(model, prepared, rows_subset: np.ndarray, batch_size: int, item_batch_size: int,
+                  shuffle_seed: int | None = None) -> float:
+    """Mean NDCG@10 of the valid split's users `rows_subset` [U] on their fixed 1+99 candidates; with
+    `shuffle_seed`, each history's window is permuted first (the shuffle diagnostic, for reading only)."""
+    from components.evaluation.metrics import candidate_ranks, ndcg_at, shuffle_window
 
     model.eval()
+    model.cache_users = shuffle_seed is None  # the same users at every validation: their text's keys/values are kept
     model.build_item_table(item_batch_size)
     cand = prepared.candidates["valid"]
+    generator = torch.Generator().manual_seed(shuffle_seed) if shuffle_seed is not None else None
     ranks = []
     for lo in range(0, len(rows_subset), batch_size):
         sel = rows_subset[lo: lo + batch_size]
         hist = prepared.histories("valid", prepared.rows(cand.user_idx[sel]), model.max_history)
+        if generator is not None:
+            hist.items = shuffle_window(hist.items, None, generator)
         scores = model.score_candidates(hist, torch.from_numpy(cand.items[sel]))  # [B, C], on the model's device
         ranks.append(candidate_ranks(scores.cpu()).numpy())
+    model.cache_users = False
     model.train()
     return float(ndcg_at(np.concatenate(ranks), 10).mean())
 
 
-def fit(model, prepared, opts: DistillOptions, seed: int, accelerator=None, log=print) -> dict[str, Any]:
-    """Train the adapters in place; returns the curve and figures. Restores the best adapters."""
-    from tqdm import tqdm
+def fit(model, prepared, opts: DistillOptions, seed: int, accelerator=None, log=print,
+        state_root: Path | None = None, key: str = "") -> dict[str, Any]:
+    """Train the adapters in place with the shared loop (components/training.py); restores the best adapters.
 
-    from components.errors import PipelineError
+    Validation: NDCG@10 on a seeded subset of `valid_users` of the valid split (all when null). With
+    `state_root`, the run resumes after its last validation when killed and restarted (same `key`).
+    Returns the curve and the figures `reports/distill_train.json` records.
+    """
+    from components.training import TrainOptions
+    from components.training import fit as train_loop
 
     if accelerator is None:
         from accelerate import Accelerator
@@ -196,87 +218,36 @@ def fit(model, prepared, opts: DistillOptions, seed: int, accelerator=None, log=
         # Checkpointing only runs in train() mode; dropout is already 0 in the frozen LLM.
         model.backbone.model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
         model.backbone.model.train()
-    params = model.trainable_parameters()
-    optimizer = accelerator.prepare(torch.optim.Adam(params, lr=opts.lr))
-
     examples = Examples(prepared, window=max(model.cfsrec.max_history or 128, opts.history_len), seed=seed,
                         targets=opts.targets)
-    steps_per_epoch = math.ceil(len(examples) / opts.batch_size)
-    total = steps_per_epoch * opts.epochs if opts.max_steps is None else min(opts.max_steps, steps_per_epoch * opts.epochs)
-    eval_every = max(1, round(opts.eval_every * steps_per_epoch))
-    rng = np.random.default_rng(seed)
     valid_n = len(prepared.candidates["valid"].user_idx)
-    valid_rows = np.sort(rng.choice(valid_n, min(valid_n, opts.valid_users or valid_n), replace=False))
-
-    curve: list[dict[str, Any]] = []
-    best = {"ndcg": -1.0, "step": 0, "state": None}
-    bad_evals, step, tokens, t0 = 0, 0, 0, time.time()
-    model.train()
-    bar = tqdm(total=total, desc="distill", disable=not accelerator.is_main_process)
-    stop = out_of_time = False
-    for epoch in range(1, opts.epochs + 1):
-        order = rng.permutation(len(examples))
-        for lo in range(0, len(order), opts.batch_size):
-            rows = order[lo: lo + opts.batch_size][rank::world]  # this process's share of the batch
-            batch = examples.batch(rows, opts.num_negatives, opts.shuffle_train)
-            terms = model.loss_terms(batch)
-            loss = sum(opts.weights[k] * v for k, v in terms.items())
-            if not torch.isfinite(loss):
-                raise PipelineError(f"distill step {step + 1} (epoch {epoch})", f"the loss is {loss.item()} "
-                                    f"({ {k: v.item() for k, v in terms.items()} })",
-                                    "lower distill.lr, or use llm.dtype: fp32 if the backbone overflows in fp16")
-            optimizer.zero_grad(set_to_none=True)
-            accelerator.backward(loss)
-            if world > 1:  # the adapters are called piecewise, not through DDP: average gradients by hand
-                for p in params:
-                    if p.grad is not None:
-                        p.grad = accelerator.reduce(p.grad, reduction="mean")
-            optimizer.step()
-            step += 1
-            tokens += int(batch.histories.items.ne(0).sum())
-            point = {"step": step, "epoch": round(step / steps_per_epoch, 3), "minutes": round((time.time() - t0) / 60, 3),
-                     "loss": round(loss.item(), 5),
-                     **{k: round(v.item(), 5) for k, v in terms.items()}}
-            bar.update(1)
-            bar.set_postfix(loss=f"{loss.item():.4f}", **{k: f"{v.item():.3f}" for k, v in terms.items()})
-            out_of_time = opts.max_minutes is not None and time.time() - t0 > opts.max_minutes * 60
-            if world > 1:  # every process must agree, or the validation gather below would hang
-                out_of_time = bool(accelerator.gather_for_metrics(
-                    torch.tensor([out_of_time], device=accelerator.device)).any())
-            if step % eval_every == 0 or step == total or out_of_time:
-                if accelerator.is_main_process:
-                    ndcg = validate_ndcg(model, prepared, valid_rows, opts.eval_batch_size, opts.item_batch_size)
-                    point["valid_ndcg@10"] = round(ndcg, 5)
-                    log(f"distill: step {step}/{total} valid NDCG@10 {ndcg:.4f} (best {max(best['ndcg'], ndcg):.4f})")
-                    if ndcg > best["ndcg"]:
-                        best = {"ndcg": ndcg, "step": step, "state": copy.deepcopy(model.adapters.state_dict())}
-                        bad_evals = 0
-                    else:
-                        bad_evals += 1
-                    stop = bad_evals >= opts.patience
-                for group in optimizer.param_groups:  # the reference's schedule: x0.95 per validation
-                    group["lr"] *= opts.lr_decay
-                stop = bool(accelerator.gather_for_metrics(torch.tensor([stop], device=accelerator.device)).any())
-            curve.append(point)
-            if step >= total or stop or out_of_time:
-                break
-        if step >= total or stop or out_of_time:
-            break
-    bar.close()
-    if best["state"] is not None:
-        model.adapters.load_state_dict(best["state"])
-    seconds = time.time() - t0
+    valid_rows = np.sort(np.random.default_rng(seed).choice(valid_n, min(valid_n, opts.valid_users or valid_n),
+                                                            replace=False))
+    train_opts = TrainOptions(epochs=opts.epochs, eval_every=opts.eval_every, patience=opts.patience, lr=opts.lr,
+                              batch_size=opts.batch_size, seed=seed, betas=(0.9, 0.999), max_steps=opts.max_steps,
+                              max_minutes=opts.max_minutes, lr_decay=opts.lr_decay, validate_at_start=False,
+                              section="distill")
+    n_batches = math.ceil(len(examples) / opts.batch_size)
+    result = train_loop(
+        model, train_opts, n_batches=n_batches, params=model.trainable_parameters(), accelerator=accelerator,
+        batches=lambda rng: examples.batches(opts.batch_size, opts.num_negatives, opts.shuffle_train, rng, rank, world),
+        validate=lambda: validate_ndcg(model, prepared, valid_rows, opts.eval_batch_size, opts.item_batch_size),
+        state_root=state_root, key=key, log=lambda m: log(f"distill: {m}"))
+    model.load_state_dict(result.best_state)
     if opts.gradient_checkpointing:
         model.backbone.model.gradient_checkpointing_disable()
     model.backbone.model.eval()
     model.eval()
-    stopped_by = "early_stopping" if stop else "max_minutes" if out_of_time else "step_budget"
-    return {"curve": curve, "steps": step, "steps_per_epoch": steps_per_epoch, "best_step": best["step"],
-            "best_valid_ndcg@10": round(best["ndcg"], 5), "early_stopped": stop, "stopped_by": stopped_by,
-            "train_seconds": round(seconds, 2), "epochs": round(step / steps_per_epoch, 3),
-            "seconds_per_epoch": round(seconds * steps_per_epoch / max(step, 1), 2),
-            "seconds_per_step": round(seconds / max(step, 1), 3), "history_items_per_second": round(tokens / seconds, 2),
-            "users_per_second": round(step * opts.batch_size / seconds, 3), "valid_users": len(valid_rows)}
+    p = result.progress
+    seconds = max(p.train_seconds, 1e-9)
+    return {"curve": p.curve, "steps": p.step, "steps_per_epoch": n_batches, "best_step": p.best_step,
+            "best_valid_ndcg@10": round(p.best_ndcg, 5), "early_stopped": p.stopped_by == "early_stopping",
+            "stopped_by": p.stopped_by, "resumed_from_step": result.resumed_from_step,
+            "train_seconds": round(p.train_seconds, 2), "epochs": round(p.step / n_batches, 3),
+            "seconds_per_epoch": round(seconds * n_batches / max(p.step, 1), 2),
+            "seconds_per_step": round(seconds / max(p.step, 1), 3),
+            "examples_per_second": round(p.step * opts.batch_size / seconds, 3),
+            "training_examples": len(examples), "valid_users": len(valid_rows)}
 
 
 def plot_curve(curve: list[dict[str, Any]], path: Path) -> None:
@@ -291,7 +262,7 @@ def plot_curve(curve: list[dict[str, Any]], path: Path) -> None:
         if any(key in p for p in curve):
             a.plot(steps, [p.get(key, np.nan) for p in curve], label=key)
     a.set_xlabel("step"), a.set_title("training loss"), a.legend()
-    ev = [p for p in curve if "valid_ndcg@10" in p]
+    ev = [p for p in curve if p.get("valid_ndcg@10") is not None]
     b.plot([p["step"] for p in ev], [p["valid_ndcg@10"] for p in ev], marker="o")
     b.set_xlabel("step"), b.set_title("valid NDCG@10 (subset)")
     fig.tight_layout()
@@ -310,6 +281,7 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--curve", type=Path, required=True)
     ap.add_argument("--plot", type=Path, required=True)
     ap.add_argument("--summary", type=Path, required=True)
+    ap.add_argument("--state-dir", type=Path, help="where a killed run's state is kept for resuming (outside the outs)")
     args = ap.parse_args(argv)
     params = load_params(args.params)
     opts = DistillOptions.from_params(section(params, "distill", args.params))
@@ -331,12 +303,23 @@ def main(argv: list[str] | None = None) -> None:
                              num_layers=llm_cfg.get("num_layers"))
     prepared = Prepared.load(args.prepared)
     titles = [""] + pd.read_parquet(args.prepared / "items.parquet").sort_values("idx")["title"].astype(str).tolist()
+    torch.manual_seed(seed)  # the adapters' initial weights
     model = build_model(prepared, load_checkpoint(args.cfsrec), backbone, opts, titles, str(args.cfsrec))
     n_train = sum(p.numel() for p in model.trainable_parameters())
     print(f"distill: backbone {backbone.name} ({backbone.dtype}, {backbone.device}), "
           f"{n_train:,} trainable parameters, LLM frozen")
 
-    result = fit(model, prepared, opts, seed, accelerator)
+    from components.llm.model import state_hash
+    from components.training import ResumeState, run_key
+
+    # What shapes the adapters step by step; epochs, eval_every, patience and the budgets only decide when
+    # to validate and stop, so a run can be extended. The LLM enters through its fingerprint (layers included).
+    shaping = {k: v for k, v in vars(opts).items() if k not in
+               ("epochs", "eval_every", "patience", "max_steps", "max_minutes", "valid_users", "item_batch_size",
+                "eval_batch_size", "kv_cache_mb", "kv_reuse")}
+    key = run_key(model.config_dict(), shaping, seed, prepared.fingerprint(), state_hash(model.cfsrec),
+                  backbone.fingerprint, str(backbone.dtype))
+    result = fit(model, prepared, opts, seed, accelerator, state_root=args.state_dir, key=key)
     if accelerator.is_main_process:
         t0 = time.time()
         model.build_item_table(opts.item_batch_size, progress=True)
@@ -349,6 +332,8 @@ def main(argv: list[str] | None = None) -> None:
         result.update(trainable_parameters=n_train, backbone=backbone.name, dtype=str(backbone.dtype).replace("torch.", ""),
                       device=str(backbone.device))
         write_json(args.summary, result)
+        if args.state_dir is not None:
+            ResumeState(args.state_dir, key).clear()  # finished: nothing left to resume
         print(f"distill: {result['steps']} steps ({result['seconds_per_step']:.1f}s/step), best valid NDCG@10 "
               f"{result['best_valid_ndcg@10']:.4f} at step {result['best_step']}; item table "
               f"{model.num_items} items in {result['item_table_seconds']:.1f}s -> {args.out}")

@@ -38,8 +38,8 @@ from components.params import load_params, section
 DEFAULTS: dict[str, Any] = {
     "model": "llmsrec",
     "min_ndcg_at_10": 0.10,
-    "min_lift_over_popularity": 0.0,
-    "min_shuffle_drop": 0.02,
+    "min_lift_over_popularity": 0.5,
+    "min_shuffle_drop": 0.04,
     "max_regression": 0.02,
     "champion_users": None,
     "first_model": "provisional",

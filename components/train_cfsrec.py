@@ -37,7 +37,7 @@ from components.models.base import WEIGHTS, match_items, read_checkpoint_meta
 from components.models.sasrec import SASRec, SASRecConfig
 from components.params import load_params, section
 from components.sequences import Prepared
-from components.training import FitResult, TrainOptions, fit, run_key
+from components.training import FitResult, TrainOptions, run_key, sasrec_fit
 
 ARCHITECTURE = ("hidden", "num_blocks", "num_heads", "max_len")  # what must agree for weights to fit
 
@@ -135,7 +135,7 @@ def train(params: dict[str, Any], prepared: Path, state_dir: Path | None, log=pr
                   file_digest(Path(warm["from"]) / WEIGHTS) if warm and "skipped" not in warm else None)
     log(f"pretrain_cfsrec: {len(data.user_idx):,} users, {data.num_items:,} items, loss {model_cfg.loss}, "
         f"{threads} threads, run {key}")
-    result = fit(model, data, opts, state_root=state_dir, key=key, log=log)
+    result = sasrec_fit(model, data, opts, state_root=state_dir, key=key, log=log)
     model.load_state_dict(result.best_state)
     summary = {
         "loss": model_cfg.loss, "epochs": result.progress.epoch, "best_epoch": result.progress.best_epoch,

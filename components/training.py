@@ -1,13 +1,18 @@
-"""A model-agnostic training loop: vectorised batches, validation, early stopping, resumable state.
+"""The one training loop, shared by SASRec (`pretrain_cfsrec`) and LLM-SRec (`distill`).
 
-`fit` calls only the `Recommender` interface (`loss`, `score_candidates` through the evaluator,
-`num_negatives`, `max_history`), so any model trains with it.
+`fit` calls only the `Recommender` interface (`loss` / `loss_terms`), a batch source and a validation
+function, so any model trains with it: validation every `eval_every` epochs (a fraction validates
+within an epoch), early stopping with patience on validation NDCG@10, the best weights kept, budgets in
+epochs, steps (`max_steps`) and wall-clock minutes (`max_minutes`), an optional learning-rate decay per
+validation, the curve (one row per validation round), and resume.
 
-Reproducible and resumable without pickles: each epoch draws its randomness from generators
-seeded by (seed, epoch), so a run restarted after epoch k replays epoch k+1 exactly as an
-uninterrupted run would. The resume state (last weights, Adam moments, best weights, the curve)
-is safetensors + JSON in a directory keyed by a hash of model config + training options + data,
-written after every completed epoch; state for another config or other data is never picked up.
+Reproducible and resumable without pickles: each epoch draws its batches from a generator seeded by
+(seed, epoch) and each step its dropout masks from (seed, step), so a run restarted after step j of
+epoch k replays the rest of epoch k exactly as an uninterrupted run would (the batches before j are
+drawn again and skipped). The resume state (last
+weights, Adam moments, best weights, the curve) is safetensors + JSON in a directory keyed by a hash
+of model config + training options + data, written after every round (an epoch, or a validation
+within one); state for another config or other data is never picked up.
 """
 
 from __future__ import annotations
@@ -39,20 +44,27 @@ MAX_RESAMPLE_ROUNDS = 30
 @dataclass
 class TrainOptions:
     epochs: int = 200
-    eval_every: int = 1
+    eval_every: float = 1  # epochs between validations; below 1 validates within an epoch (0.1 = 10 times)
     patience: int = 5
     lr: float = 1e-3
     batch_size: int = 128
     seed: int = 42
     betas: tuple[float, float] = (0.9, 0.98)  # the SASRec reference's Adam betas
     eval_batch_size: int = 512
+    max_steps: int | None = None  # optimizer-step budget (None: epochs only)
+    max_minutes: float | None = None  # wall-clock budget, resumed runs included: validate, keep the best, stop
+    lr_decay: float = 1.0  # learning rate multiplied by this after every validation (the LLM-SRec reference: 0.95)
+    validate_at_start: bool = True  # score the starting weights first (a warm start must be beaten to be replaced)
     section: str = "cfsrec"  # params section named in error messages
 
     def check(self) -> None:
-        for key in ("epochs", "eval_every", "patience", "batch_size"):
+        for key in ("epochs", "patience", "batch_size"):
             if int(getattr(self, key)) < (0 if key == "epochs" else 1):
                 raise ConfigError("params.yaml", f"{self.section}.{key}={getattr(self, key)!r} is out of range",
                                   f"set {self.section}.{key} to a positive integer")
+        if not self.eval_every > 0 or (self.eval_every > 1 and self.eval_every != int(self.eval_every)):
+            raise ConfigError("params.yaml", f"{self.section}.eval_every={self.eval_every!r} is out of range",
+                              f"set {self.section}.eval_every to a whole number of epochs or a fraction of one")
         if not self.lr > 0:
             raise ConfigError("params.yaml", f"{self.section}.lr={self.lr!r} must be positive",
                               f"set {self.section}.lr to e.g. 0.001")
@@ -115,12 +127,16 @@ class TrainingSet:
 @dataclass
 class Progress:
     epoch: int = 0  # last completed epoch
+    step_in_epoch: int = 0  # optimizer steps done in the epoch after it (a validation within an epoch)
+    step: int = 0  # optimizer steps in all
     curve: list[dict[str, Any]] = field(default_factory=list)
     initial_ndcg: float | None = None
-    best_epoch: int = 0  # 0 = the starting weights (e.g. a warm start) were never beaten
+    best_epoch: float = 0  # 0 = the starting weights (e.g. a warm start) were never beaten
+    best_step: int = 0
     best_ndcg: float = -1.0
     bad_evals: int = 0
     stopped: str = ""
+    stopped_by: str = ""  # early_stopping | epochs | max_steps | max_minutes
     train_seconds: float = 0.0
 
 
@@ -129,10 +145,11 @@ class FitResult:
     progress: Progress
     best_state: dict[str, torch.Tensor]
     resumed_from: int  # last completed epoch found in the resume state (0 = fresh start)
+    resumed_from_step: int = 0  # optimizer steps found in the resume state
 
     @property
     def seconds_per_epoch(self) -> float:
-        done = len(self.progress.curve)
+        done = self.progress.step / max(self.progress.curve[-1]["steps_per_epoch"], 1) if self.progress.curve else 0
         return self.progress.train_seconds / done if done else 0.0
 
 
@@ -142,8 +159,9 @@ def run_key(*parts: Any) -> str:
 
 
 class ResumeState:
-    """Last completed epoch of one run, in `root/<key>/`. Files are epoch-suffixed and `state.json`
-    is replaced atomically last, so a kill at any moment leaves the previous epoch loadable."""
+    """Last completed round (epoch, or validation within one) of one run, in `root/<key>/`. Files are
+    step-suffixed and `state.json` is replaced atomically last, so a kill at any moment leaves the
+    previous round loadable."""
 
     def __init__(self, root: Path, key: str):
         self.dir = Path(root) / key
@@ -161,9 +179,9 @@ class ResumeState:
     def save(self, progress: Progress, model: Recommender, optimizer: torch.optim.Optimizer,
              best_state: dict[str, torch.Tensor], best_changed: bool, previous_best: str | None) -> str:
         self.dir.mkdir(parents=True, exist_ok=True)
-        e = progress.epoch
-        names = {"weights": f"last-{e:05d}.safetensors", "optimizer": f"optim-{e:05d}.safetensors",
-                 "best": f"best-{e:05d}.safetensors" if best_changed or previous_best is None else previous_best}
+        e = progress.step
+        names = {"weights": f"last-{e:07d}.safetensors", "optimizer": f"optim-{e:07d}.safetensors",
+                 "best": f"best-{e:07d}.safetensors" if best_changed or previous_best is None else previous_best}
         save_file(_contiguous(model.state_dict()), str(self.dir / names["weights"]))
         tensors, meta = _optimizer_to(optimizer)
         save_file(tensors, str(self.dir / names["optimizer"]))
@@ -209,68 +227,150 @@ def validation_ndcg(model: Recommender, data: Prepared, batch_size: int) -> floa
     return float(ndcg_at(ranks, 10).mean())
 
 
-def fit(model: Recommender, data: Prepared, opts: TrainOptions, *, state_root: Path | None, key: str,
-        log: Callable[[str], None] = print) -> FitResult:
-    """Train `model` in place; returns the curve and the best weights by validation NDCG@10."""
+def _number(x: float) -> float | int:
+    return int(x) if float(x).is_integer() else round(float(x), 3)
+
+
+def fit(model: Recommender, opts: TrainOptions, *, batches: Callable[[np.random.Generator], Iterator[Batch]],
+        n_batches: int, validate: Callable[[], float], state_root: Path | None, key: str,
+        log: Callable[[str], None] = print, params: list[torch.nn.Parameter] | None = None,
+        accelerator: Any = None, progress_bar: bool = True) -> FitResult:
+    """Train `model` in place; returns the curve, the progress and the best weights by validation NDCG@10.
+
+    batches(rng) yields one epoch's batches (`n_batches` of them) from the epoch's generator; validate()
+    scores the model as it is now (valid NDCG@10). `params` (default: every parameter that requires a
+    gradient) are the ones Adam updates. With a multi-process `accelerator`, each process's `batches` yield
+    its share, gradients are averaged across processes, only the main process validates and writes state.
+    Raises ConfigError naming `{section}.lr` when the loss is not finite.
+    """
     opts.check()
-    train = TrainingSet(data, model.max_history)
-    params = [p for p in model.parameters() if p.requires_grad]
+    main = accelerator is None or accelerator.is_main_process
+    world = 1 if accelerator is None else accelerator.num_processes
+    params = params if params is not None else [p for p in model.parameters() if p.requires_grad]
     optimizer = torch.optim.Adam(params, lr=opts.lr, betas=opts.betas)
-    state = ResumeState(state_root, key) if state_root is not None else None
+    if accelerator is not None:
+        optimizer = accelerator.prepare(optimizer)
+    weights = getattr(getattr(model, "config", None), "weights", None) or {}
+    state = ResumeState(state_root, key) if state_root is not None and main else None
     loaded = state.load(model, optimizer) if state is not None else None
     if loaded is not None:
         progress, best_state = loaded
-        log(f"resuming after epoch {progress.epoch} (state {state.dir})")
+        spent = {"max_steps": opts.max_steps is not None and progress.step >= opts.max_steps,
+                 "max_minutes": opts.max_minutes is not None and progress.train_seconds >= opts.max_minutes * 60}
+        if progress.stopped_by in spent and not spent[progress.stopped_by]:  # given a larger budget: go on
+            progress.stopped = progress.stopped_by = ""
+        where = f" step {progress.step_in_epoch} of {n_batches}" if progress.step_in_epoch else ""
+        log(f"resuming after epoch {progress.epoch}{where} (state {state.dir})")
     else:
         progress, best_state = Progress(), _contiguous(model.state_dict())
-        progress.initial_ndcg = progress.best_ndcg = round(validation_ndcg(model, data, opts.eval_batch_size), 6)
-    resumed_from, best_file = progress.epoch, None
-    n_batches = -(-len(train) // opts.batch_size)
+        if opts.validate_at_start:
+            progress.initial_ndcg = progress.best_ndcg = round(validate(), 6)
+    resumed_from, resumed_step, best_file = progress.epoch, progress.step, None
+    eval_steps = n_batches * int(opts.eval_every) if opts.eval_every >= 1 else max(1, round(opts.eval_every * n_batches))
+    total = n_batches * opts.epochs if opts.max_steps is None else min(opts.max_steps, n_batches * opts.epochs)
+    bar = tqdm(total=total, initial=progress.step, desc=opts.section, mininterval=1.0, leave=False,
+               disable=not (progress_bar and main))
+
+    def agree(flag: bool) -> bool:  # every process must stop together, or a collective call would hang
+        if world == 1:
+            return flag
+        return bool(accelerator.gather_for_metrics(torch.tensor([flag], device=accelerator.device)).any())
 
     while progress.epoch < opts.epochs and not progress.stopped:
         epoch = progress.epoch + 1
         rng = np.random.default_rng([opts.seed, epoch])
-        torch.manual_seed(opts.seed * 1_000_003 + epoch)  # dropout masks of this epoch
         model.train()
-        t0, total, count = time.time(), 0.0, 0
-        bar = tqdm(train.batches(opts.batch_size, model.num_negatives, rng), total=n_batches,
-                   desc=f"epoch {epoch}/{opts.epochs}", leave=False, mininterval=1.0)
-        for step, batch in enumerate(bar, start=1):
-            loss = model.loss(batch)
+        it = iter(batches(rng))
+        for _ in range(progress.step_in_epoch):  # resumed mid-epoch: draw the done batches again, unused
+            next(it)
+        t0, sums, count, out_of_time = time.time(), {}, 0, False
+        exhausted = False
+        for batch in it:
+            j = progress.step_in_epoch + 1
+            torch.manual_seed(opts.seed * 1_000_003 + progress.step)  # this step's dropout masks, whatever came before
+            terms = model.loss_terms(batch) if hasattr(model, "loss_terms") else {"loss": model.loss(batch)}
+            loss = sum(weights.get(k, 1.0) * v for k, v in terms.items())
             if not torch.isfinite(loss):
                 raise ConfigError(f"{opts.section}.lr", f"the training loss became {loss.item()} at epoch {epoch}, "
-                                  f"step {step} of {n_batches} (global step {(epoch - 1) * n_batches + step})",
+                                  f"step {j} of {n_batches} (global step {progress.step + 1}; "
+                                  f"{ {k: round(v.item(), 5) for k, v in terms.items()} })",
                                   f"lower {opts.section}.lr (now {opts.lr}); training stopped, the last completed "
-                                  "epoch is kept for resuming")
+                                  "round is kept for resuming")
             optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
-            total, count = total + loss.item(), count + 1
-            bar.set_postfix(loss=f"{total / count:.4f}", refresh=False)
-        bar.close()
-        seconds = time.time() - t0
-        row: dict[str, Any] = {"epoch": epoch, "loss": round(total / max(count, 1), 6), "valid_ndcg@10": None,
-                               "seconds": round(seconds, 3)}
-        progress.train_seconds += seconds
-        improved = False
-        if epoch % opts.eval_every == 0 or epoch == opts.epochs:
-            ndcg = round(validation_ndcg(model, data, opts.eval_batch_size), 6)
-            row["valid_ndcg@10"] = ndcg
-            improved = ndcg > progress.best_ndcg
-            if improved:
-                progress.best_epoch, progress.best_ndcg, progress.bad_evals = epoch, ndcg, 0
-                best_state = _contiguous(model.state_dict())
+            if accelerator is not None:
+                accelerator.backward(loss)
             else:
-                progress.bad_evals += 1
-                if progress.bad_evals >= opts.patience:
-                    progress.stopped = f"early stop: no better valid NDCG@10 in {opts.patience} validations"
-            log(f"epoch {epoch}: loss {row['loss']:.4f}, valid NDCG@10 {ndcg:.4f}"
-                f"{' (best)' if improved else ''}, {seconds:.1f}s")
+                loss.backward()
+            if world > 1:  # the model is called piecewise, not through DDP: average gradients by hand
+                for p in params:
+                    if p.grad is not None:
+                        p.grad = accelerator.reduce(p.grad, reduction="mean")
+            optimizer.step()
+            progress.step, progress.step_in_epoch, count = progress.step + 1, j, count + 1
+            sums["loss"] = sums.get("loss", 0.0) + loss.item()
+            if len(terms) > 1:
+                for k, v in terms.items():
+                    sums[k] = sums.get(k, 0.0) + v.item()
+            bar.update(1)
+            bar.set_postfix(loss=f"{sums['loss'] / count:.4f}", refresh=False)
+            elapsed = progress.train_seconds + time.time() - t0
+            out_of_time = agree(opts.max_minutes is not None and elapsed > opts.max_minutes * 60)
+            end_of_epoch = j == n_batches
+            if progress.step >= total or out_of_time or end_of_epoch or (opts.eval_every < 1 and j % eval_steps == 0):
+                break
+        else:
+            exhausted = True  # a source with fewer batches than n_batches: the epoch is over all the same
+        seconds = time.time() - t0
+        progress.train_seconds += seconds
+        end_of_epoch = progress.step_in_epoch >= n_batches or exhausted
+        row: dict[str, Any] = {"epoch": _number(progress.epoch + progress.step_in_epoch / n_batches),
+                               "step": progress.step, **{k: round(v / max(count, 1), 6) for k, v in sums.items()},
+                               "valid_ndcg@10": None, "seconds": round(seconds, 3),
+                               "minutes": round(progress.train_seconds / 60, 3), "lr": optimizer.param_groups[0]["lr"],
+                               "steps_per_epoch": n_batches}
+        last_round = end_of_epoch and epoch == opts.epochs  # the epochs ran out: not a budget
+        budget_hit = not last_round and (out_of_time or (opts.max_steps is not None and progress.step >= opts.max_steps))
+        due = (epoch % int(opts.eval_every) == 0) if opts.eval_every >= 1 else True
+        improved = False
+        if (due and (end_of_epoch or opts.eval_every < 1)) or budget_hit or last_round:
+            if main:
+                ndcg = round(validate(), 6)
+                row["valid_ndcg@10"] = ndcg
+                improved = ndcg > progress.best_ndcg
+                if improved:
+                    progress.best_epoch, progress.best_step, progress.best_ndcg = row["epoch"], progress.step, ndcg
+                    progress.bad_evals = 0
+                    best_state = _contiguous(model.state_dict())
+                else:
+                    progress.bad_evals += 1
+                where = f"epoch {epoch}" if end_of_epoch else f"epoch {epoch} step {progress.step_in_epoch}/{n_batches}"
+                log(f"{where}: loss {row['loss']:.4f}, valid NDCG@10 {ndcg:.4f}{' (best)' if improved else ''}, "
+                    f"{seconds:.1f}s")
+            for group in optimizer.param_groups:
+                group["lr"] *= opts.lr_decay
+            if agree(main and progress.bad_evals >= opts.patience):
+                progress.stopped = f"early stop: no better valid NDCG@10 in {opts.patience} validations"
+                progress.stopped_by = "early_stopping"
+        if end_of_epoch:
+            progress.epoch, progress.step_in_epoch = epoch, 0
         progress.curve.append(row)
-        progress.epoch = epoch
+        if not progress.stopped and budget_hit:
+            progress.stopped_by = "max_minutes" if out_of_time else "max_steps"
+            progress.stopped = (f"reached {opts.section}.max_minutes={opts.max_minutes}" if out_of_time
+                                else f"reached {opts.section}.max_steps={opts.max_steps}")
         if state is not None:
             best_file = state.save(progress, model, optimizer, best_state, improved, best_file)
+    bar.close()
     if not progress.stopped:
-        progress.stopped = f"reached {opts.section}.epochs={opts.epochs}"
-    return FitResult(progress, best_state, resumed_from)
+        progress.stopped, progress.stopped_by = f"reached {opts.section}.epochs={opts.epochs}", "epochs"
+    return FitResult(progress, best_state, resumed_from, resumed_step)
 
+
+def sasrec_fit(model: Recommender, data: Prepared, opts: TrainOptions, *, state_root: Path | None, key: str,
+               log: Callable[[str], None] = print) -> FitResult:
+    """`fit` for a model trained on every position of each training sequence (SASRec)."""
+    train = TrainingSet(data, model.max_history)
+    return fit(model, opts, batches=lambda rng: train.batches(opts.batch_size, model.num_negatives, rng),
+               n_batches=-(-len(train) // opts.batch_size),
+               validate=lambda: validation_ndcg(model, data, opts.eval_batch_size), state_root=state_root, key=key,
+               log=log)

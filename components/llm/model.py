@@ -167,6 +167,7 @@ class LLMSRec(Recommender):
         self.frozen_batch_size = 32  # rows per no-grad pass over frozen text
         self._openings: dict[str, list[tuple[Tensor, Tensor]]] = {}
         self.kv_cache = FrozenKVCache(config.kv_cache_mb)
+        self.cache_users = False  # set while validating: the same users' text comes back at every validation
         self._table_copy: tuple[Tensor, Tensor] | None = None  # (item_table, its copy on the scoring device)
 
     def train(self, mode: bool = True) -> LLMSRec:
@@ -193,7 +194,12 @@ class LLMSRec(Recommender):
     def _frozen_kv(self, kind: str, prompts: Prompts) -> tuple[list[tuple[Tensor, Tensor]], Tensor]:
         """Keys/values of each row's frozen text (after the opening): per layer [B, kv_heads, F, head_dim],
         right-padded to the longest row F, and the rows' lengths [B]. Rows found in `kv_cache` are
-        reused; the others run without gradients in length-sorted batches and are added to it."""
+        reused; the others run without gradients in length-sorted batches and are added to it.
+
+        Item prompts are always cached (the catalogue is a bounded set that every step and validation
+        reads again). User prompts only while `cache_users` is set, as validation does: training examples
+        come back once per epoch, a working set far beyond any sensible bound, and would only evict the rest."""
+        use_cache = kind == "item" or self.cache_users
         llm, dev = self.backbone.model, self.backbone.device
         opening = self._opening_kv(kind, prompts.opening)
         P = len(prompts.opening)
@@ -201,7 +207,7 @@ class LLMSRec(Recommender):
         todo = []
         for b, f in enumerate(prompts.frozen):
             if f:
-                rows[b] = self.kv_cache.get((kind, tuple(f)))
+                rows[b] = self.kv_cache.get((kind, tuple(f))) if use_cache else None
                 if rows[b] is None:
                     todo.append(b)
         todo.sort(key=lambda b: len(prompts.frozen[b]))
@@ -216,7 +222,8 @@ class LLMSRec(Recommender):
             for j, b in enumerate(part):
                 f = len(prompts.frozen[b])
                 rows[b] = [(k[j, :, P:P + f], v[j, :, P:P + f]) for k, v in layers]
-                self.kv_cache.put((kind, tuple(prompts.frozen[b])), rows[b])
+                if use_cache:
+                    self.kv_cache.put((kind, tuple(prompts.frozen[b])), rows[b])
         lens = torch.tensor([len(f) for f in prompts.frozen])
         F_max = int(lens.max()) if len(lens) else 0
         out_layers = []
@@ -364,8 +371,13 @@ class LLMSRec(Recommender):
             self.build_item_table()
         items, _ = self._prompt_window(histories)
         order = (items != 0).sum(1).argsort(stable=True)  # [B]: prompt length follows the history length
+        from tqdm import tqdm
+
         out = torch.empty(len(histories), self.config.out_dim, device=self.device)
-        for chunk in order.split(self.infer_batch_size):
+        chunks = order.split(self.infer_batch_size)
+        # Evaluation passes hundreds of users per call, each a full LLM pass: show how far it is.
+        for chunk in tqdm(chunks, desc="LLM-SRec users", unit="batch", leave=False, disable=len(chunks) < 4,
+                          mininterval=2.0):
             out[chunk.to(self.device)] = self.user_vectors(
                 Histories(histories.items[chunk], histories.timestamps[chunk], histories.users[chunk]))
         return out  # [B, d']

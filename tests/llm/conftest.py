@@ -73,3 +73,18 @@ def titles(prepared_dir):
     import pandas as pd
 
     return [""] + pd.read_parquet(prepared_dir / "items.parquet").sort_values("idx")["title"].tolist()
+
+
+@pytest.fixture(scope="session")
+def tiny_llama_dir(tmp_path_factory, smollm2_dir):
+    """A tiny random-weight Llama saved as a local HF directory: what `llm.backbone: <path>` loads."""
+    import torch
+    from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
+
+    out = tmp_path_factory.mktemp("tiny-llama")
+    tok = AutoTokenizer.from_pretrained(smollm2_dir)
+    torch.manual_seed(0)
+    LlamaForCausalLM(LlamaConfig(vocab_size=len(tok), hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                                 num_attention_heads=4, num_key_value_heads=2)).save_pretrained(out)
+    tok.save_pretrained(out)
+    return out

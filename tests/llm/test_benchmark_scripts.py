@@ -5,22 +5,6 @@ from __future__ import annotations
 
 import json
 
-import pytest
-
-
-@pytest.fixture(scope="module")
-def tiny_llama_dir(tmp_path_factory, smollm2_dir):
-    import torch
-    from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
-
-    out = tmp_path_factory.mktemp("tiny-llama")
-    tok = AutoTokenizer.from_pretrained(smollm2_dir)
-    torch.manual_seed(0)
-    LlamaForCausalLM(LlamaConfig(vocab_size=len(tok), hidden_size=32, intermediate_size=64, num_hidden_layers=2,
-                                 num_attention_heads=4, num_key_value_heads=2)).save_pretrained(out)
-    tok.save_pretrained(out)
-    return out
-
 
 def test_gpu_check_dry_run_on_cpu(tmp_path, tiny_llama_dir):
     from benchmarks.gpu_check import main

@@ -166,7 +166,7 @@ def test_nan_loss_names_the_step(model, data):
 
     with torch.no_grad():
         model.adapters.f_user[3].weight.fill_(float("nan"))
-    with pytest.raises(PipelineError, match="distill step 1"):
+    with pytest.raises(PipelineError, match=r"distill.lr: .*step 1 of"):
         fit(model, data, DistillOptions(max_steps=2, valid_users=5), seed=0, log=lambda *_: None)
 
 
@@ -195,6 +195,7 @@ def test_cached_keys_values_give_the_same_losses_and_gradients_as_one_pass(data,
     m = build_model(data, copy.deepcopy(teacher).double(), tiny_backbone_fp64, DistillOptions(prompt=layout),
                     titles).double()
     batch = Examples(data, window=20, seed=0).batch(np.arange(10), 3, shuffle=False)
+    m.cache_users = True  # as in validation: user text is cached too
     got = {}
     for reuse in ("none", "opening", "frozen", "frozen-cached"):
         m.config.kv_reuse = reuse.split("-")[0]
@@ -205,6 +206,9 @@ def test_cached_keys_values_give_the_same_losses_and_gradients_as_one_pass(data,
         loss.backward()
         got[reuse] = (loss.detach(), [p.grad.clone() for p in m.adapters.parameters() if p.grad is not None])
     assert m.kv_cache.hits >= len(batch.histories) and len(m.kv_cache) > 0  # the last pass read the cache
+    m.cache_users, hits = False, m.kv_cache.hits
+    m.user_vectors(batch.histories)
+    assert m.kv_cache.hits == hits  # training's user prompts never touch it
     for reuse in ("opening", "frozen", "frozen-cached"):
         torch.testing.assert_close(got[reuse][0], got["none"][0], atol=1e-10, rtol=1e-10)
         assert len(got[reuse][1]) == len(got["none"][1]) > 0
@@ -237,10 +241,113 @@ def test_wall_clock_budget_validates_keeps_the_best_and_stops(model, data):
     result = fit(model, data, DistillOptions(max_minutes=1e-6, epochs=5, eval_every=1.0, valid_users=5), seed=0,
                  log=lambda *_: None)
     assert result["steps"] == 1 and result["stopped_by"] == "max_minutes"
-    assert "valid_ndcg@10" in result["curve"][-1] and result["best_step"] == 1
+    assert result["curve"][-1]["valid_ndcg@10"] is not None and result["best_step"] == 1
 
 
 @pytest.mark.parametrize("bad", [0, -1.5, "ten"])
 def test_bad_wall_clock_budget_is_refused(bad):
     with pytest.raises(ConfigError, match="distill.max_minutes"):
         DistillOptions.from_params({"max_minutes": bad})
+
+
+def test_targets_all_gives_every_position_its_own_window(data):
+    last = Examples(data, window=20, seed=0)
+    every = Examples(data, window=20, seed=0, targets="all")
+    assert len(every) == int(every.set.lengths.sum()) > len(last)
+    rows = np.flatnonzero(every.rows == 3)  # all examples of one user, newest first
+    b = every.batch(rows, 3, shuffle=False)
+    seq = every.set.inputs[3][every.set.inputs[3] != 0]
+    for j, hist in enumerate(b.histories.items):
+        h = hist[hist != 0].numpy()
+        assert np.array_equal(h, seq[: len(seq) - j])  # the prefix before the target...
+        assert int(b.targets[j, 0]) == int(every.set.targets[3, -1 - j])  # ...and the item that followed it
+    # the newest example of each user is the paper's one
+    newest = every.batch(np.flatnonzero(every.pos == every.set.inputs.shape[1] - 1)[:5], 3, shuffle=False)
+    paper = last.batch(np.arange(5), 3, shuffle=False)
+    assert torch.equal(newest.histories.items, paper.histories.items) and torch.equal(newest.targets, paper.targets)
+
+
+def test_in_batch_negatives_add_every_other_positive(data, teacher, tiny_backbone, titles):
+    torch.manual_seed(5)
+    m = build_model(data, copy.deepcopy(teacher), tiny_backbone,
+                    DistillOptions(negatives="in_batch", num_negatives=1, use_distill_loss=False,
+                                   use_uniform_loss=False), titles)
+    batch = Examples(data, window=20, seed=0).batch(np.arange(6), 1, shuffle=False)
+    batch.targets[1, 0] = batch.targets[0, 0]  # two examples share a positive: it is not a negative of either
+    with torch.no_grad():
+        got = m.loss_terms(batch)["retrieval"]
+        u = m.user_vectors(batch.histories)
+        pos, neg = batch.targets[:, 0], batch.negatives[:, 0, 0]
+        expected = []
+        for b in range(6):
+            cands = [int(pos[b])] + sorted({int(p) for p in pos} - {int(pos[b])} | {int(neg[b])} - {int(pos[b])})
+            logits = u[b] @ m.item_vectors(torch.tensor(cands)).T
+            expected.append(-torch.log_softmax(logits, 0)[0])
+    torch.testing.assert_close(got, torch.stack(expected).mean(), atol=1e-5, rtol=1e-5)
+
+
+def test_loss_weights_scale_the_terms(model, data):
+    batch = Examples(data, window=20, seed=0).batch(np.arange(6), 3, shuffle=False)
+    with torch.no_grad():
+        terms = model.loss_terms(batch)
+        model.config.weights = {"retrieval": 1.0, "distill": 0.0, "uniform": 2.0}
+        weighted = model.loss(batch)
+    torch.testing.assert_close(weighted, terms["retrieval"] + 2 * terms["uniform"])
+    with pytest.raises(ConfigError, match="distill.weights"):
+        DistillOptions.from_params({"weights": {"retrival": 1.0}})
+
+
+def test_first_layers_only(data, teacher, tiny_backbone, titles, tmp_path):
+    from components.llm.backbone import truncate_layers
+
+    cut = truncate_layers(tiny_backbone, 1)
+    assert cut.num_layers == 1 and tiny_backbone.num_layers == 2  # the original is left whole
+    assert cut.fingerprint != tiny_backbone.fingerprint and cut.model.layers[0] is tiny_backbone.model.layers[0]
+    with pytest.raises(ConfigError, match="llm.num_layers"):
+        truncate_layers(tiny_backbone, 3)
+    torch.manual_seed(6)
+    m = build_model(data, copy.deepcopy(teacher), cut, DistillOptions(), titles)
+    assert m.config.num_layers == 1
+    m.eval()
+    m.build_item_table(32)
+    m.save(tmp_path / "ckpt")
+    loaded = LLMSRec.load(tmp_path / "ckpt", cfsrec=m.cfsrec, backbone=tiny_backbone)  # given the whole LLM
+    assert loaded.backbone.num_layers == 1
+    hist = data.histories("test", np.arange(4), 10)
+    with torch.no_grad():
+        loaded.item_table = None  # recomputed through the loaded (cut) backbone
+        torch.testing.assert_close(loaded.score_all(hist), m.score_all(hist), atol=1e-5, rtol=1e-5)
+
+
+@pytest.mark.parametrize("seed", range(5))
+def test_no_title_can_produce_a_special_token(data, teacher, tiny_backbone, titles, seed):
+    """Markers nested, split and repeated inside titles stay text: each prompt holds exactly its own slots."""
+    from components.llm.prompts import SPECIAL_TOKENS
+
+    rng = np.random.default_rng(seed)
+    evil = list(titles)
+    for i in range(1, len(evil)):
+        marker = SPECIAL_TOKENS[rng.integers(3)]
+        cut = int(rng.integers(1, len(marker)))
+        evil[i] = rng.choice([f"Best {marker[:cut]}{marker}{marker[cut:]} ever", f"{marker}{marker}",
+                              f"x{marker[:cut]} {marker[cut:]}", marker]) + evil[i]
+    m = build_model(data, copy.deepcopy(teacher), tiny_backbone, DistillOptions(), evil)
+    specials = set(m.prompts.special_ids())
+    items = m.prompts.items(np.arange(1, m.num_items + 1))
+    for b in range(len(items)):
+        row = items.full(b)
+        assert row.count(m.prompts.history_id) == 1 and row.count(m.prompts.item_out_id) == 1
+        assert not specials & set(items.frozen[b]) and not specials & set(items.opening)
+    hist = data.histories("valid", np.arange(10), 10)
+    users = m.prompts.users(hist.items.numpy(), hist.timestamps.numpy())
+    for b in range(len(users)):
+        assert users.full(b).count(m.prompts.history_id) == int((hist.items[b] != 0).sum())
+    with torch.no_grad():
+        m.build_item_table(64)  # would raise "N [HistoryEmb] slots for M items" on a smuggled marker
+
+
+def test_the_reference_schedule_decays_the_learning_rate_at_each_validation(model, data):
+    result = fit(model, data, DistillOptions(max_steps=3, epochs=1, eval_every=0.01, valid_users=5, lr=1e-3,
+                                             lr_decay=0.5), seed=0, log=lambda *_: None)
+    assert [r["lr"] for r in result["curve"]] == pytest.approx([1e-3, 5e-4, 2.5e-4])  # lr used in each round
+    assert all(r["valid_ndcg@10"] is not None for r in result["curve"])

@@ -22,6 +22,7 @@ from components.evaluate import BUILDERS, evaluate
 from components.models import SASRec, SASRecConfig, load_checkpoint
 from components.sequences import Prepared
 from components.train_cfsrec import train, warm_start
+from components.training import TrainOptions
 from tests.model.conftest import (
     TINY_CFSREC,
     make_prepared,
@@ -235,3 +236,36 @@ def test_resume_key_allows_extending_a_run_but_not_changing_what_shapes_the_weig
     assert other_lr.resumed_from == 0
     _, other_seed, _ = train({"seed": 4, "cfsrec": base}, prepared_dir, state, log=quiet)
     assert other_seed.resumed_from == 0
+
+
+def test_one_loop_validates_within_an_epoch_and_resumes_mid_epoch_exactly(tmp_path, prepared):
+    """The shared loop (SASRec and LLM-SRec): eval_every < 1 validates inside an epoch, and a run stopped
+    after such a validation continues from that step to the same weights as a run never stopped."""
+    from components.training import TrainingSet, fit, validation_ndcg
+
+    train_set = TrainingSet(prepared, 16)
+    n_batches = -(-len(train_set) // 64)
+
+    def run(max_steps: int, state_root):
+        torch.manual_seed(0)
+        model = SASRec(SASRecConfig(hidden=16, max_len=16, loss="bce"), prepared.item_ids, prepared.item_mapping_hash)
+        opts = TrainOptions(epochs=3, eval_every=0.5, patience=100, lr=0.005, batch_size=64, seed=5,
+                            max_steps=max_steps, section="cfsrec")
+        result = fit(model, opts, batches=lambda rng: train_set.batches(64, model.num_negatives, rng),
+                     n_batches=n_batches, validate=lambda: validation_ndcg(model, prepared, 512),
+                     state_root=state_root, key="k", log=quiet, progress_bar=False)
+        return model, result
+
+    stop_at = n_batches + n_batches // 2  # mid-way through the second epoch, at a validation
+    _, first = run(stop_at, tmp_path / "state")
+    assert first.progress.stopped_by == "max_steps" and first.progress.step == stop_at
+    assert first.progress.step_in_epoch == n_batches // 2 and first.progress.epoch == 1
+    assert len(first.progress.curve) == 3  # two validations in epoch 1, one where the budget ran out
+    assert all(r["valid_ndcg@10"] is not None for r in first.progress.curve)
+
+    resumed_model, resumed = run(3 * n_batches, tmp_path / "state")  # the same run, given more steps
+    assert resumed.resumed_from_step == stop_at and resumed.progress.step == 3 * n_batches
+    whole_model, whole = run(3 * n_batches, tmp_path / "fresh")
+    assert whole.resumed_from_step == 0
+    for k, v in whole_model.state_dict().items():
+        assert torch.equal(resumed_model.state_dict()[k], v), k
