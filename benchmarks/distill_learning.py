@@ -87,6 +87,8 @@ def run_variant(name: str, overrides: dict, args, prepared, teacher, titles, bac
                                                            replace=False))  # the rows fit validated on
     shuffled = validate_ndcg(model, prepared, rows, opts.eval_batch_size, opts.item_batch_size, shuffle_seed=args.seed)
     ev = [p for p in result["curve"] if p.get("valid_ndcg@10") is not None]
+    if layers is not None:
+        overrides["num_layers"] = int(layers)  # recorded with the other changes
     return {"name": name, "overrides": overrides, "num_layers": backbone.num_layers,
             "options": {k: v for k, v in vars(opts).items()}, "spread_before": before, "spread_after": after,
             "best_valid_ndcg@10": result["best_valid_ndcg@10"], "best_step": result["best_step"],

@@ -28,13 +28,15 @@ from pathlib import Path
 import numpy as np
 import torch
 
-TODAY = {"prompt": "paper", "kv_reuse": "opening", "negatives": "sampled", "num_negatives": 3, "num_layers": None}
+TODAY = {"prompt": "paper", "kv_reuse": "opening", "negatives": "sampled", "num_negatives": 3, "num_layers": None,
+         "readout": "token"}
 CHANGES = {
     "+ kv_reuse: frozen (exact)": {"kv_reuse": "frozen"},
     "+ negatives: in_batch, K=1": {"negatives": "in_batch", "num_negatives": 1},
-    "+ num_layers: 8": {"num_layers": 8},
+    "+ num_layers: 4": {"num_layers": 4},
     "+ prompt: compact": {"prompt": "compact"},
     "+ prompt: text_first": {"prompt": "text_first", "kv_reuse": "frozen"},
+    "+ readout: slot": {"readout": "slot"},
 }
 
 
@@ -57,7 +59,7 @@ def chosen_config(params_path: Path) -> dict:
 
     params = load_params(params_path)
     d, llm = params.get("distill", {}), params.get("llm", {})
-    return {**{k: d[k] for k in ("prompt", "kv_reuse", "negatives", "num_negatives") if k in d},
+    return {**{k: d[k] for k in ("prompt", "kv_reuse", "negatives", "num_negatives", "readout") if k in d},
             "num_layers": llm.get("num_layers")}
 
 
@@ -97,7 +99,7 @@ def measure(name: str, cfg: dict, args, data, teacher, titles, full_backbone) ->
     ex = Examples(data, window=128, seed=0)
     rows = np.random.default_rng(0).permutation(len(ex))
     batches = [ex.batch(rows[i * opts.batch_size:(i + 1) * opts.batch_size], opts.num_negatives, shuffle=False)
-               for i in range(args.steps + 1)]
+               for i in range(args.steps + 1)]  # the same examples in every row (the model's own K negatives)
     opt = torch.optim.Adam(model.trainable_parameters(), lr=0.0)  # lr 0: every row sees the same weights
     losses = []
     for i, batch in enumerate(batches):
@@ -110,8 +112,8 @@ def measure(name: str, cfg: dict, args, data, teacher, titles, full_backbone) ->
         losses.append(loss.item())
     train_s = time.perf_counter() - t0
     model.kv_cache.clear()
-    profile = profile_step(model, batches[1])
-    p = model.prompts.users(*[t.numpy() for t in model._prompt_window(batches[1].histories)])
+    profile = profile_step(model, batches[1]) if name in args.profile else None
+    p = model.prompts.users(*[t.numpy() for t in model._prompt_window(batches[-1].histories)])
     tokens = {"user_prompt_tokens": round(p.num_tokens() / len(p), 1),
               "user_live_tokens": round(sum(len(v) for v in p.live) / len(p), 1)}
 
@@ -137,7 +139,7 @@ def measure(name: str, cfg: dict, args, data, teacher, titles, full_backbone) ->
            "eval_users_per_s": round(len(sel) / eval_s, 3), "item_table_items_per_s": round(items_per_s, 2),
            "first_loss": losses[0], "eval_ranks_checksum": int(ranks.sum())}
     print(f"{name:<32} {out['examples_per_s']:>8.2f} ex/s  {out['eval_users_per_s']:>7.2f} eval users/s  "
-          f"{out['item_table_items_per_s']:>7.1f} items/s  {profile}", flush=True)
+          f"{out['item_table_items_per_s']:>7.1f} items/s  {profile or ''}", flush=True)
     return out
 
 
@@ -152,9 +154,12 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--eval-users", type=int, default=32)
     ap.add_argument("--items", type=int, default=128, help="items in the item-table measurement")
     ap.add_argument("--only", help="comma-separated row names to run (default: all)")
+    ap.add_argument("--profile", default="today,chosen (params.yaml)",
+                    help="comma-separated rows whose step is profiled (one more step each)")
     ap.add_argument("--threads", type=int)
     ap.add_argument("--out", type=Path, required=True)
     args = ap.parse_args(argv)
+    args.profile = set(args.profile.split(","))
     if args.threads:
         torch.set_num_threads(args.threads)
 
@@ -184,7 +189,8 @@ def main(argv: list[str] | None = None) -> None:
             r["eval_speedup"] = round(r["eval_users_per_s"] / base["eval_users_per_s"], 2)
             if r["name"].endswith("(exact)"):  # same math: the loss on the same batch must agree
                 r["loss_vs_today_relative_difference"] = abs(r["first_loss"] - base["first_loss"]) / abs(base["first_loss"])
-    result = {"backbone": backbone.name, "dtype": str(backbone.dtype).replace("torch.", ""), "device": str(backbone.device),
+    result = {"batch_size": 20, "backbone": backbone.name, "dtype": str(backbone.dtype).replace("torch.", ""),
+              "device": str(backbone.device),
               "threads": torch.get_num_threads(), "cpu": platform.processor() or platform.machine(),
               "steps": args.steps, "eval_users": args.eval_users, "prepared": str(prepared_dir), "rows": rows}
     print(f"\n{'configuration':<32}{'train ex/s':>11}{'x today':>8}{'eval users/s':>14}{'x today':>8}{'layers':>7}"

@@ -291,19 +291,20 @@ def throughput_lines(paths: list[Path]) -> list[str]:
     for path in paths:
         r = json.loads(path.read_text())
         lines += [f"### {path.name}", "",
-                  f"{r['backbone']} ({r['dtype']}, {r['device']}, {r['threads']} threads), {r['steps']} timed steps of "
-                  f"20 examples after one warm-up, {r['eval_users']} fresh validation users scored against 100 "
-                  "candidates.", "",
+                  f"{r['backbone']} ({r['dtype']}, {r['device']}, {r['threads']} threads), {r['steps']} timed step(s) of "
+                  f"{r.get('batch_size', 20)} examples (each user's last training item, the same examples in every row) "
+                  f"after one warm-up, {r['eval_users']} fresh validation users scored against 100 candidates. "
+                  "The profiled step starts with an empty item cache (training's is warm).", "",
                   "| configuration | train examples/s | × today | eval users/s | × today | layers | user prompt tokens "
                   "(with gradients) | one step: tokenize / user prompts / item prompts / backward (s) | padding |",
                   "|---|---:|---:|---:|---:|---:|---:|---|---:|"]
         for row in r["rows"]:
-            pr = row["profile"]
+            pr = row.get("profile")
+            where = (f"{pr['tokenize_s']:.3f} / {pr['user_prompts_s']:.2f} / {pr['item_prompts_s']:.2f} / "
+                     f"{pr['backward_s']:.2f} | {pr['user_padding_share']:.0%}") if pr else " | "
             lines.append(f"| {row['name']} | {row['examples_per_s']:.2f} | {row.get('train_speedup', 1):.2f} | "
                          f"{row['eval_users_per_s']:.2f} | {row.get('eval_speedup', 1):.2f} | {row['layers']} | "
-                         f"{row['user_prompt_tokens']:.0f} ({row['user_live_tokens']:.0f}) | "
-                         f"{pr['tokenize_s']:.3f} / {pr['user_prompts_s']:.2f} / {pr['item_prompts_s']:.2f} / "
-                         f"{pr['backward_s']:.2f} | {pr['user_padding_share']:.0%} |")
+                         f"{row['user_prompt_tokens']:.0f} ({row['user_live_tokens']:.0f}) | {where} |")
         exact = [row for row in r["rows"] if "loss_vs_today_relative_difference" in row]
         lines += [""] + [f"{row['name']}: loss on the same batch within {row['loss_vs_today_relative_difference']:.1e} "
                          "(relative) of today's, the same validation ranks." if row["eval_ranks_checksum"] ==

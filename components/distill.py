@@ -1,11 +1,13 @@
 """Stage `distill`: train LLM-SRec's adapters on a frozen SASRec and a frozen, pretrained LLM.
 
-Reads params `distill` and `llm`. Each training example is one user: the history is the user's
-training sequence without its last item, the target is that last item (the paper's setup), with
-`num_negatives` random items the user never interacted with. Adam, batch 20, lr 1e-4; validation
+Reads params `distill` and `llm`. Training examples are (history -> next item) pairs from the users'
+training sequences: one per user, its last item (`targets: last`, the paper), or one per position
+(`targets: all`). Candidates are the positive and `num_negatives` random items the user never
+interacted with, plus every other example's positive with `negatives: in_batch`. Adam; validation
 NDCG@10 on a seeded subset of the valid split every `eval_every` of an epoch, early stopping with
-patience, the best adapters kept. Then the catalogue's f_item vectors are computed once (the item
-table) and only the trained parameters are saved: adapters, config, item table. Never the LLM.
+patience, the best adapters kept, budgets in steps and minutes, resume after a kill (the shared loop in
+components/training.py). Then the catalogue's f_item vectors are computed once (the item table) and
+only the trained parameters are saved: adapters, config, item table. Never the LLM.
 
 Runs under `accelerate launch` for several GPUs: each process takes a slice of every batch and
 gradients are averaged across processes; only the main process validates and writes.
@@ -49,6 +51,7 @@ class DistillOptions:
     use_uniform_loss: bool = True
     weights: dict[str, float] = field(default_factory=lambda: {"retrieval": 1.0, "distill": 1.0, "uniform": 1.0})
     center: str = "none"  # beyond the paper: none | batchnorm on the LLM states before f_user/f_item
+    readout: str = "token"  # token: [UserOut]/[ItemOut] (the paper) | slot: the last [HistoryEmb] (beyond the paper)
     match_token_norm: bool = False  # beyond the paper: f_I outputs at the LLM's token-embedding norm
     shuffle_train: bool = False  # the paper's ablation: train on shuffled histories
     gradient_checkpointing: bool = False
@@ -77,6 +80,7 @@ class DistillOptions:
         if not 0 < opts.eval_every <= 10:
             raise ConfigError("params.yaml", f"distill.eval_every={opts.eval_every}", "use a fraction of an epoch, e.g. 0.1")
         choices = {"targets": ("last", "all"), "negatives": ("sampled", "in_batch"), "center": ("none", "batchnorm"),
+                   "readout": ("token", "slot"),
                    "kv_reuse": ("none", "opening", "frozen"), "prompt": LAYOUTS}
         for key, allowed in choices.items():
             if getattr(opts, key) not in allowed:
@@ -87,6 +91,10 @@ class DistillOptions:
             raise ConfigError("params.yaml", f"distill.weights={opts.weights!r}",
                               "map any of retrieval, distill, uniform to a non-negative number, e.g. {distill: 0.5}")
         opts.weights = {**weights, **{k: float(v) for k, v in opts.weights.items()}}
+        if opts.gradient_checkpointing and opts.kv_reuse != "none":
+            # transformers drops the cache inside checkpointed layers, so the cached prefix would be lost.
+            raise ConfigError("params.yaml", "distill.gradient_checkpointing needs distill.kv_reuse: none",
+                              "set distill.kv_reuse: none with gradient checkpointing, or turn checkpointing off")
         if not (isinstance(opts.lr_decay, int | float) and 0 < opts.lr_decay <= 1):
             raise ConfigError("params.yaml", f"distill.lr_decay={opts.lr_decay!r}", "use a factor in (0, 1], e.g. 0.95")
         return opts
@@ -100,7 +108,8 @@ def build_model(prepared, cfsrec, backbone, opts: DistillOptions, titles: list[s
                         negatives=opts.negatives, use_distill_loss=opts.use_distill_loss,
                         use_uniform_loss=opts.use_uniform_loss, weights=dict(opts.weights),
                         max_title_chars=opts.max_title_chars, prompt=opts.prompt, kv_reuse=opts.kv_reuse,
-                        kv_cache_mb=opts.kv_cache_mb, center=opts.center, match_token_norm=opts.match_token_norm)
+                        kv_cache_mb=opts.kv_cache_mb, center=opts.center, match_token_norm=opts.match_token_norm,
+                        readout=opts.readout)
     cfsrec.check_data(prepared.num_items, prepared.item_mapping_hash, prepared.source,
                       "re-run pretrain_cfsrec on this data (dvc repro) before distilling")
     return LLMSRec(cfg, cfsrec, backbone, titles, prepared.item_ids, prepared.item_mapping_hash,
@@ -116,9 +125,10 @@ class Examples:
     `TrainingSet` keeps are not used.
     """
 
-    def __init__(self, prepared, window: int, seed: int, targets: str = "last"):
+    def __init__(self, prepared, window: int, seed: int, targets: str = "last", history_len: int = 10):
         from components.training import TrainingSet
 
+        self.history_len = history_len  # the prompt's window: what `shuffle` permutes
         self.set = TrainingSet(prepared, window)
         self.rng = np.random.default_rng(seed)
         W = self.set.inputs.shape[1]
@@ -151,7 +161,10 @@ class Examples:
         items, ts = torch.from_numpy(items[:, -width:]), torch.from_numpy(ts[:, -width:])  # [B, L]
         target = torch.from_numpy(s.targets[rows, pos][:, None])  # [B, 1] the item that followed
         if shuffle:  # items move, dates and "Item No." stay: the paper's shuffled training
-            items = shuffle_window(items, None, torch.Generator().manual_seed(int(rng.integers(2**31))))
+            # Only the prompt's window moves, as in the shuffled evaluation: the LLM sees the same items, reordered.
+            k = min(self.history_len, items.shape[1])
+            items = items.clone()
+            items[:, -k:] = shuffle_window(items[:, -k:], None, torch.Generator().manual_seed(int(rng.integers(2**31))))
         neg = s.sample_negatives(rows, (1, num_negatives), rng)  # [B, 1, K]
         return Batch(Histories(items, ts, torch.from_numpy(s.users[rows])), targets=target,
                      negatives=torch.from_numpy(neg))
@@ -161,6 +174,8 @@ class Examples:
         """One epoch: the examples in `rng`'s order, `batch_size` per step; this process's share of each."""
         order = rng.permutation(len(self))
         for lo in range(0, len(order), batch_size):
+            if len(order[lo: lo + batch_size]) < world:  # a last batch too small to give every process a share
+                break
             yield self.batch(order[lo: lo + batch_size][rank::world], num_negatives, shuffle, rng)
 
 
@@ -219,7 +234,7 @@ def fit(model, prepared, opts: DistillOptions, seed: int, accelerator=None, log=
         model.backbone.model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
         model.backbone.model.train()
     examples = Examples(prepared, window=max(model.cfsrec.max_history or 128, opts.history_len), seed=seed,
-                        targets=opts.targets)
+                        targets=opts.targets, history_len=opts.history_len)
     valid_n = len(prepared.candidates["valid"].user_idx)
     valid_rows = np.sort(np.random.default_rng(seed).choice(valid_n, min(valid_n, opts.valid_users or valid_n),
                                                             replace=False))
@@ -234,6 +249,7 @@ def fit(model, prepared, opts: DistillOptions, seed: int, accelerator=None, log=
         validate=lambda: validate_ndcg(model, prepared, valid_rows, opts.eval_batch_size, opts.item_batch_size),
         state_root=state_root, key=key, log=lambda m: log(f"distill: {m}"))
     model.load_state_dict(result.best_state)
+    model.item_table = None  # built by the last validation, not by the best adapters: scoring rebuilds it
     if opts.gradient_checkpointing:
         model.backbone.model.gradient_checkpointing_disable()
     model.backbone.model.eval()
@@ -317,7 +333,8 @@ def main(argv: list[str] | None = None) -> None:
     shaping = {k: v for k, v in vars(opts).items() if k not in
                ("epochs", "eval_every", "patience", "max_steps", "max_minutes", "valid_users", "item_batch_size",
                 "eval_batch_size", "kv_cache_mb", "kv_reuse")}
-    key = run_key(model.config_dict(), shaping, seed, prepared.fingerprint(), state_hash(model.cfsrec),
+    config = {k: v for k, v in model.config_dict().items() if k not in ("kv_reuse", "kv_cache_mb")}  # speed only
+    key = run_key(config, shaping, seed, prepared.fingerprint(), state_hash(model.cfsrec),
                   backbone.fingerprint, str(backbone.dtype))
     result = fit(model, prepared, opts, seed, accelerator, state_root=args.state_dir, key=key)
     if accelerator.is_main_process:

@@ -251,8 +251,8 @@ def fit(model: Recommender, opts: TrainOptions, *, batches: Callable[[np.random.
     if accelerator is not None:
         optimizer = accelerator.prepare(optimizer)
     weights = getattr(getattr(model, "config", None), "weights", None) or {}
-    state = ResumeState(state_root, key) if state_root is not None and main else None
-    loaded = state.load(model, optimizer) if state is not None else None
+    state = ResumeState(state_root, key) if state_root is not None else None
+    loaded = state.load(model, optimizer) if state is not None else None  # every process resumes from it
     if loaded is not None:
         progress, best_state = loaded
         spent = {"max_steps": opts.max_steps is not None and progress.step >= opts.max_steps,
@@ -328,6 +328,7 @@ def fit(model: Recommender, opts: TrainOptions, *, batches: Callable[[np.random.
                                "valid_ndcg@10": None, "seconds": round(seconds, 3),
                                "minutes": round(progress.train_seconds / 60, 3), "lr": optimizer.param_groups[0]["lr"],
                                "steps_per_epoch": n_batches}
+        t_val = time.time()
         last_round = end_of_epoch and epoch == opts.epochs  # the epochs ran out: not a budget
         budget_hit = not last_round and (out_of_time or (opts.max_steps is not None and progress.step >= opts.max_steps))
         due = (epoch % int(opts.eval_every) == 0) if opts.eval_every >= 1 else True
@@ -358,7 +359,9 @@ def fit(model: Recommender, opts: TrainOptions, *, batches: Callable[[np.random.
             progress.stopped_by = "max_minutes" if out_of_time else "max_steps"
             progress.stopped = (f"reached {opts.section}.max_minutes={opts.max_minutes}" if out_of_time
                                 else f"reached {opts.section}.max_steps={opts.max_steps}")
-        if state is not None:
+        progress.train_seconds += time.time() - t_val  # the budget is wall-clock: validation counts
+        row["minutes"] = round(progress.train_seconds / 60, 3)
+        if state is not None and main:
             best_file = state.save(progress, model, optimizer, best_state, improved, best_file)
     bar.close()
     if not progress.stopped:

@@ -1,9 +1,10 @@
 """Keys/values of frozen prompt text: a bounded cache keyed by the tokens themselves.
 
 The LLM is frozen, so the keys/values it computes for a token sequence that follows a fixed opening
-are a pure function of those tokens. Keying the cache by the token ids makes a hit exact by
-construction: an item's title text is computed once per model instead of once per step, and a
-validation user's history text once per run instead of once per validation.
+are a pure function of those tokens. Keying the cache by the token ids makes a hit the same numbers by
+construction (to float rounding: a recomputation runs in another batch): an item's title text is computed
+once per model instead of once per step, and a validation user's history text once per run instead of
+once per validation.
 """
 
 from __future__ import annotations

@@ -57,8 +57,12 @@ class LLMSRecConfig:
     # none: one pass over the whole prompt; opening: the first sentence's keys/values computed once;
     # frozen: also each row's text before its first injected slot, without gradients (exact, faster).
     kv_reuse: str = "frozen"
-    kv_cache_mb: float = 2048  # bound of the cache of frozen-text keys/values across steps (0 = off)
+    kv_cache_mb: float = 2048  # bound of each cache (items; validation users) of frozen-text keys/values (0 = off)
     center: str = "none"  # beyond the paper: batchnorm = BatchNorm (no affine) on the states before f_user/f_item
+    # token (the paper): read the state at [UserOut]/[ItemOut]; slot (beyond the paper): at the row's last
+    # [HistoryEmb] (the most recent item for a user, the item itself for an item), where the injected vector
+    # enters, so the states differ far more across inputs; the two token vectors are then unused.
+    readout: str = "token"
     match_token_norm: bool = False  # beyond the paper: rescale f_I outputs to the LLM's mean token-embedding norm
 
 
@@ -148,6 +152,8 @@ class LLMSRec(Recommender):
             raise ValueError(f"kv_reuse={config.kv_reuse!r}: use none, opening or frozen")
         if config.negatives not in ("sampled", "in_batch"):
             raise ValueError(f"negatives={config.negatives!r}: use sampled or in_batch")
+        if config.readout not in ("token", "slot"):
+            raise ValueError(f"readout={config.readout!r}: use token or slot")
         self.config = config
         self.max_history = config.history_len
         self.num_negatives = config.num_negatives
@@ -166,7 +172,9 @@ class LLMSRec(Recommender):
         self.infer_batch_size = 16  # prompts per LLM pass when scoring
         self.frozen_batch_size = 32  # rows per no-grad pass over frozen text
         self._openings: dict[str, list[tuple[Tensor, Tensor]]] = {}
-        self.kv_cache = FrozenKVCache(config.kv_cache_mb)
+        # Items and validation users in separate bounds: a scan over thousands of users never evicts the items.
+        self.kv_cache = FrozenKVCache(config.kv_cache_mb)  # item titles
+        self.user_kv_cache = FrozenKVCache(config.kv_cache_mb)  # validation users' history text
         self.cache_users = False  # set while validating: the same users' text comes back at every validation
         self._table_copy: tuple[Tensor, Tensor] | None = None  # (item_table, its copy on the scoring device)
 
@@ -197,9 +205,11 @@ class LLMSRec(Recommender):
         reused; the others run without gradients in length-sorted batches and are added to it.
 
         Item prompts are always cached (the catalogue is a bounded set that every step and validation
-        reads again). User prompts only while `cache_users` is set, as validation does: training examples
-        come back once per epoch, a working set far beyond any sensible bound, and would only evict the rest."""
+        reads again), in `kv_cache`. User prompts only while `cache_users` is set, as validation does, in
+        `user_kv_cache`: training examples come back once per epoch, a working set far beyond any sensible
+        bound. A hit equals a recomputation to float rounding (the same tokens, another batch)."""
         use_cache = kind == "item" or self.cache_users
+        cache = self.kv_cache if kind == "item" else self.user_kv_cache
         llm, dev = self.backbone.model, self.backbone.device
         opening = self._opening_kv(kind, prompts.opening)
         P = len(prompts.opening)
@@ -207,7 +217,7 @@ class LLMSRec(Recommender):
         todo = []
         for b, f in enumerate(prompts.frozen):
             if f:
-                rows[b] = self.kv_cache.get((kind, tuple(f))) if use_cache else None
+                rows[b] = cache.get((kind, tuple(f))) if use_cache else None
                 if rows[b] is None:
                     todo.append(b)
         todo.sort(key=lambda b: len(prompts.frozen[b]))
@@ -223,7 +233,7 @@ class LLMSRec(Recommender):
                 f = len(prompts.frozen[b])
                 rows[b] = [(k[j, :, P:P + f], v[j, :, P:P + f]) for k, v in layers]
                 if use_cache:
-                    self.kv_cache.put((kind, tuple(prompts.frozen[b])), rows[b])
+                    cache.put((kind, tuple(prompts.frozen[b])), rows[b])
         lens = torch.tensor([len(f) for f in prompts.frozen])
         F_max = int(lens.max()) if len(lens) else 0
         out_layers = []
@@ -247,6 +257,11 @@ class LLMSRec(Recommender):
         """
         llm, dev = self.backbone.model, self.backbone.device
         reuse = self.config.kv_reuse
+        if self.config.readout == "slot":
+            # Nothing after the last [HistoryEmb] can change its state (causal attention): drop those tokens.
+            h_id = self.prompts.history_id
+            prompts = Prompts(prompts.opening, prompts.frozen,
+                              [row[: len(row) - row[::-1].index(h_id)] for row in prompts.live])
         if reuse == "none":
             ids, mask = _pad([prompts.full(b) for b in range(len(prompts))], self.prompts.pad_id)
             prefix, prefix_mask, start = None, None, torch.zeros(len(prompts), dtype=torch.long)
@@ -275,7 +290,7 @@ class LLMSRec(Recommender):
             raise RuntimeError(f"{int(hist_slots.sum())} [HistoryEmb] slots for {hist_vecs.shape[0]} items")
         x = x.masked_scatter(hist_slots.unsqueeze(-1), hist_vecs.to(device=dev, dtype=x.dtype))  # [B, T, H]
         out_id = self.prompts.user_out_id if kind == "user" else self.prompts.item_out_id
-        out_slots = (ids == out_id).to(dev)  # [B, T], exactly one per row
+        out_slots = (ids == out_id).to(dev)  # [B, T], exactly one per row (none with readout: slot)
         x = torch.where(out_slots.unsqueeze(-1), out_vec.to(device=dev, dtype=x.dtype), x)  # [B, T, H]
         positions = start[:, None] + (mask.cumsum(-1) - 1).clamp(min=0)  # [B, T]
         kwargs: dict[str, Any] = {"use_cache": False}
@@ -283,7 +298,16 @@ class LLMSRec(Recommender):
             kwargs = _cache_from(llm, prefix)
             mask = torch.cat([prefix_mask, mask], 1)  # [B, P+F+T]
         h = llm(inputs_embeds=x, attention_mask=mask.to(dev), position_ids=positions.to(dev), **kwargs).last_hidden_state
-        return h[out_slots].to(device=self.device, dtype=self.adapters.user_token.dtype)  # [B, H]
+        if self.config.readout == "slot":  # beyond the paper: the state at the row's last [HistoryEmb]
+            if not bool(hist_slots.any(1).all()):
+                raise DataError("history", "a user with no history item reached LLM-SRec (readout: slot needs one)",
+                                "score users with at least one known item; the service falls back to popularity")
+            T = hist_slots.shape[1]
+            last = T - 1 - hist_slots.flip(1).int().argmax(1)  # [B]
+            read = h[torch.arange(len(last), device=dev), last]  # [B, H]
+        else:
+            read = h[out_slots]  # [B, H]
+        return read.to(device=self.device, dtype=self.adapters.user_token.dtype)
 
     def inject(self, items: Tensor) -> Tensor:
         """f_I(E_i) for item idx [M] -> [M, H]: what goes into the [HistoryEmb] slots."""
@@ -326,7 +350,14 @@ class LLMSRec(Recommender):
             logits = u @ iv.T  # [B, U]
             allowed = torch.zeros_like(logits, dtype=torch.bool)
             allowed[:, inverse[:, 0].unique().to(logits.device)] = True  # every example's positive (duplicates share a column)
-            allowed.scatter_(1, inverse.to(logits.device), True)  # and this example's own candidates
+            # ...but not an item of this example's own history, nor another example's positive of the same
+            # user (targets: all puts several of a user's positions in one batch): those are not negatives.
+            hist = batch.histories.items.to(uniq.device)  # [B, L]
+            allowed &= ~(hist[:, :, None] == uniq[None, None, :]).any(1).to(logits.device)  # [B, U]
+            users = batch.histories.users
+            same_user = (users[:, None] == users[None, :]) & ~torch.eye(len(users), dtype=torch.bool)  # [B, B]
+            allowed[same_user.nonzero()[:, 0].to(logits.device), inverse[same_user.nonzero()[:, 1], 0].to(logits.device)] = False
+            allowed.scatter_(1, inverse.to(logits.device), True)  # this example's own candidates, always
             logits = logits.masked_fill(~allowed, float("-inf"))
             target = inverse[:, 0].to(logits.device)
         else:

@@ -28,4 +28,6 @@ def test_distill_throughput_runs_and_both_paths_agree(tmp_path, tiny_llama_dir):
     exact = rows["+ kv_reuse: frozen (exact)"]
     assert exact["loss_vs_today_relative_difference"] < 1e-4  # the exact change computes the same loss
     assert exact["eval_ranks_checksum"] == rows["today"]["eval_ranks_checksum"]  # and the same ranking
-    assert rows["+ num_layers: 8"]["layers"] == 2  # the tiny model has 2 layers: a cut beyond them keeps all
+    assert set(rows["today"]["profile"]) >= {"tokenize_s", "user_prompts_s", "item_prompts_s", "backward_s"}
+    assert rows["+ num_layers: 4"]["profile"] is None  # only the rows asked for are profiled
+    assert rows["+ num_layers: 4"]["layers"] == 2  # the tiny model has 2 layers: a cut beyond them keeps all

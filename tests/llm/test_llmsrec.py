@@ -201,14 +201,15 @@ def test_cached_keys_values_give_the_same_losses_and_gradients_as_one_pass(data,
         m.config.kv_reuse = reuse.split("-")[0]
         if reuse == "frozen":
             m.kv_cache.clear()
+            m.user_kv_cache.clear()
         m.adapters.zero_grad()
         loss = m.loss(batch)
         loss.backward()
         got[reuse] = (loss.detach(), [p.grad.clone() for p in m.adapters.parameters() if p.grad is not None])
-    assert m.kv_cache.hits >= len(batch.histories) and len(m.kv_cache) > 0  # the last pass read the cache
-    m.cache_users, hits = False, m.kv_cache.hits
+    assert m.user_kv_cache.hits >= len(batch.histories) and m.kv_cache.hits > 0  # the last pass read both caches
+    m.cache_users, hits = False, m.user_kv_cache.hits
     m.user_vectors(batch.histories)
-    assert m.kv_cache.hits == hits  # training's user prompts never touch it
+    assert m.user_kv_cache.hits == hits  # training's user prompts never touch it
     for reuse in ("opening", "frozen", "frozen-cached"):
         torch.testing.assert_close(got[reuse][0], got["none"][0], atol=1e-10, rtol=1e-10)
         assert len(got[reuse][1]) == len(got["none"][1]) > 0
@@ -274,13 +275,17 @@ def test_in_batch_negatives_add_every_other_positive(data, teacher, tiny_backbon
                                    use_uniform_loss=False), titles)
     batch = Examples(data, window=20, seed=0).batch(np.arange(6), 1, shuffle=False)
     batch.targets[1, 0] = batch.targets[0, 0]  # two examples share a positive: it is not a negative of either
+    batch.histories.users[3] = batch.histories.users[2]  # two positions of one user: neither's positive is a negative
+    batch.targets[4, 0] = batch.histories.items[5, -1]  # an item of example 5's own history: not its negative
     with torch.no_grad():
         got = m.loss_terms(batch)["retrieval"]
         u = m.user_vectors(batch.histories)
-        pos, neg = batch.targets[:, 0], batch.negatives[:, 0, 0]
+        pos, neg, users = batch.targets[:, 0], batch.negatives[:, 0, 0], batch.histories.users
         expected = []
         for b in range(6):
-            cands = [int(pos[b])] + sorted({int(p) for p in pos} - {int(pos[b])} | {int(neg[b])} - {int(pos[b])})
+            own_history = {int(i) for i in batch.histories.items[b] if i != 0}
+            others = {int(pos[j]) for j in range(6) if users[j] != users[b]} - own_history
+            cands = [int(pos[b])] + sorted((others | {int(neg[b])}) - {int(pos[b])})
             logits = u[b] @ m.item_vectors(torch.tensor(cands)).T
             expected.append(-torch.log_softmax(logits, 0)[0])
     torch.testing.assert_close(got, torch.stack(expected).mean(), atol=1e-5, rtol=1e-5)
@@ -351,3 +356,24 @@ def test_the_reference_schedule_decays_the_learning_rate_at_each_validation(mode
                                              lr_decay=0.5), seed=0, log=lambda *_: None)
     assert [r["lr"] for r in result["curve"]] == pytest.approx([1e-3, 5e-4, 2.5e-4])  # lr used in each round
     assert all(r["valid_ndcg@10"] is not None for r in result["curve"])
+
+
+@pytest.mark.parametrize("layout", ["paper", "text_first_compact"])
+def test_slot_readout_reads_the_last_injected_item(data, teacher, tiny_backbone, titles, layout):
+    """readout: slot (beyond the paper) reads the state at the last [HistoryEmb]: batched equals alone,
+    the most recent item changes it, and gradients reach f_I through the LLM."""
+    torch.manual_seed(7)
+    m = build_model(data, copy.deepcopy(teacher), tiny_backbone, DistillOptions(prompt=layout, readout="slot"), titles)
+    hist = data.histories("valid", np.arange(6), 10)
+    hist.items[0, :-3] = 0
+    with torch.no_grad():
+        batched = m.user_vectors(hist)
+        alone = torch.cat([m.user_vectors(type(hist)(hist.items[i:i + 1], hist.timestamps[i:i + 1],
+                                                      hist.users[i:i + 1])) for i in range(6)])
+        hist.items[2, -1] = 1 if hist.items[2, -1] != 1 else 2
+        changed = m.user_vectors(hist)
+    torch.testing.assert_close(batched, alone, atol=1e-4, rtol=1e-4)
+    assert not torch.allclose(changed[2], batched[2]) and torch.allclose(changed[3], batched[3], atol=1e-5)
+    batch = Examples(data, window=20, seed=0).batch(np.arange(6), 3, shuffle=False)
+    m.loss(batch).backward()
+    assert m.adapters.f_I[0].weight.grad.abs().sum() > 0 and m.adapters.f_user[0].weight.grad.abs().sum() > 0

@@ -256,11 +256,13 @@ def test_one_loop_validates_within_an_epoch_and_resumes_mid_epoch_exactly(tmp_pa
                      state_root=state_root, key="k", log=quiet, progress_bar=False)
         return model, result
 
-    stop_at = n_batches + n_batches // 2  # mid-way through the second epoch, at a validation
+    eval_steps = max(1, round(0.5 * n_batches))
+    stop_at = n_batches + eval_steps - 1  # inside the second epoch, one step before its first validation
     _, first = run(stop_at, tmp_path / "state")
     assert first.progress.stopped_by == "max_steps" and first.progress.step == stop_at
-    assert first.progress.step_in_epoch == n_batches // 2 and first.progress.epoch == 1
-    assert len(first.progress.curve) == 3  # two validations in epoch 1, one where the budget ran out
+    assert first.progress.step_in_epoch == eval_steps - 1 and first.progress.epoch == 1
+    rounds_in_epoch_1 = -(-n_batches // eval_steps)
+    assert len(first.progress.curve) == rounds_in_epoch_1 + 1  # epoch 1's validations, and where the budget ran out
     assert all(r["valid_ndcg@10"] is not None for r in first.progress.curve)
 
     resumed_model, resumed = run(3 * n_batches, tmp_path / "state")  # the same run, given more steps
