@@ -54,6 +54,18 @@ def prepared_default(workdir: Path) -> Path:
     return workdir
 
 
+def cpu_model() -> str:
+    """The CPU's model name and whether it has native bf16 (AMX / AVX512-BF16): it decides llm.dtype auto."""
+    from components.llm.backbone import cpu_has_bf16
+
+    try:
+        name = next(line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
+                    if line.startswith("model name"))
+    except (OSError, StopIteration):
+        name = platform.processor() or platform.machine()
+    return f"{name}, {'native bf16' if cpu_has_bf16() else 'no native bf16'}"
+
+
 def chosen_config(params_path: Path) -> dict:
     from components.params import load_params
 
@@ -191,7 +203,7 @@ def main(argv: list[str] | None = None) -> None:
                 r["loss_vs_today_relative_difference"] = abs(r["first_loss"] - base["first_loss"]) / abs(base["first_loss"])
     result = {"batch_size": 20, "backbone": backbone.name, "dtype": str(backbone.dtype).replace("torch.", ""),
               "device": str(backbone.device),
-              "threads": torch.get_num_threads(), "cpu": platform.processor() or platform.machine(),
+              "threads": torch.get_num_threads(), "cpu": cpu_model(),
               "steps": args.steps, "eval_users": args.eval_users, "prepared": str(prepared_dir), "rows": rows}
     print(f"\n{'configuration':<32}{'train ex/s':>11}{'x today':>8}{'eval users/s':>14}{'x today':>8}{'layers':>7}"
           f"{'user tokens (live)':>20}")

@@ -291,7 +291,8 @@ def throughput_lines(paths: list[Path]) -> list[str]:
     for path in paths:
         r = json.loads(path.read_text())
         lines += [f"### {path.name}", "",
-                  f"{r['backbone']} ({r['dtype']}, {r['device']}, {r['threads']} threads), {r['steps']} timed step(s) of "
+                  f"{r['backbone']} ({r['dtype']}, {r['device']}: {r.get('cpu', '?')}, {r['threads']} threads), "
+                  f"{r['steps']} timed step(s) of "
                   f"{r.get('batch_size', 20)} examples (each user's last training item, the same examples in every row) "
                   f"after one warm-up, {r['eval_users']} fresh validation users scored against 100 candidates. "
                   "The profiled step starts with an empty item cache (training's is warm).", "",
@@ -329,7 +330,8 @@ def learning_lines(paths: list[Path], docs_dir: Path | None) -> list[str]:
                   "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|"]
         for v in r["variants"]:
             b, a = v["spread_before"], v["spread_after"]
-            changes = ", ".join(f"{k}={x}" for k, x in v["overrides"].items() if r["base"].get(k) != x) or "none"
+            over = {**v["overrides"], "num_layers": v.get("num_layers", v["overrides"].get("num_layers"))}
+            changes = ", ".join(f"{k}={x}" for k, x in over.items() if r["base"].get(k) != x) or "none"
             drop = f"{v['valid_shuffle_drop']:.1%}" if "valid_shuffle_drop" in v else ""
             lines.append(f"| {v['name']} | {changes} | {v['best_valid_ndcg@10']:.4f} | {drop} | {v['steps']} | "
                          f"{v['seconds_per_step']:.2f} | {v['examples_per_second']:.1f} | {b['user_raw']:.3f} → "

@@ -33,7 +33,7 @@ def small_params(llm_dir: Path) -> dict:
         "data": {"synthetic": {"num_users": 200, "num_items": 200, "num_topics": 12}},
         "eval": {"max_users": 32},
         "cfsrec": {"epochs": 3, "hidden": 32, "num_blocks": 1, "threads": 1, "batch_size": 64},
-        "llm": {"backbone": str(llm_dir), "dtype": "float32"},
+        "llm": {"backbone": str(llm_dir), "dtype": "float32", "num_layers": None},  # the tiny LLM has 2 layers
         "distill": {"max_steps": 2, "batch_size": 8, "valid_users": 8, "eval_every": 1.0, "item_batch_size": 128},
         "evaluate": {"threads": 1},
         # Lenient on purpose: these runs test the orchestration, not the model's quality, and a random-weight
