@@ -159,7 +159,8 @@ def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--prepared", type=Path, help="a prepare-stage output (default: the synthetic default)")
     ap.add_argument("--cfsrec", type=Path, help="a SASRec checkpoint (default: an untrained SASRec, same shapes)")
-    ap.add_argument("--params", type=Path, default=Path("params.yaml"), help="where the chosen default is read")
+    ap.add_argument("--params", type=Path, default=Path(__file__).resolve().parents[1] / "params.yaml",
+                    help="where the chosen default is read (default: the repository's)")
     ap.add_argument("--backbone", default="smollm2-135m")
     ap.add_argument("--dtype", default="auto")
     ap.add_argument("--steps", type=int, default=2)

@@ -277,7 +277,7 @@ def plot_curve(curve: list[dict[str, Any]], path: Path) -> None:
     for key in ("loss", "retrieval", "distill", "uniform"):
         if any(key in p for p in curve):
             a.plot(steps, [p.get(key, np.nan) for p in curve], label=key)
-    a.set_xlabel("step"), a.set_title("training loss"), a.legend()
+    a.set_xlabel("step"), a.set_title("training loss (mean of each validation round)"), a.legend()
     ev = [p for p in curve if p.get("valid_ndcg@10") is not None]
     b.plot([p["step"] for p in ev], [p["valid_ndcg@10"] for p in ev], marker="o")
     b.set_xlabel("step"), b.set_title("valid NDCG@10 (subset)")
