@@ -3,17 +3,13 @@
 from __future__ import annotations
 
 import json
-import os
 import shutil
-import signal
-import subprocess
-import time
 
 import torch
 import yaml
 from safetensors.torch import load_file
 
-from tests.model.conftest import run_stage, stage_argv, stage_outs, subprocess_env
+from tests.model.conftest import kill_stage_when, run_stage, stage_outs
 
 
 def _state_step(root) -> int:
@@ -40,13 +36,7 @@ def test_kill_9_then_restart_resumes_and_ends_where_an_uninterrupted_run_ends(tm
     ws, ref = workspaces
     state_root = ws / "models" / ".resume" / "distill"
 
-    proc = subprocess.Popen(stage_argv("distill"), cwd=ws, env=subprocess_env(), stdout=subprocess.DEVNULL,
-                            stderr=subprocess.DEVNULL)
-    deadline = time.time() + 240
-    while _state_step(state_root) < 30 and proc.poll() is None and time.time() < deadline:
-        time.sleep(0.02)  # polling the state file: the condition itself, not a guess at timing
-    os.kill(proc.pid, signal.SIGKILL)
-    proc.wait()
+    kill_stage_when("distill", ws, lambda: _state_step(state_root) >= 30, timeout=240)
     k = _state_step(state_root)
     assert k >= 30, f"the run was not interrupted mid-way (step {k})"
     assert not (ws / "models" / "llmsrec" / "config.json").exists()

@@ -91,3 +91,17 @@ def subprocess_env() -> dict[str, str]:
 def run_stage(name: str, workspace: Path, timeout: float = 300) -> subprocess.CompletedProcess:
     return subprocess.run(stage_argv(name), cwd=workspace, env=subprocess_env(), capture_output=True, text=True,
                           timeout=timeout)
+
+
+def kill_stage_when(name: str, workspace: Path, ready, timeout: float) -> None:
+    """Start dvc.yaml's command for `name` and SIGKILL it once `ready()` holds (or it ended, or `timeout`)."""
+    import signal
+    import time
+
+    proc = subprocess.Popen(stage_argv(name), cwd=workspace, env=subprocess_env(), stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL)
+    deadline = time.time() + timeout
+    while not ready() and proc.poll() is None and time.time() < deadline:
+        time.sleep(0.02)  # polling the state file: the condition itself, not a guess at timing
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()

@@ -4,11 +4,7 @@ from __future__ import annotations
 
 import copy
 import json
-import os
 import shutil
-import signal
-import subprocess
-import time
 
 import numpy as np
 import pytest
@@ -25,11 +21,10 @@ from components.train_cfsrec import train, warm_start
 from components.training import TrainOptions
 from tests.model.conftest import (
     TINY_CFSREC,
+    kill_stage_when,
     make_prepared,
     run_stage,
-    stage_argv,
     stage_outs,
-    subprocess_env,
     write_params,
 )
 
@@ -92,13 +87,7 @@ def test_kill_9_then_restart_continues_at_the_next_epoch(tmp_path, prepared_dir)
     ws, ref = workspaces
     state_root = ws / "models" / ".resume" / "pretrain_cfsrec"
 
-    proc = subprocess.Popen(stage_argv("pretrain_cfsrec"), cwd=ws, env=subprocess_env(),
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    deadline = time.time() + 120
-    while _state_epoch(state_root) < 3 and proc.poll() is None and time.time() < deadline:
-        time.sleep(0.02)  # polling the state file: the condition itself, not a guess at timing
-    os.kill(proc.pid, signal.SIGKILL)
-    proc.wait()
+    kill_stage_when("pretrain_cfsrec", ws, lambda: _state_epoch(state_root) >= 3, timeout=120)
     k = _state_epoch(state_root)
     assert 3 <= k < 40, f"the run was not interrupted mid-way (epoch {k})"
     assert not (ws / "models" / "cfsrec" / "config.json").exists()
