@@ -1,7 +1,8 @@
 """Stage `prepare`: filter, index, split, and fix the evaluation candidates once for every model.
 
 Reads params `data.min_user_interactions`, `data.min_item_interactions`, `data.max_users`,
-`eval` and `seed`. Writes to the output directory:
+`eval` and `seed`. The k-core runs on all users; `data.max_users` then draws a seeded sample of the
+users that passed it, with their whole histories (no second k-core, so the sample keeps its size). Writes to the output directory:
 
 - `items.parquet`: idx (1..N; 0 is padding), item_id, title, description: the catalogue.
 - `users.parquet`: idx (1..U), user_id.
@@ -70,10 +71,11 @@ def prepare(interactions: pd.DataFrame, items: pd.DataFrame, data_cfg: dict[str,
         raise ConfigError("params.yaml", f"data.min_user_interactions={min_u} leaves users without a training item",
                           f"set it to at least {MIN_SEQUENCE}")
     df, passes = kcore(interactions, min_u, min_i)
-    sub = subsample_users(df, data_cfg.get("max_users"), seed)
-    if len(sub) < len(df):
-        df, more = kcore(sub, min_u, min_i)
-        passes += more
+    # The subsample comes after the k-core and is not k-cored again: a sampled user keeps the whole
+    # history that passed the filter, so `max_users` users remain. Re-filtering cascades on sparse
+    # catalogues (Amazon 5-core data: 3,000 sampled users shrank to 222) and the sample would no longer
+    # be the one asked for. Items then need fewer than min_item interactions within the sample.
+    df = subsample_users(df, data_cfg.get("max_users"), seed)
     if df.empty:
         raise DataError("validated interactions", f"nothing is left after the {min_u}/{min_i}-core filter",
                         "lower data.min_user_interactions / data.min_item_interactions, or add data")

@@ -22,6 +22,8 @@ def kcore(df: pd.DataFrame, min_user: int, min_item: int) -> tuple[pd.DataFrame,
 
 
 def subsample_users(df: pd.DataFrame, max_users: int | None, seed: int) -> pd.DataFrame:
+    """Rows of `max_users` users drawn without replacement (seeded), each with all their rows; all rows
+    when `max_users` is falsy or not below the user count."""
     if not max_users:
         return df
     users = np.sort(df["user_id"].unique())

@@ -99,6 +99,24 @@ def test_eval_max_users_and_user_subsample(synthetic):
     assert (out["sequences"]["items"].map(len) >= 5).all()
 
 
+def test_user_subsample_keeps_its_size_and_whole_histories_on_a_sparse_catalogue():
+    # Amazon-like 5-core data: each item has exactly 5 buyers, so within a 10% user sample almost no
+    # item keeps 5 and a second k-core would cascade to nothing. The sample must stay as asked.
+    rng = np.random.default_rng(0)
+    n_users, n_items = 1000, 1200  # every user buys 6 items, every item has 5 buyers: the full data is a 5-core
+    buyers = rng.permutation(np.repeat(np.arange(n_users), 6))
+    df = pd.DataFrame({"user_id": [f"u{b}" for b in buyers], "item_id": np.repeat([f"i{k}" for k in range(n_items)], 5),
+                       "timestamp": rng.integers(0, 10**6, len(buyers))})
+    items = pd.DataFrame({"item_id": [f"i{k}" for k in range(n_items)], "title": "t", "description": ""})
+    full, _ = kcore(df, 5, 5)
+    out = prepare(df, items, {"max_users": 100}, {"num_negatives": 20}, seed=1)
+    assert out["summary"]["users"] == 100
+    kept = out["users"]["user_id"]
+    expected = full[full["user_id"].isin(kept)].groupby("user_id").size().sort_index()
+    got = out["sequences"]["items"].map(len).set_axis(kept.to_numpy()).sort_index()
+    assert (got == expected).all()  # every sampled user keeps the history that passed the k-core
+
+
 def test_too_many_negatives_for_the_catalogue(synthetic):
     with pytest.raises(ConfigError, match="lower eval.num_negatives"):
         prepare(*synthetic, {}, {"num_negatives": 250}, seed=0)
