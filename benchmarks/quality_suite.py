@@ -1,0 +1,76 @@
+"""The LLM-SRec comparison on one real dataset: six rows on the same splits and candidates.
+
+    python -m benchmarks.quality_suite --dataset health --minutes 8 [--rows ROW,ROW] [--workdir DIR]
+
+Each row is one `benchmarks.quality` run (the real pipeline stages, in a scratch workspace) and writes
+`benchmarks/results/suite/<dataset>/<row>.json`; `python -m benchmarks.report` renders the table.
+
+- `sasrec`: popularity and SASRec with the full window (`cfsrec.max_len` from params.yaml);
+- `sasrec_len10`: SASRec reading only the prompt's 10 most recent items;
+- `llmsrec_paper`: the paper's LLM-SRec settings (prompt, readout, targets, negatives), on the first
+  `--paper-layers` layers of the LLM (30 = all, the paper; 4 by default so a row fits this CPU's budget);
+- `llmsrec`: the chosen settings, params.yaml's distill section as it is;
+- `llmsrec_no_distill_uniform`: the chosen settings without L_distill and L_uniform (the paper's ablation).
+
+The LLM-SRec rows share one workspace, so they share the data stages and the SASRec teacher, and they
+all train for the same wall-clock budget (`distill.max_minutes = --minutes`, validation included).
+Not part of CI: a row takes minutes to tens of minutes on a 2-core CPU.
+"""
+
+from __future__ import annotations
+
+import argparse
+import tempfile
+from pathlib import Path
+
+from benchmarks import quality
+
+REPO = Path(__file__).resolve().parents[1]
+SHARED = REPO.parent / "shared" / "data"
+#: name -> (folder under ../shared/data, users sampled): the sizes issue 15 asks for
+DATASETS = {"ml1m": ("ml-1m-seqrec", 2000), "health": ("amazon2014-health", 3000),
+            "videogames": ("amazon2018-videogames", 3000)}
+PAPER = ["distill.prompt=paper", "distill.readout=token", "distill.targets=last", "distill.negatives=sampled",
+         "distill.num_negatives=3", "distill.lr_decay=0.95"]
+#: row -> (models, workspace, overrides); `{layers}` is --paper-layers
+ROWS: dict[str, tuple[str, str, list[str]]] = {
+    "sasrec": ("popularity,cfsrec", "shared", []),
+    "sasrec_len10": ("cfsrec", "len10", ["cfsrec.max_len=10"]),
+    "llmsrec_paper": ("popularity,cfsrec,llmsrec", "shared", [*PAPER, "llm.num_layers={layers}"]),
+    "llmsrec": ("popularity,cfsrec,llmsrec", "shared", []),
+    "llmsrec_no_distill_uniform": ("popularity,cfsrec,llmsrec", "shared",
+                                   ["distill.use_distill_loss=false", "distill.use_uniform_loss=false"]),
+}
+
+
+def main(argv: list[str] | None = None) -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--dataset", choices=sorted(DATASETS), required=True)
+    ap.add_argument("--rows", default=",".join(ROWS), help=f"comma-separated, from {list(ROWS)}")
+    ap.add_argument("--minutes", type=float, default=8.0, help="distill.max_minutes of every LLM-SRec row")
+    ap.add_argument("--paper-layers", default="4", help="llm.num_layers of llmsrec_paper (null = all 30)")
+    ap.add_argument("--data-root", type=Path, default=SHARED)
+    ap.add_argument("--workdir", type=Path, help="parent of the row workspaces (default: a new temporary one)")
+    ap.add_argument("--results", type=Path, default=REPO / "benchmarks" / "results" / "suite")
+    args = ap.parse_args(argv)
+
+    folder, users = DATASETS[args.dataset]
+    path = args.data_root / folder
+    if not (path / "interactions.tsv").is_file():
+        raise SystemExit(f"{path}/interactions.tsv not found: pass --data-root, the folder that holds {folder}/")
+    rows = [r.strip() for r in args.rows.split(",") if r.strip()]
+    if unknown := sorted(set(rows) - set(ROWS)):
+        raise SystemExit(f"unknown rows {unknown}: choose from {list(ROWS)}")
+    root = args.workdir or Path(tempfile.mkdtemp(prefix=f"suite-{args.dataset}-"))
+    for row in rows:
+        models, space, sets = ROWS[row]
+        sets = [s.format(layers=args.paper_layers) for s in sets]
+        if "llmsrec" in models:
+            sets.append(f"distill.max_minutes={args.minutes:g}")
+        quality.main(["--models", models, "--source", "files", "--path", str(path), "--max-users", str(users),
+                      *(a for s in sets for a in ("--set", s)), "--workdir", str(root / space), "--resume",
+                      "--out", str(args.results / args.dataset / f"{row}.json")])
+
+
+if __name__ == "__main__":
+    main()
