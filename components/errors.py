@@ -22,6 +22,11 @@ class DataError(PipelineError):
     """Raw or ingested data that cannot be used as it is."""
 
 
+class CheckpointError(DataError):
+    """A model checkpoint or packaged model that cannot be loaded: a file missing, truncated, not what its
+    name says (garbage bytes, invalid JSON), or weights whose shapes do not match its config."""
+
+
 class ConfigError(PipelineError):
     """A params.yaml value that cannot work."""
 

@@ -29,11 +29,10 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from safetensors.torch import load_file
 
 from components.errors import ConfigError, stage_main
 from components.io import fresh_dir, sha256_of, write_json
-from components.models.base import WEIGHTS, match_items, read_checkpoint_meta
+from components.models.base import WEIGHTS, match_items, read_checkpoint_meta, read_weights
 from components.models.sasrec import SASRec, SASRecConfig
 from components.params import load_params, section
 from components.sequences import Prepared
@@ -64,7 +63,7 @@ def warm_start(model: SASRec, directory: Path, mismatch: str = "error") -> dict[
     new_idx, old_idx = match_items(old_ids, model.item_ids)
     if len(new_idx) == 0:
         return refuse(f"shares no item_id with this data ({len(old_ids)} old items, {model.num_items} new)")
-    weights = load_file(str(directory / WEIGHTS))
+    weights = read_weights(directory / WEIGHTS)
     old_emb = weights.pop("item_emb.weight")  # [N_old+1, H]
     missing, unexpected = model.load_state_dict(weights, strict=False)
     if unexpected or set(missing) != {"item_emb.weight"}:

@@ -16,17 +16,16 @@ Loss = L_retrieval (softmax over positive + negatives of s = f_item(h_i) . f_use
 from __future__ import annotations
 
 import hashlib
-import json
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
 import torch
 import torch.nn.functional as F
-from safetensors.torch import load_file, save_file
+from safetensors.torch import save_file
 from torch import Tensor, nn
 
-from components.errors import DataError
+from components.errors import CheckpointError, DataError
 from components.io import write_json
 from components.llm.backbone import Backbone
 from components.llm.kv import FrozenKVCache
@@ -465,44 +464,73 @@ class LLMSRec(Recommender):
         """Rebuild from adapters + config + item table, the SASRec teacher and the (re)loaded LLM.
 
         The teacher and the backbone are checked against what the adapters were trained with: other
-        weights would feed the adapters inputs they have never seen.
+        weights would feed the adapters inputs they have never seen. A missing, truncated or garbled file,
+        or adapters / an item table whose shapes differ from the config, is a CheckpointError naming the
+        file, raised before the LLM is loaded where it can be.
         """
         from components.llm.backbone import load_backbone, truncate_layers
-        from components.models.base import load_checkpoint
+        from components.models.base import check_shapes, load_checkpoint, read_checkpoint_json, read_weights
 
         directory = Path(directory)
+        fix = ("the LLM-SRec checkpoint is damaged or from another version: re-run the distill stage "
+               "(`dvc repro -f -s distill`, or `dvc checkout models/llmsrec`)")
         for name in ("config.json", ADAPTERS, "item_ids.json", TITLES):
             if not (directory / name).is_file():
-                raise DataError(directory / name, "LLM-SRec checkpoint file not found",
-                                "point at a directory written by the distill stage")
-        meta = json.loads((directory / "config.json").read_text())
+                raise CheckpointError(directory / name, "LLM-SRec checkpoint file not found",
+                                      "point at a directory written by the distill stage")
+        meta = read_checkpoint_json(directory / "config.json", fix)
+        if not isinstance(meta, dict) or not all(isinstance(meta.get(k), dict) for k in ("config", "cfsrec", "backbone")) \
+                or "item_mapping_hash" not in meta:
+            raise CheckpointError(directory / "config.json", "is not an LLM-SRec checkpoint config (config, cfsrec, "
+                                                             "backbone, item_mapping_hash)", fix)
         raw = dict(meta["config"])
         if raw.pop("item_prefix_cache", None) is not None:  # checkpoints from before kv_reuse: same math
             raw.setdefault("kv_reuse", "opening")
-        config = LLMSRecConfig(**raw)
+        try:
+            config = LLMSRecConfig(**raw)
+        except TypeError as e:  # a key this version does not know
+            raise CheckpointError(directory / "config.json", f"its config does not build LLM-SRec ({e})", fix) from None
+        titles = read_checkpoint_json(directory / TITLES, fix)
+        item_ids = read_checkpoint_json(directory / "item_ids.json", fix)
+        if not isinstance(item_ids, list) or not isinstance(titles, list) or len(titles) != len(item_ids) + 1:
+            raise CheckpointError(directory / TITLES, f"{len(titles) if isinstance(titles, list) else 'no'} titles for "
+                                                      f"{len(item_ids) if isinstance(item_ids, list) else 'no'} item "
+                                                      "ids (+ padding)", fix)
         if cfsrec is None:
             cfsrec_dir = cfsrec_dir or meta["cfsrec"].get("path")
             if cfsrec_dir is None:
                 raise DataError(directory, "no SASRec teacher given", "pass cfsrec_dir= the pretrain_cfsrec checkpoint")
             cfsrec = load_checkpoint(cfsrec_dir)
-        if state_hash(cfsrec) != meta["cfsrec"]["weights_hash"]:
+        if state_hash(cfsrec) != meta["cfsrec"].get("weights_hash"):
             raise DataError(cfsrec_dir or "cfsrec", "this SASRec checkpoint is not the one LLM-SRec was distilled from",
                             "use the SASRec checkpoint of the same pipeline run, or re-run the distill stage")
+        # The weights are read and checked before the LLM is loaded: a damaged file fails in a second, not
+        # after loading a backbone.
+        adapters = read_weights(directory / ADAPTERS, fix)
+        item_table = read_weights(directory / ITEM_TABLE, fix) if (directory / ITEM_TABLE).is_file() else None
         if backbone is None:
             backbone = load_backbone(config.backbone, num_layers=config.num_layers, **backbone_kwargs)
         elif config.num_layers is not None and backbone.num_layers != config.num_layers:
             backbone = truncate_layers(backbone, config.num_layers)
-        if backbone.fingerprint != meta["backbone"]["fingerprint"]:
+        if backbone.fingerprint != meta["backbone"].get("fingerprint"):
             raise DataError(config.backbone, f"backbone weights differ from the ones used in training "
-                                             f"({backbone.fingerprint[:24]} vs {meta['backbone']['fingerprint'][:24]})",
+                                             f"({backbone.fingerprint[:24]} vs {str(meta['backbone'].get('fingerprint'))[:24]})",
                             "load the same backbone, or re-run the distill stage with this one")
-        titles = json.loads((directory / TITLES).read_text())
-        item_ids = json.loads((directory / "item_ids.json").read_text())
-        model = cls(config, cfsrec, backbone, titles, item_ids, meta["item_mapping_hash"],
-                    cfsrec_path=str(cfsrec_dir) if cfsrec_dir else meta["cfsrec"].get("path"))
-        model.adapters.load_state_dict(load_file(str(directory / ADAPTERS)))
-        if (directory / ITEM_TABLE).is_file():
-            model.item_table = load_file(str(directory / ITEM_TABLE))["item_table"]
+        try:
+            model = cls(config, cfsrec, backbone, titles, item_ids, meta["item_mapping_hash"],
+                        cfsrec_path=str(cfsrec_dir) if cfsrec_dir else meta["cfsrec"].get("path"))
+        except ValueError as e:  # a config value this version does not know (kv_reuse, negatives, readout)
+            raise CheckpointError(directory / "config.json", f"its config does not build LLM-SRec ({e})", fix) from None
+        check_shapes(directory / ADAPTERS, adapters, model.adapters.state_dict(), fix)
+        model.adapters.load_state_dict(adapters)
+        if item_table is not None:
+            table = item_table.get("item_table")
+            want = [model.num_items + 1, config.out_dim]
+            if table is None or list(table.shape) != want:
+                raise CheckpointError(directory / ITEM_TABLE, f"item table of shape "
+                                                              f"{list(table.shape) if table is not None else 'none'}, "
+                                                              f"the checkpoint needs {want}", fix)
+            model.item_table = table
         model.eval()
         return model
 

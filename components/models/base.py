@@ -13,6 +13,10 @@ here; none of them asks which model it is. A model reads a user's history as `Hi
 A checkpoint is a directory: `model.safetensors` (weights/buffers), `config.json` (which model, its
 config, the item count and the item-mapping hash of the data it was trained on) and `item_ids.json`
 (the item_id of each idx 1..N, so a warm start can match items by id across two mappings).
+
+Loading a checkpoint never ends in a torch, safetensors or JSON traceback: a missing, truncated or
+garbled file, or weights whose shapes differ from the config, is a `CheckpointError` naming the file
+and the fix (`read_checkpoint_json`, `read_weights`, `check_shapes`).
 """
 
 from __future__ import annotations
@@ -27,7 +31,7 @@ import torch
 from safetensors.torch import load_file, save_file
 from torch import Tensor, nn
 
-from components.errors import DataError
+from components.errors import CheckpointError, DataError, PipelineError
 from components.io import write_json
 
 FORMAT_VERSION = 1
@@ -130,17 +134,21 @@ class Recommender(nn.Module, ABC):
 
     @classmethod
     def load(cls, directory: Path) -> Recommender:
+        """Rebuild the model from its checkpoint directory alone. Raises CheckpointError (naming the file)
+        when a file is missing or damaged or the weights do not fit the config."""
+        directory = Path(directory)
         meta, item_ids = read_checkpoint_meta(directory)
         if meta["model"] != cls.name:
-            raise DataError(directory, f"holds a '{meta['model']}' checkpoint, not '{cls.name}'",
-                            f"point at a {cls.name} checkpoint, or load it with components.models.load_checkpoint")
-        model = cls.from_config(meta["config"], item_ids, meta["item_mapping_hash"])
-        weights = load_file(str(Path(directory) / WEIGHTS))
-        missing, unexpected = set(model.state_dict()) - set(weights), set(weights) - set(model.state_dict())
-        if missing or unexpected:
-            raise DataError(directory / WEIGHTS, f"weights do not match the config (missing {sorted(missing)[:3]}, "
-                                                 f"unexpected {sorted(unexpected)[:3]})",
-                            "the checkpoint is damaged or from another version: retrain it")
+            raise CheckpointError(directory, f"holds a '{meta['model']}' checkpoint, not '{cls.name}'",
+                                  f"point at a {cls.name} checkpoint, or load it with components.models.load_checkpoint")
+        try:
+            model = cls.from_config(meta["config"], item_ids, meta["item_mapping_hash"])
+        except (TypeError, ValueError, KeyError, PipelineError) as e:  # unknown keys, bad values (config.check)
+            why = e.problem if isinstance(e, PipelineError) else f"{type(e).__name__}: {e}"
+            raise CheckpointError(directory / CONFIG, f"its config does not build a {cls.name} model ({why})",
+                                  RETRAIN) from None
+        weights = read_weights(directory / WEIGHTS)
+        check_shapes(directory / WEIGHTS, weights, model.state_dict(), RETRAIN)
         model.load_state_dict(weights)
         model.eval()
         return model
@@ -157,21 +165,72 @@ class Recommender(nn.Module, ABC):
                                   f"{item_mapping_hash})", fix)
 
 
+RETRAIN = "the checkpoint is damaged or from another version: retrain it (or restore it from DVC: `dvc checkout`)"
+
+
+def read_checkpoint_json(path: Path, fix: str = RETRAIN) -> Any:
+    """A checkpoint's JSON file, decoded. CheckpointError when it is missing, unreadable or not JSON
+    (truncated, garbage bytes): never a JSONDecodeError from deep inside a load."""
+    path = Path(path)
+    try:
+        return json.loads(path.read_bytes())
+    except FileNotFoundError:
+        raise CheckpointError(path, "checkpoint file not found", fix) from None
+    except (OSError, ValueError) as e:  # UnicodeDecodeError and JSONDecodeError are ValueErrors
+        raise CheckpointError(path, f"is not valid JSON ({type(e).__name__}: {str(e)[:120]}); the file is "
+                                    "damaged (truncated or overwritten)", fix) from None
+
+
+def read_weights(path: Path, fix: str = RETRAIN) -> dict[str, Tensor]:
+    """A safetensors file as {name: tensor} on the CPU. CheckpointError when it is missing, truncated or not
+    a safetensors file (safetensors checks that the header covers the whole file)."""
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(path, "checkpoint file not found", fix)
+    try:
+        return load_file(str(path))
+    except Exception as e:  # safetensors' SafetensorError (not importable by a stable name), OSError
+        raise CheckpointError(path, f"is not a readable safetensors file ({str(e)[:160]}); it is truncated or "
+                                    "damaged", fix) from None
+
+
+def check_shapes(path: Path, weights: dict[str, Tensor], expected: dict[str, Tensor], fix: str = RETRAIN) -> None:
+    """Refuse weights that would not load into `expected` (a state_dict): names missing or unexpected, or
+    shapes that differ (e.g. a checkpoint of another catalogue size or width swapped in)."""
+    missing, unexpected = sorted(set(expected) - set(weights)), sorted(set(weights) - set(expected))
+    if missing or unexpected:
+        raise CheckpointError(path, f"weights do not match the config (missing {missing[:3]}, unexpected "
+                                    f"{unexpected[:3]})", fix)
+    wrong = [f"{k} {list(weights[k].shape)} (the config needs {list(v.shape)})" for k, v in expected.items()
+             if tuple(weights[k].shape) != tuple(v.shape)]
+    if wrong:
+        raise CheckpointError(path, f"weights do not match the config: {'; '.join(wrong[:3])}"
+                                    f"{f' and {len(wrong) - 3} more' if len(wrong) > 3 else ''}", fix)
+
+
 def read_checkpoint_meta(directory: Path) -> tuple[dict[str, Any], list[str]]:
+    """(config.json, item_ids.json) of a checkpoint directory, checked against each other."""
     directory = Path(directory)
     for name in (CONFIG, ITEM_IDS, WEIGHTS):
         if not (directory / name).is_file():
-            raise DataError(directory / name, "checkpoint file not found",
-                            "point at a directory written by a training stage (model.safetensors, config.json, "
-                            "item_ids.json)")
-    meta = json.loads((directory / CONFIG).read_text())
-    item_ids = json.loads((directory / ITEM_IDS).read_text())
-    if meta.get("format_version") != FORMAT_VERSION or "model" not in meta:
-        raise DataError(directory / CONFIG, f"unknown checkpoint format {meta.get('format_version')!r}",
-                        "retrain the model with this version of the pipeline")
+            raise CheckpointError(directory / name, "checkpoint file not found",
+                                  "point at a directory written by a training stage (model.safetensors, config.json, "
+                                  "item_ids.json)")
+    meta = read_checkpoint_json(directory / CONFIG)
+    item_ids = read_checkpoint_json(directory / ITEM_IDS)
+    if not isinstance(meta, dict) or meta.get("format_version") != FORMAT_VERSION or "model" not in meta:
+        version = meta.get("format_version") if isinstance(meta, dict) else None
+        raise CheckpointError(directory / CONFIG, f"unknown checkpoint format {version!r}",
+                              "retrain the model with this version of the pipeline")
+    missing = [k for k in ("config", "num_items", "item_mapping_hash") if k not in meta]
+    if missing or not isinstance(meta["config"], dict):
+        raise CheckpointError(directory / CONFIG, f"not a complete checkpoint config (missing {missing or ['config']})",
+                              RETRAIN)
+    if not isinstance(item_ids, list) or not all(isinstance(i, str) for i in item_ids):
+        raise CheckpointError(directory / ITEM_IDS, "is not a list of item id strings", RETRAIN)
     if len(item_ids) != meta["num_items"]:
-        raise DataError(directory / ITEM_IDS, f"{len(item_ids)} item ids for {meta['num_items']} items",
-                        "the checkpoint is damaged: retrain it")
+        raise CheckpointError(directory / ITEM_IDS, f"{len(item_ids)} item ids for {meta['num_items']} items",
+                              "the checkpoint is damaged: retrain it")
     return meta, item_ids
 
 
@@ -182,16 +241,17 @@ def load_checkpoint(directory: Path) -> Recommender:
     import components.models  # noqa: F401  (registers the built-in models)
 
     config_path = Path(directory) / CONFIG
-    if not config_path.is_file():
-        raise DataError(config_path, "checkpoint file not found",
-                        "point at a directory written by a training stage (it holds config.json)")
-    name = json.loads(config_path.read_text()).get("model")
+    meta = read_checkpoint_json(config_path, "point at a directory written by a training stage (it holds config.json)")
+    if not isinstance(meta, dict):
+        raise CheckpointError(config_path, f"unknown checkpoint format (a JSON {type(meta).__name__}, not an object)",
+                              "retrain the model with this version of the pipeline")
+    name = meta.get("model")
     if name in _LAZY and name not in _REGISTRY:
         importlib.import_module(_LAZY[name])  # heavy (transformers): imported only when needed
     cls = _REGISTRY.get(name)
     if cls is None:  # each model's own load() checks the rest of its files
-        raise DataError(config_path, f"unknown model '{name}'",
-                        f"use one of {sorted(_REGISTRY)} or install the package that defines it")
+        raise CheckpointError(config_path, f"unknown model {name!r}",
+                              f"use one of {sorted(_REGISTRY)} or install the package that defines it")
     return cls.load(directory)
 
 

@@ -1,0 +1,116 @@
+"""A damaged LLM-SRec checkpoint is a CheckpointError naming the file and the fix, never a safetensors,
+JSON or shape traceback (issue 16). Tiny random-weight Llama (tests/llm/conftest.py)."""
+
+from __future__ import annotations
+
+import copy
+import json
+import os
+import shutil
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file, save_file
+
+from components.distill import DistillOptions, build_model
+from components.errors import CheckpointError, DataError
+from components.llm.model import LLMSRec, LLMSRecConfig
+from components.sequences import Prepared
+
+
+@pytest.fixture(scope="module")
+def saved(prepared_dir, teacher, tiny_backbone, tmp_path_factory):
+    """An LLM-SRec checkpoint with its item table, saved once; each test damages its own copy."""
+    data = Prepared.load(prepared_dir)
+    torch.manual_seed(1)
+    titles = [""] + [f"title {i}" for i in range(1, data.num_items + 1)]
+    model = build_model(data, copy.deepcopy(teacher), tiny_backbone, DistillOptions(), titles)
+    model.build_item_table(64)
+    return model, model.save(tmp_path_factory.mktemp("llmsrec") / "ckpt")
+
+
+def truncate(path: Path) -> None:
+    data = path.read_bytes()
+    path.write_bytes(data[: len(data) // 2])
+
+
+def garble(path: Path) -> None:
+    path.write_bytes(os.urandom(path.stat().st_size))
+
+
+def narrower_adapters(model: LLMSRec):
+    """Adapters of the same model with another f_user/f_item width (proj_hidden 64, not 2048)."""
+    def swap(path: Path) -> None:
+        other = LLMSRec(LLMSRecConfig(backbone=model.config.backbone, proj_hidden=64), model.cfsrec, model.backbone,
+                        model.prompts.titles, model.item_ids, model.item_mapping_hash)
+        save_file({k: v.contiguous() for k, v in other.adapters.state_dict().items()}, str(path))
+    return swap
+
+
+def table_rows(n: int):
+    def cut(path: Path) -> None:
+        save_file({"item_table": load_file(str(path))["item_table"][:n].contiguous()}, str(path))
+    return cut
+
+
+def edit_config(change):
+    def edit(path: Path) -> None:
+        meta = json.loads(path.read_text())
+        change(meta)
+        path.write_text(json.dumps(meta))
+    return edit
+
+
+DAMAGE = {
+    "adapters truncated": ("adapters.safetensors", truncate, "truncated or damaged"),
+    "adapters garbage": ("adapters.safetensors", garble, "not a readable safetensors file"),
+    "adapters of another width": ("adapters.safetensors", None, r"f_user.0.weight \[64, 32\] \(the config needs "
+                                                                r"\[2048, 32\]\)"),
+    "adapters deleted": ("adapters.safetensors", Path.unlink, "checkpoint file not found"),
+    "item table truncated": ("item_table.safetensors", truncate, "truncated or damaged"),
+    "item table of another catalogue": ("item_table.safetensors", table_rows(10), r"item table of shape \[10, 128\]"),
+    "item table renamed inside": ("item_table.safetensors",
+                                  lambda p: save_file({"table": torch.zeros(3)}, str(p)), "item table of shape none"),
+    "config deleted": ("config.json", Path.unlink, "checkpoint file not found"),
+    "config garbage": ("config.json", garble, "is not valid JSON"),
+    "config not a checkpoint config": ("config.json", lambda p: p.write_text('{"model": "llmsrec"}'),
+                                       "is not an LLM-SRec checkpoint config"),
+    "config with an unknown key": ("config.json", edit_config(lambda m: m["config"].update(widht=3)),
+                                   "does not build LLM-SRec.*widht"),
+    "config with a bad value": ("config.json", edit_config(lambda m: m["config"].update(readout="middle")),
+                                "does not build LLM-SRec.*readout='middle'"),
+    "titles garbage": ("titles.json", garble, "is not valid JSON"),
+    "titles short": ("titles.json", lambda p: p.write_text(json.dumps(["", "one"])), "2 titles for"),
+    "item ids truncated": ("item_ids.json", truncate, "is not valid JSON"),
+}
+
+
+@pytest.mark.parametrize("damage", DAMAGE, ids=list(DAMAGE))
+def test_damaged_llmsrec_checkpoint_names_the_file_and_the_fix(saved, tmp_path, damage):
+    model, original = saved
+    name, spoil, says = DAMAGE[damage]
+    ckpt = Path(shutil.copytree(original, tmp_path / "ckpt"))
+    (spoil or narrower_adapters(model))(ckpt / name)
+    with pytest.raises(CheckpointError, match=says) as caught:
+        LLMSRec.load(ckpt, cfsrec=model.cfsrec, backbone=model.backbone)
+    err = caught.value
+    assert isinstance(err, DataError) and err.subject == str(ckpt / name) and "Fix:" in str(err)
+    assert err.__cause__ is None and (err.__context__ is None or err.__suppress_context__)  # no library traceback
+
+
+def test_a_damaged_teacher_is_named_too(saved, tmp_path):
+    """LLM-SRec finds its SASRec teacher by path: a truncated teacher is the teacher's file's error."""
+    model, original = saved
+    ckpt = Path(shutil.copytree(original, tmp_path / "ckpt"))
+    teacher = model.cfsrec.save(tmp_path / "cfsrec")
+    truncate(teacher / "model.safetensors")
+    with pytest.raises(CheckpointError, match="model.safetensors.*truncated or damaged"):
+        LLMSRec.load(ckpt, backbone=model.backbone, cfsrec_dir=teacher)
+
+
+def test_the_undamaged_checkpoint_still_loads(saved):
+    model, original = saved
+    loaded = LLMSRec.load(original, cfsrec=model.cfsrec, backbone=model.backbone)
+    torch.testing.assert_close(loaded.item_table, model.item_table)
+    assert all(torch.equal(loaded.adapters.state_dict()[k], v) for k, v in model.adapters.state_dict().items())
