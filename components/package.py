@@ -19,19 +19,25 @@ Metadata: params, metrics, the gate's checks and the data version (DVC's md5 of 
 computed the way DVC computes it, so it matches `dvc.lock`).
 
 Promotion is the last step: if anything before it fails, production still points at the old model.
-Packaging the same content twice reuses the stored version instead of duplicating it.
+Packaging the same content twice reuses the stored version instead of duplicating it (if that version is
+still intact). The package is assembled in a staging directory next to the store and moved into it with
+one rename, so a stage killed midway (even `kill -9`) leaves no half-written version in the store; the
+package records every file's size and sha256, and promotion verifies them (components/serving/integrity.py).
 """
 
 from __future__ import annotations
 
 import argparse
 import hashlib
+import os
 import shutil
+import sys
+import tempfile
 import time
 from pathlib import Path
 from typing import Any
 
-from components.errors import ConfigError, DataError, stage_main
+from components.errors import CheckpointError, ConfigError, DataError, stage_main
 from components.io import read_json, write_json
 from components.params import load_params
 from components.registry import (
@@ -42,13 +48,14 @@ from components.registry import (
     production_tag,
     set_production,
 )
-from components.serving.packaged import (
+from components.serving.integrity import (
     BACKBONE_DIR,
     CATALOGUE_DIR,
     CATALOGUE_FILES,
     CFSREC_DIR,
     LLMSREC_DIR,
     MANIFEST,
+    file_record,
 )
 
 PACKAGE_DEFAULTS = {"include_backbone": False}
@@ -89,8 +96,47 @@ def content_hash(paths: list[Path]) -> str:
         files = sorted(p for p in root.rglob("*") if p.is_file()) if root.is_dir() else [root]
         for f in files:
             h.update(f"{root.name}/{f.relative_to(root) if root.is_dir() else f.name}".encode())
-            h.update(hashlib.sha256(f.read_bytes()).digest())
+            try:
+                h.update(hashlib.sha256(f.read_bytes()).digest())
+            except OSError as e:
+                raise DataError(f, f"cannot be read ({e.strerror or e})",
+                                "check the file and its permissions, or rebuild it with `dvc repro`") from None
     return h.hexdigest()[:16]
+
+
+def staging_root(store) -> Path:
+    """Where packages are assembled: a sibling of the store's directory, so the same filesystem and the
+    final move one atomic rename. Leftovers of runs that died (their pid gone) are removed."""
+    root = Path(store._path)  # BentoML 1.4's ModelStore keeps its directory here
+    staging = root.parent / f".{root.name}-staging"
+    staging.mkdir(parents=True, exist_ok=True)
+    for old in staging.glob("pkg-*"):
+        pid = old.name.split("-")[1]
+        if pid.isdigit() and not _alive(int(pid)):
+            shutil.rmtree(old, ignore_errors=True)
+    return staging
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # someone else's process
+        return True
+    return True
+
+
+def intact(model) -> bool:
+    """Whether a stored version's files are all as packaged (a reused version must be)."""
+    from components.serving.integrity import verify_package
+
+    try:
+        verify_package(Path(model.path), str(model.tag))
+    except CheckpointError as e:
+        print(f"package: stored {model.tag} is damaged ({e}); packaging a fresh copy", file=sys.stderr)
+        return False
+    return True
 
 
 def backbone_reference(llmsrec_dir: Path, include: bool) -> tuple[dict[str, Any], Path | None]:
@@ -151,7 +197,8 @@ def save_package(args, params: dict[str, Any], gate: dict[str, Any], status: str
     backbone, backbone_src = backbone_reference(args.llmsrec, include_backbone)
     content = content_hash([args.cfsrec, args.llmsrec, *catalogue] + ([backbone_src] if backbone_src else []))
     for existing in list_models():
-        if existing.info.labels.get("content") == content and existing.info.labels.get("status") == status:
+        if (existing.info.labels.get("content") == content and existing.info.labels.get("status") == status
+                and intact(existing)):
             return str(existing.tag), True
 
     data_version = dvc_md5(args.prepared)
@@ -163,18 +210,44 @@ def save_package(args, params: dict[str, Any], gate: dict[str, Any], status: str
                 "metrics": metrics, "gate": {"passed": gate["passed"], "checks": gate["checks"]}, "params": params}
     labels = {"status": status, "content": content, "data_version": data_version.removesuffix(".dir")[:12],
               "backbone": backbone["name"].replace("/", "_")[:60]}
-    with bentoml.models.create(MODEL_NAME, labels=labels, metadata=metadata_safe(metadata),
-                               _model_store=model_store()) as m:
-        root = Path(m.path)
-        shutil.copytree(args.cfsrec, root / CFSREC_DIR)
-        shutil.copytree(args.llmsrec, root / LLMSREC_DIR)
-        (root / CATALOGUE_DIR).mkdir()
-        for f in catalogue:
-            shutil.copy2(f, root / CATALOGUE_DIR / f.name)
-        if backbone_src is not None:
-            shutil.copytree(backbone_src, root / BACKBONE_DIR)
-        write_json(root / MANIFEST, manifest)
+    from bentoml._internal.models.model import ModelStore
+
+    store = model_store()
+    work = Path(tempfile.mkdtemp(prefix=f"pkg-{os.getpid()}-", dir=staging_root(store)))
+    try:
+        # BentoML writes the version straight into the store it is given, file by file: given a staging
+        # store, a run killed midway leaves only a staging directory behind (removed by the next run).
+        with bentoml.models.create(MODEL_NAME, labels=labels, metadata=metadata_safe(metadata),
+                                   _model_store=ModelStore(str(work))) as m:
+            root = Path(m.path)
+            shutil.copytree(args.cfsrec, root / CFSREC_DIR)
+            shutil.copytree(args.llmsrec, root / LLMSREC_DIR)
+            (root / CATALOGUE_DIR).mkdir()
+            for f in catalogue:
+                shutil.copy2(f, root / CATALOGUE_DIR / f.name)
+            if backbone_src is not None:
+                shutil.copytree(backbone_src, root / BACKBONE_DIR)
+            write_json(root / MANIFEST, {**manifest, "files": file_record(root)})
+        version = m.tag.version
+        dest = Path(store._path) / MODEL_NAME / version
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        os.rename(work / MODEL_NAME / version, dest)  # the whole version appears at once, or not at all
+        # BentoML's `latest` pointer for the name, as its own store would have set it
+        write_text_atomic(dest.parent / "latest", version)
+    except OSError as e:
+        raise DataError(Path(store._path), f"could not write the package ({e.strerror or e})",
+                        "free disk space or fix the permissions of $BENTOML_HOME, then re-run `dvc repro -s package`; "
+                        "production is unchanged") from None
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
     return str(m.tag), False
+
+
+def write_text_atomic(path: Path, text: str) -> None:
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
+    with os.fdopen(fd, "w") as f:
+        f.write(text)
+    os.replace(tmp, path)
 
 
 @stage_main("package")

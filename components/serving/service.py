@@ -19,7 +19,10 @@ Choices (also in the README):
 - unknown item ids are ignored and listed in `unknown_items`; an unknown `user_id` is a 404;
 - history is oldest first (sorted by timestamp when every item has one); the model reads the last
   items of it (its window), `exclude_seen` removes every item of the whole history;
-- items sent without a timestamp are dated the last day of the model's data.
+- items sent without a timestamp are dated the last day of the model's data;
+- a production version whose files are damaged (checked against the sizes and sha256 recorded at packaging)
+  is not served: the version that was production before it is, and the log says why
+  (`LLMSRecScorer._load_or_fall_back`, components/registry.py `serving_candidates`).
 
 Environment: `LLMSREC_MODEL_TAG` (serve that version instead of production), `LLMSREC_BATCHING` (1: the
 adaptive batcher, the default; 0: none; bentoml: BentoML's own batcher, for comparison),
@@ -40,7 +43,17 @@ from pathlib import Path
 from typing import Annotated, Any
 
 import bentoml
-from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictInt, StringConstraints
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    PlainValidator,
+    StrictBool,
+    StrictInt,
+    WithJsonSchema,
+    model_validator,
+)
+from pydantic_core import PydanticCustomError
 
 from components.registry import resolve_serving_tag
 from components.serving.batcher import GreedyBatcher
@@ -58,14 +71,101 @@ if MAX_BATCH < 1:
     raise ValueError(f"LLMSREC_MAX_BATCH={MAX_BATCH} is below 1. Fix: the most requests per model call, e.g. 16")
 MAX_BODY_BYTES = int(os.environ.get("LLMSREC_MAX_BODY_BYTES", str(1 << 20)))
 
-ItemId = Annotated[str, StringConstraints(strip_whitespace=True, min_length=1, max_length=256)] | StrictInt
+MAX_ITEM_ID_CHARS = 256
+MAX_TIMESTAMP = 32_503_680_000  # 3000-01-01T00:00:00Z in Unix seconds
+TIMESTAMP_FIX = ("Fix: send Unix seconds (UTC) as a JSON integer, e.g. 1650000000 for 2022-04-15, or leave "
+                 "timestamp out (the item is then dated the model's last data day)")
 
 
+def _json_kind(value: Any) -> str:
+    """What a decoded JSON value is, in JSON's words (for error messages)."""
+    if value is None:
+        return "null"
+    return {bool: "a boolean", int: "an integer", float: "a number", str: "a string", list: "an array",
+            dict: "an object"}.get(type(value), type(value).__name__)
+
+
+def _item_id(value: Any) -> str | int:
+    """An item id as sent: a string (stripped, 1..256 characters) or an integer, never coerced.
+
+    One validator instead of a `str | int` union, so a bad id gets one error that says what an id is,
+    not one error per union branch."""
+    if isinstance(value, str):
+        stripped = value.strip()
+        if 1 <= len(stripped) <= MAX_ITEM_ID_CHARS:
+            return stripped
+        raise PydanticCustomError("item_id", "an item id is 1 to {most} characters, this one has {n}. Fix: send ids "
+                                  "from the model's catalogue (POST /items lists them)",
+                                  {"most": MAX_ITEM_ID_CHARS, "n": len(stripped)})
+    if isinstance(value, int) and not isinstance(value, bool):
+        return value
+    raise PydanticCustomError("item_id", "an item id is a string or an integer, not {kind}. Fix: send ids from the "
+                              "model's catalogue, e.g. \"I00001\" (POST /items lists them)", {"kind": _json_kind(value)})
+
+
+def _timestamp(value: Any) -> int | None:
+    """Unix seconds in 0..MAX_TIMESTAMP (1970-01-01 to 3000-01-01), or None; never coerced.
+
+    Each way of getting it wrong gets one message naming the value and the fix: milliseconds (the
+    commonest mistake: 1000x too large) and ISO dates get the value to send instead."""
+    if value is None:
+        return None
+    if isinstance(value, int) and not isinstance(value, bool):
+        if 0 <= value <= MAX_TIMESTAMP:
+            return value
+        hint = ""
+        if 10 ** 11 <= value and value // 1000 <= MAX_TIMESTAMP:  # 1e11 s is year 5138; 1e11 ms is 1973
+            hint = f"; it looks like milliseconds: send {value // 1000}"
+        raise PydanticCustomError("timestamp", "{value} is not Unix seconds between 0 (1970-01-01) and {most} "
+                                  "(3000-01-01){hint}. {fix}",
+                                  {"value": value, "most": MAX_TIMESTAMP, "hint": hint, "fix": TIMESTAMP_FIX})
+    if isinstance(value, float) and value.is_integer() and 0 <= value <= MAX_TIMESTAMP:
+        raise PydanticCustomError("timestamp", "{value} is a number with a fraction part, not an integer. Fix: send it "
+                                  "as {whole}", {"value": value, "whole": int(value)})
+    if isinstance(value, str):
+        from datetime import UTC, datetime
+
+        try:
+            when = datetime.fromisoformat(value.strip())
+        except ValueError:
+            when = None
+        if when is not None:
+            seconds = int((when if when.tzinfo else when.replace(tzinfo=UTC)).timestamp())
+            raise PydanticCustomError("timestamp", "a date string ('{value}') is not Unix seconds. Fix: send {seconds} "
+                                      "(that time in Unix seconds, UTC) as a JSON integer",
+                                      {"value": value[:40], "seconds": seconds})
+    got = str(value)[:40] if isinstance(value, float) else _json_kind(value)
+    raise PydanticCustomError("timestamp", "{got} is not Unix seconds. {fix}", {"got": got, "fix": TIMESTAMP_FIX})
+
+
+# JSON schemas for the two validators above (a plain validator has none of its own): what the OpenAPI spec shows
+ITEM_ID_SCHEMA = {"anyOf": [{"type": "string", "minLength": 1, "maxLength": MAX_ITEM_ID_CHARS}, {"type": "integer"}]}
+ItemId = Annotated[str | int, PlainValidator(_item_id), WithJsonSchema(ITEM_ID_SCHEMA)]
+Timestamp = Annotated[int | None, PlainValidator(_timestamp), WithJsonSchema(
+    {"anyOf": [{"type": "integer", "minimum": 0, "maximum": MAX_TIMESTAMP}, {"type": "null"}]})]
+
+
+# A bare id is folded into the object before validation (`_bare_id`) rather than offered as a second branch of
+# a union: with `list[ItemId | HistoryItem]`, one bad timestamp was answered with an error per branch
+# (`history.0.constrained-str: ...; history.0.int: ...; history.0.HistoryItem.timestamp: ...`), which buried
+# the one that mattered.
 class HistoryItem(BaseModel):
+    """One history entry: `{"item_id": ..., "timestamp": ...}`, or a bare item id (read as `{"item_id": id}`)."""
+
     model_config = ConfigDict(extra="forbid")
     item_id: ItemId
-    timestamp: Annotated[StrictInt, Field(ge=0, le=32_503_680_000)] | None = Field(
-        default=None, description="Unix seconds; without it the item is dated the model's last data day")
+    timestamp: Timestamp = Field(default=None, description="Unix seconds; without it the item is dated the model's "
+                                                           "last data day")
+
+    @model_validator(mode="before")
+    @classmethod
+    def _bare_id(cls, value: Any) -> Any:
+        return value if isinstance(value, dict | HistoryItem) else {"item_id": value}
+
+    @classmethod
+    def __get_pydantic_json_schema__(cls, core_schema, handler):
+        # the spec shows both forms an entry may take (validation accepts both, see _bare_id)
+        return {"anyOf": [ITEM_ID_SCHEMA, handler(core_schema)]}
 
 
 class RecommendedItem(BaseModel):
@@ -88,7 +188,7 @@ class RecommendRequest(BaseModel):
     (`"k": "5"`, `"k": true`, `"exclude_seen": "no"`) is a 422, never silently read as something else."""
 
     model_config = ConfigDict(extra="forbid")
-    history: Annotated[list[ItemId | HistoryItem] | None, Field(
+    history: Annotated[list[HistoryItem] | None, Field(
         description="the user's items, oldest first: item ids, or {item_id, timestamp} objects",
         examples=[["I00010", "I00011", "I00012"]])] = None
     user_id: Annotated[str | None, Field(description="a known user: their history comes from the data")] = None
@@ -208,8 +308,8 @@ class LLMSRecScorer:
         on_loop = os.environ.get("LLMSREC_SCORE_ON_LOOP", "auto")
         self.score_on_loop = device.type == "cuda" if on_loop == "auto" else on_loop == "1"
         self._model_thread = None if self.score_on_loop else ThreadPoolExecutor(1, thread_name_prefix="llmsrec-model")
-        self.packaged = self._in_model_thread(PackagedModel.load, path, self.tag, device=str(device),
-                                              dtype=os.environ.get("LLMSREC_DTYPE", "auto"))
+        self.packaged = self._load_or_fall_back(path, PackagedModel.load, device=str(device),
+                                                dtype=os.environ.get("LLMSREC_DTYPE", "auto"))
         self.status = str(self.packaged.manifest.get("status", "passed"))
         self.metrics = _ScorerMetrics.get()
         self._batcher = GreedyBatcher(self._score_batch, MAX_BATCH) if BATCHING == "1" else None
@@ -220,6 +320,32 @@ class LLMSRecScorer:
         self._in_model_thread(self._score, [ScoreRequest(history=[HistoryItem(item_id=self.packaged.item_ids[0])],
                                                          k=1)])
         _freeze_startup_objects()
+
+    def _load_or_fall_back(self, path: Path, load, **kwargs):
+        """`load(path, tag)` the resolved version where the model runs; if it is refused (a damaged file: a
+        PipelineError naming it), the versions that were production before it, newest first
+        (components/registry.py serving_candidates), so a damaged production version leaves the previous
+        champion serving instead of no service. `self.tag` becomes the version that loaded; every response
+        names it. A pinned LLMSREC_MODEL_TAG has no fallback. Nothing loadable: the first refusal is raised."""
+        from components.errors import PipelineError
+        from components.registry import get_model, serving_candidates
+
+        try:
+            return self._in_model_thread(load, path, self.tag, **kwargs)
+        except PipelineError as e:
+            first = refused = e
+        order = serving_candidates()
+        for tag in order[order.index(self.tag) + 1:] if self.tag in order else order:
+            logger.error("not serving %s: %s. Trying %s, production before it", self.tag, refused, tag)
+            try:
+                packaged = self._in_model_thread(load, Path(get_model(tag).path), tag, **kwargs)
+            except PipelineError as e:
+                self.tag, refused = tag, e
+                continue
+            self.tag = tag
+            return packaged
+        logger.error("not serving %s: %s. No other version to fall back to", self.tag, refused)
+        raise first
 
     def _in_model_thread(self, fn, *args, **kwargs):
         """Call `fn` where the model runs (see __init__), blocking; for startup."""
@@ -321,9 +447,7 @@ class LLMSRecService:
         if (r.history is None) == (r.user_id is None):
             return _error(422, "give exactly one of 'history' (a list of item ids or {item_id, timestamp}) "
                                "or 'user_id'")
-        items = None if r.history is None else [
-            h if isinstance(h, HistoryItem) else HistoryItem(item_id=h) for h in r.history]
-        req = ScoreRequest(history=items, user_id=r.user_id, k=r.k, exclude_seen=r.exclude_seen)
+        req = ScoreRequest(history=r.history, user_id=r.user_id, k=r.k, exclude_seen=r.exclude_seen)
         out = (await self._call("score", [req]))[0]
         out = out if isinstance(out, ScoreResult) else ScoreResult.model_validate(out)
         if out.error is not None:
@@ -342,6 +466,8 @@ class RequestGuard:
     """ASGI middleware for the public service: client errors BentoML would not classify.
 
     - 413 when the body is larger than `max_body` bytes (by Content-Length, or counted as it streams);
+    - 415 when an API route is sent a Content-Type other than JSON (BentoML would read form data or pickles
+      as other inputs; a request without the header is read as JSON, as BentoML does);
     - BentoML answers every pydantic failure with 400. Here malformed JSON stays 400 and a well-formed
       body with wrong types or out-of-range values (k > 100, a string for k, ...) or an unknown field
       becomes 422, with one readable line per problem (an unknown field's line lists the route's fields).
@@ -354,6 +480,8 @@ class RequestGuard:
         if scope["type"] != "http" or scope.get("method") != "POST":
             return await self.app(scope, receive, send)
         headers = dict(scope.get("headers") or [])
+        if scope.get("path") in self.fields and (refused := self._media_type_refused(headers.get(b"content-type"))):
+            return await self._send_json(send, 415, refused)
         length = headers.get(b"content-length")
         if length is not None and length.isdigit() and int(length) > self.max_body:
             return await self._send_json(send, 413, self._too_large())
@@ -399,6 +527,17 @@ class RequestGuard:
                          "(the model reads only its last items), or raise LLMSREC_MAX_BODY_BYTES"}
 
     @staticmethod
+    def _media_type_refused(header: bytes | None) -> dict[str, str] | None:
+        """The 415 body for a Content-Type that is not JSON (`application/json`, `application/*+json`), else None."""
+        if header is None:
+            return None
+        media = header.decode("latin-1").split(";")[0].strip().lower()
+        if media == "application/json" or (media.startswith("application/") and media.endswith("+json")):
+            return None
+        return {"error": f"Content-Type {media or '(empty)'!r} is not accepted. Fix: send the body as JSON with "
+                         "Content-Type: application/json"}
+
+    @staticmethod
     def _classify(raw: bytes, fields: list[str] | None = None) -> tuple[int, dict[str, Any]]:
         try:
             payload = json.loads(raw)
@@ -416,6 +555,12 @@ class RequestGuard:
             msg = d.get("msg", "invalid")
             if d.get("type") == "extra_forbidden" and len(loc) == 1 and fields:  # a top-level field
                 msg = f"unknown field. Fix: use only {', '.join(fields)}"
+            elif d.get("type") == "extra_forbidden" and len(loc) == 3 and loc[0] == "history":  # in a history object
+                msg = f"unknown field. Fix: use only {', '.join(HistoryItem.model_fields)}"
+            elif d.get("type") == "missing" and len(loc) == 3 and loc[0] == "history":
+                msg = "required in every history object. Fix: {\"item_id\": ..., \"timestamp\": unix_seconds} or a bare id"
+            elif not loc and d.get("type") in ("model_type", "model_attributes_type", "dict_type"):
+                msg = 'the body must be a JSON object. Fix: send e.g. {"history": ["I00001", "I00002"], "k": 10}'
             lines.append(f"{'.'.join(loc) or 'body'}: {msg}")
         return 422, {"error": "; ".join(lines), "detail": details}
 

@@ -13,6 +13,8 @@ import os
 import shutil
 import socket
 import subprocess
+import sys
+from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
@@ -70,6 +72,42 @@ def promoted_home(pipeline_outputs, tmp_path_factory) -> Path:
     gate(pipeline_outputs, home)
     package(pipeline_outputs, home)
     return home
+
+
+_SCORER_METRICS: list = []  # the scorer's Prometheus histograms, made once per process (see service_module)
+
+
+@contextmanager
+def service_module(home: Path):
+    """components.serving.service imported afresh against the BentoML store at `home` (it resolves the model
+    to serve at import), on one torch thread; BentoML's store and the thread count are restored after.
+    Every import shares the first one's scorer histograms: Prometheus refuses a second metric of a name."""
+    import torch
+    from bentoml._internal.configuration.containers import BentoMLContainer
+    from bentoml._internal.models.model import ModelStore
+
+    before_threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    store = BentoMLContainer.model_store.get()
+    before_home = BentoMLContainer.bentoml_home.get()
+    BentoMLContainer.bentoml_home.set(str(home))
+    BentoMLContainer.model_store.set(ModelStore(str(home / "models")))
+    sys.modules.pop("components.serving.service", None)
+    try:
+        import components.serving.service as svc
+
+        if _SCORER_METRICS:
+            svc._ScorerMetrics._instance = _SCORER_METRICS[0]
+        try:
+            yield svc
+        finally:
+            if svc._ScorerMetrics._instance is not None:
+                _SCORER_METRICS[:] = [svc._ScorerMetrics._instance]
+    finally:
+        BentoMLContainer.bentoml_home.set(before_home)
+        BentoMLContainer.model_store.set(store)
+        sys.modules.pop("components.serving.service", None)
+        torch.set_num_threads(before_threads)
 
 
 def free_port() -> int:

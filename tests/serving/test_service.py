@@ -14,34 +14,16 @@ import pandas as pd
 import pytest
 
 from tests.conftest import REPO
-from tests.serving.conftest import free_port, stage_env
+from tests.serving.conftest import free_port, service_module, stage_env
 
 
 @pytest.fixture(scope="module")
 def client(promoted_home):
     """The public service's ASGI app in this process (its scorer dependency is a local instance)."""
-    import torch
-    from bentoml._internal.configuration.containers import BentoMLContainer
-    from bentoml._internal.models.model import ModelStore
     from starlette.testclient import TestClient
 
-    before_threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    store = BentoMLContainer.model_store.get()
-    home = BentoMLContainer.bentoml_home.get()
-    BentoMLContainer.bentoml_home.set(str(promoted_home))
-    BentoMLContainer.model_store.set(ModelStore(str(promoted_home / "models")))
-    sys.modules.pop("components.serving.service", None)
-    try:
-        from components.serving.service import LLMSRecService
-
-        with TestClient(LLMSRecService.to_asgi()) as c:
-            yield c
-    finally:
-        BentoMLContainer.bentoml_home.set(home)
-        BentoMLContainer.model_store.set(store)
-        sys.modules.pop("components.serving.service", None)
-        torch.set_num_threads(before_threads)
+    with service_module(promoted_home) as svc, TestClient(svc.LLMSRecService.to_asgi()) as c:
+        yield c
 
 
 def test_scorer_answers_alike_on_its_event_loop_and_in_a_thread(client, catalogue, monkeypatch):
@@ -199,9 +181,13 @@ def test_exclude_seen_returns_fewer_than_k_when_the_catalogue_runs_out(client, c
     ({"history": ["x"], "exclude_seem": False}, 422, "exclude_seem: unknown field. Fix: use only history, user_id, k, "
                                                     "exclude_seen"),
     ({"history": "I00001"}, 422, "history"),
-    ({"history": [{"item": "x"}]}, 422, "history"),
+    ({"history": [{"item": "x"}]}, 422, "history.0.item: unknown field. Fix: use only item_id, timestamp"),
+    ({"history": [{"timestamp": 5}]}, 422, "history.0.item_id: required in every history object. Fix:"),
     ({"history": [{"item_id": "x", "timestamp": -5}]}, 422, "timestamp"),
-    ({"history": [None]}, 422, "history"),
+    ({"history": [None]}, 422, "history.0.item_id: an item id is a string or an integer, not null. Fix:"),
+    ({"history": [["I00001"]]}, 422, "history.0.item_id: an item id is a string or an integer, not an array"),
+    ({"history": ["  "]}, 422, "history.0.item_id: an item id is 1 to 256 characters, this one has 0"),
+    ({"history": [{"item_id": True}]}, 422, "history.0.item_id: an item id is a string or an integer, not a boolean"),
     ({"k": 5}, 422, "exactly one of"),
     ({"history": ["x"], "user_id": "U1"}, 422, "exactly one of"),
     ({"user_id": "nobody"}, 404, "not in the data"),
@@ -211,6 +197,55 @@ def test_bad_input_gets_4xx_with_a_message(client, payload, status, says):
     r = client.post("/recommend", json=payload)
     assert r.status_code == status, r.text
     assert says in r.json()["error"]
+
+
+@pytest.mark.parametrize(("timestamp", "says"), [
+    (-5, "-5 is not Unix seconds between 0 (1970-01-01) and 32503680000 (3000-01-01). Fix: send Unix seconds (UTC) "
+         "as a JSON integer"),
+    (32_503_680_001, "32503680001 is not Unix seconds between 0 (1970-01-01) and 32503680000 (3000-01-01). Fix:"),
+    (1_650_000_000_000, "it looks like milliseconds: send 1650000000. Fix:"),
+    (10 ** 40, "is not Unix seconds between 0"),
+    ("2024-01-01", "a date string ('2024-01-01') is not Unix seconds. Fix: send 1704067200"),
+    ("yesterday", "a string is not Unix seconds. Fix:"),
+    (1.5, "1.5 is not Unix seconds. Fix:"),
+    (1_650_000_000.0, "1650000000.0 is a number with a fraction part, not an integer. Fix: send it as 1650000000"),
+    (True, "a boolean is not Unix seconds. Fix:"),
+    ([1650000000], "an array is not Unix seconds. Fix:"),
+    ({"s": 1}, "an object is not Unix seconds. Fix:"),
+])
+@pytest.mark.real_llm
+def test_a_bad_timestamp_gets_one_message_naming_the_field_and_the_fix(client, catalogue, timestamp, says):
+    """Issue 16: a bad timestamp used to come back as one error per branch of the history entry's union
+    (`history.1.constrained-str: ...; history.1.int: ...; history.1.HistoryItem.timestamp: ...`)."""
+    ids = catalogue[0]
+    r = client.post("/recommend", json={"history": [ids[0], {"item_id": ids[1], "timestamp": timestamp}]})
+    assert r.status_code == 422, r.text
+    body = r.json()
+    assert len(body["detail"]) == 1, body  # one problem, one error
+    assert body["error"].startswith("history.1.timestamp: ") and says in body["error"], body["error"]
+    assert not any(noise in body["error"] for noise in ("constrained-str", ".int:", "HistoryItem", "Input should"))
+    # the good entries around it still work: a valid timestamp, and none at all
+    assert client.post("/recommend", json={"history": [ids[0], {"item_id": ids[1], "timestamp": 1_650_000_000}],
+                                           "k": 2}).status_code == 200
+
+
+@pytest.mark.parametrize(("content", "headers", "status", "says"), [
+    (b'{"history": ["I00001"]}', {"content-type": "text/plain"}, 415, "Content-Type 'text/plain' is not accepted. Fix:"),
+    (b"history=I00001&k=3", {"content-type": "application/x-www-form-urlencoded"}, 415, "Content-Type: application/json"),
+    (b"--x\r\n", {"content-type": "multipart/form-data; boundary=x"}, 415, "is not accepted"),
+    (b'["I00001", "I00002"]', {"content-type": "application/json"}, 422, "body: the body must be a JSON object. Fix:"),
+    (b"null", {"content-type": "application/json"}, 422, "the body must be a JSON object"),
+    (b"\xff\xfe\x00garbage", {"content-type": "application/json"}, 400, "malformed JSON body. Fix:"),
+    (b'{"history": ' + b"[" * 5000 + b"]" * 5000 + b"}", {"content-type": "application/json"}, 400, "malformed JSON"),
+    (b'{"history": ["I00001"]}', {"content-type": "application/json; charset=utf-8"}, 200, None),
+    (b'{"history": ["I00001"]}', {}, 200, None),  # no Content-Type: read as JSON, as BentoML does
+])
+@pytest.mark.real_llm
+def test_malformed_bodies_get_4xx_with_a_message(client, content, headers, status, says):
+    r = client.post("/recommend", content=content, headers=headers)
+    assert r.status_code == status, r.text
+    if says is not None:
+        assert says in r.json()["error"], r.text
 
 
 @pytest.mark.real_llm
