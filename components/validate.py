@@ -165,6 +165,10 @@ def validate(interactions: pd.DataFrame, items: pd.DataFrame, cfg: dict[str, Any
     ctx = _context(docs_dir)
     interactions = interactions.reset_index(drop=True)
     items = items.reset_index(drop=True)
+    # Lines the reader could not parse (JSON Lines) are quarantined as they are, with their raw bytes;
+    # the expectations check the rows that were read.
+    unread_items, items = _split_unread(items)
+    unread_inter, interactions = _split_unread(interactions)
 
     item_reasons, item_counts = _run_suite(ctx, "items", items, _items_expectations(), f"{where}/items.parquet")
     good_items = items[item_reasons == ""]
@@ -175,8 +179,18 @@ def validate(interactions: pd.DataFrame, items: pd.DataFrame, cfg: dict[str, Any
         f"{where}/interactions.parquet",
     )
     good = interactions[inter_reasons == ""]
-    q_inter = interactions[inter_reasons != ""].assign(reason=inter_reasons[inter_reasons != ""])
-    q_items = items[item_reasons != ""].assign(reason=item_reasons[item_reasons != ""])
+    q_inter = pd.concat([unread_inter, interactions[inter_reasons != ""].assign(reason=inter_reasons[inter_reasons != ""])],
+                        ignore_index=True)
+    q_items = pd.concat([unread_items, items[item_reasons != ""].assign(reason=item_reasons[item_reasons != ""])],
+                        ignore_index=True)
+    for q in (q_inter, q_items):
+        if "_raw" in q.columns:  # bytes or None: Parquet's binary column has no NaN
+            q["_raw"] = q["_raw"].astype(object).where(q["_raw"].notna(), None)
+    if len(unread_inter):
+        inter_counts["unreadable line"] = len(unread_inter)
+    if len(unread_items):
+        item_counts["unreadable line"] = len(unread_items)
+    interactions = pd.concat([interactions, unread_inter], ignore_index=True)  # every row counts in the fraction
 
     n, nq = len(interactions), len(q_inter)
     summary = {
@@ -195,6 +209,15 @@ def validate(interactions: pd.DataFrame, items: pd.DataFrame, cfg: dict[str, Any
     }
     return Outcome(good.reset_index(drop=True), good_items.reset_index(drop=True),
                    q_inter.reset_index(drop=True), q_items.reset_index(drop=True), summary)
+
+
+def _split_unread(df: pd.DataFrame) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """(unreadable lines with `reason`, readable rows without the `_error`/`_raw` columns)."""
+    if "_error" not in df.columns:
+        return df.iloc[:0].assign(reason=pd.Series(dtype=str)), df
+    bad = df["_error"].notna()
+    unread = df[bad].assign(reason=df.loc[bad, "_error"].astype(str)).drop(columns=["_error"])
+    return unread, df[~bad].drop(columns=["_error", "_raw"]).reset_index(drop=True)
 
 
 def _failure(outcome: Outcome, interactions: pd.DataFrame, quarantine: Path) -> DataError:

@@ -74,10 +74,10 @@ def test_missing_column_names_mapping_fix(tmp_path):
 
 
 def test_non_numeric_timestamps(tmp_path):
-    p = write(tmp_path, "user_id\titem_id\ttimestamp\nu1\tA\t2020-01-01\nu1\tB\t2020-01-02\n")
+    p = write(tmp_path, "user_id\titem_id\ttimestamp\nu1\tA\t01/02/2020\nu1\tB\t01/03/2020\n")
     with pytest.raises(DataError) as e:
         load_source(files_cfg(tmp_path), 0, tmp_path)
-    check(e, p, "column 'timestamp' is not numeric")
+    check(e, p, "neither numbers nor ISO-8601")
 
 
 @pytest.mark.parametrize("content", ["", "user_id\titem_id\ttimestamp\n"])
@@ -98,14 +98,24 @@ def test_movielens_wrong_format(tmp_path):
     check(e, d / "ratings.dat", "'::'-separated fields")
 
 
-def test_amazon_truncated_gzip_and_bad_json(tmp_path):
+def test_amazon_bad_json_line_is_kept_for_quarantine_with_its_bytes(tmp_path):
     d = tmp_path / "amz"
     d.mkdir()
-    (d / "Toys.jsonl").write_text('{"user_id": "u", "parent_asin": "P", "timestamp": 1}\n{not json\n')
+    (d / "Toys.jsonl").write_bytes(b'{"user_id": "u", "parent_asin": "P", "timestamp": 1}\n{not json\n')
+    (d / "meta_Toys.jsonl").write_text('{"parent_asin": "P", "title": "x"}\n')
+    inter, _ = load_source({"source": "amazon2023", "path": str(d), "category": "Toys"}, 0, tmp_path)
+    assert inter["_error"].tolist()[1].startswith("line 2 is not valid JSON") and pd.isna(inter["_error"][0])
+    assert inter["_raw"].tolist()[1] == b"{not json" and inter["_row"].tolist() == [1, 2]
+
+
+def test_amazon_file_without_one_json_object_fails(tmp_path):
+    d = tmp_path / "amz"
+    d.mkdir()
+    (d / "Toys.jsonl").write_text("{not json\n[1, 2]\n")
     (d / "meta_Toys.jsonl").write_text('{"parent_asin": "P", "title": "x"}\n')
     with pytest.raises(DataError) as e:
         load_source({"source": "amazon2023", "path": str(d), "category": "Toys"}, 0, tmp_path)
-    check(e, d / "Toys.jsonl", "line 2 is not valid JSON")
+    check(e, d / "Toys.jsonl", "no line is a JSON object (line 1 is not valid JSON")
 
 
 def test_unknown_source_and_missing_path(tmp_path):

@@ -10,7 +10,6 @@ import pandas as pd
 import pytest
 
 from components.data.batches import accepted_batches, merge_batches, read_batch
-from components.errors import DataError
 from components.landing import Paths, drop, is_candidate, land
 
 PARAMS = {"validate": {"max_bad_fraction": 0.05}}
@@ -128,8 +127,8 @@ def test_new_items_come_from_titled_rows_and_never_retitle_known_ones(tmp_path):
     assert merged.set_index("item_id")["title"].to_dict() == {"A": "Apple", "N1": "Nectarine"}
 
 
-def test_bad_jsonl_names_the_line(tmp_path):
+def test_bad_jsonl_line_becomes_a_row_naming_the_line(tmp_path):
     f = tmp_path / "b.jsonl"
     f.write_text('{"user_id": "u1", "item_id": "A", "timestamp": 1}\n{not json\n')
-    with pytest.raises(DataError, match="line 2 is not valid JSON"):
-        read_batch(f)
+    inter, _ = read_batch(f)
+    assert inter["_error"].tolist()[1].startswith("line 2 is not valid JSON") and inter["_raw"].tolist()[1] == b"{not json"

@@ -7,13 +7,12 @@ multi-GB category never has to fit in memory as JSON.
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Any
 
 import pandas as pd
 
-from components.data.readers import check_file, open_text
+from components.data.readers import check_file, json_lines
 from components.data.schema import canonical_interactions, canonical_items
 from components.errors import ConfigError, DataError
 
@@ -53,30 +52,29 @@ def _paths(cfg: dict[str, Any], cache_dir: Path) -> tuple[Path, Path]:
 
 
 def _records(path: Path, fields: tuple[str, ...]) -> pd.DataFrame:
+    """The `fields` of every record, with lineage; a line that is not a JSON object becomes a row with
+    `_error` and `_raw` (its bytes) that `validate` quarantines, so one bad line does not stop the ingest."""
     check_file(path)
     cols: dict[str, list] = {f: [] for f in fields}
     rows: list[int] = []
+    errors: list[str | None] = []
+    raws: list[bytes | None] = []
     try:
-        with open_text(path) as f:
-            for n, line in enumerate(f, start=1):
-                if not line.strip():
-                    continue
-                try:
-                    rec = json.loads(line)
-                except json.JSONDecodeError as e:
-                    raise DataError(path, f"line {n} is not valid JSON ({e.msg})",
-                                    "this must be the original JSON Lines file, one object per line") from None
-                if not isinstance(rec, dict):
-                    raise DataError(path, f"line {n} is not a JSON object", "use the original JSON Lines file")
-                for k in fields:
-                    cols[k].append(rec.get(k))
-                rows.append(n)
-    except (OSError, EOFError, UnicodeDecodeError) as e:
+        for n, rec, raw, err in json_lines(path):
+            for k in fields:
+                cols[k].append(None if rec is None else rec.get(k))
+            rows.append(n)
+            errors.append(err)
+            raws.append(None if err is None else raw)
+    except (OSError, EOFError) as e:
         raise DataError(path, f"cannot be read ({e})", "re-download it; a .gz file may be truncated") from None
-    if not rows:
-        raise DataError(path, "holds no records", "re-download the file")
+    if not rows or all(e is not None for e in errors):
+        raise DataError(path, "holds no records" if not rows else f"no line is a JSON object ({errors[0]})",
+                        "re-download the file; this must be the original JSON Lines file, one object per line")
     df = pd.DataFrame(cols)
     df["_source"], df["_row"] = str(path), rows
+    if any(e is not None for e in errors):
+        df["_error"], df["_raw"] = pd.array(errors, dtype="string"), raws
     return df
 
 
