@@ -38,14 +38,17 @@ def mapping_hash(ids: pd.Series) -> str:
 
 
 def sample_candidates(seqs: list[np.ndarray], n_items: int, num_negatives: int, rng: np.random.Generator,
-                      user_idx: np.ndarray) -> np.ndarray:
-    """For each sequence, `num_negatives` distinct items in 1..n_items the user never interacted with."""
+                      user_ids: np.ndarray) -> np.ndarray:
+    """For each sequence, `num_negatives` distinct items in 1..n_items the user never interacted with.
+
+    `user_ids` [len(seqs)]: the users' own ids, for the error when one has too few such items.
+    """
     out = np.empty((len(seqs), num_negatives), dtype=np.int32)
     for r, seq in enumerate(seqs):
         seen = np.unique(seq)
         free = n_items - len(seen)
         if free < num_negatives:
-            raise ConfigError("params.yaml", f"eval.num_negatives={num_negatives} but user #{user_idx[r]} has only "
+            raise ConfigError("params.yaml", f"eval.num_negatives={num_negatives} but user '{user_ids[r]}' has only "
                               f"{free} never-interacted items", "lower eval.num_negatives or use a larger catalogue")
         if free < 4 * num_negatives:  # dense user: sample from the explicit complement
             pool = np.setdiff1d(np.arange(1, n_items + 1), seen, assume_unique=True)
@@ -96,7 +99,10 @@ def prepare(interactions: pd.DataFrame, items: pd.DataFrame, data_cfg: dict[str,
     item_lists, ts_lists = np.split(i, bounds), np.split(ts, bounds)
     seq = pd.DataFrame({"user_idx": u[np.r_[0, bounds]].astype(np.int32), "items": item_lists, "timestamps": ts_lists})
 
-    num_neg = int(eval_cfg.get("num_negatives", 99))
+    num_neg = eval_cfg.get("num_negatives", 99)
+    if isinstance(num_neg, bool) or not isinstance(num_neg, int) or num_neg < 1:
+        raise ConfigError("params.yaml", f"eval.num_negatives={num_neg!r}: every metric needs at least one negative "
+                          "to rank the positive against", "set eval.num_negatives to a whole number >= 1 (the paper: 99)")
     max_eval = eval_cfg.get("max_users", 10000)
     rng = np.random.default_rng(seed)
     chosen = np.arange(len(seq))
@@ -106,7 +112,7 @@ def prepare(interactions: pd.DataFrame, items: pd.DataFrame, data_cfg: dict[str,
     for split, offset in (("valid", 2), ("test", 1)):
         pos = np.array([item_lists[r][-offset] for r in chosen], dtype=np.int32)
         neg = sample_candidates([item_lists[r] for r in chosen], len(item_ids), num_neg, rng,
-                                seq["user_idx"].to_numpy()[chosen])
+                                user_ids[seq["user_idx"].to_numpy()[chosen] - 1])
         cand_frames.append(pd.DataFrame({"split": split, "user_idx": seq["user_idx"].to_numpy()[chosen],
                                          "positive": pos, "negatives": list(neg)}))
     candidates = pd.concat(cand_frames, ignore_index=True)

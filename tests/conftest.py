@@ -21,6 +21,30 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ["BENTOML_HOME"] = tempfile.mkdtemp(prefix="llmsrec-test-bentoml-")
 
 
+@pytest.fixture(scope="session")
+def pipeline_outputs(tmp_path_factory) -> Path:
+    """A small but real pipeline output before `gate` (see tests/serving/conftest.py), made once per session."""
+    from benchmarks.small_package import build_outputs
+    from components.llm.backbone import load_backbone
+    from tests.serving.conftest import SMALL_PARAMS
+
+    return build_outputs(tmp_path_factory.mktemp("pipeline"), load_backbone("smollm2-135m", device="cpu"),
+                         num_users=60, num_items=40, num_topics=4, max_length=30, num_negatives=9, max_users=16,
+                         params=SMALL_PARAMS)
+
+
+@pytest.fixture(scope="session")
+def promoted_home(pipeline_outputs, tmp_path_factory) -> Path:
+    """A BentoML home whose production model is the fixture model (gate passed, packaged): shared by the
+    serving tests and the bad-input corpus, which only read it."""
+    from tests.serving.conftest import gate, package
+
+    home = tmp_path_factory.mktemp("bentoml_home")
+    gate(pipeline_outputs, home)
+    package(pipeline_outputs, home)
+    return home
+
+
 @pytest.fixture
 def repo_root() -> Path:
     return REPO

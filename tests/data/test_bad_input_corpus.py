@@ -8,9 +8,9 @@ plus `expect.yaml`:
 - `quarantined`: those rows are quarantined with the reason (and, for an unreadable line, its bytes);
 - `accepted`: what comes out of validation (counts, ids, titles, timestamps).
 
-For every case the raw files are byte-identical afterwards, and the model store with its production
-pointer is untouched. Parquet cases are written by the generators below (`generate:`), so that the
-corpus holds no binary files.
+For every case the raw files are byte-identical afterwards, and a real model store with an LLM-SRec
+package in production (tests/conftest.py `promoted_home`) is untouched, pointer included. Parquet
+cases are written by the generators below (`generate:`), so that the corpus holds no binary files.
 """
 
 from __future__ import annotations
@@ -24,6 +24,7 @@ import pytest
 import yaml
 
 from components.ingest import main as ingest_main
+from components.registry import production_tag
 from components.validate import main as validate_main
 
 CORPUS = Path(__file__).parent / "bad_inputs"
@@ -63,11 +64,19 @@ def tree_digest(root: Path) -> dict[str, str]:
 
 
 @pytest.fixture(scope="module")
-def production_store():
-    """The BentoML home the stages would see (tests/conftest.py points it at a temporary store)."""
-    from components.registry import bentoml_home
+def production_store(promoted_home, monkeypatch_module):
+    """A real model store with the fixture LLM-SRec package in production, as the stages would see it."""
+    from components.registry import production_tag
 
-    return bentoml_home()
+    monkeypatch_module.setenv("BENTOML_HOME", str(promoted_home))
+    assert production_tag(promoted_home)
+    return promoted_home
+
+
+@pytest.fixture(scope="module")
+def monkeypatch_module():
+    with pytest.MonkeyPatch.context() as mp:
+        yield mp
 
 
 @pytest.mark.parametrize("case", CASES)
@@ -78,6 +87,7 @@ def test_bad_input_case(case, tmp_path, production_store, capsys):
     for name, generator in (expect.get("generate") or {}).items():
         GENERATORS[generator](raw / name)
     raw_before, store_before = tree_digest(raw), tree_digest(production_store)
+    tag = production_tag(production_store)
 
     params = expect.get("params") or {}
     data = {"source": "files", "path": str(raw), **(expect.get("data") or {})}
@@ -105,7 +115,8 @@ def test_bad_input_case(case, tmp_path, production_store, capsys):
         assert not error
         check_outputs(expect, out)
     assert tree_digest(raw) == raw_before, "a raw file was modified"
-    assert tree_digest(production_store) == store_before, "the model store changed"
+    assert tree_digest(production_store) == store_before, "the model store or its production pointer changed"
+    assert production_tag(production_store) == tag
 
 
 def check_outputs(expect: dict, out: Path) -> None:

@@ -118,5 +118,12 @@ def test_user_subsample_keeps_its_size_and_whole_histories_on_a_sparse_catalogue
 
 
 def test_too_many_negatives_for_the_catalogue(synthetic):
-    with pytest.raises(ConfigError, match="lower eval.num_negatives"):
+    with pytest.raises(ConfigError, match="lower eval.num_negatives") as e:
         prepare(*synthetic, {}, {"num_negatives": 250}, seed=0)
+    assert "but user 'U0" in str(e.value)  # the user's own id, not an internal index
+
+
+@pytest.mark.parametrize("bad", [0, -3, 2.5, "99", True])
+def test_no_negatives_is_refused(synthetic, bad):
+    with pytest.raises(ConfigError, match="at least one negative"):
+        prepare(*synthetic, {}, {"num_negatives": bad}, seed=0)

@@ -5,6 +5,7 @@ checkpoint, an LLM-SRec checkpoint on the *real* SmolLM2 backbone (the service l
 name, so a toy LLM would not do) and real `evaluate` reports. The adapters are untrained (no quality
 is claimed here); the 1 + 9 candidate protocol puts every positive in the top 10, so any model's
 NDCG@10 is > 0 and the champion comparison can always fail. Every test uses its own BENTOML_HOME.
+`pipeline_outputs` and `promoted_home` live in tests/conftest.py: the bad-input corpus uses them too.
 """
 
 from __future__ import annotations
@@ -25,15 +26,6 @@ from tests.conftest import venv_env
 
 SMALL_PARAMS = {"seed": 3, "gate": OPEN_GATE, "package": {"include_backbone": False},
                 "llm": {"device": "cpu", "dtype": "auto"}}
-
-
-@pytest.fixture(scope="session")
-def pipeline_outputs(tmp_path_factory) -> Path:
-    from components.llm.backbone import load_backbone
-
-    return build_outputs(tmp_path_factory.mktemp("pipeline"), load_backbone("smollm2-135m", device="cpu"),
-                         num_users=60, num_items=40, num_topics=4, max_length=30, num_negatives=9, max_users=16,
-                         params=SMALL_PARAMS)
 
 
 def stage_env(home: Path) -> dict:
@@ -62,16 +54,6 @@ def workspace(pipeline_outputs, tmp_path) -> Path:
     ws = tmp_path / "ws"
     shutil.copytree(pipeline_outputs, ws)
     return ws
-
-
-@pytest.fixture(scope="session")
-def promoted_home(pipeline_outputs, tmp_path_factory) -> Path:
-    """A BentoML home whose production model is the fixture model (gate passed, packaged): shared by the
-    serving tests, which only read it."""
-    home = tmp_path_factory.mktemp("bentoml_home")
-    gate(pipeline_outputs, home)
-    package(pipeline_outputs, home)
-    return home
 
 
 _SCORER_METRICS: list = []  # the scorer's Prometheus histograms, made once per process (see service_module)
