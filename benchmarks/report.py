@@ -11,6 +11,8 @@ import os
 from pathlib import Path
 from typing import Any
 
+from benchmarks.reliability import reliability_lines
+
 REPO = Path(__file__).resolve().parents[1]
 METRICS = ("ndcg@10", "hr@10", "ndcg@20", "hr@20")
 #: Kang & McAuley (ICDM 2018), SASRec on ML-1M, same 1+99 protocol: the target of issue 3
@@ -488,6 +490,7 @@ def render(results_dir: Path, plot: Path | None = None) -> str:
                                         *sorted((Path(results_dir) / "gpu").glob("serving_gpu*.json"))],
                                        plot=plot.with_name("serving.png") if plot is not None else None)),
               "\n".join(batcher_lines(sorted(Path(results_dir).glob("batchers_c1*.json")))),
+              "\n".join(reliability_lines(sorted((Path(results_dir) / "reliability").glob("*.json")))),
               "\n".join(throughput_lines(sorted((Path(results_dir) / "throughput").glob("distill_throughput*.json")))),
               "\n".join(learning_lines(sorted((Path(results_dir) / "learning").glob("*.json")),
                                        plot.parent if plot is not None else None))]

@@ -21,7 +21,7 @@ from pathlib import Path
 import pytest
 
 from benchmarks import small_package
-from benchmarks.small_package import GATE_ARGS, OPEN_GATE, PACKAGE_ARGS, build_outputs
+from benchmarks.small_package import GATE_ARGS, OPEN_GATE, PACKAGE_ARGS
 from tests.conftest import venv_env
 
 SMALL_PARAMS = {"seed": 3, "gate": OPEN_GATE, "package": {"include_backbone": False},
