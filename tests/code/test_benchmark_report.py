@@ -73,7 +73,7 @@ def suite_file(model: str, ndcg: float, drop: float | None = None, **training) -
     r = {model: m, "training": {model: training}, "command": f"python -m benchmarks.quality --models {model}",
          "data": {"users": 3000, "items": 11000, "interactions": 26000, "evaluated_users": 3000},
          "params": {"data": {"path": "/x/amazon2014-health", "max_users": 3000}, "cfsrec": {"batch_size": 128},
-                    "distill": {"max_minutes": 8}, "llm": {"model": "smollm2-135m"}}}
+                    "distill": {"max_minutes": 8}, "llm": {"backbone": "smollm2-135m", "num_layers": 4}}}
     if drop is not None:
         r[f"{model}_shuffled"] = {**m, "shuffle_drop": {"ndcg@10": drop}}
     return r
@@ -100,3 +100,4 @@ def test_suite_table_marks_each_target(tmp_path):
     assert "- worse without L_distill and L_uniform: missed (0.3300 vs 0.3200)" in doc
     assert "- chosen settings beat the paper's at this budget: met" in doc
     assert (tmp_path / "out" / "suite.png").stat().st_size > 1000 and "](suite.png)" in doc
+    assert "backbone `smollm2-135m`, first 4 layers (the paper's row: 4), bfloat16" in doc
