@@ -1,6 +1,6 @@
 """The LLM-SRec comparison on one real dataset: six rows on the same splits and candidates.
 
-    python -m benchmarks.quality_suite --dataset health --minutes 8 [--rows ROW,ROW] [--workdir DIR]
+    python -m benchmarks.quality_suite --dataset health --minutes 8 [--rows ROW,ROW] [--set KEY=VALUE] [--workdir DIR]
 
 Each row is one `benchmarks.quality` run (the real pipeline stages, in a scratch workspace) and writes
 `benchmarks/results/suite/<dataset>/<row>.json`; `python -m benchmarks.report` renders the table.
@@ -49,6 +49,8 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--rows", default=",".join(ROWS), help=f"comma-separated, from {list(ROWS)}")
     ap.add_argument("--minutes", type=float, default=8.0, help="distill.max_minutes of every LLM-SRec row")
     ap.add_argument("--paper-layers", default="4", help="llm.num_layers of llmsrec_paper (null = all 30)")
+    ap.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                    help="a params.yaml override for every row, e.g. cfsrec.max_minutes=8 (repeatable)")
     ap.add_argument("--data-root", type=Path, default=SHARED)
     ap.add_argument("--workdir", type=Path, help="parent of the row workspaces (default: a new temporary one)")
     ap.add_argument("--results", type=Path, default=REPO / "benchmarks" / "results" / "suite")
@@ -64,7 +66,7 @@ def main(argv: list[str] | None = None) -> None:
     root = args.workdir or Path(tempfile.mkdtemp(prefix=f"suite-{args.dataset}-"))
     for row in rows:
         models, space, sets = ROWS[row]
-        sets = [s.format(layers=args.paper_layers) for s in sets]
+        sets = [*args.set, *(s.format(layers=args.paper_layers) for s in sets)]
         if "llmsrec" in models:
             sets.append(f"distill.max_minutes={args.minutes:g}")
         quality.main(["--models", models, "--source", "files", "--path", str(path), "--max-users", str(users),

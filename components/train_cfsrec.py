@@ -109,7 +109,8 @@ def train(params: dict[str, Any], prepared: Path, state_dir: Path | None, log=pr
     opts = TrainOptions(epochs=int(cfg.get("epochs", 200)), eval_every=int(cfg.get("eval_every", 1)),
                         patience=int(cfg.get("patience", 5)), lr=float(cfg.get("lr", 1e-3)),
                         batch_size=int(cfg.get("batch_size", 128)), seed=seed,
-                        eval_batch_size=int(cfg.get("eval_batch_size", 512)))
+                        eval_batch_size=int(cfg.get("eval_batch_size", 512)),
+                        max_minutes=None if cfg.get("max_minutes") is None else float(cfg["max_minutes"]))
     mismatch = cfg.get("warm_start_mismatch", "error")
     if mismatch not in ("error", "fresh"):
         raise ConfigError("params.yaml", f"cfsrec.warm_start_mismatch={mismatch!r} is unknown", "use error or fresh")
