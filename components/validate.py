@@ -81,7 +81,7 @@ def _interaction_expectations(valid_items: list[str], max_ts: int) -> list[tuple
         (gxe.ExpectColumnValuesToBeInTypeList(column="timestamp", type_list=TS_TYPES), None),
     ]
     exps += [(gxe.ExpectColumnValuesToNotBeNull(column=c), f"{c} is missing") for c in ("user_id", "item_id")]
-    exps += [(gxe.ExpectColumnValuesToNotBeNull(column="timestamp"), "timestamp is missing or not a number")]
+    exps += [(gxe.ExpectColumnValuesToNotBeNull(column="timestamp"), "timestamp is missing or unreadable")]
     exps += [(gxe.ExpectColumnValueLengthsToBeBetween(column=c, min_value=1), f"{c} is empty")
              for c in ("user_id", "item_id")]
     exps += [

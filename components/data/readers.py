@@ -6,6 +6,7 @@ import csv
 import gzip
 import json
 import re
+import warnings
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -14,6 +15,8 @@ import pandas as pd
 from components.errors import DataError
 
 _SEPARATORS = {".tsv": "\t", ".csv": ",", ".txt": "\t"}
+#: columns the readers add; a record's own keys of these names are dropped (JSON Lines)
+LINEAGE = ("_line", "_error", "_raw", "_source", "_row")
 _OTHER_SEPS = {"\t": "tab", ",": "comma", ";": "semicolon", "|": "pipe", "::": "'::'"}
 
 
@@ -41,11 +44,12 @@ def read_table(path: Path, required: list[str], columns: dict[str, str] | None =
     suffix = path.suffix.lower()
     if suffix == ".parquet":
         try:
-            df = pd.read_parquet(path)
+            # numpy_nullable: an integer column with a null stays integer (not float, which turns 7 into
+            # 7.0 and ids above 2^53 into other ids)
+            df = pd.read_parquet(path, dtype_backend="numpy_nullable")
         except Exception as e:  # pyarrow raises many types for a corrupt file
             raise DataError(path, f"is not a readable Parquet file ({type(e).__name__}: {e})",
                             "re-export it as Parquet, or use .tsv/.csv") from None
-        df = df.astype({c: "string" for c in df.columns if df[c].dtype == object})
     elif suffix in _SEPARATORS:
         df = _read_delimited(path, _SEPARATORS[suffix], required, columns)
     elif suffix == ".jsonl":
@@ -71,26 +75,32 @@ def read_table(path: Path, required: list[str], columns: dict[str, str] | None =
 
 
 def _read_delimited(path: Path, sep: str, required, columns) -> pd.DataFrame:
-    """TSV as TSV: tab-separated with no quoting convention, so a title's `"` or `12"` is text. CSV
-    follows RFC 4180 quoting, where a stray quote can swallow the rows after it: a line break inside
-    any field but `description` is refused, naming the lines. Either way the parsed records are
-    checked against the file's lines, so rows are never merged or dropped without a word."""
+    """TSV as TSV: tab-separated with no quoting convention, so a title's `"` or `12"` is text, and no
+    row can swallow another. CSV follows RFC 4180 quoting, where a stray quote can swallow the rows
+    after it: a line break inside any field but `description` is refused, naming the lines. A line
+    with more fields than the header fails naming it; one with fewer has missing values, which
+    `validate` quarantines."""
     name = _OTHER_SEPS[sep]
     quoting = csv.QUOTE_NONE if sep == "\t" else csv.QUOTE_MINIMAL
     try:
-        # utf-8-sig: a byte-order mark (Excel's UTF-8 export) is not part of the first column's name
-        df = pd.read_csv(path, sep=sep, dtype=str, keep_default_na=False, na_values=[""], encoding="utf-8-sig",
-                         quoting=quoting)
-    except UnicodeDecodeError as e:
-        line = _line_of_offset(path, e.start)
-        raise DataError(path, f"is not UTF-8 text (line {line}, byte {e.start})",
+        # utf-8-sig: a byte-order mark (Excel's UTF-8 export) is not part of the first column's name.
+        # index_col=False: a first data line with one field too many must fail, not become the index.
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always", pd.errors.ParserWarning)
+            df = pd.read_csv(path, sep=sep, dtype=str, keep_default_na=False, na_values=[""],
+                             encoding="utf-8-sig", quoting=quoting, index_col=False)
+    except UnicodeDecodeError:
+        raise DataError(path, f"is not UTF-8 text (line {_first_non_utf8_line(path)})",
                         "re-save the file as UTF-8") from None
     except pd.errors.EmptyDataError as e:
         raise DataError(path, f"cannot be parsed as {name}-separated ({e})", "re-export the data with a header row") from None
     except pd.errors.ParserError as e:
         raise _parser_error(path, sep, str(e)) from None
+    if any(issubclass(w.category, pd.errors.ParserWarning) for w in caught):
+        _check_extra_fields(path, sep, quoting, len(df.columns))  # pandas cut fields beyond the header
     _check_delimiter(path, df, sep, required, columns)
-    _check_records(path, df, sep)
+    if sep != "\t":
+        _check_merged_rows(path, df)
     return df
 
 
@@ -109,51 +119,59 @@ def _parser_error(path: Path, sep: str, msg: str) -> DataError:
                      f"check the delimiter: {path.suffix} files must be {name}-separated")
 
 
-def _physical_lines(path: Path) -> Iterator[tuple[int, bytes]]:
-    """(1-based line number, line without its terminator) of every non-blank line."""
+def _check_extra_fields(path: Path, sep: str, quoting: int, width: int) -> None:
+    """Fields beyond the header's were dropped by pandas: fine when they are all empty (a trailing
+    separator on every line), otherwise the first line that had one fails, named."""
+    with path.open(encoding="utf-8-sig", newline="") as f:
+        for n, fields in enumerate(csv.reader(f, delimiter=sep, quoting=quoting), 1):
+            if n > 1 and any(v.strip() for v in fields[width:]):
+                name = _OTHER_SEPS[sep]
+                raise DataError(path, f"line {n} has {len(fields)} {name}-separated fields, the header has {width}",
+                                f"remove the extra {name} from that line's values (or fix the header)")
+
+
+def _first_non_utf8_line(path: Path) -> int | str:
+    """1-based number of the first line that is not UTF-8 (only on the error path: one pass in Python)."""
     with path.open("rb") as f:
         for n, line in enumerate(f, 1):
-            body = line.rstrip(b"\r\n")
-            if body:
-                yield n, body
-
-
-def _line_of_offset(path: Path, offset: int) -> int:
-    with path.open("rb") as f:
-        return f.read(offset).count(b"\n") + 1
+            try:
+                line.decode("utf-8")
+            except UnicodeDecodeError:
+                return n
+    return "?"
 
 
 def _unbalanced_quote_line(path: Path) -> int | str:
     open_at = None
-    for n, body in _physical_lines(path):
-        if body.count(b'"') % 2:
-            open_at = n if open_at is None else None
+    with path.open("rb") as f:
+        for n, line in enumerate(f, 1):
+            if line.count(b'"') % 2:
+                open_at = n if open_at is None else None
     return open_at if open_at is not None else "?"
 
 
-def _check_records(path: Path, df: pd.DataFrame, sep: str) -> None:
-    """Every non-blank line after the header is one record (a CSV description may span lines)."""
-    lines = [n for n, _ in _physical_lines(path)][1:]
-    breaks = df.apply(lambda col: col.str.count(r"\r\n|\n|\r").fillna(0)).astype(int)
-    spans = 1 + breaks.sum(axis=1).to_numpy()
-    if len(df) == len(lines) and (spans == 1).all():
+def _check_merged_rows(path: Path, df: pd.DataFrame) -> None:
+    """CSV: a field other than `description` holding a line break means a quote swallowed the lines after
+    it. Only object columns are scanned, and only when the file has a quote at all."""
+    with path.open("rb") as f:
+        if not any(b'"' in block for block in iter(lambda: f.read(1 << 24), b"")):
+            return
+    spans = pd.Series(1, index=df.index)
+    merged_at = None
+    for col in df.columns:
+        breaks = df[col].str.count(r"\r\n|\n|\r").fillna(0).astype(int)
+        spans += breaks
+        if col != "description" and merged_at is None and (breaks > 0).any():
+            merged_at = (int((breaks > 0).to_numpy().argmax()), col)
+    if merged_at is None:
         return
-    bounds, k = [], 0  # each record's first and last line: records consume `span` non-blank lines in order
-    for span in spans:
-        bounds.append((lines[min(k, len(lines) - 1)], lines[min(k + int(span) - 1, len(lines) - 1)]) if lines else (2, 2))
-        k += int(span)
-    merged = [(int(r), c) for r, c in zip(*(breaks.drop(columns=["description"], errors="ignore") > 0).to_numpy().nonzero(),
-                                         strict=True)]
-    if merged:
-        r, c = merged[0]
-        first, last = bounds[r]
-        raise DataError(path, f"lines {first}-{last} were read as one row: column '{df.columns[c]}' of line {first} "
-                        "opens a double quote that closes on a later line",
-                        "write a literal quote inside a quoted field as \"\" (RFC 4180), quote the whole field, "
-                        "or save the file as .tsv, which has no quoting")
-    if sum(spans) != len(lines):
-        raise DataError(path, f"{len(df)} rows parsed from {len(lines)} non-blank lines after the header",
-                        "check the file's quoting and line endings; no row may be merged or dropped")
+    r, col = merged_at
+    first = 2 + r + int((spans.iloc[:r] - 1).sum())  # the header is line 1 (blank lines not counted)
+    last = first + int(spans.iloc[r]) - 1
+    raise DataError(path, f"lines {first}-{last} were read as one row: column '{col}' of line {first} "
+                    "opens a double quote that closes on a later line",
+                    "write a literal quote inside a quoted field as \"\" (RFC 4180), quote the whole field, "
+                    "or save the file as .tsv, which has no quoting")
 
 
 def _json_value(v) -> str | None:
@@ -178,6 +196,8 @@ def json_lines(path: Path, opener=None) -> Iterator[tuple[int, dict | None, byte
             if not raw.strip():
                 continue
             raw = raw.rstrip(b"\r\n")
+            if n == 1 and raw.startswith(b"\xef\xbb\xbf"):  # a byte-order mark, as CSV and TSV accept
+                raw = raw[3:]
             try:
                 rec = json.loads(raw.decode("utf-8"))
             except UnicodeDecodeError:
@@ -198,10 +218,13 @@ def _read_jsonl(path: Path) -> pd.DataFrame:
     row with `_error` (the reason) and `_raw` (its bytes) for validation to quarantine."""
     rows, bad = [], []
     for n, rec, raw, err in json_lines(path):
-        if err is None:
-            rows.append({**{k: _json_value(v) for k, v in rec.items()}, "_line": n})
+        if err is None:  # a record's own keys never take the lineage columns' names
+            rows.append({**{k: _json_value(v) for k, v in rec.items() if k not in LINEAGE}, "_line": n})
         else:
             bad.append({"_line": n, "_error": err, "_raw": raw})
+    if bad and not rows:
+        raise DataError(path, f"no line is a JSON object ({bad[0]['_error']})",
+                        "write one JSON object per line (JSON Lines), UTF-8, e.g. {\"user_id\": \"u1\", ...}")
     df = pd.concat([pd.DataFrame(rows), pd.DataFrame(bad)], ignore_index=True) if bad else pd.DataFrame(rows)
     if df.empty:
         return df

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import html
 import re
+from decimal import Decimal
 
 import numpy as np
 import pandas as pd
@@ -36,26 +37,46 @@ def clean_text(s: pd.Series) -> pd.Series:
 def clean_ids(s: pd.Series, source: str = "data", column: str = "id") -> pd.Series:
     """Ids are strings, whatever the column type; surrounding whitespace is never meaningful.
 
-    Integer columns, nullable or not, and float columns holding whole numbers (what Parquet makes of
-    an integer column with a null) become their integer text, so 7, 7.0 and "7" are one id. A float
-    column with a fractional value is refused: such ids would not survive a round trip. Missing stays
-    missing. Raises DataError naming `source`, `column` and the fix.
+    Integer columns (any width, nullable or not) become their digits. Float and decimal values that are
+    whole numbers (what a writer with NaN-for-null makes of an integer column) become their integer
+    text, so 7, 7.0, 7.00 and "7" are one id. Fractional values, and floats too large to hold every
+    digit (2^53, or 2^24 for float32), are refused: such ids would not survive a round trip. Booleans
+    are refused. Missing stays missing. Raises DataError naming `source`, `column` and the fix.
     """
     if pd.api.types.is_bool_dtype(s):
         raise DataError(source, f"column '{column}' is boolean, not an id", f"map the right column to {column}")
+    if pd.api.types.is_integer_dtype(s):
+        return s.astype("string")
     if pd.api.types.is_float_dtype(s):
-        present = s.dropna()
-        fractional = present[(present % 1 != 0) | ~np.isfinite(present)]
-        if len(fractional):
-            raise DataError(source, f"column '{column}' holds non-integral numbers (e.g. {fractional.iloc[0]!r})",
-                            f"ids must be text or whole numbers: export {column} as a string or integer column")
-        if len(present) and present.abs().max() >= 2**53:
-            raise DataError(source, f"column '{column}' holds floats beyond 2^53, whose digits are already lost",
-                            f"export {column} as a string or integer column")
-        s = s.astype("Int64")
-    if pd.api.types.is_numeric_dtype(s):
-        return s.astype("Int64").astype("string")
+        exact = 2**24 if str(s.dtype).lower() in ("float32", "float[pyarrow]") else 2**53
+        return _whole_numbers(s.dropna().astype("float64").to_numpy(), s, exact, source, column)
+    if s.dtype == object and s.map(lambda v: isinstance(v, (bool, np.bool_))).any():
+        raise DataError(source, f"column '{column}' holds booleans, not ids", f"map the right column to {column}")
+    if s.dtype == object and s.map(lambda v: isinstance(v, (int, float, Decimal, np.number))).any():
+        return s.map(lambda v: _number_id(v, source, column)).astype("string").str.strip()
     return s.astype("string").str.strip()
+
+
+def _whole_numbers(values: np.ndarray, s: pd.Series, exact: int, source: str, column: str) -> pd.Series:
+    bad = values[(values % 1 != 0) | ~np.isfinite(values)]
+    if len(bad):
+        raise DataError(source, f"column '{column}' holds non-integral numbers (e.g. {bad[0]!r})",
+                        f"ids must be text or whole numbers: export {column} as a string or integer column")
+    if len(values) and np.abs(values).max() >= exact:
+        raise DataError(source, f"column '{column}' is a float column with values beyond {exact:,}, whose digits "
+                        "may already be lost", f"export {column} as a string or integer column")
+    return s.astype("Float64").astype("Int64").astype("string")
+
+
+def _number_id(v, source: str, column: str):
+    """One id from a mixed column: text as it is, a whole number as its digits, anything else refused."""
+    if v is None or isinstance(v, str) or (isinstance(v, float) and np.isnan(v)):
+        return v
+    d = Decimal(str(v)) if not isinstance(v, Decimal) else v
+    if d != d.to_integral_value():
+        raise DataError(source, f"column '{column}' holds the non-integral number {v!r}",
+                        f"ids must be text or whole numbers: export {column} as a string or integer column")
+    return str(int(d))
 
 
 ISO_HINT = "ISO-8601, e.g. 2024-05-01T12:00:00Z (no offset = UTC), or Unix seconds"
@@ -101,9 +122,13 @@ def parse_timestamps(raw: pd.Series, source: str, unit: str = "s") -> pd.Series:
 
 
 def _datetime_seconds(ts: pd.Series) -> pd.Series:
-    """tz-aware datetimes -> whole Unix seconds (floor), NaT -> <NA>."""
-    delta = ts.dt.tz_convert("UTC") - pd.Timestamp(0, tz="UTC")
-    return np.floor(delta / pd.Timedelta(seconds=1)).astype("Int64")
+    """tz-aware datetimes -> whole Unix seconds (floor), NaT -> <NA>; in the column's own resolution, so
+    dates past 2262 (a `timestamp[s]` sentinel like 3000-01-01) do not overflow nanoseconds."""
+    naive = ts.dt.tz_convert("UTC").dt.tz_localize(None)
+    unit = getattr(naive.dt, "unit", "ns")
+    ticks = naive.to_numpy().astype("int64")
+    seconds = np.floor_divide(ticks, {"s": 1, "ms": 10**3, "us": 10**6, "ns": 10**9}[unit])
+    return pd.Series(pd.array(seconds, dtype="Int64"), index=ts.index).mask(naive.isna())
 
 
 def canonical_interactions(df: pd.DataFrame, source: str, unit: str = "s") -> pd.DataFrame:

@@ -7,6 +7,7 @@ multi-GB category never has to fit in memory as JSON.
 
 from __future__ import annotations
 
+import zlib
 from pathlib import Path
 from typing import Any
 
@@ -66,8 +67,9 @@ def _records(path: Path, fields: tuple[str, ...]) -> pd.DataFrame:
             rows.append(n)
             errors.append(err)
             raws.append(None if err is None else raw)
-    except (OSError, EOFError) as e:
-        raise DataError(path, f"cannot be read ({e})", "re-download it; a .gz file may be truncated") from None
+    except (OSError, EOFError, zlib.error) as e:  # gzip: truncated (EOFError) or corrupt (BadGzipFile, zlib.error)
+        raise DataError(path, f"cannot be read ({type(e).__name__}: {e})",
+                        "re-download it; a .gz file may be truncated or corrupt") from None
     if not rows or all(e is not None for e in errors):
         raise DataError(path, "holds no records" if not rows else f"no line is a JSON object ({errors[0]})",
                         "re-download the file; this must be the original JSON Lines file, one object per line")
