@@ -86,7 +86,7 @@ def test_suite_table_marks_each_target(tmp_path):
     sasrec["popularity"] = {**sasrec["cfsrec"], "ndcg@10": 0.10}
     llm = {"dtype": "bfloat16", "steps": 200, "train_seconds": 480.0, "stopped_by": "max_minutes"}
     files = {"sasrec": sasrec, "sasrec_len10": suite_file("cfsrec", 0.28, epochs=5, train_seconds=60.0),
-             "llmsrec_paper": suite_file("llmsrec", 0.20, 0.01, **llm),
+             "llmsrec_paper": suite_file("llmsrec", 0.318, 0.01, **llm),
              "llmsrec": suite_file("llmsrec", 0.32, 0.30, **llm),
              "llmsrec_no_distill_uniform": suite_file("llmsrec", 0.33, 0.2, **llm)}
     for stem, res in files.items():
@@ -98,6 +98,7 @@ def test_suite_table_marks_each_target(tmp_path):
     assert "- at least the 10-window SASRec: met (0.3200 vs 0.2800)" in doc
     assert "- beats full-window SASRec by 3% (Amazon): met (0.3200 vs 0.3090 = SASRec x 1.03 (+6.7%))" in doc
     assert "- worse without L_distill and L_uniform: missed (0.3300 vs 0.3200)" in doc
-    assert "- chosen settings beat the paper's at this budget: met" in doc
+    assert "- at least the 10-window SASRec: met (0.3200 vs 0.2800)" in doc  # no noise flag: a 0.04 gap
+    assert "- chosen settings beat the paper's at this budget: met (0.3200 vs 0.3180; within noise)" in doc
     assert (tmp_path / "out" / "suite.png").stat().st_size > 1000 and "](suite.png)" in doc
     assert "backbone `smollm2-135m`, first 4 layers (the paper's row: 4), bfloat16" in doc
