@@ -45,6 +45,17 @@ def promoted_home(pipeline_outputs, tmp_path_factory) -> Path:
     return home
 
 
+def truncate(path: Path) -> None:
+    """Cut a file to half its bytes, as an interrupted copy leaves it."""
+    data = path.read_bytes()
+    path.write_bytes(data[: len(data) // 2])
+
+
+def garble(path: Path) -> None:
+    """Random bytes of the same length: only the content is wrong."""
+    path.write_bytes(os.urandom(path.stat().st_size))
+
+
 @pytest.fixture
 def repo_root() -> Path:
     return REPO

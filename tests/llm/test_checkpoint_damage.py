@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import copy
 import json
-import os
 import shutil
 from pathlib import Path
 
@@ -17,6 +16,7 @@ from components.distill import DistillOptions, build_model
 from components.errors import CheckpointError, DataError
 from components.llm.model import LLMSRec, LLMSRecConfig
 from components.sequences import Prepared
+from tests.conftest import garble, truncate
 
 
 @pytest.fixture(scope="module")
@@ -28,15 +28,6 @@ def saved(prepared_dir, teacher, tiny_backbone, tmp_path_factory):
     model = build_model(data, copy.deepcopy(teacher), tiny_backbone, DistillOptions(), titles)
     model.build_item_table(64)
     return model, model.save(tmp_path_factory.mktemp("llmsrec") / "ckpt")
-
-
-def truncate(path: Path) -> None:
-    data = path.read_bytes()
-    path.write_bytes(data[: len(data) // 2])
-
-
-def garble(path: Path) -> None:
-    path.write_bytes(os.urandom(path.stat().st_size))
 
 
 def narrower_adapters(model: LLMSRec):

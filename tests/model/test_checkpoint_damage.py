@@ -4,7 +4,6 @@ JSON or torch shape traceback (issue 16)."""
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 
 import pytest
@@ -13,6 +12,7 @@ from safetensors.torch import load_file, save_file
 
 from components.errors import CheckpointError, DataError
 from components.models import SASRec, SASRecConfig, load_checkpoint
+from tests.conftest import garble, truncate
 
 IDS = [f"item{i}" for i in range(1, 31)]
 
@@ -20,16 +20,6 @@ IDS = [f"item{i}" for i in range(1, 31)]
 def sasrec(ids: list[str] = IDS, **kw) -> SASRec:
     torch.manual_seed(0)
     return SASRec(SASRecConfig(**{"hidden": 16, "max_len": 8, **kw}), ids, "hash0")
-
-
-def truncate(path: Path) -> None:
-    data = path.read_bytes()
-    path.write_bytes(data[: len(data) // 2])
-
-
-def garble(path: Path) -> None:
-    """Random bytes of the same length: only the content is wrong."""
-    path.write_bytes(os.urandom(path.stat().st_size))
 
 
 def weights_of(other: SASRec):
