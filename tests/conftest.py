@@ -56,6 +56,17 @@ def garble(path: Path) -> None:
     path.write_bytes(os.urandom(path.stat().st_size))
 
 
+def edit_config(change):
+    """A damage that rewrites a JSON file through `change(meta)` (a callable editing the dict in place)."""
+    def edit(path: Path) -> None:
+        import json
+
+        meta = json.loads(path.read_text())
+        change(meta)
+        path.write_text(json.dumps(meta))
+    return edit
+
+
 @pytest.fixture
 def repo_root() -> Path:
     return REPO

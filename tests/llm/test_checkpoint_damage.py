@@ -16,7 +16,7 @@ from components.distill import DistillOptions, build_model
 from components.errors import CheckpointError, DataError
 from components.llm.model import LLMSRec, LLMSRecConfig
 from components.sequences import Prepared
-from tests.conftest import garble, truncate
+from tests.conftest import edit_config, garble, truncate
 
 
 @pytest.fixture(scope="module")
@@ -43,14 +43,6 @@ def table_rows(n: int):
     def cut(path: Path) -> None:
         save_file({"item_table": load_file(str(path))["item_table"][:n].contiguous()}, str(path))
     return cut
-
-
-def edit_config(change):
-    def edit(path: Path) -> None:
-        meta = json.loads(path.read_text())
-        change(meta)
-        path.write_text(json.dumps(meta))
-    return edit
 
 
 DAMAGE = {

@@ -12,7 +12,7 @@ from safetensors.torch import load_file, save_file
 
 from components.errors import CheckpointError, DataError
 from components.models import SASRec, SASRecConfig, load_checkpoint
-from tests.conftest import garble, truncate
+from tests.conftest import edit_config, garble, truncate
 
 IDS = [f"item{i}" for i in range(1, 31)]
 
@@ -26,14 +26,6 @@ def weights_of(other: SASRec):
     def swap(path: Path) -> None:
         save_file({k: v.contiguous() for k, v in other.state_dict().items()}, str(path))
     return swap
-
-
-def edit_config(change):
-    def edit(path: Path) -> None:
-        meta = json.loads(path.read_text())
-        change(meta)
-        path.write_text(json.dumps(meta))
-    return edit
 
 
 def drop_tensor(path: Path) -> None:
