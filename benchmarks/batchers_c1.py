@@ -55,8 +55,8 @@ def run(args: argparse.Namespace, servers: list[str], argv: list[str] | None) ->
     import httpx
     import torch
 
-    from components.registry import get_model, resolve_serving_tag
     from components.serving.packaged import PackagedModel
+    from components.serving.registry import get_model, resolve_serving_tag
 
     torch.set_num_threads(args.threads)
     tag = resolve_serving_tag()

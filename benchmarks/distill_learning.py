@@ -1,6 +1,6 @@
 """Why LLM-SRec learns slowly, and what helps: variants side by side at one wall-clock budget (not CI).
 
-    python -m benchmarks.distill_learning --prepared data/prepared --cfsrec models/cfsrec --minutes 4 \\
+    python -m benchmarks.distill_learning --prepared data/prepared --sasrec models/sasrec --minutes 4 \\
         --variant base: --variant lr1e-3:lr=0.001 --variant bn:lr=0.001,center=batchnorm \\
         [--base key=value,...] [--valid-users 600] --out benchmarks/results/learning/synthetic.json
 
@@ -63,8 +63,8 @@ def state_spread(model, prepared, n: int = 64) -> dict[str, float]:
 
 
 def run_variant(name: str, overrides: dict, args, prepared, teacher, titles, backbones: dict) -> dict:
-    from components.distill import DistillOptions, build_model, fit
     from components.llm.backbone import load_backbone, truncate_layers
+    from components.stages.distill import DistillOptions, build_model, fit
 
     overrides = dict(overrides)
     layers = overrides.pop("num_layers", None)
@@ -80,7 +80,7 @@ def run_variant(name: str, overrides: dict, args, prepared, teacher, titles, bac
     t0 = time.time()
     result = fit(model, prepared, opts, args.seed, log=lambda m: print(f"[{name}] {m}", flush=True))
     after = state_spread(model, prepared)
-    from components.distill import validate_ndcg
+    from components.stages.distill import validate_ndcg
 
     valid_n = len(prepared.candidates["valid"].user_idx)
     rows = np.sort(np.random.default_rng(args.seed).choice(valid_n, min(valid_n, opts.valid_users or valid_n),
@@ -124,7 +124,7 @@ def plot(results: list[dict], path: Path, title: str) -> None:
 def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--prepared", type=Path, required=True)
-    ap.add_argument("--cfsrec", type=Path, required=True)
+    ap.add_argument("--sasrec", type=Path, required=True)
     ap.add_argument("--backbone", default="smollm2-135m")
     ap.add_argument("--dtype", default="auto")
     ap.add_argument("--minutes", type=float, default=4.0, help="training budget per variant (distill.max_minutes)")
@@ -138,11 +138,11 @@ def main(argv: list[str] | None = None) -> None:
 
     import pandas as pd
 
+    from components.data.sequences import Prepared
     from components.models.base import load_checkpoint
-    from components.sequences import Prepared
 
     prepared = Prepared.load(args.prepared)
-    teacher = load_checkpoint(args.cfsrec)
+    teacher = load_checkpoint(args.sasrec)
     titles = [""] + pd.read_parquet(args.prepared / "items.parquet").sort_values("idx")["title"].astype(str).tolist()
     base = parse_overrides(args.base)
     results, backbones = [], {}

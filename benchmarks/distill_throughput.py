@@ -1,6 +1,6 @@
 """LLM-SRec training and evaluation throughput: today's path, each change alone, and the chosen default (not CI).
 
-    python -m benchmarks.distill_throughput [--prepared DIR] [--cfsrec DIR] [--steps 2] [--eval-users 32] \\
+    python -m benchmarks.distill_throughput [--prepared DIR] [--sasrec DIR] [--steps 2] [--eval-users 32] \\
         [--threads N] --out benchmarks/results/throughput/distill_throughput_cpu.json
 
 On the same data, seed and batches, for each configuration:
@@ -44,7 +44,7 @@ def prepared_default(workdir: Path) -> Path:
     """The synthetic default data, prepared by the real prepare code."""
     from components.data.sources.synthetic import SyntheticConfig, generate
     from components.io import write_json, write_parquet
-    from components.prepare import prepare
+    from components.stages.prepare import prepare
 
     inter, items = generate(SyntheticConfig(), seed=42)
     res = prepare(inter, items, {}, {}, seed=42)
@@ -97,9 +97,9 @@ def profile_step(model, batch) -> dict[str, float]:
 
 
 def measure(name: str, cfg: dict, args, data, teacher, titles, full_backbone) -> dict:
-    from components.distill import DistillOptions, Examples, build_model
     from components.evaluation.metrics import candidate_ranks
     from components.llm.backbone import truncate_layers
+    from components.stages.distill import DistillOptions, Examples, build_model
 
     # min(): the tests' tiny model has fewer layers than a row asks for
     backbone = (full_backbone if cfg["num_layers"] is None
@@ -158,7 +158,7 @@ def measure(name: str, cfg: dict, args, data, teacher, titles, full_backbone) ->
 def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--prepared", type=Path, help="a prepare-stage output (default: the synthetic default)")
-    ap.add_argument("--cfsrec", type=Path, help="a SASRec checkpoint (default: an untrained SASRec, same shapes)")
+    ap.add_argument("--sasrec", type=Path, help="a SASRec checkpoint (default: an untrained SASRec, same shapes)")
     ap.add_argument("--params", type=Path, default=Path(__file__).resolve().parents[1] / "params.yaml",
                     help="where the chosen default is read (default: the repository's)")
     ap.add_argument("--backbone", default="smollm2-135m")
@@ -178,14 +178,14 @@ def main(argv: list[str] | None = None) -> None:
 
     import pandas as pd
 
+    from components.data.sequences import Prepared
     from components.llm.backbone import load_backbone
     from components.models.base import load_checkpoint
     from components.models.sasrec import SASRec, SASRecConfig
-    from components.sequences import Prepared
 
     prepared_dir = args.prepared or prepared_default(Path(tempfile.mkdtemp(prefix="throughput-")))
     data = Prepared.load(prepared_dir)
-    teacher = load_checkpoint(args.cfsrec) if args.cfsrec else SASRec(SASRecConfig(), data.item_ids,
+    teacher = load_checkpoint(args.sasrec) if args.sasrec else SASRec(SASRecConfig(), data.item_ids,
                                                                         data.item_mapping_hash)
     backbone = load_backbone(args.backbone, dtype=args.dtype)
     titles = [""] + pd.read_parquet(prepared_dir / "items.parquet").sort_values("idx")["title"].astype(str).tolist()

@@ -39,10 +39,10 @@ def main(argv: list[str] | None = None) -> None:
     import pandas as pd
 
     from benchmarks.distill_throughput import prepared_default
-    from components.distill import DistillOptions, Examples, build_model
+    from components.data.sequences import Prepared
     from components.llm.backbone import load_backbone
     from components.models.sasrec import SASRec, SASRecConfig
-    from components.sequences import Prepared
+    from components.stages.distill import DistillOptions, Examples, build_model
 
     prepared_dir = prepared_default(Path(tempfile.mkdtemp(prefix="gpu-check-")))
     data = Prepared.load(prepared_dir)
@@ -58,7 +58,7 @@ def main(argv: list[str] | None = None) -> None:
         torch.manual_seed(1)  # identical adapter initialisation on every device
         model = build_model(data, copy.deepcopy(teacher), backbone, DistillOptions(), titles)
         model.adapters.to(backbone.device)
-        model.cfsrec.to(backbone.device)
+        model.sasrec.to(backbone.device)
         with torch.no_grad():
             loss = sum(model.loss_terms(batch).values())
         # Where the LLM's weights really were: an exact agreement must not come from a silent CPU fallback.

@@ -1,7 +1,7 @@
 """Quality benchmark: the real pipeline stages on a dataset, in a scratch workspace, timed.
 
-    python -m benchmarks.quality --models popularity,cfsrec --source files --path DIR \\
-        [--column item_id=movie_id] [--max-users N] [--set cfsrec.loss=ce ...] --out results.json
+    python -m benchmarks.quality --models popularity,sasrec --source files --path DIR \\
+        [--column item_id=movie_id] [--max-users N] [--set sasrec.loss=ce ...] --out results.json
 
 It writes a params.yaml (the repository's, with the data source and any `--set` overrides) into a
 scratch workspace and runs there, as subprocesses, exactly the commands `dvc.yaml` declares for
@@ -37,8 +37,8 @@ DATA_STAGES = ["ingest", "validate", "prepare"]
 #: the training stages each model needs; `evaluate` always runs last
 MODEL_STAGES: dict[str, list[str]] = {
     "popularity": [],
-    "cfsrec": ["pretrain_cfsrec"],
-    "llmsrec": ["pretrain_cfsrec", "distill"],
+    "sasrec": ["pretrain_sasrec"],
+    "llmsrec": ["pretrain_sasrec", "distill"],
 }
 
 
@@ -66,7 +66,7 @@ def build_params(base: dict[str, Any], args: argparse.Namespace, models: list[st
     for spec in args.set:
         key, sep, raw = spec.partition("=")
         if not sep:
-            raise SystemExit(f"--set {spec}: expected KEY=VALUE, e.g. --set cfsrec.loss=ce")
+            raise SystemExit(f"--set {spec}: expected KEY=VALUE, e.g. --set sasrec.loss=ce")
         deep_set(params, key, yaml.safe_load(raw))  # YAML scalars: 0.2, null, [a, b]; never evaluated as code
     return params
 
@@ -122,8 +122,8 @@ def stage_key(stage: dict[str, Any], params: dict[str, Any]) -> str:
 def median_epoch(workspace: Path, models: list[str]) -> dict[str, float]:
     """SASRec's median epoch time from its curve: the mean (seconds_per_epoch) also counts any time the
     process was paused or starved, which a run resumed across sessions on a shared machine has."""
-    curve = workspace / "reports" / "cfsrec_curve.json"
-    if "cfsrec" not in models or not curve.is_file():
+    curve = workspace / "reports" / "sasrec_curve.json"
+    if "sasrec" not in models or not curve.is_file():
         return {}
     seconds = [row["seconds"] for row in json.loads(curve.read_text()) if row.get("seconds") is not None]
     return {"median_seconds_per_epoch": round(statistics.median(seconds), 2)} if seconds else {}
@@ -182,7 +182,7 @@ def run(args: argparse.Namespace, log=print) -> dict[str, Any]:
         "machine_per_stage": {name: s["machine"] for name, s in stages.items()},
         "training": training,
         "data": json.loads((workspace / "reports" / "data_summary.json").read_text()),
-        "params": {k: params[k] for k in ("seed", "data", "eval", *(p for p in ("cfsrec", "distill", "llm", "evaluate") if p in params))},
+        "params": {k: params[k] for k in ("seed", "data", "eval", *(p for p in ("sasrec", "distill", "llm", "evaluate") if p in params))},
         "command": " ".join(["python -m benchmarks.quality", *(shlex.quote(a) for a in args.argv)]),
         "machine": {"platform": platform.platform(), "cpus": os.cpu_count(), "python": platform.python_version()},
         "finished_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
@@ -192,7 +192,7 @@ def run(args: argparse.Namespace, log=print) -> dict[str, Any]:
 
 def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--models", default="popularity,cfsrec", help=f"comma-separated, from {sorted(MODEL_STAGES)}")
+    ap.add_argument("--models", default="popularity,sasrec", help=f"comma-separated, from {sorted(MODEL_STAGES)}")
     ap.add_argument("--source", default="files", help="data.source: files | movielens | amazon2023 | synthetic")
     ap.add_argument("--path", help="data.path")
     ap.add_argument("--column", action="append", default=[], metavar="CANONICAL=YOURS",
@@ -200,7 +200,7 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--timestamp-unit", choices=["s", "ms"])
     ap.add_argument("--max-users", type=int, help="seeded user subsample (data.max_users)")
     ap.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
-                    help="any params.yaml override, e.g. cfsrec.loss=ce (repeatable)")
+                    help="any params.yaml override, e.g. sasrec.loss=ce (repeatable)")
     ap.add_argument("--workdir", help="scratch workspace (default: a new temporary directory, kept)")
     ap.add_argument("--resume", action="store_true",
                     help="keep stages this --workdir already finished with the same command and params")

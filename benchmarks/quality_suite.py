@@ -5,7 +5,7 @@
 Each row is one `benchmarks.quality` run (the real pipeline stages, in a scratch workspace) and writes
 `benchmarks/results/suite/<dataset>/<row>.json`; `python -m benchmarks.report` renders the table.
 
-- `sasrec`: popularity and SASRec with the full window (`cfsrec.max_len` from params.yaml);
+- `sasrec`: popularity and SASRec with the full window (`sasrec.max_len` from params.yaml);
 - `sasrec_len10`: SASRec reading only the prompt's 10 most recent items;
 - `llmsrec_paper`: the paper's LLM-SRec settings (prompt, readout, targets, negatives), on the first
   `--paper-layers` layers of the LLM (30 = all, the paper; 4 by default so a row fits this CPU's budget);
@@ -34,11 +34,11 @@ PAPER = ["distill.prompt=paper", "distill.readout=token", "distill.targets=last"
          "distill.num_negatives=3", "distill.lr_decay=0.95"]
 #: row -> (models, workspace, overrides); `{layers}` is --paper-layers
 ROWS: dict[str, tuple[str, str, list[str]]] = {
-    "sasrec": ("popularity,cfsrec", "shared", []),
-    "sasrec_len10": ("cfsrec", "len10", ["cfsrec.max_len=10"]),
-    "llmsrec_paper": ("popularity,cfsrec,llmsrec", "shared", [*PAPER, "llm.num_layers={layers}"]),
-    "llmsrec": ("popularity,cfsrec,llmsrec", "shared", []),
-    "llmsrec_no_distill_uniform": ("popularity,cfsrec,llmsrec", "shared",
+    "sasrec": ("popularity,sasrec", "shared", []),
+    "sasrec_len10": ("sasrec", "len10", ["sasrec.max_len=10"]),
+    "llmsrec_paper": ("popularity,sasrec,llmsrec", "shared", [*PAPER, "llm.num_layers={layers}"]),
+    "llmsrec": ("popularity,sasrec,llmsrec", "shared", []),
+    "llmsrec_no_distill_uniform": ("popularity,sasrec,llmsrec", "shared",
                                    ["distill.use_distill_loss=false", "distill.use_uniform_loss=false"]),
 }
 
@@ -50,7 +50,7 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--minutes", type=float, default=8.0, help="distill.max_minutes of every LLM-SRec row")
     ap.add_argument("--paper-layers", default="4", help="llm.num_layers of llmsrec_paper (null = all 30)")
     ap.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
-                    help="a params.yaml override for every row, e.g. cfsrec.max_minutes=8 (repeatable)")
+                    help="a params.yaml override for every row, e.g. sasrec.max_minutes=8 (repeatable)")
     ap.add_argument("--data-root", type=Path, default=SHARED)
     ap.add_argument("--workdir", type=Path, help="parent of the row workspaces (default: a new temporary one)")
     ap.add_argument("--results", type=Path, default=REPO / "benchmarks" / "results" / "suite")

@@ -272,7 +272,7 @@ def reliability_lines(paths: list[Path]) -> list[str]:
 def run(args: argparse.Namespace, argv: list[str] | None) -> dict[str, Any]:
     import httpx
 
-    from components.registry import get_model, resolve_serving_tag
+    from components.serving.registry import get_model, resolve_serving_tag
 
     home = os.environ.get("BENTOML_HOME")
     tag = resolve_serving_tag(home)  # what the server will serve: same store, same rule

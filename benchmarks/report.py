@@ -33,7 +33,7 @@ def model_rows(result: dict[str, Any]) -> list[tuple[str, dict[str, Any]]]:
 
 
 def render_result(name: str, result: dict[str, Any]) -> str:
-    cf = result.get("params", {}).get("cfsrec", {})
+    cf = result.get("params", {}).get("sasrec", {})
     data = result.get("data", {})
     lines = [f"## {name}", "",
              f"Data: {data.get('users', '?'):,} users, {data.get('items', '?'):,} items, "
@@ -55,10 +55,10 @@ def render_result(name: str, result: dict[str, Any]) -> str:
     ref = None if subsample else next((v for k, v in REFERENCE.items() if name.startswith(k)), None)
     if ref:
         lines.append(f"| *target: Kang & McAuley SASRec* | {ref['ndcg@10']:.4f} | {ref['hr@10']:.4f} | | | | | | |")
-        if "cfsrec" in result:
-            met = all(result["cfsrec"][k] >= round(v, 2) for k, v in ref.items())
-            gaps = ", ".join(f"{k} {result['cfsrec'][k] - v:+.4f}" for k, v in ref.items())
-            lines += ["", f"SASRec (cfsrec) vs the target: {gaps}; "
+        if "sasrec" in result:
+            met = all(result["sasrec"][k] >= round(v, 2) for k, v in ref.items())
+            gaps = ", ".join(f"{k} {result['sasrec'][k] - v:+.4f}" for k, v in ref.items())
+            lines += ["", f"SASRec (sasrec) vs the target: {gaps}; "
                           f"{'meets' if met else 'does not meet'} the issue's bar "
                           f"(NDCG@10 >= {ref['ndcg@10']:.2f}, HR@10 >= {ref['hr@10']:.2f})."]
     seconds = result.get("seconds", {})
@@ -89,11 +89,11 @@ def render_result(name: str, result: dict[str, Any]) -> str:
 
 def llmsrec_lines(result: dict[str, Any]) -> list[str]:
     """The issue's LLM-SRec targets: NDCG@10 >= SASRec x 1.03 and a shuffled-inference drop >= 4%."""
-    if "llmsrec" not in result or "cfsrec" not in result:
+    if "llmsrec" not in result or "sasrec" not in result:
         return []
     t = result.get("training", {}).get("llmsrec", {})
     d = result.get("params", {}).get("distill", {})
-    llm, cf = result["llmsrec"]["ndcg@10"], result["cfsrec"]["ndcg@10"]
+    llm, cf = result["llmsrec"]["ndcg@10"], result["sasrec"]["ndcg@10"]
     drop = (result.get("llmsrec_shuffled", {}).get("shuffle_drop") or {}).get("ndcg@10")
     lines = ["", f"LLM-SRec: backbone {t.get('backbone')} ({t.get('dtype')}, {t.get('device')}), "
                  f"{t.get('trainable_parameters', 0):,} trained parameters; {t.get('steps')} steps of "
@@ -353,8 +353,8 @@ def learning_lines(paths: list[Path], docs_dir: Path | None) -> list[str]:
 
 
 #: benchmarks.quality_suite rows in table order: (file stem, model key in it, label)
-SUITE_ROWS = [("sasrec", "popularity", "popularity"), ("sasrec", "cfsrec", "SASRec, full window"),
-              ("sasrec_len10", "cfsrec", "SASRec, 10-item window"),
+SUITE_ROWS = [("sasrec", "popularity", "popularity"), ("sasrec", "sasrec", "SASRec, full window"),
+              ("sasrec_len10", "sasrec", "SASRec, 10-item window"),
               ("llmsrec_paper", "llmsrec", "LLM-SRec, the paper's settings"),
               ("llmsrec", "llmsrec", "LLM-SRec, chosen settings"),
               ("llmsrec_no_distill_uniform", "llmsrec", "chosen, without L_distill and L_uniform")]
@@ -366,8 +366,8 @@ def suite_row(res: dict[str, Any], model: str) -> dict[str, Any]:
     t = res.get("training", {}).get(model, {})
     drop = (res.get(f"{model}_shuffled", {}).get("shuffle_drop") or {}).get("ndcg@10")
     steps = t.get("steps")
-    if model == "cfsrec" and t.get("epochs"):  # SASRec counts epochs: steps = epochs x batches per epoch
-        per_epoch = -(-res["data"]["users"] // res["params"]["cfsrec"]["batch_size"])
+    if model == "sasrec" and t.get("epochs"):  # SASRec counts epochs: steps = epochs x batches per epoch
+        per_epoch = -(-res["data"]["users"] // res["params"]["sasrec"]["batch_size"])
         steps = t["epochs"] * per_epoch
     train_s = t.get("train_seconds")
     return {"ndcg": m["ndcg@10"], "hr": m["hr@10"], "full": m.get("full_catalogue", {}), "drop": drop,

@@ -392,8 +392,8 @@ def with_served_model(ap: argparse.ArgumentParser, args: argparse.Namespace, fn)
 def run(args: argparse.Namespace, servers: list[str], argv: list[str] | None) -> None:
     import torch
 
-    from components.registry import get_model, resolve_serving_tag
     from components.serving.packaged import PackagedModel
+    from components.serving.registry import get_model, resolve_serving_tag
 
     torch.set_num_threads(args.threads)
     tag = resolve_serving_tag()

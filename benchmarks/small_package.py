@@ -22,7 +22,7 @@ REPO = Path(__file__).resolve().parents[1]
 GATE_ARGS = ("--metrics", "reports/metrics.json", "--per-user", "reports/per_user.parquet", "--prepared",
              "data/prepared", "--out", "reports/gate.json")
 PACKAGE_ARGS = ("--gate", "reports/gate.json", "--metrics", "reports/metrics.json", "--prepared", "data/prepared",
-                "--cfsrec", "models/cfsrec", "--llmsrec", "models/llmsrec", "--out", "reports/package.json")
+                "--sasrec", "models/sasrec", "--llmsrec", "models/llmsrec", "--out", "reports/package.json")
 # A gate every fixture model passes (nothing in it is trained), so `package` always promotes it.
 OPEN_GATE = {"model": "llmsrec", "min_ndcg_at_10": 0.0, "min_lift_over_popularity": None, "min_shuffle_drop": None,
              "max_regression": 0.02, "champion_users": None, "first_model": "provisional"}
@@ -48,14 +48,14 @@ def build_outputs(root: Path, backbone, *, num_users: int, num_items: int, num_t
     import torch
     import yaml
 
+    from components.data.sequences import Prepared
     from components.data.sources.synthetic import SyntheticConfig, generate
-    from components.evaluate import evaluate
     from components.io import write_json, write_parquet
     from components.llm.model import LLMSRec, LLMSRecConfig
     from components.models import Popularity
     from components.models.sasrec import SASRec, SASRecConfig
-    from components.prepare import prepare
-    from components.sequences import Prepared
+    from components.stages.evaluate import evaluate
+    from components.stages.prepare import prepare
 
     with one_torch_thread():
         inter, items = generate(SyntheticConfig(num_users=num_users, num_items=num_items, num_topics=num_topics,
@@ -69,16 +69,16 @@ def build_outputs(root: Path, backbone, *, num_users: int, num_items: int, num_t
 
         torch.manual_seed(0)
         sasrec = SASRec(SASRecConfig(hidden=16, max_len=20), data.item_ids, data.item_mapping_hash).eval()
-        sasrec.save(root / "models" / "cfsrec")
+        sasrec.save(root / "models" / "sasrec")
         titles = [""] + res["items"].sort_values("idx")["title"].tolist()
         model = LLMSRec(LLMSRecConfig(backbone=backbone.name), sasrec, backbone, titles, data.item_ids,
-                        data.item_mapping_hash, cfsrec_path="models/cfsrec").eval()
+                        data.item_mapping_hash, sasrec_path="models/sasrec").eval()
         model.build_item_table(64)
         model.save(root / "models" / "llmsrec")
 
         pop = Popularity.fit(data.train_items(), data.item_ids, data.item_mapping_hash)
-        metrics, per_user = evaluate(data, {"popularity": pop, "cfsrec": sasrec, "llmsrec": model},
-                                     ["cfsrec", "llmsrec"], seed=3, log=lambda *_: None)
+        metrics, per_user = evaluate(data, {"popularity": pop, "sasrec": sasrec, "llmsrec": model},
+                                     ["sasrec", "llmsrec"], seed=3, log=lambda *_: None)
     write_json(root / "reports" / "metrics.json", metrics)
     write_parquet(per_user, root / "reports" / "per_user.parquet")
     (root / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
@@ -125,7 +125,7 @@ def tiny_home(workdir: Path) -> Path:
                   params={"seed": 3, "gate": OPEN_GATE, "package": {"include_backbone": True},
                           "llm": {"backbone": str(llm), "device": "cpu", "dtype": "auto"}})
     home = workdir / "bentoml"
-    for module, args in (("components.gate", GATE_ARGS), ("components.package", PACKAGE_ARGS)):
+    for module, args in (("components.stages.gate", GATE_ARGS), ("components.stages.package", PACKAGE_ARGS)):
         out = run_stage(workdir / "ws", home, module, *args)
         if out.returncode != 0:
             raise RuntimeError(f"{module} exited {out.returncode}:\n{out.stdout[-2000:]}\n{out.stderr[-2000:]}")

@@ -3,7 +3,7 @@
 
 **Runs** on the cron schedule in `params.yaml` → `orchestration.schedule` (UTC), and whenever a batch
 lands: the Asset `llm_srec_landing_zone` is updated when the triggerer sees the sentinel
-`data/incoming/_READY` (`python -m components.landing drop FILE` writes the batch and the sentinel).
+`data/incoming/_READY` (`python -m components.data.landing drop FILE` writes the batch and the sentinel).
 
 **Tasks**
 
@@ -11,7 +11,7 @@ lands: the Asset `llm_srec_landing_zone` is updated when the triggerer sees the 
    (atomic rename, de-duplicated by SHA-256, validated on its own; a batch with too many bad rows is
    rejected into `data/landing/rejected/` with its quarantined rows, and the run fails here).
 2. `prepare_warm_start`: stages the production model's SASRec (or the previous checkpoint) so
-   `pretrain_cfsrec` continues from it; known items keep their embeddings, new items start fresh.
+   `pretrain_sasrec` continues from it; known items keep their embeddings, new items start fresh.
 3. One task per DVC stage in `dvc.yaml`, wired by the stages' deps and outs, each running
    `dvc repro -s <stage>`: DVC skips what has not changed, so reruns and retries are idempotent.
    Adding a stage to `dvc.yaml` adds a task here. They share the 1-slot pool `dvc` (DVC's repo lock);
@@ -133,7 +133,7 @@ with DAG(
         """Landing zone → raw store. Runs the same CLI an operator would, in the repository."""
         record = release.run_dir(REPO, _run_id()) / "landing.json"
         try:
-            run_module(REPO, ["components.landing", "ingest", "--record", str(record)], log=print)
+            run_module(REPO, ["components.data.landing", "ingest", "--record", str(record)], log=print)
         except StageInputError as e:  # a rejected batch: a data problem, retrying cannot fix it
             raise AirflowFailException(str(e)) from None
         except StageFailed as e:
@@ -165,7 +165,7 @@ with DAG(
         record = {"outcome": "rejected", "run_id": _run_id(), "reason": decision["reason"],
                   "failed_checks": decision["failed_checks"], "production": production}
         try:
-            from components.registry import log_event
+            from components.serving.registry import log_event
         except ImportError:
             log_event = None
         if log_event is not None:  # the registry's history shows rejected runs next to promotions

@@ -3,7 +3,7 @@
 A batch is one file in the canonical schema: `user_id`, `item_id`, `timestamp` (Unix seconds), plus
 `title` (and optionally `description`) for items the catalogue does not know yet. CSV, TSV, Parquet
 and JSON Lines are read. Accepted batches live in the raw store (`data/batches/<batch_id>/<file>`,
-written by components/landing.py); `ingest` appends them, in arrival order, to the base source.
+written by components/data/landing.py); `ingest` appends them, in arrival order, to the base source.
 """
 
 from __future__ import annotations

@@ -11,9 +11,9 @@ import numpy as np
 import pandas as pd
 import torch
 
+from components.data.sequences import Prepared, flat_ranges
 from components.evaluation.metrics import candidate_ranks, full_ranks, shuffle_window
 from components.models.base import Recommender
-from components.sequences import Prepared, flat_ranges
 
 
 def history_pairs(data: Prepared, split: str, rows: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:

@@ -141,8 +141,8 @@ class LLMSRec(Recommender):
     `score_all` [B, N+1]; `loss_terms` for training. Raises DataError on mismatched titles.
     """
 
-    def __init__(self, config: LLMSRecConfig, cfsrec: Recommender, backbone: Backbone, titles: list[str],
-                 item_ids: list[str], item_mapping_hash: str, cfsrec_path: str | None = None):
+    def __init__(self, config: LLMSRecConfig, sasrec: Recommender, backbone: Backbone, titles: list[str],
+                 item_ids: list[str], item_mapping_hash: str, sasrec_path: str | None = None):
         super().__init__(item_ids, item_mapping_hash)
         if len(titles) != len(item_ids) + 1:
             raise DataError("titles", f"{len(titles)} titles for {len(item_ids)} items (+ padding)",
@@ -156,13 +156,13 @@ class LLMSRec(Recommender):
         self.config = config
         self.max_history = config.history_len
         self.num_negatives = config.num_negatives
-        self.cfsrec = cfsrec
-        self.cfsrec.requires_grad_(False).eval()
-        self.cfsrec_path = cfsrec_path  # recorded so the checkpoint can find its teacher again
+        self.sasrec = sasrec
+        self.sasrec.requires_grad_(False).eval()
+        self.sasrec_path = sasrec_path  # recorded so the checkpoint can find its teacher again
         # The LLM is held outside the module tree: it is frozen, shared, never saved and never
         # handed to an optimizer, DDP or state_dict.
         object.__setattr__(self, "backbone", backbone)
-        d = int(cfsrec.item_embeddings.shape[1])
+        d = int(sasrec.item_embeddings.shape[1])
         self.adapters = Adapters(d, backbone.hidden_size, config)
         special_base = max(int(backbone.embed_tokens.num_embeddings), len(backbone.tokenizer))
         self.prompts = PromptTokenizer(backbone.tokenizer, titles, special_base, config.max_title_chars, config.prompt)
@@ -180,7 +180,7 @@ class LLMSRec(Recommender):
     def train(self, mode: bool = True) -> LLMSRec:
         """Only the adapters ever train: the frozen teacher keeps dropout off in every mode."""
         super().train(mode)
-        self.cfsrec.eval()
+        self.sasrec.eval()
         return self
 
     # -- the LLM pass -------------------------------------------------------------------------------
@@ -310,7 +310,7 @@ class LLMSRec(Recommender):
 
     def inject(self, items: Tensor) -> Tensor:
         """f_I(E_i) for item idx [M] -> [M, H]: what goes into the [HistoryEmb] slots."""
-        v = self.adapters.f_I(self.cfsrec.item_embeddings[items.to(self.device)])  # [M, H]
+        v = self.adapters.f_I(self.sasrec.item_embeddings[items.to(self.device)])  # [M, H]
         if self.config.match_token_norm:
             v = v * (self.token_norm / v.norm(dim=-1, keepdim=True).clamp(min=1e-6))
         return v
@@ -366,7 +366,7 @@ class LLMSRec(Recommender):
         u_n = F.normalize(u, dim=-1)
         if self.config.use_distill_loss or self.config.use_uniform_loss:
             with torch.no_grad():
-                o_u = self.cfsrec.user_representation(batch.histories)  # [B, d]
+                o_u = self.sasrec.user_representation(batch.histories)  # [B, d]
             cf_n = F.normalize(self.adapters.f_cf_user(o_u), dim=-1)  # [B, d']
             if self.config.use_distill_loss:
                 terms["distill"] = F.mse_loss(cf_n, u_n)
@@ -454,13 +454,13 @@ class LLMSRec(Recommender):
             "num_items": self.num_items, "item_mapping_hash": self.item_mapping_hash,
             "backbone": {"name": self.backbone.name, "fingerprint": self.backbone.fingerprint,
                          "hidden_size": self.backbone.hidden_size},
-            "cfsrec": {"model": self.cfsrec.name, "weights_hash": state_hash(self.cfsrec), "path": self.cfsrec_path},
+            "sasrec": {"model": self.sasrec.name, "weights_hash": state_hash(self.sasrec), "path": self.sasrec_path},
         })
         return directory
 
     @classmethod
-    def load(cls, directory: Path, cfsrec: Recommender | None = None, backbone: Backbone | None = None,
-             cfsrec_dir: Path | None = None, **backbone_kwargs) -> LLMSRec:
+    def load(cls, directory: Path, sasrec: Recommender | None = None, backbone: Backbone | None = None,
+             sasrec_dir: Path | None = None, **backbone_kwargs) -> LLMSRec:
         """Rebuild from adapters + config + item table, the SASRec teacher and the (re)loaded LLM.
 
         The teacher and the backbone are checked against what the adapters were trained with: other
@@ -479,9 +479,9 @@ class LLMSRec(Recommender):
                 raise CheckpointError(directory / name, "LLM-SRec checkpoint file not found",
                                       "point at a directory written by the distill stage")
         meta = read_checkpoint_json(directory / "config.json", fix)
-        if not isinstance(meta, dict) or not all(isinstance(meta.get(k), dict) for k in ("config", "cfsrec", "backbone")) \
+        if not isinstance(meta, dict) or not all(isinstance(meta.get(k), dict) for k in ("config", "sasrec", "backbone")) \
                 or "item_mapping_hash" not in meta:
-            raise CheckpointError(directory / "config.json", "is not an LLM-SRec checkpoint config (config, cfsrec, "
+            raise CheckpointError(directory / "config.json", "is not an LLM-SRec checkpoint config (config, sasrec, "
                                                              "backbone, item_mapping_hash)", fix)
         raw = dict(meta["config"])
         if raw.pop("item_prefix_cache", None) is not None:  # checkpoints from before kv_reuse: same math
@@ -496,13 +496,13 @@ class LLMSRec(Recommender):
             raise CheckpointError(directory / TITLES, f"{len(titles) if isinstance(titles, list) else 'no'} titles for "
                                                       f"{len(item_ids) if isinstance(item_ids, list) else 'no'} item "
                                                       "ids (+ padding)", fix)
-        if cfsrec is None:
-            cfsrec_dir = cfsrec_dir or meta["cfsrec"].get("path")
-            if cfsrec_dir is None:
-                raise DataError(directory, "no SASRec teacher given", "pass cfsrec_dir= the pretrain_cfsrec checkpoint")
-            cfsrec = load_checkpoint(cfsrec_dir)
-        if state_hash(cfsrec) != meta["cfsrec"].get("weights_hash"):
-            raise DataError(cfsrec_dir or "cfsrec", "this SASRec checkpoint is not the one LLM-SRec was distilled from",
+        if sasrec is None:
+            sasrec_dir = sasrec_dir or meta["sasrec"].get("path")
+            if sasrec_dir is None:
+                raise DataError(directory, "no SASRec teacher given", "pass sasrec_dir= the pretrain_sasrec checkpoint")
+            sasrec = load_checkpoint(sasrec_dir)
+        if state_hash(sasrec) != meta["sasrec"].get("weights_hash"):
+            raise DataError(sasrec_dir or "sasrec", "this SASRec checkpoint is not the one LLM-SRec was distilled from",
                             "use the SASRec checkpoint of the same pipeline run, or re-run the distill stage")
         # The weights are read and checked before the LLM is loaded: a damaged file fails in a second, not
         # after loading a backbone.
@@ -517,8 +517,8 @@ class LLMSRec(Recommender):
                                              f"({backbone.fingerprint[:24]} vs {str(meta['backbone'].get('fingerprint'))[:24]})",
                             "load the same backbone, or re-run the distill stage with this one")
         try:
-            model = cls(config, cfsrec, backbone, titles, item_ids, meta["item_mapping_hash"],
-                        cfsrec_path=str(cfsrec_dir) if cfsrec_dir else meta["cfsrec"].get("path"))
+            model = cls(config, sasrec, backbone, titles, item_ids, meta["item_mapping_hash"],
+                        sasrec_path=str(sasrec_dir) if sasrec_dir else meta["sasrec"].get("path"))
         except ValueError as e:  # a config value this version does not know (kv_reuse, negatives, readout)
             raise CheckpointError(directory / "config.json", f"its config does not build LLM-SRec ({e})", fix) from None
         check_shapes(directory / ADAPTERS, adapters, model.adapters.state_dict(), fix)

@@ -34,17 +34,17 @@ class SASRecConfig:
 
     def check(self) -> None:
         def bad(key: str, problem: str, fix: str):
-            raise ConfigError("params.yaml", f"cfsrec.{key}={getattr(self, key)!r} {problem}", fix)
+            raise ConfigError("params.yaml", f"sasrec.{key}={getattr(self, key)!r} {problem}", fix)
 
         if self.loss not in LOSSES:
             bad("loss", "is not a known loss", f"use one of {list(LOSSES)}")
         for key in ("hidden", "num_blocks", "num_heads", "max_len"):
             if int(getattr(self, key)) < 1:
-                bad(key, "must be a positive integer", f"set cfsrec.{key} >= 1")
+                bad(key, "must be a positive integer", f"set sasrec.{key} >= 1")
         if self.hidden % self.num_heads:
-            bad("num_heads", f"does not divide hidden={self.hidden}", "pick num_heads that divides cfsrec.hidden")
+            bad("num_heads", f"does not divide hidden={self.hidden}", "pick num_heads that divides sasrec.hidden")
         if not 0 <= self.dropout < 1:
-            bad("dropout", "must be within [0, 1)", "set cfsrec.dropout to e.g. 0.1")
+            bad("dropout", "must be within [0, 1)", "set sasrec.dropout to e.g. 0.1")
 
     @classmethod
     def from_params(cls, section: dict[str, Any]) -> SASRecConfig:

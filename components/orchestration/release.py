@@ -25,9 +25,9 @@ WARM_START_FLAG = "--warm-start-staged"
 
 
 def production_tag() -> str | None:
-    """The registry's production tag (issue 5's components.registry), None when there is none yet."""
+    """The registry's production tag (issue 5's components.serving.registry), None when there is none yet."""
     try:
-        from components.registry import production_tag as tag
+        from components.serving.registry import production_tag as tag
     except ImportError:  # the registry is not part of this checkout
         return None
     return tag()
@@ -35,10 +35,10 @@ def production_tag() -> str | None:
 
 def champion_sasrec(tag: str) -> Path | None:
     """The SASRec checkpoint inside the production package."""
-    from components.registry import get_model
-    from components.serving.packaged import CFSREC_DIR
+    from components.serving.packaged import sasrec_dir
+    from components.serving.registry import get_model
 
-    path = Path(get_model(tag).path) / CFSREC_DIR
+    path = sasrec_dir(Path(get_model(tag).path))
     return path if (path / "config.json").is_file() else None
 
 
@@ -93,7 +93,7 @@ def gate_decision(repo: Path, report: str) -> dict[str, Any]:
 
     A missing or malformed report rejects: nothing is promoted without a gate. The first model may
     be released although it failed when the gate says so (`gate.first_model: provisional`, decided by
-    components.package.decide), so that `bentoml serve` has something to serve.
+    components.stages.package.decide), so that `bentoml serve` has something to serve.
     """
     path = repo / report
     if not path.is_file():
@@ -111,7 +111,7 @@ def gate_decision(repo: Path, report: str) -> dict[str, Any]:
     decision = "promoted" if passed else "rejected"
     if not passed:
         try:
-            from components.package import decide
+            from components.stages.package import decide
         except ImportError:
             decide = None
         if decide is not None:

@@ -20,17 +20,27 @@ from typing import Any
 
 from components.errors import CheckpointError
 
-CFSREC_DIR, LLMSREC_DIR, CATALOGUE_DIR, BACKBONE_DIR = "cfsrec", "llmsrec", "catalogue", "backbone"
+SASREC_DIR, LLMSREC_DIR, CATALOGUE_DIR, BACKBONE_DIR = "sasrec", "llmsrec", "catalogue", "backbone"
 MANIFEST = "package.json"
 CATALOGUE_FILES = ("items.parquet", "users.parquet", "sequences.parquet")
 FIX = "re-package the model (`dvc repro -f -s package`) or promote another version"
 #: files every package holds (relative to its root)
 REQUIRED = (MANIFEST, f"{LLMSREC_DIR}/config.json", f"{LLMSREC_DIR}/adapters.safetensors",
             f"{LLMSREC_DIR}/item_table.safetensors", f"{LLMSREC_DIR}/titles.json", f"{LLMSREC_DIR}/item_ids.json",
-            f"{CFSREC_DIR}/config.json", f"{CFSREC_DIR}/model.safetensors", f"{CFSREC_DIR}/item_ids.json",
+            f"{SASREC_DIR}/config.json", f"{SASREC_DIR}/model.safetensors", f"{SASREC_DIR}/item_ids.json",
             *(f"{CATALOGUE_DIR}/{name}" for name in CATALOGUE_FILES))
 #: written by BentoML around our files (model.yaml) or the manifest itself: not in the record
 UNRECORDED = {MANIFEST, "model.yaml"}
+#: the SASRec folder's name in packages built before the CF model had one name everywhere
+LEGACY_SASREC_DIR = "cfsrec"
+
+
+def sasrec_dir(path: Path) -> Path:
+    """The package's SASRec folder: `sasrec/`, or `cfsrec/` in a package built before the rename."""
+    path = Path(path)
+    if not (path / SASREC_DIR).exists() and (path / LEGACY_SASREC_DIR).is_dir():
+        return path / LEGACY_SASREC_DIR
+    return path / SASREC_DIR
 
 
 def _sha256(path: Path) -> str:
@@ -73,12 +83,14 @@ def verify_package(path: Path, tag: str, deep: bool = True) -> dict[str, Any]:
     """
     path = Path(path)
     manifest = read_manifest(path, tag)
-    for rel in REQUIRED:
+    teacher = sasrec_dir(path).name
+    required = [teacher + rel[len(SASREC_DIR):] if rel.startswith(SASREC_DIR + "/") else rel for rel in REQUIRED]
+    for rel in required:
         if not (path / rel).is_file():
             raise CheckpointError(path / rel, f"package file missing in {tag}", FIX)
     record = manifest.get("files")
     if not isinstance(record, dict):  # packaged before files were recorded: what can be checked without one
-        for rel in REQUIRED:
+        for rel in required:
             if rel.endswith(".json") and rel != MANIFEST:
                 try:
                     json.loads((path / rel).read_bytes())

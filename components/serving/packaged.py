@@ -2,7 +2,7 @@
 
 A package (written by the `package` stage into BentoML's model store) is a directory:
 
-    cfsrec/       the frozen SASRec teacher (model.safetensors, config.json, item_ids.json)
+    sasrec/       the frozen SASRec teacher (model.safetensors, config.json, item_ids.json)
     llmsrec/      adapters, config (backbone name + fingerprint, teacher hash), item table, titles, item ids
     catalogue/    items.parquet (idx <-> item_id, title), users.parquet (idx <-> user_id),
                   sequences.parquet (every known user's chronological history, for `user_id` requests)
@@ -38,10 +38,11 @@ from components.serving.integrity import (  # noqa: F401  (the layout, importabl
     BACKBONE_DIR,
     CATALOGUE_DIR,
     CATALOGUE_FILES,
-    CFSREC_DIR,
     FIX,
     LLMSREC_DIR,
     MANIFEST,
+    SASREC_DIR,
+    sasrec_dir,
     verify_package,
 )
 
@@ -116,8 +117,8 @@ class PackagedModel:
 
             backbone = load_backbone(str(path / BACKBONE_DIR), **backbone_kwargs)
             backbone.name = (manifest.get("backbone") or {}).get("name", backbone.name)
-        cfsrec = load_checkpoint(path / CFSREC_DIR)
-        model = LLMSRec.load(path / LLMSREC_DIR, cfsrec=cfsrec, backbone=backbone, cfsrec_dir=path / CFSREC_DIR,
+        sasrec = load_checkpoint(sasrec_dir(path))
+        model = LLMSRec.load(path / LLMSREC_DIR, sasrec=sasrec, backbone=backbone, sasrec_dir=sasrec_dir(path),
                              **backbone_kwargs)
         model.eval()
         return cls(path, tag, model, manifest)

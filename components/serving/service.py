@@ -6,7 +6,7 @@ Two services, the pattern BentoML documents for adaptive batching with structure
   `/livez`, `/readyz`, `/metrics` and the OpenAPI docs at `/` and `/docs.json`. It validates input and
   turns every client mistake into a 4xx with a message (see `RequestGuard` for 400/413/422).
 - `LLMSRecScorer` (internal): loads the production model (the BentoML store's `llmsrec` version the
-  registry points at, see components/registry.py) and the real LLM, and scores. Concurrent /recommend
+  registry points at, see components/serving/registry.py) and the real LLM, and scores. Concurrent /recommend
   calls are merged into one LLM pass by its adaptive batcher (components/serving/batcher.py: a lone
   request goes straight to the model; requests that arrive while it is busy form the next batch).
 
@@ -22,7 +22,7 @@ Choices (also in the README):
 - items sent without a timestamp are dated the last day of the model's data;
 - a production version whose files are damaged (checked against the sizes and sha256 recorded at packaging)
   is not served: the version that was production before it is, and the log says why
-  (`LLMSRecScorer._load_or_fall_back`, components/registry.py `serving_candidates`).
+  (`LLMSRecScorer._load_or_fall_back`, components/serving/registry.py `serving_candidates`).
 
 Environment: `LLMSREC_MODEL_TAG` (serve that version instead of production), `LLMSREC_BATCHING` (1: the
 adaptive batcher, the default; 0: none; bentoml: BentoML's own batcher, for comparison),
@@ -55,8 +55,8 @@ from pydantic import (
 )
 from pydantic_core import PydanticCustomError
 
-from components.registry import resolve_serving_tag
 from components.serving.batcher import GreedyBatcher
+from components.serving.registry import resolve_serving_tag
 
 logger = logging.getLogger(__name__)
 # `bentoml serve` configures handlers but leaves this logger at the root's WARNING: the startup line that
@@ -324,11 +324,11 @@ class LLMSRecScorer:
     def _load_or_fall_back(self, path: Path, load, **kwargs):
         """`load(path, tag)` the resolved version where the model runs; if it is refused (a damaged file: a
         PipelineError naming it), the versions that were production before it, newest first
-        (components/registry.py serving_candidates), so a damaged production version leaves the previous
+        (components/serving/registry.py serving_candidates), so a damaged production version leaves the previous
         champion serving instead of no service. `self.tag` becomes the version that loaded; every response
         names it. A pinned LLMSREC_MODEL_TAG has no fallback. Nothing loadable: the first refusal is raised."""
         from components.errors import PipelineError
-        from components.registry import get_model, serving_candidates
+        from components.serving.registry import get_model, serving_candidates
 
         try:
             return self._in_model_thread(load, path, self.tag, **kwargs)

@@ -9,12 +9,12 @@ from benchmarks.report import render
 
 def result(ndcg: float, hr: float) -> dict:
     m = {"ndcg@10": ndcg, "hr@10": hr, "ndcg@20": ndcg + 0.02, "hr@20": hr + 0.05, "n_users": 6040}
-    return {"popularity": {**m, "ndcg@10": 0.25}, "cfsrec": {**m, "full_catalogue": {**m, "ndcg@10": 0.1}},
-            "cfsrec_shuffled": {**m, "shuffle_drop": {"ndcg@10": 0.123}},
-            "seconds": {"ingest": 2.0, "pretrain_cfsrec": 600.0}, "epochs": 40, "seconds_per_epoch": 15.0,
-            "peak_rss_mb": 1234.5, "training": {"cfsrec": {"epochs": 40, "best_epoch": 35, "best_valid_ndcg@10": 0.61,
+    return {"popularity": {**m, "ndcg@10": 0.25}, "sasrec": {**m, "full_catalogue": {**m, "ndcg@10": 0.1}},
+            "sasrec_shuffled": {**m, "shuffle_drop": {"ndcg@10": 0.123}},
+            "seconds": {"ingest": 2.0, "pretrain_sasrec": 600.0}, "epochs": 40, "seconds_per_epoch": 15.0,
+            "peak_rss_mb": 1234.5, "training": {"sasrec": {"epochs": 40, "best_epoch": 35, "best_valid_ndcg@10": 0.61,
                                                           "stopped": "early stop", "resumed_after_epoch": 30,
-                                                          "train_seconds": 600}}, "params": {"cfsrec": {"loss": "ce", "max_len": 200}},
+                                                          "train_seconds": 600}}, "params": {"sasrec": {"loss": "ce", "max_len": 200}},
             "data": {"users": 6040, "items": 3416, "interactions": 999611}, "command": "python -m benchmarks.quality"}
 
 
@@ -26,8 +26,8 @@ def test_render_tables_from_results(tmp_path):
     (tmp_path / "quality_ml1m_2k.json").write_text(json.dumps(sub))
     doc = render(tmp_path)
     assert doc.count("| *target: Kang & McAuley SASRec* |") == 2  # not for the 2,000-user subsample
-    assert "| cfsrec | 0.6012 | 0.8311 | 0.6212 | 0.8811 | 6,040 | 0.1000 | 0.8311 |  |" in doc
-    assert "| cfsrec_shuffled |" in doc and "| 12.3% |" in doc
+    assert "| sasrec | 0.6012 | 0.8311 | 0.6212 | 0.8811 | 6,040 | 0.1000 | 0.8311 |  |" in doc
+    assert "| sasrec_shuffled |" in doc and "| 12.3% |" in doc
     assert "ndcg@10 +0.0107, hr@10 +0.0066; meets the issue's bar" in doc
     assert "ndcg@10 -0.0393, hr@10 -0.0234; does not meet" in doc
     assert "40 epochs at 15.0 s/epoch" in doc and "peak RSS 1,234 MB" in doc
@@ -72,7 +72,7 @@ def suite_file(model: str, ndcg: float, drop: float | None = None, **training) -
          "full_catalogue": {"ndcg@10": ndcg / 4, "hr@10": ndcg / 2}}
     r = {model: m, "training": {model: training}, "command": f"python -m benchmarks.quality --models {model}",
          "data": {"users": 3000, "items": 11000, "interactions": 26000, "evaluated_users": 3000},
-         "params": {"data": {"path": "/x/amazon2014-health", "max_users": 3000}, "cfsrec": {"batch_size": 128},
+         "params": {"data": {"path": "/x/amazon2014-health", "max_users": 3000}, "sasrec": {"batch_size": 128},
                     "distill": {"max_minutes": 8}, "llm": {"backbone": "smollm2-135m", "num_layers": 4}}}
     if drop is not None:
         r[f"{model}_shuffled"] = {**m, "shuffle_drop": {"ndcg@10": drop}}
@@ -82,10 +82,10 @@ def suite_file(model: str, ndcg: float, drop: float | None = None, **training) -
 def test_suite_table_marks_each_target(tmp_path):
     d = tmp_path / "suite" / "health"
     d.mkdir(parents=True)
-    sasrec = suite_file("cfsrec", 0.30, 0.5, epochs=10, train_seconds=120.0, stopped="early stop: no better")
-    sasrec["popularity"] = {**sasrec["cfsrec"], "ndcg@10": 0.10}
+    sasrec = suite_file("sasrec", 0.30, 0.5, epochs=10, train_seconds=120.0, stopped="early stop: no better")
+    sasrec["popularity"] = {**sasrec["sasrec"], "ndcg@10": 0.10}
     llm = {"dtype": "bfloat16", "steps": 200, "train_seconds": 480.0, "stopped_by": "max_minutes"}
-    files = {"sasrec": sasrec, "sasrec_len10": suite_file("cfsrec", 0.28, epochs=5, train_seconds=60.0),
+    files = {"sasrec": sasrec, "sasrec_len10": suite_file("sasrec", 0.28, epochs=5, train_seconds=60.0),
              "llmsrec_paper": suite_file("llmsrec", 0.318, 0.01, **llm),
              "llmsrec": suite_file("llmsrec", 0.32, 0.30, **llm),
              "llmsrec_no_distill_uniform": suite_file("llmsrec", 0.33, 0.2, **llm)}

@@ -7,12 +7,12 @@ import pandas as pd
 import pytest
 import torch
 
+from components.data.sequences import Prepared, right_aligned
 from components.errors import DataError
 from components.io import write_json, write_parquet
 from components.models import Popularity
-from components.prepare import mapping_hash
-from components.sequences import Prepared, right_aligned
-from components.training import TrainingSet
+from components.models.training import TrainingSet
+from components.stages.prepare import mapping_hash
 
 SEQS = {1: [1, 2, 3, 4, 5], 2: [6, 5, 4], 3: [2, 4, 6, 1, 3]}
 

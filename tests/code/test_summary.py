@@ -8,12 +8,12 @@ def test_shuffle_change_is_signed(tmp_path, capsys):
     write_json(tmp_path / "data_summary.json", {"users": 600, "items": 400, "interactions": 11861})
     write_json(tmp_path / "validation.json", {"rows_quarantined": {"interactions": 0, "items": 0}})
     write_json(tmp_path / "metrics.json", {
-        "cfsrec": {"ndcg@10": 0.6959}, "cfsrec_shuffled": {"ndcg@10": 0.137, "shuffle_drop": {"ndcg@10": 0.803}},
+        "sasrec": {"ndcg@10": 0.6959}, "sasrec_shuffled": {"ndcg@10": 0.137, "shuffle_drop": {"ndcg@10": 0.803}},
         # shuffling helped this one: its drop is negative, so the NDCG went up
         "llmsrec": {"ndcg@10": 0.0577}, "llmsrec_shuffled": {"ndcg@10": 0.0601, "shuffle_drop": {"ndcg@10": -0.043}},
         "popularity": {"ndcg@10": 0.1053}})
     main(["--reports", str(tmp_path)])
     line = next(s for s in capsys.readouterr().out.splitlines() if s.startswith("test NDCG@10"))
-    assert "cfsrec 0.6959 (shuffled -80.3%)" in line
+    assert "sasrec 0.6959 (shuffled -80.3%)" in line
     assert "llmsrec 0.0577 (shuffled +4.3%)" in line
     assert "popularity 0.1053" in line and "popularity 0.1053 (" not in line

@@ -25,14 +25,14 @@ import yaml
 from tests.conftest import make_workspace, venv_env
 from tests.dags.conftest import airflow_env
 
-DVC_STAGES = ["ingest", "validate", "prepare", "pretrain_cfsrec", "distill", "evaluate", "gate", "package"]
+DVC_STAGES = ["ingest", "validate", "prepare", "pretrain_sasrec", "distill", "evaluate", "gate", "package"]
 
 
 def small_params(llm_dir: Path) -> dict:
     return {
         "data": {"synthetic": {"num_users": 200, "num_items": 200, "num_topics": 12}},
         "eval": {"max_users": 32},
-        "cfsrec": {"epochs": 3, "hidden": 32, "num_blocks": 1, "threads": 1, "batch_size": 64},
+        "sasrec": {"epochs": 3, "hidden": 32, "num_blocks": 1, "threads": 1, "batch_size": 64},
         "llm": {"backbone": str(llm_dir), "dtype": "float32", "num_layers": None},  # the tiny LLM has 2 layers
         "distill": {"max_steps": 2, "batch_size": 8, "valid_users": 8, "eval_every": 1.0, "item_batch_size": 128},
         "evaluate": {"threads": 1},
@@ -71,7 +71,7 @@ class Workspace:
         """Through the landing CLI, as a producer would: hidden copy, rename, sentinel."""
         src = self.root.parent / name
         df.to_csv(src, index=False) if name.endswith(".csv") else df.to_json(src, orient="records", lines=True)
-        subprocess.run([sys.executable, "-m", "components.landing", "drop", str(src)], cwd=self.root, env=self.env,
+        subprocess.run([sys.executable, "-m", "components.data.landing", "drop", str(src)], cwd=self.root, env=self.env,
                        check=True, capture_output=True)
 
 
@@ -113,7 +113,7 @@ def test_retraining_dag_end_to_end(tmp_path, fresh_airflow_home, tiny_llm_dir):
     assert all(r1["summary"]["stages"][s]["ran"] for s in DVC_STAGES)
     champion = ws.registry()["production"]
     assert champion and champion == r1["summary"]["production_after"]
-    assert json.loads((root / "models" / "cfsrec" / "training.json").read_text())["warm_start"] is None
+    assert json.loads((root / "models" / "sasrec" / "training.json").read_text())["warm_start"] is None
     assert not (root / "models" / "warm_start").exists()  # the staged checkpoint is cleared after a run
 
     # 2. A new batch: accepted, warm start from the champion with the new items, a new production version.
@@ -125,7 +125,7 @@ def test_retraining_dag_end_to_end(tmp_path, fresh_airflow_home, tiny_llm_dir):
     batch_dirs = [p for p in (root / "data" / "batches").iterdir() if p.is_dir()]
     assert len(batch_dirs) == 1 and (batch_dirs[0] / "week_1.csv").is_file()
     assert not list((root / "data" / "incoming").glob("*.csv"))  # moved out of the landing zone
-    warm = json.loads((root / "models" / "cfsrec" / "training.json").read_text())["warm_start"]
+    warm = json.loads((root / "models" / "sasrec" / "training.json").read_text())["warm_start"]
     assert warm["staged"] and warm["matched_items"] > 100 and warm["new_items"] == 3, warm
     assert r2["summary"]["warm_start"]["champion"] == champion
     ingested = pd.read_parquet(root / "data" / "ingested" / "items.parquet")
@@ -150,7 +150,7 @@ def test_retraining_dag_end_to_end(tmp_path, fresh_airflow_home, tiny_llm_dir):
     assert ws.registry()["events"][-1]["action"] == "reject"
 
     # 4. A malformed batch and a re-sent copy of week_1: rejected at validation, duplicate dropped.
-    weights = (root / "models" / "cfsrec" / "model.safetensors").read_bytes()
+    weights = (root / "models" / "sasrec" / "model.safetensors").read_bytes()
     ws.drop("week_2.csv", malformed_batch())
     ws.drop("week_1_again.csv", new_batch(root))
     r4 = ws.run_dag()
@@ -168,5 +168,5 @@ def test_retraining_dag_end_to_end(tmp_path, fresh_airflow_home, tiny_llm_dir):
     assert len(quarantined) == 20 and quarantined["reason"].str.len().gt(0).all()
     assert "ERROR [landing]" in r4["log"] and "week_2.csv" in r4["log"]  # the task log says why
     assert ws.registry()["production"] == new_champion
-    assert (root / "models" / "cfsrec" / "model.safetensors").read_bytes() == weights
+    assert (root / "models" / "sasrec" / "model.safetensors").read_bytes() == weights
     assert len([p for p in (root / "data" / "batches").iterdir() if p.is_dir()]) == 1

@@ -40,9 +40,9 @@ def test_tasks_are_the_dvc_stages_plus_orchestration(dag):
 def test_edges_follow_dvc_deps_and_outs(dag):
     up = {t.task_id: set(t.upstream_task_ids) for t in dag.tasks}
     assert up["ingest"] == {"prepare_warm_start"} and up["prepare_warm_start"] == {"ingest_batches"}
-    assert "ingest" in up["validate"] and "validate" in up["prepare"] and "prepare" in up["pretrain_cfsrec"]
-    assert {"pretrain_cfsrec", "prepare"} <= up["distill"]
-    assert {"distill", "pretrain_cfsrec"} <= up["evaluate"]
+    assert "ingest" in up["validate"] and "validate" in up["prepare"] and "prepare" in up["pretrain_sasrec"]
+    assert {"pretrain_sasrec", "prepare"} <= up["distill"]
+    assert {"distill", "pretrain_sasrec"} <= up["evaluate"]
     if "gate" in up:  # issue 5's stages: the branch sits between the gate and what the gate releases
         assert up["check_gate"] == {"gate"}
         assert "check_gate" in up["package"] and up["reload_serving"] == {"package"}

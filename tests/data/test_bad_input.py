@@ -7,7 +7,7 @@ import pytest
 
 from components.data.sources import load_source
 from components.errors import ConfigError, DataError
-from components.ingest import main as ingest_main
+from components.stages.ingest import main as ingest_main
 
 GOOD_ITEMS = "item_id\ttitle\nA\tAlpha\nB\tBeta\n"
 

@@ -23,9 +23,9 @@ import pandas as pd
 import pytest
 import yaml
 
-from components.ingest import main as ingest_main
-from components.registry import production_tag
-from components.validate import main as validate_main
+from components.serving.registry import production_tag
+from components.stages.ingest import main as ingest_main
+from components.stages.validate import main as validate_main
 
 CORPUS = Path(__file__).parent / "bad_inputs"
 CASES = sorted(p.name for p in CORPUS.iterdir() if (p / "expect.yaml").is_file())
@@ -66,7 +66,7 @@ def tree_digest(root: Path) -> dict[str, str]:
 @pytest.fixture(scope="module")
 def production_store(promoted_home, monkeypatch_module):
     """A real model store with the fixture LLM-SRec package in production, as the stages would see it."""
-    from components.registry import production_tag
+    from components.serving.registry import production_tag
 
     monkeypatch_module.setenv("BENTOML_HOME", str(promoted_home))
     assert production_tag(promoted_home)

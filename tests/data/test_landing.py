@@ -10,7 +10,7 @@ import pandas as pd
 import pytest
 
 from components.data.batches import accepted_batches, merge_batches, read_batch
-from components.landing import Paths, drop, is_candidate, land
+from components.data.landing import Paths, drop, is_candidate, land
 
 PARAMS = {"validate": {"max_bad_fraction": 0.05}}
 

@@ -5,8 +5,8 @@ from __future__ import annotations
 import pytest
 
 from components.data.sources import load_source
-from components.prepare import prepare
-from components.validate import validate
+from components.stages.prepare import prepare
+from components.stages.validate import validate
 from tests.conftest import shared_dataset
 
 

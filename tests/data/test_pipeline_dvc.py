@@ -18,7 +18,7 @@ DVC = [sys.executable, "-m", "dvc"]
 SMALL = {
     "data": {"synthetic": {"num_users": 300, "num_items": 200, "num_topics": 12}},
     "eval": {"max_users": 40},
-    "cfsrec": {"epochs": 3},
+    "sasrec": {"epochs": 3},
     "distill": {"max_steps": 2, "batch_size": 8, "valid_users": 8, "eval_every": 1.0},
 }
 
@@ -30,7 +30,7 @@ def test_dvc_repro_fresh_clone_then_noop(tmp_path):
     env["BENTOML_HOME"] = str(tmp_path / "bentoml")  # an empty store: this run's model is the first
     first = subprocess.run(DVC + ["repro"], cwd=ws, env=env, capture_output=True, text=True, timeout=1200)
     assert first.returncode == 0, first.stdout + first.stderr
-    for stage in ("ingest", "validate", "prepare", "pretrain_cfsrec", "distill", "evaluate", "gate", "package"):
+    for stage in ("ingest", "validate", "prepare", "pretrain_sasrec", "distill", "evaluate", "gate", "package"):
         assert f"Running stage '{stage}'" in first.stdout
     # Two distillation steps leave LLM-SRec near chance, so the default gate rejects it; with nothing in
     # production it is promoted anyway, as provisional (gate.first_model), into the empty test store.
@@ -45,7 +45,7 @@ def test_dvc_repro_fresh_clone_then_noop(tmp_path):
     assert summary["users"] == 300 and summary["items"] <= 200 and summary["interactions"] > 300 * 5
     assert len(pd.read_parquet(ws / "data" / "prepared" / "candidates.parquet")) == 2 * 40
     metrics = json.loads((ws / "reports" / "metrics.json").read_text())
-    for key in ("popularity", "cfsrec", "cfsrec_shuffled", "llmsrec", "llmsrec_shuffled"):
+    for key in ("popularity", "sasrec", "sasrec_shuffled", "llmsrec", "llmsrec_shuffled"):
         assert metrics[key]["n_users"] == 40 and 0 <= metrics[key]["ndcg@10"] <= 1
     assert {p.name for p in (ws / "models" / "llmsrec").iterdir()} >= {"adapters.safetensors", "item_table.safetensors"}
     assert (ws / "reports" / "data_docs" / "index.html").is_file()

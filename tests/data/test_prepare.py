@@ -9,7 +9,7 @@ import pytest
 from components.data.preprocess import chronological, kcore
 from components.data.sources.synthetic import SyntheticConfig, generate
 from components.errors import ConfigError
-from components.prepare import prepare
+from components.stages.prepare import prepare
 
 
 @pytest.fixture(scope="module")

@@ -165,7 +165,7 @@ def test_synthetic_is_seeded_readable_and_chronological():
 def test_synthetic_order_matters():
     """On the default synthetic data a first-order sequential model must clearly beat popularity, and
     shuffling a history must hurt it: the property that makes the default a fair test of LLM-SRec."""
-    from components.prepare import prepare
+    from components.stages.prepare import prepare
 
     inter, items = generate(SyntheticConfig(), seed=42)
     out = prepare(inter, items, {}, {}, seed=42)

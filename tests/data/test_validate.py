@@ -8,9 +8,9 @@ import json
 import pandas as pd
 import pytest
 
-from components.ingest import main as ingest_main
-from components.validate import main as validate_main
-from components.validate import validate
+from components.stages.ingest import main as ingest_main
+from components.stages.validate import main as validate_main
+from components.stages.validate import validate
 
 GOOD_ROWS = [(f"u{u}", f"I{i}", 1_600_000_000 + 3600 * (u * 10 + i)) for u in range(10) for i in range(6)]
 

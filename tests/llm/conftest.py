@@ -8,7 +8,7 @@ import torch
 
 from components.data.sources.synthetic import SyntheticConfig, generate
 from components.io import write_json, write_parquet
-from components.prepare import prepare
+from components.stages.prepare import prepare
 
 
 @pytest.fixture(autouse=True)
@@ -60,8 +60,8 @@ def prepared_dir(tmp_path_factory):
 
 @pytest.fixture(scope="session")
 def teacher(prepared_dir):
+    from components.data.sequences import Prepared
     from components.models.sasrec import SASRec, SASRecConfig
-    from components.sequences import Prepared
 
     data = Prepared.load(prepared_dir)
     torch.manual_seed(0)

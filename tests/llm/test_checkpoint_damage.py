@@ -12,10 +12,10 @@ import pytest
 import torch
 from safetensors.torch import load_file, save_file
 
-from components.distill import DistillOptions, build_model
+from components.data.sequences import Prepared
 from components.errors import CheckpointError, DataError
 from components.llm.model import LLMSRec, LLMSRecConfig
-from components.sequences import Prepared
+from components.stages.distill import DistillOptions, build_model
 from tests.conftest import edit_config, garble, truncate
 
 
@@ -33,7 +33,7 @@ def saved(prepared_dir, teacher, tiny_backbone, tmp_path_factory):
 def narrower_adapters(model: LLMSRec):
     """Adapters of the same model with another f_user/f_item width (proj_hidden 64, not 2048)."""
     def swap(path: Path) -> None:
-        other = LLMSRec(LLMSRecConfig(backbone=model.config.backbone, proj_hidden=64), model.cfsrec, model.backbone,
+        other = LLMSRec(LLMSRecConfig(backbone=model.config.backbone, proj_hidden=64), model.sasrec, model.backbone,
                         model.prompts.titles, model.item_ids, model.item_mapping_hash)
         save_file({k: v.contiguous() for k, v in other.adapters.state_dict().items()}, str(path))
     return swap
@@ -76,7 +76,7 @@ def test_damaged_llmsrec_checkpoint_names_the_file_and_the_fix(saved, tmp_path, 
     ckpt = Path(shutil.copytree(original, tmp_path / "ckpt"))
     (spoil or narrower_adapters(model))(ckpt / name)
     with pytest.raises(CheckpointError, match=says) as caught:
-        LLMSRec.load(ckpt, cfsrec=model.cfsrec, backbone=model.backbone)
+        LLMSRec.load(ckpt, sasrec=model.sasrec, backbone=model.backbone)
     err = caught.value
     assert isinstance(err, DataError) and err.subject == str(ckpt / name) and "Fix:" in str(err)
     assert err.__cause__ is None and (err.__context__ is None or err.__suppress_context__)  # no library traceback
@@ -86,14 +86,14 @@ def test_a_damaged_teacher_is_named_too(saved, tmp_path):
     """LLM-SRec finds its SASRec teacher by path: a truncated teacher is the teacher's file's error."""
     model, original = saved
     ckpt = Path(shutil.copytree(original, tmp_path / "ckpt"))
-    teacher = model.cfsrec.save(tmp_path / "cfsrec")
+    teacher = model.sasrec.save(tmp_path / "sasrec")
     truncate(teacher / "model.safetensors")
     with pytest.raises(CheckpointError, match="model.safetensors.*truncated or damaged"):
-        LLMSRec.load(ckpt, backbone=model.backbone, cfsrec_dir=teacher)
+        LLMSRec.load(ckpt, backbone=model.backbone, sasrec_dir=teacher)
 
 
 def test_the_undamaged_checkpoint_still_loads(saved):
     model, original = saved
-    loaded = LLMSRec.load(original, cfsrec=model.cfsrec, backbone=model.backbone)
+    loaded = LLMSRec.load(original, sasrec=model.sasrec, backbone=model.backbone)
     torch.testing.assert_close(loaded.item_table, model.item_table)
     assert all(torch.equal(loaded.adapters.state_dict()[k], v) for k, v in model.adapters.state_dict().items())

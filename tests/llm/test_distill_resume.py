@@ -30,7 +30,7 @@ def test_kill_9_then_restart_resumes_and_ends_where_an_uninterrupted_run_ends(tm
     for name in ("killed", "reference"):
         ws = tmp_path / name
         shutil.copytree(prepared_dir, ws / "data" / "prepared")
-        teacher.save(ws / "models" / "cfsrec")
+        teacher.save(ws / "models" / "sasrec")
         (ws / "params.yaml").write_text(yaml.safe_dump(params))
         workspaces.append(ws)
     ws, ref = workspaces

@@ -8,11 +8,11 @@ import numpy as np
 import pytest
 import torch
 
-from components.distill import DistillOptions, Examples, build_model, fit
+from components.data.sequences import Prepared
 from components.errors import ConfigError
 from components.llm.model import LLMSRec
 from components.llm.prompts import LAYOUTS
-from components.sequences import Prepared
+from components.stages.distill import DistillOptions, Examples, build_model, fit
 
 
 @pytest.fixture
@@ -69,7 +69,7 @@ def test_a_batch_gives_each_row_what_it_gives_alone(data, teacher, tiny_backbone
 
 def test_gradients_reach_only_adapters_and_llm_stays_bit_identical(model, data):
     llm_before = {k: v.clone() for k, v in model.backbone.model.state_dict().items()}
-    teacher_before = {k: v.clone() for k, v in model.cfsrec.state_dict().items()}
+    teacher_before = {k: v.clone() for k, v in model.sasrec.state_dict().items()}
     batch = Examples(data, window=20, seed=0).batch(np.arange(8), 3, shuffle=False)
     model.loss(batch).backward()
     trainable = {n for n, p in model.named_parameters() if p.requires_grad}
@@ -77,11 +77,11 @@ def test_gradients_reach_only_adapters_and_llm_stays_bit_identical(model, data):
     assert model.adapters.user_token.grad is not None and model.adapters.item_token.grad is not None
     assert model.adapters.f_I[0].weight.grad.abs().sum() > 0  # through the LLM back to the injection
     assert all(p.grad is None for p in model.backbone.model.parameters())
-    assert all(p.grad is None for p in model.cfsrec.parameters())
+    assert all(p.grad is None for p in model.sasrec.parameters())
     fit(model, data, DistillOptions(max_steps=3, eval_every=1.0, valid_users=10, epochs=1), seed=0, log=lambda *_: None)
     for k, v in model.backbone.model.state_dict().items():
         assert torch.equal(v, llm_before[k]), k
-    for k, v in model.cfsrec.state_dict().items():
+    for k, v in model.sasrec.state_dict().items():
         assert torch.equal(v, teacher_before[k]), k
 
 
@@ -120,7 +120,7 @@ def test_checkpoint_round_trip_saves_only_trained_parts(model, data, tmp_path):
     model.save(tmp_path / "ckpt")
     files = {p.name for p in (tmp_path / "ckpt").iterdir()}
     assert files == {"adapters.safetensors", "config.json", "item_table.safetensors", "titles.json", "item_ids.json"}
-    loaded = LLMSRec.load(tmp_path / "ckpt", cfsrec=model.cfsrec, backbone=model.backbone)
+    loaded = LLMSRec.load(tmp_path / "ckpt", sasrec=model.sasrec, backbone=model.backbone)
     torch.testing.assert_close(loaded.item_table, model.item_table)
     for k, v in model.adapters.state_dict().items():
         assert torch.equal(loaded.adapters.state_dict()[k], v)
@@ -158,7 +158,7 @@ def test_wrong_teacher_is_refused(model, data, tmp_path, teacher):
     with torch.no_grad():
         other.item_emb.weight.add_(1.0)
     with pytest.raises(DataError, match="not the one LLM-SRec was distilled from"):
-        LLMSRec.load(tmp_path / "ckpt", cfsrec=other, backbone=model.backbone)
+        LLMSRec.load(tmp_path / "ckpt", sasrec=other, backbone=model.backbone)
 
 
 def test_nan_loss_names_the_step(model, data):
@@ -230,7 +230,7 @@ def test_frozen_text_cache_stays_within_its_bound(data, teacher, tiny_backbone, 
 
 def test_teacher_stays_in_eval_mode_while_training(model, data):
     model.train()
-    assert model.adapters.training and not model.cfsrec.training
+    assert model.adapters.training and not model.sasrec.training
     batch = Examples(data, window=20, seed=0).batch(np.arange(6), 3, shuffle=False)
     with torch.no_grad():
         a = model.loss_terms(batch)["distill"]
@@ -316,7 +316,7 @@ def test_first_layers_only(data, teacher, tiny_backbone, titles, tmp_path):
     m.eval()
     m.build_item_table(32)
     m.save(tmp_path / "ckpt")
-    loaded = LLMSRec.load(tmp_path / "ckpt", cfsrec=m.cfsrec, backbone=tiny_backbone)  # given the whole LLM
+    loaded = LLMSRec.load(tmp_path / "ckpt", sasrec=m.sasrec, backbone=tiny_backbone)  # given the whole LLM
     assert loaded.backbone.num_layers == 1
     hist = data.histories("test", np.arange(4), 10)
     with torch.no_grad():

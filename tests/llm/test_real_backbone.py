@@ -8,10 +8,10 @@ import numpy as np
 import pytest
 import torch
 
-from components.distill import DistillOptions, build_model, fit
+from components.data.sequences import Prepared
 from components.errors import ConfigError
 from components.llm.backbone import load_backbone
-from components.sequences import Prepared
+from components.stages.distill import DistillOptions, build_model, fit
 
 
 @pytest.mark.real_llm

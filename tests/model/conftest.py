@@ -12,16 +12,16 @@ import pytest
 import torch
 import yaml
 
-from components import prepare
+from components.data.sequences import Prepared
 from components.data.sources.synthetic import SyntheticConfig, generate
 from components.io import write_parquet
-from components.sequences import Prepared
+from components.stages import prepare
 
 REPO = Path(__file__).resolve().parents[2]
 
 
 # A config small enough to train in seconds on one core, big enough to learn the synthetic order.
-TINY_CFSREC = {"hidden": 32, "num_blocks": 2, "num_heads": 1, "dropout": 0.1, "max_len": 32, "lr": 0.005,
+TINY_SASREC = {"hidden": 32, "num_blocks": 2, "num_heads": 1, "dropout": 0.1, "max_len": 32, "lr": 0.005,
                "batch_size": 64, "loss": "ce", "epochs": 20, "eval_every": 1, "patience": 3,
                "warm_start_from": None, "warm_start_mismatch": "error", "seed": None, "threads": 1}
 
@@ -63,11 +63,11 @@ def prepared(prepared_dir) -> Prepared:
     return Prepared.load(prepared_dir)
 
 
-def write_params(path: Path, **cfsrec) -> Path:
+def write_params(path: Path, **sasrec) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(yaml.safe_dump({
-        "seed": 11, "cfsrec": {**TINY_CFSREC, **cfsrec},
-        "evaluate": {"models": ["popularity", "cfsrec"], "shuffle": ["cfsrec"], "full_catalogue": True,
+        "seed": 11, "sasrec": {**TINY_SASREC, **sasrec},
+        "evaluate": {"models": ["popularity", "sasrec"], "shuffle": ["sasrec"], "full_catalogue": True,
                      "shuffle_seed": None, "batch_size": 256, "threads": 1}}))
     return path
 

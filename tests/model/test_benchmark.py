@@ -24,35 +24,35 @@ def test_quality_benchmark_runs_the_real_stages(tmp_path):
     items[["item_id", "title"]].rename(columns={"item_id": "movie_id"}).to_csv(data / "items.tsv", sep="\t",
                                                                                  index=False)
     out = tmp_path / "results.json"
-    cmd = [sys.executable, "-m", "benchmarks.quality", "--models", "popularity,cfsrec", "--source", "files",
+    cmd = [sys.executable, "-m", "benchmarks.quality", "--models", "popularity,sasrec", "--source", "files",
            "--path", str(data), "--column", "item_id=movie_id", "--max-users", "150",
-           "--set", "cfsrec.epochs=2", "--set", "cfsrec.hidden=16", "--set", "cfsrec.threads=1",
+           "--set", "sasrec.epochs=2", "--set", "sasrec.hidden=16", "--set", "sasrec.threads=1",
            "--workdir", str(tmp_path / "ws"), "--out", str(out)]
     run = subprocess.run(cmd, cwd=REPO, env=subprocess_env(), capture_output=True, text=True, timeout=600)
     assert run.returncode == 0, run.stdout[-2000:] + run.stderr[-2000:]
     res = json.loads(out.read_text())
-    for key in ("popularity", "cfsrec", "cfsrec_shuffled"):
+    for key in ("popularity", "sasrec", "sasrec_shuffled"):
         assert {"ndcg@10", "hr@10", "ndcg@20", "hr@20", "n_users"} <= set(res[key])
         assert res[key]["n_users"] == 150
-    assert list(res["seconds"]) == ["ingest", "validate", "prepare", "pretrain_cfsrec", "evaluate"]
+    assert list(res["seconds"]) == ["ingest", "validate", "prepare", "pretrain_sasrec", "evaluate"]
     assert all(s > 0 for s in res["seconds"].values())
     assert res["epochs"] == 2 and res["seconds_per_epoch"] > 0 and res["median_seconds_per_epoch"] > 0
     assert 50 < res["peak_rss_mb"] < 8000
-    assert res["params"]["data"]["columns"] == {"item_id": "movie_id"} and res["params"]["cfsrec"]["hidden"] == 16
+    assert res["params"]["data"]["columns"] == {"item_id": "movie_id"} and res["params"]["sasrec"]["hidden"] == 16
     # It really ran on the given files: the scratch workspace's prepared items are those movie ids.
     prepared = pd.read_parquet(tmp_path / "ws" / "data" / "prepared" / "items.parquet")
     assert set(prepared["item_id"]) <= set(items["item_id"])
-    assert "cfsrec" in run.stdout and "peak RSS" in run.stdout
+    assert "sasrec" in run.stdout and "peak RSS" in run.stdout
 
     # --resume keeps the stages whose command and params are unchanged (how a GPU worker continues a
     # CPU run) and reruns the changed stage and everything after it.
-    again = subprocess.run([*cmd[:-4], "--set", "cfsrec.epochs=3", "--workdir", str(tmp_path / "ws"), "--resume",
+    again = subprocess.run([*cmd[:-4], "--set", "sasrec.epochs=3", "--workdir", str(tmp_path / "ws"), "--resume",
                             "--out", str(out)], cwd=REPO, env=subprocess_env(), capture_output=True, text=True,
                            timeout=600)
     assert again.returncode == 0, again.stdout[-2000:] + again.stderr[-2000:]
     res2 = json.loads(out.read_text())
     assert all(res2["seconds"][s] == res["seconds"][s] for s in ("ingest", "validate", "prepare"))
-    assert "== prepare: kept from" in again.stdout and "== pretrain_cfsrec: python" in again.stdout
+    assert "== prepare: kept from" in again.stdout and "== pretrain_sasrec: python" in again.stdout
     assert res2["epochs"] == 3 and set(res2["machine_per_stage"]) == set(res2["seconds"])
 
 

@@ -104,7 +104,7 @@ def test_bce_loss_uses_positive_and_sampled_negative():
 
 
 def test_bad_config_is_a_config_error():
-    with pytest.raises(ConfigError, match="cfsrec.loss"):
+    with pytest.raises(ConfigError, match="sasrec.loss"):
         model(loss="hinge")
     with pytest.raises(ConfigError, match="num_heads"):
         model(hidden=10, num_heads=3)

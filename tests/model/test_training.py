@@ -11,16 +11,16 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from components import evaluate as evaluate_stage
-from components import train_cfsrec
+from components.data.sequences import Prepared
 from components.errors import ConfigError
-from components.evaluate import BUILDERS, evaluate
 from components.models import SASRec, SASRecConfig, load_checkpoint
-from components.sequences import Prepared
-from components.train_cfsrec import train, warm_start
-from components.training import TrainOptions
+from components.models.training import TrainOptions
+from components.stages import evaluate as evaluate_stage
+from components.stages import pretrain_sasrec
+from components.stages.evaluate import BUILDERS, evaluate
+from components.stages.pretrain_sasrec import train, warm_start
 from tests.model.conftest import (
-    TINY_CFSREC,
+    TINY_SASREC,
     kill_stage_when,
     make_prepared,
     run_stage,
@@ -35,28 +35,28 @@ def quiet(_: str) -> None:
 
 @pytest.fixture(scope="module")
 def trained(prepared_dir):
-    model, result, summary = train({"seed": 3, "cfsrec": TINY_CFSREC}, prepared_dir, None, log=quiet)
+    model, result, summary = train({"seed": 3, "sasrec": TINY_SASREC}, prepared_dir, None, log=quiet)
     return model, result, summary
 
 
 def test_sasrec_beats_popularity_and_needs_the_order(trained, prepared):
     model, result, _ = trained
-    metrics, per_user = evaluate(prepared, {"popularity": BUILDERS["popularity"](prepared), "cfsrec": model},
-                                 ["cfsrec"], seed=5, log=quiet)
-    pop, sas, shuf = metrics["popularity"], metrics["cfsrec"], metrics["cfsrec_shuffled"]
+    metrics, per_user = evaluate(prepared, {"popularity": BUILDERS["popularity"](prepared), "sasrec": model},
+                                 ["sasrec"], seed=5, log=quiet)
+    pop, sas, shuf = metrics["popularity"], metrics["sasrec"], metrics["sasrec_shuffled"]
     assert sas["ndcg@10"] > 2 * pop["ndcg@10"] and sas["ndcg@10"] - pop["ndcg@10"] > 0.2, metrics
     assert sas["full_catalogue"]["ndcg@10"] > 2 * pop["full_catalogue"]["ndcg@10"]
     assert shuf["shuffle_drop"]["ndcg@10"] > 0.1, shuf  # the synthetic data is order-dependent
     assert shuf["ndcg@10"] == pytest.approx(sas["ndcg@10"] * (1 - shuf["shuffle_drop"]["ndcg@10"]), abs=1e-5)
     losses = [r["loss"] for r in result.progress.curve]
     assert losses[-1] < 0.9 * losses[0]
-    assert set(per_user["model"]) == {"popularity", "cfsrec", "cfsrec_shuffled"}
+    assert set(per_user["model"]) == {"popularity", "sasrec", "sasrec_shuffled"}
     assert len(per_user) == 3 * sas["n_users"]
-    assert per_user.loc[per_user["model"] == "cfsrec", "ndcg@10"].mean() == pytest.approx(sas["ndcg@10"], abs=1e-6)
+    assert per_user.loc[per_user["model"] == "sasrec", "ndcg@10"].mean() == pytest.approx(sas["ndcg@10"], abs=1e-6)
 
 
 def test_best_checkpoint_is_kept(trained, prepared):
-    from components.training import validation_ndcg
+    from components.models.training import validation_ndcg
 
     model, result, summary = trained
     curve = result.progress.curve
@@ -85,39 +85,39 @@ def test_kill_9_then_restart_continues_at_the_next_epoch(tmp_path, prepared_dir)
         write_params(ws / "params.yaml", **cfg)
         workspaces.append(ws)
     ws, ref = workspaces
-    state_root = ws / "models" / ".resume" / "pretrain_cfsrec"
+    state_root = ws / "models" / ".resume" / "pretrain_sasrec"
 
-    kill_stage_when("pretrain_cfsrec", ws, lambda: _state_epoch(state_root) >= 3, timeout=120)
+    kill_stage_when("pretrain_sasrec", ws, lambda: _state_epoch(state_root) >= 3, timeout=120)
     k = _state_epoch(state_root)
     assert 3 <= k < 40, f"the run was not interrupted mid-way (epoch {k})"
-    assert not (ws / "models" / "cfsrec" / "config.json").exists()
+    assert not (ws / "models" / "sasrec" / "config.json").exists()
 
-    for out in stage_outs("pretrain_cfsrec"):  # what DVC does before re-running the stage
+    for out in stage_outs("pretrain_sasrec"):  # what DVC does before re-running the stage
         shutil.rmtree(ws / out, ignore_errors=True)
-    second = run_stage("pretrain_cfsrec", ws)
+    second = run_stage("pretrain_sasrec", ws)
     assert second.returncode == 0, second.stderr
     assert f"resuming after epoch {k} " in second.stdout
     assert f"epoch {k}: " not in second.stdout and f"epoch {k + 1}: " in second.stdout  # k+1 is the first run
-    curve = json.loads((ws / "reports" / "cfsrec_curve.json").read_text())
+    curve = json.loads((ws / "reports" / "sasrec_curve.json").read_text())
     assert [r["epoch"] for r in curve] == list(range(1, 41))  # the curve before the kill is kept
-    summary = json.loads((ws / "reports" / "cfsrec_train.json").read_text())
+    summary = json.loads((ws / "reports" / "sasrec_train.json").read_text())
     assert summary["resumed_after_epoch"] == k and summary["epochs"] == 40
     assert not list(state_root.glob("*/state.json"))  # finished: the resume state is gone
 
     # The resumed run ends exactly where an uninterrupted run ends.
-    full = run_stage("pretrain_cfsrec", ref)
+    full = run_stage("pretrain_sasrec", ref)
     assert full.returncode == 0, full.stderr
-    a = load_file(str(ws / "models" / "cfsrec" / "model.safetensors"))
-    b = load_file(str(ref / "models" / "cfsrec" / "model.safetensors"))
+    a = load_file(str(ws / "models" / "sasrec" / "model.safetensors"))
+    b = load_file(str(ref / "models" / "sasrec" / "model.safetensors"))
     assert all(torch.equal(a[key], b[key]) for key in b)
-    ref_curve = json.loads((ref / "reports" / "cfsrec_curve.json").read_text())
+    ref_curve = json.loads((ref / "reports" / "sasrec_curve.json").read_text())
     assert [r["loss"] for r in curve] == [r["loss"] for r in ref_curve]
 
     # And evaluate, through dvc.yaml's command, writes the metrics contract.
     ev = run_stage("evaluate", ws)
     assert ev.returncode == 0, ev.stderr
     metrics = json.loads((ws / "reports" / "metrics.json").read_text())
-    assert set(metrics) == {"popularity", "cfsrec", "cfsrec_shuffled"}
+    assert set(metrics) == {"popularity", "sasrec", "sasrec_shuffled"}
     for m in metrics.values():
         assert {"ndcg@10", "hr@10", "ndcg@20", "hr@20", "n_users"} <= set(m)
         assert 0 <= m["ndcg@10"] <= m["hr@10"] <= 1 and m["n_users"] == 400
@@ -129,11 +129,11 @@ def test_nan_loss_stops_naming_epoch_and_step(tmp_path, prepared_dir, capsys):
     argv = ["--params", str(params), "--prepared", str(prepared_dir), "--out", str(tmp_path / "m"),
             "--curve", str(tmp_path / "c.json"), "--summary", str(tmp_path / "s.json")]
     with pytest.raises(SystemExit) as exit_info:
-        train_cfsrec.main(argv)
+        pretrain_sasrec.main(argv)
     assert exit_info.value.code == 1
     err = capsys.readouterr().err
-    assert "ERROR [pretrain_cfsrec] cfsrec.lr: the training loss became nan at epoch 1, step 2 of 7" in err
-    assert "lower cfsrec.lr" in err
+    assert "ERROR [pretrain_sasrec] sasrec.lr: the training loss became nan at epoch 1, step 2 of 7" in err
+    assert "lower sasrec.lr" in err
     assert not (tmp_path / "m").exists()
 
 
@@ -148,7 +148,7 @@ def test_warm_start_keeps_known_items_and_starts_new_ones_fresh(trained, tmp_pat
     old.save(tmp_path / "old")
     data = Prepared.load(grown)
     torch.manual_seed(0)
-    fresh = SASRec(SASRecConfig.from_params(TINY_CFSREC), data.item_ids, data.item_mapping_hash)
+    fresh = SASRec(SASRecConfig.from_params(TINY_SASREC), data.item_ids, data.item_mapping_hash)
     warm = copy.deepcopy(fresh)
     report = warm_start(warm, tmp_path / "old")
 
@@ -166,9 +166,9 @@ def test_warm_start_keeps_known_items_and_starts_new_ones_fresh(trained, tmp_pat
 def test_warm_start_through_training_starts_ahead(trained, tmp_path, grown):
     old, _, _ = trained
     old.save(tmp_path / "old")
-    base = {**TINY_CFSREC, "epochs": 1}
-    _, _, cold = train({"seed": 3, "cfsrec": base}, grown, None, log=quiet)
-    _, _, warm = train({"seed": 3, "cfsrec": {**base, "warm_start_from": str(tmp_path / "old")}}, grown, None,
+    base = {**TINY_SASREC, "epochs": 1}
+    _, _, cold = train({"seed": 3, "sasrec": base}, grown, None, log=quiet)
+    _, _, warm = train({"seed": 3, "sasrec": {**base, "warm_start_from": str(tmp_path / "old")}}, grown, None,
                        log=quiet)
     assert warm["warm_start"]["matched_items"] > 150
     assert warm["initial_valid_ndcg@10"] > cold["initial_valid_ndcg@10"] + 0.2, (warm, cold)
@@ -177,10 +177,10 @@ def test_warm_start_through_training_starts_ahead(trained, tmp_path, grown):
 def test_incompatible_warm_start_errors_or_retrains_when_configured(trained, tmp_path, prepared_dir):
     old, _, _ = trained
     old.save(tmp_path / "old")
-    cfg = {**TINY_CFSREC, "hidden": 24, "epochs": 1, "warm_start_from": str(tmp_path / "old")}
+    cfg = {**TINY_SASREC, "hidden": 24, "epochs": 1, "warm_start_from": str(tmp_path / "old")}
     with pytest.raises(ConfigError, match=r"hidden 32 vs 24.*warm_start_mismatch: fresh"):
-        train({"seed": 3, "cfsrec": cfg}, prepared_dir, None, log=quiet)
-    _, _, summary = train({"seed": 3, "cfsrec": {**cfg, "warm_start_mismatch": "fresh"}}, prepared_dir, None,
+        train({"seed": 3, "sasrec": cfg}, prepared_dir, None, log=quiet)
+    _, _, summary = train({"seed": 3, "sasrec": {**cfg, "warm_start_mismatch": "fresh"}}, prepared_dir, None,
                           log=quiet)
     assert "hidden 32 vs 24" in summary["warm_start"]["skipped"] and summary["epochs"] == 1
 
@@ -191,7 +191,7 @@ def test_evaluate_refuses_a_checkpoint_from_other_data(trained, tmp_path, grown,
     params = write_params(tmp_path / "params.yaml")
     with pytest.raises(SystemExit) as exit_info:
         evaluate_stage.main(["--params", str(params), "--prepared", str(grown), "--checkpoint",
-                             f"cfsrec={tmp_path / 'old'}", "--metrics", str(tmp_path / "m.json"),
+                             f"sasrec={tmp_path / 'old'}", "--metrics", str(tmp_path / "m.json"),
                              "--per-user", str(tmp_path / "u.parquet")])
     assert exit_info.value.code == 1
     err = capsys.readouterr().err
@@ -212,25 +212,25 @@ def test_checkpoint_from_the_stage_reloads_with_identical_scores(trained, tmp_pa
 
 def test_resume_key_allows_extending_a_run_but_not_changing_what_shapes_the_weights(tmp_path, prepared_dir):
     state = tmp_path / "state"
-    base = {**TINY_CFSREC, "hidden": 16, "epochs": 2}
-    _, first, _ = train({"seed": 3, "cfsrec": base}, prepared_dir, state, log=quiet)  # fit() leaves its state
+    base = {**TINY_SASREC, "hidden": 16, "epochs": 2}
+    _, first, _ = train({"seed": 3, "sasrec": base}, prepared_dir, state, log=quiet)  # fit() leaves its state
     assert first.resumed_from == 0
     lines: list[str] = []
-    _, longer, summary = train({"seed": 3, "cfsrec": {**base, "epochs": 4, "patience": 9}}, prepared_dir, state,
+    _, longer, summary = train({"seed": 3, "sasrec": {**base, "epochs": 4, "patience": 9}}, prepared_dir, state,
                                log=lines.append)
     assert longer.resumed_from == 2 and any(line.startswith("resuming after epoch 2 ") for line in lines)
     assert [r["epoch"] for r in longer.progress.curve] == [1, 2, 3, 4]
     assert longer.progress.curve[:2] == first.progress.curve
-    _, other_lr, _ = train({"seed": 3, "cfsrec": {**base, "lr": 0.004}}, prepared_dir, state, log=quiet)
+    _, other_lr, _ = train({"seed": 3, "sasrec": {**base, "lr": 0.004}}, prepared_dir, state, log=quiet)
     assert other_lr.resumed_from == 0
-    _, other_seed, _ = train({"seed": 4, "cfsrec": base}, prepared_dir, state, log=quiet)
+    _, other_seed, _ = train({"seed": 4, "sasrec": base}, prepared_dir, state, log=quiet)
     assert other_seed.resumed_from == 0
 
 
 def test_one_loop_validates_within_an_epoch_and_resumes_mid_epoch_exactly(tmp_path, prepared):
     """The shared loop (SASRec and LLM-SRec): eval_every < 1 validates inside an epoch, and a run stopped
     after such a validation continues from that step to the same weights as a run never stopped."""
-    from components.training import TrainingSet, fit, validation_ndcg
+    from components.models.training import TrainingSet, fit, validation_ndcg
 
     train_set = TrainingSet(prepared, 16)
     n_batches = -(-len(train_set) // 64)
@@ -239,7 +239,7 @@ def test_one_loop_validates_within_an_epoch_and_resumes_mid_epoch_exactly(tmp_pa
         torch.manual_seed(0)
         model = SASRec(SASRecConfig(hidden=16, max_len=16, loss="bce"), prepared.item_ids, prepared.item_mapping_hash)
         opts = TrainOptions(epochs=3, eval_every=0.5, patience=100, lr=0.005, batch_size=64, seed=5,
-                            max_steps=max_steps, section="cfsrec")
+                            max_steps=max_steps, section="sasrec")
         result = fit(model, opts, batches=lambda rng: train_set.batches(64, model.num_negatives, rng),
                      n_batches=n_batches, validate=lambda: validation_ndcg(model, prepared, 512),
                      state_root=state_root, key="k", log=quiet, progress_bar=False)

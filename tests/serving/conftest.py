@@ -41,11 +41,11 @@ def run_stage(ws: Path, home: Path, module: str, *args: str, check: bool = True)
 
 
 def gate(ws: Path, home: Path, **kw) -> subprocess.CompletedProcess:
-    return run_stage(ws, home, "components.gate", *GATE_ARGS, **kw)
+    return run_stage(ws, home, "components.stages.gate", *GATE_ARGS, **kw)
 
 
 def package(ws: Path, home: Path, **kw) -> subprocess.CompletedProcess:
-    return run_stage(ws, home, "components.package", *PACKAGE_ARGS, **kw)
+    return run_stage(ws, home, "components.stages.package", *PACKAGE_ARGS, **kw)
 
 
 @pytest.fixture

@@ -10,7 +10,7 @@ import pytest
 import yaml
 
 from components.errors import ConfigError, DataError
-from components.gate import floor_checks, options
+from components.stages.gate import floor_checks, options
 from tests.serving.conftest import gate, package, run_stage
 
 METRICS = {
@@ -113,7 +113,7 @@ def test_gate_then_package_promotes_and_failures_leave_the_champion(workspace, t
     champion = pkg["tag"]
     assert registry(home)["production"] == champion
     root = home / "models" / "llmsrec" / champion.split(":")[1]
-    assert (root / "cfsrec" / "model.safetensors").is_file()
+    assert (root / "sasrec" / "model.safetensors").is_file()
     assert {p.name for p in (root / "llmsrec").iterdir()} >= {"adapters.safetensors", "item_table.safetensors",
                                                              "titles.json", "item_ids.json", "config.json"}
     assert {p.name for p in (root / "catalogue").iterdir()} == {"items.parquet", "users.parquet",
@@ -164,14 +164,14 @@ def test_gate_then_package_promotes_and_failures_leave_the_champion(workspace, t
     assert second != champion and len(stored_versions(home)) == 2
 
     # 5. The registry CLI: list, rollback (twice: the second has nowhere to go), promote, bad tag.
-    listing = run_stage(workspace, home, "components.registry", "list").stdout
+    listing = run_stage(workspace, home, "components.serving.registry", "list").stdout
     assert f"* {second}" in listing and f"  {champion}" in listing
-    assert run_stage(workspace, home, "components.registry", "rollback").stdout.strip() == f"production: {champion}"
-    out = run_stage(workspace, home, "components.registry", "rollback", check=False)
+    assert run_stage(workspace, home, "components.serving.registry", "rollback").stdout.strip() == f"production: {champion}"
+    out = run_stage(workspace, home, "components.serving.registry", "rollback", check=False)
     assert out.returncode == 1 and "no earlier production version" in out.stderr
-    out = run_stage(workspace, home, "components.registry", "promote", "llmsrec:doesnotexist", check=False)
+    out = run_stage(workspace, home, "components.serving.registry", "promote", "llmsrec:doesnotexist", check=False)
     assert out.returncode == 1 and "no such model" in out.stderr and registry(home)["production"] == champion
-    assert run_stage(workspace, home, "components.registry", "promote", second).stdout.strip() == \
+    assert run_stage(workspace, home, "components.serving.registry", "promote", second).stdout.strip() == \
         f"production: {second}"
 
     # 6. The gate report of step 4 judged against `champion`; production has moved since: refused.

@@ -16,7 +16,7 @@ import pandas as pd
 import pytest
 
 from components.errors import CheckpointError
-from components.registry import list_models, resolve_serving_tag, rollback, set_production, verify
+from components.serving.registry import list_models, resolve_serving_tag, rollback, set_production, verify
 from tests.model.conftest import stage_argv
 from tests.serving.conftest import gate, package, run_stage, service_module, stage_env
 
@@ -51,8 +51,8 @@ def dying_copyfile(src, dst, *args, **kwargs):
     return copyfile(src, dst, *args, **kwargs)
 
 shutil.copyfile = dying_copyfile
-sys.argv = ["components.package", *sys.argv[1:]]
-runpy.run_module("components.package", run_name="__main__", alter_sys=True)
+sys.argv = ["components.stages.package", *sys.argv[1:]]
+runpy.run_module("components.stages.package", run_name="__main__", alter_sys=True)
 """
 
 
@@ -131,7 +131,7 @@ def test_package_dying_midway_leaves_the_champion_serving(stores, tmp_path, clea
     assert (home / "registry" / "llmsrec.json").read_bytes() == pointer
     assert tree_digest(version_dir(home, stores.champion)) == champion_files
     assert [str(m.tag) for m in list_models(home)] == [stores.champion]  # no half-written version is visible
-    listing = run_stage(ws, home, "components.registry", "list")
+    listing = run_stage(ws, home, "components.serving.registry", "list")
     assert listing.stdout.startswith(f"* {stores.champion}") and "DAMAGED" not in listing.stdout
     assert resolve_serving_tag(home) == stores.champion and verify(stores.champion, home) == stores.champion
     champion_serves(home, stores.champion)
@@ -157,7 +157,7 @@ def garble(path: Path) -> None:
 DAMAGE = {
     "adapters truncated": ("llmsrec/adapters.safetensors", truncate, "is [0-9]+ bytes .* truncated", True),
     "adapters garbled": ("llmsrec/adapters.safetensors", garble, "other content .* than when packaged", False),
-    "teacher weights garbled": ("cfsrec/model.safetensors", garble, "other content", False),
+    "teacher weights garbled": ("sasrec/model.safetensors", garble, "other content", False),
     "config garbage": ("llmsrec/config.json", garble, "other content", False),
     "catalogue file deleted": ("catalogue/items.parquet", Path.unlink, "package file missing", True),
     "manifest garbage": ("package.json", garble, "package.json: is not valid JSON", True),
@@ -201,11 +201,11 @@ def test_a_version_bentoml_cannot_read_is_listed_as_damaged_and_skipped(stores, 
     shutil.copytree(stores.home, home)
     (version_dir(home, stores.challenger) / "model.yaml").write_text("{{ not: yaml")
     assert [str(m.tag) for m in list_models(home)] == [stores.champion]
-    listing = run_stage(stores.ws, home, "components.registry", "list")
+    listing = run_stage(stores.ws, home, "components.serving.registry", "list")
     assert f"! {stores.challenger}" in listing.stdout and "DAMAGED" in listing.stdout
     assert listing.stdout.startswith(f"  {stores.champion}")
     assert resolve_serving_tag(home) == stores.champion
-    out = run_stage(stores.ws, home, "components.registry", "verify", check=False)
+    out = run_stage(stores.ws, home, "components.serving.registry", "verify", check=False)
     assert out.returncode == 1 and "BentoML cannot read this version" in out.stderr and "Traceback" not in out.stderr
 
 

@@ -1,6 +1,6 @@
-"""Stage `pretrain_cfsrec`: train SASRec (the paper's CF-SRec) on the prepared training sequences.
+"""Stage `pretrain_sasrec`: train SASRec (the paper's CF-SRec) on the prepared training sequences.
 
-Reads params `cfsrec` and `seed`. Writes the best checkpoint by validation NDCG@10 (safetensors
+Reads params `sasrec` and `seed`. Writes the best checkpoint by validation NDCG@10 (safetensors
 weights, config.json, item_ids.json), the training curve (JSON for `dvc plots`, and a PNG) and a
 training summary (a DVC metric).
 
@@ -10,14 +10,14 @@ killed and restarted with the same config and data continues after its last comp
 state is removed once the run finishes. The hash leaves out `epochs`, `eval_every` and `patience`
 (they decide when to validate and stop, not the weights), so a run can also be extended.
 
-Warm start: `cfsrec.warm_start_from: <checkpoint dir>` starts from a previous SASRec checkpoint.
+Warm start: `sasrec.warm_start_from: <checkpoint dir>` starts from a previous SASRec checkpoint.
 Items are matched by item_id through the two index mappings: known items keep their embeddings,
 new items start fresh. An incompatible checkpoint (other architecture, no shared items) fails with
-the fix, or trains from scratch when `cfsrec.warm_start_mismatch: fresh`.
+the fix, or trains from scratch when `sasrec.warm_start_mismatch: fresh`.
 
 Staged warm start: `--warm-start-staged DIR` names where an orchestrator (the Airflow DAG) puts the
 checkpoint to continue from, normally the production model's SASRec. It is used only when
-`cfsrec.warm_start_from` is null and DIR holds a checkpoint, and an incompatible one is skipped
+`sasrec.warm_start_from` is null and DIR holds a checkpoint, and an incompatible one is skipped
 (training starts fresh, and the summary says why) because nobody asked for it by name.
 """
 
@@ -30,13 +30,13 @@ from typing import Any
 
 import torch
 
+from components.data.sequences import Prepared
 from components.errors import ConfigError, stage_main
 from components.io import fresh_dir, sha256_of, write_json
 from components.models.base import WEIGHTS, match_items, read_checkpoint_meta, read_weights
 from components.models.sasrec import SASRec, SASRecConfig
+from components.models.training import FitResult, TrainOptions, run_key, sasrec_fit
 from components.params import load_params, section
-from components.sequences import Prepared
-from components.training import FitResult, TrainOptions, run_key, sasrec_fit
 
 ARCHITECTURE = ("hidden", "num_blocks", "num_heads", "max_len")  # what must agree for weights to fit
 
@@ -49,16 +49,16 @@ def warm_start(model: SASRec, directory: Path, mismatch: str = "error") -> dict[
     def refuse(problem: str) -> dict[str, Any]:
         if mismatch == "fresh":
             return {"from": str(directory), "skipped": problem}
-        raise ConfigError(f"cfsrec.warm_start_from={directory}", problem,
+        raise ConfigError(f"sasrec.warm_start_from={directory}", problem,
                           "point it at a compatible SASRec checkpoint, set it to null, or set "
-                          "cfsrec.warm_start_mismatch: fresh to train from scratch instead")
+                          "sasrec.warm_start_mismatch: fresh to train from scratch instead")
 
     if meta["model"] != SASRec.name:
         return refuse(f"holds a '{meta['model']}' checkpoint, not sasrec")
     differs = {k: (meta["config"].get(k), getattr(model.config, k)) for k in ARCHITECTURE
                if meta["config"].get(k) != getattr(model.config, k)}
     if differs:
-        return refuse("architecture differs from cfsrec (checkpoint vs params: "
+        return refuse("architecture differs from sasrec (checkpoint vs params: "
                       + ", ".join(f"{k} {a} vs {b}" for k, (a, b) in differs.items()) + ")")
     new_idx, old_idx = match_items(old_ids, model.item_ids)
     if len(new_idx) == 0:
@@ -103,7 +103,7 @@ def plot_curve(curve: list[dict[str, Any]], path: Path) -> None:
 
 def train(params: dict[str, Any], prepared: Path, state_dir: Path | None, log=print,
           staged: Path | None = None) -> tuple[SASRec, FitResult, dict[str, Any]]:
-    cfg = section(params, "cfsrec")
+    cfg = section(params, "sasrec")
     seed = int(cfg.get("seed") if cfg.get("seed") is not None else params.get("seed", 0))
     model_cfg = SASRecConfig.from_params(cfg)
     opts = TrainOptions(epochs=int(cfg.get("epochs", 200)), eval_every=int(cfg.get("eval_every", 1)),
@@ -113,7 +113,7 @@ def train(params: dict[str, Any], prepared: Path, state_dir: Path | None, log=pr
                         max_minutes=None if cfg.get("max_minutes") is None else float(cfg["max_minutes"]))
     mismatch = cfg.get("warm_start_mismatch", "error")
     if mismatch not in ("error", "fresh"):
-        raise ConfigError("params.yaml", f"cfsrec.warm_start_mismatch={mismatch!r} is unknown", "use error or fresh")
+        raise ConfigError("params.yaml", f"sasrec.warm_start_mismatch={mismatch!r} is unknown", "use error or fresh")
     if cfg.get("threads"):
         torch.set_num_threads(int(cfg["threads"]))
     threads = torch.get_num_threads()
@@ -133,7 +133,7 @@ def train(params: dict[str, Any], prepared: Path, state_dir: Path | None, log=pr
     key = run_key(model.config_dict(), {"lr": opts.lr, "batch_size": opts.batch_size, "seed": opts.seed,
                                         "betas": opts.betas}, data.fingerprint(),
                   file_digest(Path(warm["from"]) / WEIGHTS) if warm and "skipped" not in warm else None)
-    log(f"pretrain_cfsrec: {len(data.user_idx):,} users, {data.num_items:,} items, loss {model_cfg.loss}, "
+    log(f"pretrain_sasrec: {len(data.user_idx):,} users, {data.num_items:,} items, loss {model_cfg.loss}, "
         f"{threads} threads, run {key}")
     result = sasrec_fit(model, data, opts, state_root=state_dir, key=key, log=log)
     model.load_state_dict(result.best_state)
@@ -148,7 +148,7 @@ def train(params: dict[str, Any], prepared: Path, state_dir: Path | None, log=pr
     return model, result, summary
 
 
-@stage_main("pretrain_cfsrec")
+@stage_main("pretrain_sasrec")
 def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--params", default="params.yaml")
@@ -159,7 +159,7 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--summary", type=Path, required=True, help="training summary JSON (a DVC metric)")
     ap.add_argument("--state-dir", type=Path, help="resume state root; must not be a declared output")
     ap.add_argument("--warm-start-staged", type=Path,
-                    help="checkpoint an orchestrator staged to continue from, used when cfsrec.warm_start_from is null")
+                    help="checkpoint an orchestrator staged to continue from, used when sasrec.warm_start_from is null")
     args = ap.parse_args(argv)
 
     t0 = time.time()
@@ -174,10 +174,10 @@ def main(argv: list[str] | None = None) -> None:
     summary["seconds"] = round(time.time() - t0, 2)
     write_json(args.summary, summary)
     if args.state_dir:
-        from components.training import ResumeState
+        from components.models.training import ResumeState
 
         ResumeState(args.state_dir, summary["run"]).clear()  # finished: nothing left to resume
-    print(f"pretrain_cfsrec: best valid NDCG@10 {summary['best_valid_ndcg@10']:.4f} at epoch {summary['best_epoch']} "
+    print(f"pretrain_sasrec: best valid NDCG@10 {summary['best_valid_ndcg@10']:.4f} at epoch {summary['best_epoch']} "
           f"of {summary['epochs']} ({summary['stopped']}), {summary['seconds_per_epoch']:.2f}s/epoch, "
           f"{summary['seconds']:.1f}s in all")
 

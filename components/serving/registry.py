@@ -19,7 +19,7 @@ Damage never takes the champion down with it (components/serving/integrity.py):
 - serving (`serving_candidates`, `resolve_serving_tag`) falls back from a damaged production version to
   the versions that were production before it, newest first, and says so in its log.
 
-CLI (`python -m components.registry ...`):
+CLI (`python -m components.serving.registry ...`):
     list                 every packaged version, newest first, production marked
     show [TAG]           one version's metadata (default: production)
     promote TAG          make TAG production (any packaged version, e.g. an older one)
@@ -79,7 +79,7 @@ def _state(home: str | Path | None) -> dict[str, Any]:
         state = read_json(path)
     except (OSError, ValueError) as e:
         raise DataError(path, f"unreadable registry file ({e})",
-                        "restore it, or promote a version again: python -m components.registry promote TAG") from None
+                        "restore it, or promote a version again: python -m components.serving.registry promote TAG") from None
     state.setdefault("production", None)
     state.setdefault("events", [])
     return state
@@ -126,12 +126,12 @@ def get_model(tag: str, home: str | Path | None = None):
     if ":" not in tag:
         tag = f"{MODEL_NAME}:{tag}"
     if not tag.startswith(f"{MODEL_NAME}:"):
-        raise ConfigError(tag, f"is not an {MODEL_NAME} package", "use a tag from `python -m components.registry list`")
+        raise ConfigError(tag, f"is not an {MODEL_NAME} package", "use a tag from `python -m components.serving.registry list`")
     try:
         return model_store(home).get(tag)
     except NotFound:
         raise DataError(tag, f"no such model in the store at {bentoml_home(home)}",
-                        "pick a tag from `python -m components.registry list` (is BENTOML_HOME the same?)") from None
+                        "pick a tag from `python -m components.serving.registry list` (is BENTOML_HOME the same?)") from None
     except Exception as e:  # BentoMLException (no/invalid model.yaml), YAML or attrs errors from a garbled one
         raise CheckpointError(Path(model_store(home)._path) / tag.replace(":", "/"),
                               f"BentoML cannot read this version ({type(e).__name__}: {str(e)[:200]})",
@@ -188,7 +188,7 @@ def rollback(home: str | Path | None = None) -> str:
                 return set_production(previous, "rollback", f"rolled back from {current}", home)
             break
     raise DataError(pointer_path(home), f"{current} has no earlier production version to roll back to",
-                    "promote a version explicitly: python -m components.registry promote TAG")
+                    "promote a version explicitly: python -m components.serving.registry promote TAG")
 
 
 def serving_candidates(home: str | Path | None = None) -> list[str]:
@@ -213,9 +213,9 @@ def serving_candidates(home: str | Path | None = None) -> list[str]:
         return candidates
     if prod:
         raise DataError(pointer_path(home), f"production is {prod}, which is not in the model store",
-                        "promote an existing version: python -m components.registry promote TAG")
+                        "promote an existing version: python -m components.serving.registry promote TAG")
     raise DataError(bentoml_home(home), "no production LLM-SRec model in this BentoML store",
-                    "run the pipeline (`make run`), or promote a version: python -m components.registry promote TAG "
+                    "run the pipeline (`make run`), or promote a version: python -m components.serving.registry promote TAG "
                     f"(or set {TAG_ENV}=llmsrec:VERSION)")
 
 

@@ -1,4 +1,4 @@
-"""The prepared data (see components/prepare.py) as flat arrays, and histories cut from it.
+"""The prepared data (see components/stages/prepare.py) as flat arrays, and histories cut from it.
 
 Every user's full chronological sequence is stored once, concatenated (`flat_items`, `flat_ts`)
 with row offsets; a split's history is an index range into it, never a copy per user:

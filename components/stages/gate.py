@@ -142,8 +142,8 @@ def champion_check(champion, data, per_user: pd.DataFrame, opts: dict[str, Any],
 
 def load_champion(llm: dict[str, Any]):
     """The production model from BentoML's store, or None when nothing is in production yet."""
-    from components.registry import get_model, production_tag
     from components.serving.packaged import PackagedModel
+    from components.serving.registry import get_model, production_tag
 
     tag = production_tag()
     if tag is None:
@@ -183,7 +183,7 @@ def main(argv: list[str] | None = None) -> None:
         checks.append({"name": "champion_regression", "value": None, "threshold": -float(opts["max_regression"]),
                        "passed": True, "champion": None, "note": "no production model yet: nothing to regress from"})
     else:
-        from components.sequences import Prepared
+        from components.data.sequences import Prepared
 
         data = Prepared.load(args.prepared)
         checks.append(champion_check(champion, data, pd.read_parquet(args.per_user), opts, int(params.get("seed", 0))))

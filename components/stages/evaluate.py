@@ -22,13 +22,13 @@ from typing import Any
 import pandas as pd
 import torch
 
+from components.data.sequences import Prepared
 from components.errors import ConfigError, stage_main
 from components.evaluation.metrics import per_user_metrics, relative_drop, summarize
 from components.evaluation.runner import rank_split
 from components.io import write_json, write_parquet
 from components.models import Popularity, Recommender, load_checkpoint
 from components.params import load_params, section
-from components.sequences import Prepared
 
 #: models built from the prepared data at evaluation time (no training stage of their own)
 BUILDERS: dict[str, Callable[[Prepared], Recommender]] = {
@@ -41,7 +41,7 @@ def parse_checkpoints(specs: list[str]) -> dict[str, Path]:
     for spec in specs:
         name, sep, path = spec.partition("=")
         if not sep or not name or not path:
-            raise ConfigError(f"--checkpoint {spec}", "expected NAME=DIR", "e.g. --checkpoint cfsrec=models/cfsrec")
+            raise ConfigError(f"--checkpoint {spec}", "expected NAME=DIR", "e.g. --checkpoint sasrec=models/sasrec")
         out[name] = Path(path)
     return out
 
@@ -104,7 +104,7 @@ def main(argv: list[str] | None = None) -> None:
     names = list(cfg.get("models") or [])
     shuffle = list(cfg.get("shuffle") or [])
     if not names:
-        raise ConfigError(args.params, "evaluate.models is empty", "list the models to evaluate, e.g. [popularity, cfsrec]")
+        raise ConfigError(args.params, "evaluate.models is empty", "list the models to evaluate, e.g. [popularity, sasrec]")
     if unknown := sorted(set(shuffle) - set(names)):
         raise ConfigError(args.params, f"evaluate.shuffle names {unknown}, which are not in evaluate.models",
                           "add them to evaluate.models or remove them from evaluate.shuffle")

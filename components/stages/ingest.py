@@ -2,7 +2,7 @@
 
 Reads params `data` (and `seed` for the synthetic source), then appends the accepted
 new-interaction batches from the raw store (`--batches`, filled by the landing zone,
-components/landing.py). Parsing problems that make a file unusable as a whole (missing, empty, wrong delimiter, missing columns, non-numeric timestamps)
+components/data/landing.py). Parsing problems that make a file unusable as a whole (missing, empty, wrong delimiter, missing columns, non-numeric timestamps)
 fail here with the fix; row-level problems are left for `validate` to quarantine.
 """
 

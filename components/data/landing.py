@@ -9,7 +9,7 @@ Protocol for producers (no partial reads):
 3. optionally create the sentinel `data/incoming/_READY`: the Airflow DAG's Asset watcher deletes it
    and starts a run at once, instead of waiting for the cron schedule.
 
-`python -m components.landing drop FILE...` does all three.
+`python -m components.data.landing drop FILE...` does all three.
 
 What happens to each complete file (`land`), in arrival order:
 
@@ -163,7 +163,7 @@ def check_batch(path: Path, catalogue: pd.DataFrame, validate_cfg: dict[str, Any
     Returns (interactions, quarantined rows, summary); raises DataError when the batch as a whole is
     unusable: unreadable, wrong columns, or more bad rows than `validate.max_bad_fraction`.
     """
-    from components.validate import validate
+    from components.stages.validate import validate
 
     inter, items = read_batch(path)
     new_items = items[~items["item_id"].astype(str).isin(set(catalogue["item_id"].astype(str)))]

@@ -1,4 +1,4 @@
-"""The one training loop, shared by SASRec (`pretrain_cfsrec`) and LLM-SRec (`distill`).
+"""The one training loop, shared by SASRec (`pretrain_sasrec`) and LLM-SRec (`distill`).
 
 `fit` calls only the `Recommender` interface (`loss` / `loss_terms`), a batch source and a validation
 function, so any model trains with it: validation every `eval_every` epochs (a fraction validates
@@ -31,12 +31,12 @@ import torch
 from safetensors.torch import load_file, save_file
 from tqdm import tqdm
 
+from components.data.sequences import Prepared, flat_ranges, right_aligned
 from components.errors import ConfigError
 from components.evaluation.metrics import ndcg_at
 from components.evaluation.runner import rank_split
 from components.io import write_json
 from components.models.base import Batch, Histories, Recommender
-from components.sequences import Prepared, flat_ranges, right_aligned
 
 MAX_RESAMPLE_ROUNDS = 30
 
@@ -55,7 +55,7 @@ class TrainOptions:
     max_minutes: float | None = None  # wall-clock budget, resumed runs included: validate, keep the best, stop
     lr_decay: float = 1.0  # learning rate multiplied by this after every validation (the LLM-SRec reference: 0.95)
     validate_at_start: bool = True  # score the starting weights first (a warm start must be beaten to be replaced)
-    section: str = "cfsrec"  # params section named in error messages
+    section: str = "sasrec"  # params section named in error messages
 
     def check(self) -> None:
         for key in ("epochs", "patience", "batch_size"):

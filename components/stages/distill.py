@@ -6,7 +6,7 @@ training sequences: one per user, its last item (`targets: last`, the paper), or
 interacted with, plus every other example's positive with `negatives: in_batch`. Adam; validation
 NDCG@10 on a seeded subset of the valid split every `eval_every` of an epoch, early stopping with
 patience, the best adapters kept, budgets in steps and minutes, resume after a kill (the shared loop in
-components/training.py). Then the catalogue's f_item vectors are computed once (the item table) and
+components/models/training.py). Then the catalogue's f_item vectors are computed once (the item table) and
 only the trained parameters are saved: adapters, config, item table. Never the LLM.
 
 Runs under `accelerate launch` for several GPUs: each process takes a slice of every batch and
@@ -100,7 +100,7 @@ class DistillOptions:
         return opts
 
 
-def build_model(prepared, cfsrec, backbone, opts: DistillOptions, titles: list[str], cfsrec_path: str | None = None):
+def build_model(prepared, sasrec, backbone, opts: DistillOptions, titles: list[str], sasrec_path: str | None = None):
     from components.llm.model import LLMSRec, LLMSRecConfig
 
     cfg = LLMSRecConfig(backbone=backbone.name, num_layers=backbone.num_layers if "|layers=" in backbone.fingerprint
@@ -110,10 +110,10 @@ def build_model(prepared, cfsrec, backbone, opts: DistillOptions, titles: list[s
                         max_title_chars=opts.max_title_chars, prompt=opts.prompt, kv_reuse=opts.kv_reuse,
                         kv_cache_mb=opts.kv_cache_mb, center=opts.center, match_token_norm=opts.match_token_norm,
                         readout=opts.readout)
-    cfsrec.check_data(prepared.num_items, prepared.item_mapping_hash, prepared.source,
-                      "re-run pretrain_cfsrec on this data (dvc repro) before distilling")
-    return LLMSRec(cfg, cfsrec, backbone, titles, prepared.item_ids, prepared.item_mapping_hash,
-                   cfsrec_path=cfsrec_path)
+    sasrec.check_data(prepared.num_items, prepared.item_mapping_hash, prepared.source,
+                      "re-run pretrain_sasrec on this data (dvc repro) before distilling")
+    return LLMSRec(cfg, sasrec, backbone, titles, prepared.item_ids, prepared.item_mapping_hash,
+                   sasrec_path=sasrec_path)
 
 
 class Examples:
@@ -126,7 +126,7 @@ class Examples:
     """
 
     def __init__(self, prepared, window: int, seed: int, targets: str = "last", history_len: int = 10):
-        from components.training import TrainingSet
+        from components.models.training import TrainingSet
 
         self.history_len = history_len  # the prompt's window: what `shuffle` permutes
         self.set = TrainingSet(prepared, window)
@@ -212,14 +212,14 @@ def validate_ndcg(model, prepared, rows_subset: np.ndarray, batch_size: int, ite
 
 def fit(model, prepared, opts: DistillOptions, seed: int, accelerator=None, log=print,
         state_root: Path | None = None, key: str = "") -> dict[str, Any]:
-    """Train the adapters in place with the shared loop (components/training.py); restores the best adapters.
+    """Train the adapters in place with the shared loop (components/models/training.py); restores the best adapters.
 
     Validation: NDCG@10 on a seeded subset of `valid_users` of the valid split (all when null). With
     `state_root`, the run resumes after its last validation when killed and restarted (same `key`).
     Returns the curve and the figures `reports/distill_train.json` records.
     """
-    from components.training import TrainOptions
-    from components.training import fit as train_loop
+    from components.models.training import TrainOptions
+    from components.models.training import fit as train_loop
 
     if accelerator is None:
         from accelerate import Accelerator
@@ -228,12 +228,12 @@ def fit(model, prepared, opts: DistillOptions, seed: int, accelerator=None, log=
     rank, world = accelerator.process_index, accelerator.num_processes
     torch.manual_seed(seed)
     model.adapters.to(accelerator.device)
-    model.cfsrec.to(accelerator.device)
+    model.sasrec.to(accelerator.device)
     if opts.gradient_checkpointing:
         # Checkpointing only runs in train() mode; dropout is already 0 in the frozen LLM.
         model.backbone.model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
         model.backbone.model.train()
-    examples = Examples(prepared, window=max(model.cfsrec.max_history or 128, opts.history_len), seed=seed,
+    examples = Examples(prepared, window=max(model.sasrec.max_history or 128, opts.history_len), seed=seed,
                         targets=opts.targets, history_len=opts.history_len)
     valid_n = len(prepared.candidates["valid"].user_idx)
     valid_rows = np.sort(np.random.default_rng(seed).choice(valid_n, min(valid_n, opts.valid_users or valid_n),
@@ -292,7 +292,7 @@ def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description=__doc__)
     ap.add_argument("--params", default="params.yaml")
     ap.add_argument("--prepared", type=Path, required=True)
-    ap.add_argument("--cfsrec", type=Path, required=True, help="the pretrain_cfsrec checkpoint (the frozen teacher)")
+    ap.add_argument("--sasrec", type=Path, required=True, help="the pretrain_sasrec checkpoint (the frozen teacher)")
     ap.add_argument("--out", type=Path, required=True)
     ap.add_argument("--curve", type=Path, required=True)
     ap.add_argument("--plot", type=Path, required=True)
@@ -307,10 +307,10 @@ def main(argv: list[str] | None = None) -> None:
     import pandas as pd
     from accelerate import Accelerator
 
+    from components.data.sequences import Prepared
     from components.io import fresh_dir
     from components.llm.backbone import load_backbone
     from components.models.base import load_checkpoint
-    from components.sequences import Prepared
 
     accelerator = Accelerator(cpu=not torch.cuda.is_available() or llm_cfg.get("device") == "cpu")
     device = str(accelerator.device) if llm_cfg.get("device", "auto") == "auto" else llm_cfg["device"]
@@ -320,13 +320,13 @@ def main(argv: list[str] | None = None) -> None:
     prepared = Prepared.load(args.prepared)
     titles = [""] + pd.read_parquet(args.prepared / "items.parquet").sort_values("idx")["title"].astype(str).tolist()
     torch.manual_seed(seed)  # the adapters' initial weights
-    model = build_model(prepared, load_checkpoint(args.cfsrec), backbone, opts, titles, str(args.cfsrec))
+    model = build_model(prepared, load_checkpoint(args.sasrec), backbone, opts, titles, str(args.sasrec))
     n_train = sum(p.numel() for p in model.trainable_parameters())
     print(f"distill: backbone {backbone.name} ({backbone.dtype}, {backbone.device}), "
           f"{n_train:,} trainable parameters, LLM frozen")
 
     from components.llm.model import state_hash
-    from components.training import ResumeState, run_key
+    from components.models.training import ResumeState, run_key
 
     # What shapes the adapters step by step; epochs, eval_every, patience and the budgets only decide when
     # to validate and stop, so a run can be extended. The LLM enters through its fingerprint (layers included).
@@ -334,7 +334,7 @@ def main(argv: list[str] | None = None) -> None:
                ("epochs", "eval_every", "patience", "max_steps", "max_minutes", "valid_users", "item_batch_size",
                 "eval_batch_size", "kv_cache_mb", "kv_reuse")}
     config = {k: v for k, v in model.config_dict().items() if k not in ("kv_reuse", "kv_cache_mb")}  # speed only
-    key = run_key(config, shaping, seed, prepared.fingerprint(), state_hash(model.cfsrec),
+    key = run_key(config, shaping, seed, prepared.fingerprint(), state_hash(model.sasrec),
                   backbone.fingerprint, str(backbone.dtype))
     result = fit(model, prepared, opts, seed, accelerator, state_root=args.state_dir, key=key)
     if accelerator.is_main_process:

@@ -1,6 +1,6 @@
 """Stage `package`: put a model that passed the gate into BentoML's model store and make it production.
 
-Reads `reports/gate.json` (from `gate`), `reports/metrics.json`, `data/prepared`, `models/cfsrec`,
+Reads `reports/gate.json` (from `gate`), `reports/metrics.json`, `data/prepared`, `models/sasrec`,
 `models/llmsrec`, params `package` (and all of params.yaml, recorded as metadata). Writes
 `reports/package.json`: `{decision, tag, production, ...}` with decision one of
 
@@ -40,22 +40,22 @@ from typing import Any
 from components.errors import CheckpointError, ConfigError, DataError, stage_main
 from components.io import read_json, write_json
 from components.params import load_params
-from components.registry import (
+from components.serving.integrity import (
+    BACKBONE_DIR,
+    CATALOGUE_DIR,
+    CATALOGUE_FILES,
+    LLMSREC_DIR,
+    MANIFEST,
+    SASREC_DIR,
+    file_record,
+)
+from components.serving.registry import (
     MODEL_NAME,
     list_models,
     log_event,
     model_store,
     production_tag,
     set_production,
-)
-from components.serving.integrity import (
-    BACKBONE_DIR,
-    CATALOGUE_DIR,
-    CATALOGUE_FILES,
-    CFSREC_DIR,
-    LLMSREC_DIR,
-    MANIFEST,
-    file_record,
 )
 
 PACKAGE_DEFAULTS = {"include_backbone": False}
@@ -166,7 +166,7 @@ def decide(gate: dict[str, Any], production: str | None) -> str:
 
 def check_gate(gate_path: Path, metrics_path: Path, production: str | None) -> dict[str, Any]:
     """The gate's decision must be about these metrics and today's production model."""
-    from components.gate import metrics_digest
+    from components.stages.gate import metrics_digest
 
     if not gate_path.is_file():
         raise DataError(gate_path, "gate report not found", "run the gate first: `dvc repro gate`")
@@ -195,7 +195,7 @@ def save_package(args, params: dict[str, Any], gate: dict[str, Any], status: str
         if not f.is_file():
             raise DataError(f, "prepared file not found", "run `dvc repro prepare`")
     backbone, backbone_src = backbone_reference(args.llmsrec, include_backbone)
-    content = content_hash([args.cfsrec, args.llmsrec, *catalogue] + ([backbone_src] if backbone_src else []))
+    content = content_hash([args.sasrec, args.llmsrec, *catalogue] + ([backbone_src] if backbone_src else []))
     for existing in list_models():
         if (existing.info.labels.get("content") == content and existing.info.labels.get("status") == status
                 and intact(existing)):
@@ -220,7 +220,7 @@ def save_package(args, params: dict[str, Any], gate: dict[str, Any], status: str
         with bentoml.models.create(MODEL_NAME, labels=labels, metadata=metadata_safe(metadata),
                                    _model_store=ModelStore(str(work))) as m:
             root = Path(m.path)
-            shutil.copytree(args.cfsrec, root / CFSREC_DIR)
+            shutil.copytree(args.sasrec, root / SASREC_DIR)
             shutil.copytree(args.llmsrec, root / LLMSREC_DIR)
             (root / CATALOGUE_DIR).mkdir()
             for f in catalogue:
@@ -257,7 +257,7 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--gate", type=Path, required=True, help="reports/gate.json")
     ap.add_argument("--metrics", type=Path, required=True, help="reports/metrics.json")
     ap.add_argument("--prepared", type=Path, required=True)
-    ap.add_argument("--cfsrec", type=Path, required=True)
+    ap.add_argument("--sasrec", type=Path, required=True)
     ap.add_argument("--llmsrec", type=Path, required=True)
     ap.add_argument("--out", type=Path, required=True, help="reports/package.json")
     args = ap.parse_args(argv)
@@ -280,7 +280,7 @@ def main(argv: list[str] | None = None) -> None:
         print(f"package: REJECTED (failed {', '.join(failed)}); production stays {production or 'empty'}")
         return
 
-    for d in (args.cfsrec, args.llmsrec):
+    for d in (args.sasrec, args.llmsrec):
         if not (d / "config.json").is_file():
             raise DataError(d, "checkpoint not found", "run `dvc repro` up to distill")
     status = "passed" if decision == "promoted" else "provisional"

@@ -1,0 +1,17 @@
+"""The pipeline's stages: one module per stage of `dvc.yaml`, named as the stage is.
+
+Data flows through them in this order; each module's `main()` reads its own `params.yaml` section and
+takes every path from its command line (`python -m components.stages.<stage> --help`):
+
+- `ingest`: the configured source plus the raw batch store -> `data/ingested/` (canonical Parquet)
+- `validate`: Great Expectations on the ingested rows -> `data/validated/`, `data/quarantine/`
+- `prepare`: k-core, leave-last-out splits, fixed 1+99 candidates -> `data/prepared/`
+- `pretrain_sasrec`: the SASRec teacher -> `models/sasrec/`
+- `distill`: LLM-SRec's adapters on the frozen LLM and SASRec -> `models/llmsrec/`
+- `evaluate`: NDCG@10/HR@10 of every model -> `reports/metrics.json`
+- `gate`: release checks, champion/challenger -> `reports/gate.json`
+- `package`: a versioned BentoML model, promoted on a pass -> the model store
+
+Everything else in `components/` is a library the stages share (data, models, llm, evaluation, serving,
+orchestration).
+"""
