@@ -37,7 +37,7 @@ def fractional_item_ids(path: Path) -> None:
 
 
 def int_ids_with_null(path: Path) -> None:
-    """An int64 column with one null: pandas reads it back as float64, 7 as 7.0 (issue 16, fault 3)."""
+    """An int64 column with one null: pandas reads it back as float64, 7 as 7.0."""
     users = [f"u{u}" for u in range(1, 4) for _ in range(4)] + ["u9"]
     items = pd.array([7, 8, 9, 10] * 3 + [None], dtype="Int64")
     pd.DataFrame({"user_id": users, "item_id": items,

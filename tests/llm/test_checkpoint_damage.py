@@ -1,5 +1,5 @@
 """A damaged LLM-SRec checkpoint is a CheckpointError naming the file and the fix, never a safetensors,
-JSON or shape traceback (issue 16). Tiny random-weight Llama (tests/llm/conftest.py)."""
+JSON or shape traceback. Tiny random-weight Llama (tests/llm/conftest.py)."""
 
 from __future__ import annotations
 

@@ -1,5 +1,5 @@
 """A damaged SASRec checkpoint is a CheckpointError naming the file and the fix: never a safetensors,
-JSON or torch shape traceback (issue 16)."""
+JSON or torch shape traceback."""
 
 from __future__ import annotations
 
