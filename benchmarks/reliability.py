@@ -42,10 +42,10 @@ from typing import Any
 import numpy as np
 
 from benchmarks.serving import Server, payloads_from, percentiles, server_env, with_served_model
+from components.serving.settings import ServingSettings
 
 REPO = Path(__file__).resolve().parents[1]
 JSON = {"content-type": "application/json"}
-MAX_BODY_BYTES = int(os.environ.get("LLMSREC_MAX_BODY_BYTES", str(1 << 20)))  # the service's limit (service.py)
 
 
 @dataclass
@@ -84,9 +84,10 @@ def _dumps(obj: Any) -> bytes:
 
 
 def _over_the_limit(cat: Catalogue) -> list[str]:
-    """The whole catalogue, repeated until the JSON list is ~1.2x the service's body limit."""
+    """The whole catalogue, repeated until the JSON list is ~1.2x the service's body limit (the server
+    started from this environment reads the same LLMSREC_MAX_BODY_BYTES)."""
     per_copy = sum(len(x) + 4 for x in cat.item_ids)  # '"id", ' in JSON
-    return cat.item_ids * (int(1.2 * MAX_BODY_BYTES / max(1, per_copy)) + 1)
+    return cat.item_ids * (int(1.2 * ServingSettings.from_env().max_body_bytes / max(1, per_copy)) + 1)
 
 
 # kind -> (what the contract promises: a 4xx status or "fallback", a builder of one request's body and headers).

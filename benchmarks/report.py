@@ -15,7 +15,7 @@ from benchmarks.reliability import reliability_lines
 
 REPO = Path(__file__).resolve().parents[1]
 METRICS = ("ndcg@10", "hr@10", "ndcg@20", "hr@20")
-#: Kang & McAuley (ICDM 2018), SASRec on ML-1M, same 1+99 protocol: the target of issue 3
+#: Kang & McAuley (ICDM 2018), SASRec on ML-1M, same 1+99 protocol: the SASRec quality target
 REFERENCE = {"quality_ml1m": {"ndcg@10": 0.5905, "hr@10": 0.8245}}
 
 INTRO = """# Benchmarks
@@ -88,7 +88,7 @@ def render_result(name: str, result: dict[str, Any]) -> str:
 
 
 def llmsrec_lines(result: dict[str, Any]) -> list[str]:
-    """The issue's LLM-SRec targets: NDCG@10 >= SASRec x 1.03 and a shuffled-inference drop >= 4%."""
+    """The LLM-SRec quality targets: NDCG@10 >= SASRec x 1.03 and a shuffled-inference drop >= 4%."""
     if "llmsrec" not in result or "sasrec" not in result:
         return []
     t = result.get("training", {}).get("llmsrec", {})
@@ -177,7 +177,7 @@ def serving_label(name: str, report: dict[str, Any]) -> str:
 
 
 def plot_serving(reports: dict[str, dict[str, Any]], path: Path) -> None:
-    """Issue 5's serving targets at a glance, one group per result file: c1 p50 over the bare forward per
+    """The serving targets at a glance, one group per result file: c1 p50 over the bare forward per
     server (target <= 1.3), batching's c8 throughput gain (target >= 2), and what batching can gain at most
     on that machine (B * t(1) / t(B) from the batch sweep): flat on a CPU, steep on a GPU; and, for runs
     with `--after-burst` on a real LLM, each server's c1 p50 in the windows right after the c8 load over its
@@ -188,11 +188,11 @@ def plot_serving(reports: dict[str, dict[str, Any]], path: Path) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    from benchmarks.serving import SERVERS
+    from benchmarks.serving import SHOWN
 
     labels = [serving_label(n, r) for n, r in reports.items()]
     fig, (ax1, ax2, ax3, ax4) = plt.subplots(1, 4, figsize=(22, 5.2), gridspec_kw={"width_ratios": [1.3, 1, 1, 1]})
-    servers = [s for s in SERVERS if any(s in r for r in reports.values())]
+    servers = [s for s in SHOWN if any(s in r for r in reports.values())]
     width = 0.8 / len(servers)
     for j, server in enumerate(servers):
         xs, ys = [], []
@@ -234,7 +234,7 @@ def plot_serving(reports: dict[str, dict[str, Any]], path: Path) -> None:
     ax3.set_title("most batching can gain: B x t(1) / t(B)", fontsize=9)
     # Real-LLM runs only: a tiny LLM's c1 is a few ms, so its windows are mostly the VM's noise.
     for name, r in ((n, r) for n, r in reports.items() if not r.get("tiny_llm")):
-        for server in (s for s in SERVERS if r.get(s, {}).get("c1_after_c8")):
+        for server in (s for s in SHOWN if r.get(s, {}).get("c1_after_c8")):
             windows = r[server]["c1_after_c8"]
             ax4.plot([w["from_s"] for w in windows], [w["p50_ms"] / r[server]["c1"]["p50_ms"] for w in windows],
                      marker="o", ms=3, label=f"{name}: {server.replace('_', ' ')}")
@@ -270,7 +270,8 @@ def serving_lines(paths: list[Path], plot: Path | None = None) -> list[str]:
 
 
 def batcher_lines(paths: list[Path]) -> list[str]:
-    """`benchmarks.batchers_c1` results: what each batcher adds to a lone request, servers side by side."""
+    """What each batcher added to a lone request, servers side by side: results of a benchmark since removed
+    (`benchmarks/batchers_c1.py`, with the server modes it compared), kept as a record."""
     lines = []
     for path in paths:
         r = json.loads(path.read_text())
@@ -284,7 +285,10 @@ def batcher_lines(paths: list[Path]) -> list[str]:
                       + (", tiny random LLM" if r.get("tiny_llm") else "") + f"; errors {r['errors']}.", ""]
     if not lines:
         return []
-    return ["## Batchers at concurrency 1 (`python -m benchmarks.batchers_c1`)", "", *lines]
+    return ["## Batchers at concurrency 1 (a record: `benchmarks.batchers_c1` and its server modes are removed)", "",
+            "Every server up at once, request i sent to each in turn, so all see the same machine state: "
+            "`batching` the scorer's own batcher, `batching bentoml` BentoML's, `no batching` none, with the model "
+            "on the event loop (LLMSREC_SCORE_ON_LOOP=1) or in the model thread (0).", "", *lines]
 
 
 def throughput_lines(paths: list[Path]) -> list[str]:
@@ -376,7 +380,7 @@ def suite_row(res: dict[str, Any], model: str) -> dict[str, Any]:
 
 
 def suite_lines(suite_dir: Path, plot: Path | None = None) -> list[str]:
-    """`benchmarks.quality_suite` tables, one per dataset, and issue 15's targets, met or missed."""
+    """`benchmarks.quality_suite` tables, one per dataset, and the suite's targets, met or missed."""
     lines: list[str] = []
     table: dict[str, dict[str, dict[str, Any]]] = {}
     for folder in sorted(p for p in Path(suite_dir).glob("*") if p.is_dir()):
@@ -435,7 +439,7 @@ def near(a: float, b: float) -> bool:
 
 
 def suite_targets(dataset: str, rows: dict[str, dict[str, Any]]) -> list[str]:
-    """Issue 15's targets for one dataset, each marked met or missed (a row that did not run is skipped);
+    """The suite's targets for one dataset, each marked met or missed (a row that did not run is skipped);
     a gap smaller than NOISE is flagged, since one run cannot tell it from chance."""
     get = {label: r["ndcg"] for label, r in rows.items()}
     chosen = get.get("LLM-SRec, chosen settings")

@@ -1,17 +1,19 @@
 """Serving benchmark (not CI): a real `bentoml serve`, with and without adaptive batching, in one run.
 
-    python -m benchmarks.serving [--home $BENTOML_HOME] [--threads 1] [--requests-c1 30] [--requests-c8 64] \\
-        [--servers batching,no_batching[,batching_thread,...]] --out benchmarks/results/serving.json
+    python -m benchmarks.serving [--home $BENTOML_HOME | --tiny-llm] [--threads 1] [--requests-c1 30] \\
+        [--requests-c8 64] [--warmup 24] [--after-burst SECONDS] --out benchmarks/results/serving.json
     python -m benchmarks.serving --tiny-llm --out benchmarks/results/serving_tiny.json   # the serving stack alone
     python -m benchmarks.serving --render benchmarks/results/serving.json     # the README's table
 
 Needs a production model in the BentoML store (`make run` puts one there). Measures:
 - latency p50/p95/p99 of POST /recommend at concurrency 1 and 8, and throughput at 8, for a server with
-  adaptive batching (the default) and one started with LLMSREC_BATCHING=0 (and, asked for, others: SERVERS);
+  adaptive batching (the default) and one started with LLMSREC_BATCHING=0 (SERVERS), one after the other;
 - the bare LLM forward (the user prompt through the frozen LLM, no HTTP, no batching) for the same
   prompts, with the same torch thread count, in this process, interleaved with the c1 requests;
 - the LLM pass over B = 1..16 prompts at once: what batching can gain at most on this machine;
-- errors (any non-200).
+- errors (any non-200);
+- with `--after-burst`, c1 in 5-s windows right after the c8 load: whether lone requests are held after
+  a burst (BentoML's own batcher held them for ~25 s; the scorer's has nothing to hold).
 Requests replay real users' histories from the packaged data (their last 10 items, dated), k=10.
 `overhead_ms` is what serving adds to one request at c1: its p50 latency minus the scorer's own model
 time per call (from the scorer's /metrics), so it holds whatever the model costs on the machine.
@@ -19,7 +21,9 @@ time per call (from the scorer's /metrics), so it holds whatever the model costs
 gate and package stages in a temporary BentoML home): its pass takes milliseconds, so the latencies are
 the serving stack's own (a 135M pass on a CPU, ~0.4 s, hides it). Its targets say nothing about the real
 model.
-Targets (issue 5): p50 at c1 <= 1.3x the bare forward; batching >= 2x throughput at c8; 0 errors.
+Targets: p50 at c1 <= 1.3x the bare forward; batching >= 2x throughput at c8; 0 errors.
+Result files of older runs also hold servers from modes since removed from the service (RETIRED); they are
+rendered as recorded.
 """
 
 from __future__ import annotations
@@ -40,19 +44,18 @@ from pathlib import Path
 import numpy as np
 
 REPO = Path(__file__).resolve().parents[1]
-# The servers a run can start, each by the environment that sets it apart. The targets compare the first
-# two, which run the model where the scorer decides (LLMSREC_SCORE_ON_LOOP=auto: the event loop on CUDA,
-# a model thread on a CPU); the *_thread and *_loop ones force one or the other, to compare them.
-# batching_bentoml uses BentoML's own batcher instead of the scorer's (results before 2026-11-27 have no
-# "env" and used BentoML's batcher as "batching").
-SERVERS = {"batching": {"LLMSREC_BATCHING": "1"}, "no_batching": {"LLMSREC_BATCHING": "0"},
-           "batching_bentoml": {"LLMSREC_BATCHING": "bentoml"},
-           "batching_thread": {"LLMSREC_BATCHING": "1", "LLMSREC_SCORE_ON_LOOP": "0"},
-           "no_batching_thread": {"LLMSREC_BATCHING": "0", "LLMSREC_SCORE_ON_LOOP": "0"},
-           "batching_loop": {"LLMSREC_BATCHING": "1", "LLMSREC_SCORE_ON_LOOP": "1"},
-           "no_batching_loop": {"LLMSREC_BATCHING": "0", "LLMSREC_SCORE_ON_LOOP": "1"}}
-# BentoML's batcher estimates from its last 50 batches and refreshes at most every 5 s
-# (bentoml/_internal/marshal/dispatcher.py): a warm-up outlasts both.
+# The servers a run starts, each by the environment that sets it apart (results before 2026-11-27 have no
+# "env", and their "batching" was BentoML's batcher). Both run the model where the scorer decides: on the
+# event loop on CUDA, in a model thread on a CPU.
+SERVERS = {"batching": {"LLMSREC_BATCHING": "1"}, "no_batching": {"LLMSREC_BATCHING": "0"}}
+# Servers in older result files, from modes since removed from the service: shown as recorded.
+RETIRED = {"batching_bentoml": "BentoML's own batcher (`batchable=True`, then LLMSREC_BATCHING=bentoml)",
+           "batching_loop": "the scorer's batcher with the model forced onto the event loop (then "
+                            "LLMSREC_SCORE_ON_LOOP=1, on a CPU)",
+           "no_batching_loop": "no batching, the model forced onto the event loop (on a CPU)"}
+SHOWN = (*SERVERS, *RETIRED)
+# Each timed phase follows >= 50 requests and >= 6 s at its concurrency: what BentoML's batcher needed to
+# settle (its last 50 batches, refreshed every 5 s), kept so that results stay comparable with older ones.
 WARM_REQUESTS, WARM_SECONDS = 50, 6.0
 
 
@@ -168,12 +171,9 @@ def scorer_delta(before: dict[str, float], after: dict[str, float]) -> dict:
 
 
 def warm_up(url: str, payloads: list[dict], concurrency: int, min_requests: int, min_seconds: float) -> None:
-    """Serve at `concurrency` until both minimums are reached, so what follows is that load's steady state.
-
-    BentoML's batcher first trains its latency model (holding early requests for up to seconds), then
-    decides how long to hold a request from the waits of its last 50 batches, refreshed at most every
-    5 s. The entry service's pooled connections to the scorer must also be open (ones idle past the
-    scorer's keep-alive are dropped and retried, a one-off cost that belongs to no load)."""
+    """Serve at `concurrency` until both minimums are reached, so what follows is that load's steady state:
+    the first passes' one-off costs paid, and the entry service's pooled connections to the scorer open
+    (ones idle past the scorer's keep-alive are dropped and retried, a cost that belongs to no load)."""
     t0, sent = time.perf_counter(), 0
     while sent < min_requests or time.perf_counter() - t0 < min_seconds:
         load(url, payloads, concurrency)
@@ -198,10 +198,9 @@ def c1_with_bare(url: str, model, payloads: list[dict]) -> tuple[dict, dict]:
 
 def after_burst(url: str, payloads: list[dict], seconds: float, window: float = 5.0) -> list[dict]:
     """c1 p50 in consecutive windows right after the c8 load: whether a batcher keeps holding lone requests
-    once a burst is over. BentoML's does (`batching_bentoml`): it holds a request while the queue is short
-    and its learned wait (the mean queueing wait of its last 50 batches, high under load) says more may
-    come; that estimate decays by 5% per 5-s refresh (bentoml/_internal/marshal/dispatcher.py,
-    CorkDispatcher). The scorer's own batcher has nothing to decay (components/serving/batcher.py)."""
+    once a burst is over. BentoML's did (`batching_bentoml` in older results: its learned wait, high under
+    load, decayed by 5% per 5-s refresh); the scorer's own has no timer to hold them with
+    (components/serving/batcher.py)."""
     import httpx
 
     out, t0, i = [], time.perf_counter(), 0
@@ -273,7 +272,7 @@ def forward_by_batch(model, payloads: list[dict], sizes: tuple[int, ...] = (1, 2
 
 
 def targets_of(results: dict) -> dict:
-    """Issue 5's targets from what was measured (a partial run has only the batching server)."""
+    """The serving targets from what was measured (a partial run has only the batching server)."""
     targets = {}
     if b := results.get("batching"):
         ratio = b["c1"]["p50_ms"] / b["bare_forward"]["p50_ms"]
@@ -291,7 +290,7 @@ def render(report: dict) -> str:
     """The README's table, from a result file (never typed by hand)."""
     rows = ["| server | bare forward p50 | c1 p50 / p95 / p99 | c1 serving overhead | c8 p50 / p95 / p99 | c8 throughput "
             "| errors |", "|---|---|---|---|---|---|---|"]
-    for name in (n for n in SERVERS if n in report):
+    for name in (n for n in SHOWN if n in report):
         r = report[name]
         overhead = f"{r['c1']['overhead_ms']} ms" if "overhead_ms" in r["c1"] else "n/a"
         rows.append(f"| {name.replace('_', ' ')} | {r['bare_forward']['p50_ms']} ms | {r['c1']['p50_ms']} / "
@@ -300,14 +299,17 @@ def render(report: dict) -> str:
                     f"{r['c1']['errors'] + r['c8']['errors']} |")
     m = report["machine"]
     scorer = [f"{name.replace('_', ' ')} c{c}: mean batch {st['mean_batch']}, {st['model_ms_per_call']} ms model time per call"
-              for name in SERVERS if name in report for c in ("1", "8")
+              for name in SHOWN if name in report for c in ("1", "8")
               if (st := report[name][f"c{c}"].get("scorer", {})).get("calls")]
     if scorer:
         rows += ["", "Inside the scorer (from its /metrics): " + "; ".join(scorer) + "."]
     bursts = [f"{name.replace('_', ' ')}: " + ", ".join(f"{w['p50_ms']}" for w in report[name]["c1_after_c8"])
-              for name in SERVERS if report.get(name, {}).get("c1_after_c8")]
+              for name in SHOWN if report.get(name, {}).get("c1_after_c8")]
     if bursts:
         rows += ["", "c1 p50 (ms) in 5-s windows right after the c8 load (`--after-burst`): " + "; ".join(bursts) + "."]
+    if retired := [n for n in RETIRED if n in report]:
+        rows += ["", "Kept as a record, from modes since removed from the service: " + "; ".join(
+            f"{n.replace('_', ' ')}: {RETIRED[n]}" for n in retired) + "."]
     if predates_own_batcher(report):
         rows += ["", "Run before the scorer had its own batcher (2026-11-27): its batching servers used BentoML's."]
     if report.get("complete") is False:
@@ -336,8 +338,6 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--warmup", type=int, default=24, help="distinct warm-up payloads (also the batch sweep's "
                     "prompts); each warm-up repeats them for >= 50 requests and >= 6 s")
     ap.add_argument("--out", type=Path, default=REPO / "benchmarks" / "results" / "serving.json")
-    ap.add_argument("--servers", default="batching,no_batching",
-                    help=f"comma-separated, in order, from {', '.join(SERVERS)}")
     ap.add_argument("--after-burst", type=float, default=0.0, metavar="SECONDS",
                     help="after c8, time c1 for this long in 5-s windows (the batcher's hold after a burst)")
     ap.add_argument("--render", type=Path, metavar="RESULT_JSON", help="print the README table of a result and exit")
@@ -345,14 +345,13 @@ def main(argv: list[str] | None = None) -> None:
     if args.render:
         print(render(json.loads(args.render.read_text())))
         return
-    servers = server_names(ap, args.servers)
-    with_served_model(ap, args, lambda: run(args, servers, argv))
+    with_served_model(ap, args, lambda: run(args, argv))
 
 
-def server_env(threads: int, on_loop: str = "auto") -> dict[str, str]:
-    """The environment every server starts from (SERVERS adds what sets each apart): `threads` torch threads,
-    the model where the scorer decides unless `on_loop` says, and this repository importable."""
-    return dict(os.environ, LLMSREC_SCORE_ON_LOOP=on_loop, LLMSREC_TORCH_THREADS=str(threads),
+def server_env(threads: int) -> dict[str, str]:
+    """The environment every server starts from (SERVERS adds what sets each apart): `threads` torch threads
+    and this repository importable."""
+    return dict(os.environ, LLMSREC_TORCH_THREADS=str(threads),
                 OMP_NUM_THREADS=str(threads), TOKENIZERS_PARALLELISM="false",
                 PYTHONPATH=os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")])))
 
@@ -360,15 +359,7 @@ def server_env(threads: int, on_loop: str = "auto") -> dict[str, str]:
 def predates_own_batcher(report: dict) -> bool:
     """A result from before the scorer had its own batcher (2026-11-27): its servers recorded no "env", and
     its batching servers used BentoML's batcher."""
-    return any("env" not in report[name] for name in SERVERS if name in report)
-
-
-def server_names(ap: argparse.ArgumentParser, text: str) -> list[str]:
-    """`--servers`: comma-separated names from SERVERS; an unknown one is refused before anything starts."""
-    servers = [n.strip() for n in text.split(",") if n.strip()]
-    if unknown := [n for n in servers if n not in SERVERS]:
-        ap.error(f"--servers: unknown {', '.join(unknown)}; choose from {', '.join(SERVERS)}")
-    return servers
+    return any("env" not in report[name] for name in SHOWN if name in report)
 
 
 def with_served_model(ap: argparse.ArgumentParser, args: argparse.Namespace, fn) -> None:
@@ -389,7 +380,7 @@ def with_served_model(ap: argparse.ArgumentParser, args: argparse.Namespace, fn)
         fn()
 
 
-def run(args: argparse.Namespace, servers: list[str], argv: list[str] | None) -> None:
+def run(args: argparse.Namespace, argv: list[str] | None) -> None:
     import torch
 
     from components.serving.packaged import PackagedModel
@@ -405,7 +396,6 @@ def run(args: argparse.Namespace, servers: list[str], argv: list[str] | None) ->
     bare_forward(model, warm, 3)  # first calls pay one-off costs
     dtype = str(model.model.backbone.dtype)
 
-    # Each server sets where its model runs (SERVERS); none inherits an override from this shell.
     env = server_env(args.threads)
     results: dict = {}
     by_batch = forward_by_batch(model, warm)
@@ -416,7 +406,7 @@ def run(args: argparse.Namespace, servers: list[str], argv: list[str] | None) ->
     def build_report(results: dict) -> dict:
         return {
             "model": tag, "llm": model.model.backbone.name, "tiny_llm": args.tiny_llm, "threads": args.threads, "dtype": dtype, "device": str(model.model.backbone.device),
-            "complete": all(n in results for n in servers), "forward_by_batch": by_batch, **results, "targets": targets_of(results),
+            "complete": all(n in results for n in SERVERS), "forward_by_batch": by_batch, **results, "targets": targets_of(results),
             "machine": {"cpus": os.cpu_count(), "platform": platform.platform(), "python": platform.python_version(),
                         "torch": torch.__version__,
                         "gpu": torch.cuda.get_device_name() if torch.cuda.is_available() else None,
@@ -425,7 +415,7 @@ def run(args: argparse.Namespace, servers: list[str], argv: list[str] | None) ->
             "command": "python -m benchmarks.serving " + " ".join(argv if argv is not None else sys.argv[1:]),
         }
 
-    for name in servers:
+    for name in SERVERS:
         server = Server({**env, **SERVERS[name]}, Path(tempfile.gettempdir()) / f"serving_{name}.log")
         t_server = time.perf_counter()
 
@@ -438,8 +428,8 @@ def run(args: argparse.Namespace, servers: list[str], argv: list[str] | None) ->
             ready_s = server.wait_ready()
             step(f"ready after {ready_s:.1f}s; c1 warm-up")
             # A warm-up at each timed concurrency right before it is timed, identically for both servers
-            # (see warm_up); c1 first: after a burst BentoML's batcher keeps holding lone requests for
-            # minutes (its learned wait decays by 5% per 5-s refresh), which no c1 warm-up undoes.
+            # (see warm_up); c1 first, as older results did (BentoML's batcher held lone requests for a
+            # while after a burst, which no c1 warm-up undid).
             warm_up(server.url, warm, 1, WARM_REQUESTS, WARM_SECONDS)
             step(f"c1: {len(c1)} requests, each after its bare forward")
             before = scorer_stats(server.url)

@@ -5,11 +5,10 @@ call. Requests that arrive while the model is busy queue, and form the next call
 follows the load: 1 when requests come one at a time, up to `max_batch` under a burst, with no timer and
 no estimate anywhere.
 
-Why not BentoML's own batcher (`@bentoml.api(batchable=True)`, its `CorkDispatcher`, still selectable
-with LLMSREC_BATCHING=bentoml)? It holds a lone request while `n * (its wait + tick + a) <= 0.95 x` the
-mean queueing wait of its last 50 batches. Under load that mean is mostly time spent waiting for the
-busy model, not time worth waiting for company. It decays by about a twentieth per 5-s refresh, so
-after every burst lone requests are held. On the 2-core dev VM, the real model's c1 p50 went from 157 ms
+Why not BentoML's own batcher (`@bentoml.api(batchable=True)`, its `CorkDispatcher`)? It holds a lone
+request while `n * (its wait + tick + a) <= 0.95 x` the mean queueing wait of its last 50 batches. Under
+load that mean is mostly time spent waiting for the busy model, not time worth waiting for company. It
+decays by about a twentieth per 5-s refresh, so after every burst lone requests are held. On the 2-core dev VM, the real model's c1 p50 went from 157 ms
 to 320-368 ms for ~25 s after a c8 burst (README, serving benchmark). BentoML has no setting for this,
 and the PR that would have bounded it (bentoml/BentoML#3630) was closed unmerged.
 

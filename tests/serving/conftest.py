@@ -14,7 +14,6 @@ import os
 import shutil
 import socket
 import subprocess
-import sys
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -56,14 +55,11 @@ def workspace(pipeline_outputs, tmp_path) -> Path:
     return ws
 
 
-_SCORER_METRICS: list = []  # the scorer's Prometheus histograms, made once per process (see service_module)
-
-
 @contextmanager
-def service_module(home: Path):
-    """components.serving.service imported afresh against the BentoML store at `home` (it resolves the model
-    to serve at import), on one torch thread; BentoML's store and the thread count are restored after.
-    Every import shares the first one's scorer histograms: Prometheus refuses a second metric of a name."""
+def bentoml_store(home: Path):
+    """BentoML's store at `home` while services are built in this process (as BentoML's own pytest plugin
+    points its container at a test home), on one torch thread; both restored after. The services read
+    nothing at import, so nothing is re-imported."""
     import torch
     from bentoml._internal.configuration.containers import BentoMLContainer
     from bentoml._internal.models.model import ModelStore
@@ -74,21 +70,11 @@ def service_module(home: Path):
     before_home = BentoMLContainer.bentoml_home.get()
     BentoMLContainer.bentoml_home.set(str(home))
     BentoMLContainer.model_store.set(ModelStore(str(home / "models")))
-    sys.modules.pop("components.serving.service", None)
     try:
-        import components.serving.service as svc
-
-        if _SCORER_METRICS:
-            svc._ScorerMetrics._instance = _SCORER_METRICS[0]
-        try:
-            yield svc
-        finally:
-            if svc._ScorerMetrics._instance is not None:
-                _SCORER_METRICS[:] = [svc._ScorerMetrics._instance]
+        yield
     finally:
         BentoMLContainer.bentoml_home.set(before_home)
         BentoMLContainer.model_store.set(store)
-        sys.modules.pop("components.serving.service", None)
         torch.set_num_threads(before_threads)
 
 

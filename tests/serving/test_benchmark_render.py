@@ -87,14 +87,20 @@ def test_targets_of_a_partial_run_say_only_what_was_measured():
     assert "| batching |" in table and "| no batching |" not in table and "Partial run: not every server" in table
 
 
-def test_unknown_server_is_refused_before_anything_starts(capsys):
-    import pytest
-
-    from benchmarks.serving import main
-
-    with pytest.raises(SystemExit) as exit_:
-        main(["--servers", "batching,nope"])
-    assert exit_.value.code == 2 and "--servers: unknown nope; choose from batching, no_batching" in capsys.readouterr().err
+def test_servers_of_removed_modes_in_old_results_are_shown_as_a_record():
+    """Old result files hold servers the benchmark no longer starts (BentoML's batcher, the model forced
+    onto the event loop): their rows stay, after today's servers, with a note saying what they were."""
+    run = {"env": {}, "bare_forward": {"p50_ms": 4.0}, "c1": {"p50_ms": 7.0, "p95_ms": 9.0, "p99_ms": 9.5, "errors": 0},
+           "c8": {"p50_ms": 30.0, "p95_ms": 40.0, "p99_ms": 41.0, "throughput_rps": 200.0, "errors": 0}}
+    report = {"batching_loop": run, "batching": run, "batching_bentoml": run, "no_batching": run, "threads": 1,
+              "dtype": "torch.bfloat16", "targets": {}, "machine": {"cpus": 2, "loadavg_before": [1.0],
+                                                                   "loadavg_after": [1.0]}}
+    rows = [line.split("|")[1].strip() for line in render(report).splitlines() if line.startswith("| ")][1:]
+    assert rows == ["batching", "no batching", "batching bentoml", "batching loop"]
+    assert ("Kept as a record, from modes since removed from the service: batching bentoml: BentoML's own batcher "
+            "(`batchable=True`, then LLMSREC_BATCHING=bentoml); batching loop: ") in render(report)
+    del report["batching_bentoml"], report["batching_loop"]
+    assert "Kept as a record" not in render(report)
 
 
 def test_docs_plot_the_serving_targets_of_every_result(tmp_path):
@@ -131,7 +137,8 @@ def test_docs_plot_the_serving_targets_of_every_result(tmp_path):
 
 
 def test_docs_list_what_each_batcher_costs_a_lone_request(tmp_path):
-    """`benchmarks.batchers_c1` results get their own table in docs/benchmarks.md, against the last server."""
+    """The recorded results of the removed `benchmarks.batchers_c1` keep their table in docs/benchmarks.md,
+    against the last server, marked as a record."""
     import json
 
     from benchmarks.report import render as render_docs
@@ -143,6 +150,7 @@ def test_docs_list_what_each_batcher_costs_a_lone_request(tmp_path):
                           "no_batching": {"c1": {**c1, "p50_ms": 8.1}, "p50_minus_no_batching_ms": 0.0}}}
     (tmp_path / "batchers_c1_tiny_loop.json").write_text(json.dumps(result))
     doc = render_docs(tmp_path)
-    assert "## Batchers at concurrency 1" in doc and "| server | c1 p50 | c1 p95 | p50 minus no_batching |" in doc
+    assert "## Batchers at concurrency 1 (a record: `benchmarks.batchers_c1` and its server modes are removed)" in doc
+    assert "| server | c1 p50 | c1 p95 | p50 minus no_batching |" in doc
     assert "| batching | 8.2 ms | 10.0 ms | +0.09 ms |" in doc
     assert "2000 requests per server, round-robin; LLMSREC_SCORE_ON_LOOP=1; 2 CPUs, tiny random LLM; errors 0." in doc

@@ -1,4 +1,4 @@
-"""Issue 16: a `package` stage that dies midway, or a damaged file in a stored version, leaves the champion
+"""A `package` stage that dies midway, or a damaged file in a stored version, leaves the champion
 serving. The real gate and package stages (dvc.yaml's command) on the fixture model (tests/serving/conftest.py)."""
 
 from __future__ import annotations
@@ -18,7 +18,7 @@ import pytest
 from components.errors import CheckpointError
 from components.serving.registry import list_models, resolve_serving_tag, rollback, set_production, verify
 from tests.model.conftest import stage_argv
-from tests.serving.conftest import gate, package, run_stage, service_module, stage_env
+from tests.serving.conftest import bentoml_store, gate, package, run_stage, stage_env
 
 pytestmark = [pytest.mark.slow, pytest.mark.real_llm]
 
@@ -101,10 +101,13 @@ def champion_serves(home: Path, champion: str) -> None:
     """The scorer, built as `bentoml serve` builds it, loads `champion` and answers."""
     import asyncio
 
-    with service_module(home) as svc:
-        scorer = svc.LLMSRecScorer()
+    from components.serving.schema import HistoryItem, ScoreRequest
+    from components.serving.service import LLMSRecScorer
+
+    with bentoml_store(home):
+        scorer = LLMSRecScorer()
         assert scorer.tag == champion
-        answer = asyncio.run(scorer.score([svc.ScoreRequest(history=[svc.HistoryItem(
+        answer = asyncio.run(scorer.score([ScoreRequest(history=[HistoryItem(
             item_id=scorer.packaged.item_ids[0])], k=3)]))[0]
         assert answer.status_code == 200 and answer.result.model == champion and len(answer.result.items) == 3
 

@@ -14,13 +14,13 @@ import pytest
 
 from benchmarks.reliability import (
     KINDS,
-    MAX_BODY_BYTES,
     Catalogue,
     plan,
     reliability_lines,
     render,
     summarise,
 )
+from components.serving.settings import ServingSettings
 from tests.conftest import REPO
 from tests.serving.conftest import stage_env
 
@@ -39,7 +39,7 @@ def test_plan_mixes_every_kind_in_at_the_asked_share(catalogue):
     kinds = Counter(r.kind for r in reqs)
     assert len(reqs) == 1000 and kinds["good"] == 900
     assert set(kinds) - {"good"} == set(KINDS) and max(kinds[k] for k in KINDS) - min(kinds[k] for k in KINDS) <= 1
-    assert len(KINDS) - sum(1 for e, _ in KINDS.values() if e == "fallback") >= 8  # the issue asks for 8 error kinds
+    assert len(KINDS) - sum(1 for e, _ in KINDS.values() if e == "fallback") >= 8  # at least 8 ways to get a request wrong
     first_bad = next(i for i, r in enumerate(reqs) if r.kind != "good")
     assert first_bad < 50  # spread through the run, not appended at its end
     assert plan(catalogue, 1000, 0.1, seed=0) == reqs  # seeded
@@ -58,7 +58,7 @@ def test_each_kind_is_malformed_the_way_it_says(catalogue):
 
     assert not any(parses(r) for r in by_kind["bad_json"] + by_kind["not_utf8"])
     assert all(not isinstance(json.loads(r.body), dict) for r in by_kind["not_an_object"])
-    assert all(len(r.body) > MAX_BODY_BYTES for r in by_kind["huge_history"])
+    assert all(len(r.body) > ServingSettings.from_env().max_body_bytes for r in by_kind["huge_history"])
     assert all(r.headers["content-type"] != "application/json" for r in by_kind["wrong_content_type"])
     stamps = {json.dumps(json.loads(r.body)["history"][1]["timestamp"]) for r in by_kind["bad_timestamp"]}
     assert {"-5", "1650000000000", '"2024-01-01"', "1.5", "true"} <= stamps  # the variants all come round

@@ -14,7 +14,7 @@ import pandas as pd
 import pytest
 
 from tests.conftest import REPO
-from tests.serving.conftest import free_port, service_module, stage_env
+from tests.serving.conftest import bentoml_store, free_port, stage_env
 
 
 @pytest.fixture(scope="module")
@@ -22,19 +22,23 @@ def client(promoted_home):
     """The public service's ASGI app in this process (its scorer dependency is a local instance)."""
     from starlette.testclient import TestClient
 
-    with service_module(promoted_home) as svc, TestClient(svc.LLMSRecService.to_asgi()) as c:
+    from components.serving.service import LLMSRecService
+
+    with bentoml_store(promoted_home), TestClient(LLMSRecService.to_asgi()) as c:
         yield c
 
 
-def test_scorer_answers_alike_on_its_event_loop_and_in_a_thread(client, catalogue, monkeypatch):
-    """LLMSREC_SCORE_ON_LOOP only moves where the model runs (the loop on CUDA, a thread on a CPU), and
-    the model is loaded and run in one thread only (a second thread running torch slows every pass)."""
+def test_scorer_loads_and_runs_the_model_in_one_thread_and_answers_as_the_scorer_does(client, catalogue,
+                                                                                     monkeypatch):
+    """On a CPU the scorer service loads and runs the model in its one model thread (a second thread
+    running torch slows every pass), on a fresh event loop too; its answers are the Scorer's own."""
     import asyncio
     import threading
 
     from components.serving.packaged import PackagedModel
+    from components.serving.schema import HistoryItem, ScoreRequest
+    from components.serving.service import LLMSRecScorer
 
-    svc = sys.modules["components.serving.service"]
     torch_threads: list[str] = []
     for name in ("load", "recommend"):
         original = getattr(PackagedModel, name)
@@ -45,31 +49,30 @@ def test_scorer_answers_alike_on_its_event_loop_and_in_a_thread(client, catalogu
 
         monkeypatch.setattr(PackagedModel, name, record)  # `load` stays callable on the class: its original is bound
     ids = catalogue[0]
-    requests = [svc.ScoreRequest(history=[svc.HistoryItem(item_id=i) for i in ids[:5]], k=5),
-                svc.ScoreRequest(history=[], k=3)]
-    answers = {}
-    for mode in ("1", "0"):
-        monkeypatch.setenv("LLMSREC_SCORE_ON_LOOP", mode)
-        scorer = svc.LLMSRecScorer()
-        assert scorer.score_on_loop is (mode == "1")
-        answers[mode] = [r.model_dump() for r in asyncio.run(scorer.score(requests))]
-        asyncio.run(scorer.score(requests))  # a second event loop, as a restarted worker would have
-        # load, warm-up and two calls, all in one thread: this one on the loop, else the model thread
-        assert len(torch_threads) == 4 and len(set(torch_threads)) == 1, torch_threads
-        assert torch_threads[0] == (threading.current_thread().name if mode == "1" else "llmsrec-model_0")
-        torch_threads.clear()
-    assert answers["1"] == answers["0"]
-    assert len(answers["1"][0]["result"]["items"]) == 5 and answers["1"][1]["result"]["fallback"] == "popularity"
+    requests = [ScoreRequest(history=[HistoryItem(item_id=i) for i in ids[:5]], k=5), ScoreRequest(history=[], k=3)]
+    scorer = LLMSRecScorer()
+    assert scorer.score_on_loop is False
+    served = [r.model_dump() for r in asyncio.run(scorer.score(requests))]
+    asyncio.run(scorer.score(requests))  # a second event loop, as a restarted worker would have
+    # load, warm-up and two calls, all in the model thread
+    assert torch_threads == ["llmsrec-model_0"] * 4, torch_threads
+    assert served == [r.model_dump() for r in scorer._scorer.score(requests)]
+    assert len(served[0]["result"]["items"]) == 5 and served[1]["result"]["fallback"] == "popularity"
 
 
-@pytest.mark.parametrize(("env", "says"), [
-    ({"LLMSREC_BATCHING": "yes"}, "LLMSREC_BATCHING='yes' is not a batching mode. Fix: 1 (adaptive batching, the "
-                                  "default), 0 (none) or bentoml"),
-    ({"LLMSREC_MAX_BATCH": "0"}, "LLMSREC_MAX_BATCH=0 is below 1. Fix:")])
-def test_bad_batching_settings_are_refused_at_startup(env, says):
-    out = subprocess.run([sys.executable, "-c", "import components.serving.service"], cwd=REPO, capture_output=True,
-                         text=True, env={**os.environ, **env}, timeout=120)
-    assert out.returncode != 0 and says in out.stderr
+def test_importing_the_service_reads_nothing(tmp_path):
+    """Importing the service modules reads no setting and touches no store: a bad setting and an empty
+    BentoML home pass the import, and fail only when a service is built."""
+    code = ("import components.serving.service as s, components.serving.scorer, components.serving.schema\n"
+            "from components.errors import ConfigError\n"
+            "try:\n    s.LLMSRecScorer()\nexcept ConfigError as e:\n    print('refused:', e)\n")
+    env = {**os.environ, "LLMSREC_MAX_BATCH": "0", "BENTOML_HOME": str(tmp_path / "home"),
+           "PYTHONPATH": os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")]))}
+    out = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, env=env, timeout=120)
+    assert out.returncode == 0, out.stderr
+    assert "refused: LLMSREC_MAX_BATCH='0': input should be greater than or equal to 1. Fix: set it to an integer " \
+           "from 1 to 256" in out.stdout
+    assert not (tmp_path / "home").exists()
 
 
 def test_startup_objects_are_frozen_out_of_the_collector(client):
@@ -77,19 +80,21 @@ def test_startup_objects_are_frozen_out_of_the_collector(client):
     no longer walks them while requests wait (it took ~230 ms in the scorer on the 2-core VM)."""
     import gc
 
-    svc = sys.modules["components.serving.service"]
-    for make in (svc.LLMSRecScorer, svc.LLMSRecService):
+    from components.serving.service import LLMSRecScorer, LLMSRecService
+
+    for make in (LLMSRecScorer, LLMSRecService):
         gc.unfreeze()
         assert gc.get_freeze_count() == 0
         make()
         assert gc.get_freeze_count() > 50_000, make  # the libraries alone are > 100k objects
 
 
-def test_media_types_pinned_to_what_bentoml_derives(client):
-    """Every API's response media type is fixed at import (BentoML would rebuild a JSON schema of the
-    output type per response to find it), and to exactly the value BentoML derives."""
-    svc = sys.modules["components.serving.service"]
-    for service in (svc.LLMSRecScorer, svc.LLMSRecService):
+def test_media_types_pinned_to_what_bentoml_derives():
+    """Every API's response media type is fixed when the services are defined (BentoML would rebuild a
+    JSON schema of the output type per response to find it), and to exactly the value BentoML derives."""
+    from components.serving.service import LLMSRecScorer, LLMSRecService
+
+    for service in (LLMSRecScorer, LLMSRecService):
         for name, api in service.apis.items():
             spec = api.output_spec
             pinned, spec.media_type = spec.media_type, None
@@ -215,7 +220,7 @@ def test_bad_input_gets_4xx_with_a_message(client, payload, status, says):
 ])
 @pytest.mark.real_llm
 def test_a_bad_timestamp_gets_one_message_naming_the_field_and_the_fix(client, catalogue, timestamp, says):
-    """Issue 16: a bad timestamp used to come back as one error per branch of the history entry's union
+    """A bad timestamp used to come back as one error per branch of the history entry's union
     (`history.1.constrained-str: ...; history.1.int: ...; history.1.HistoryItem.timestamp: ...`)."""
     ids = catalogue[0]
     r = client.post("/recommend", json={"history": [ids[0], {"item_id": ids[1], "timestamp": timestamp}]})
@@ -286,12 +291,10 @@ def wait_ready(url: str, proc: subprocess.Popen, timeout: float = 240) -> None:
 
 @pytest.mark.slow
 @pytest.mark.real_llm
-@pytest.mark.parametrize(("on_loop", "batching"), [("0", "1"), ("1", "1"), ("0", "bentoml")],
-                         ids=["model-in-thread", "model-on-loop", "bentoml-batcher"])
-def test_bentoml_serve_subprocess(promoted_home, catalogue, tmp_path, on_loop, batching):
-    """A real server, with the scorer's model in its dedicated model thread (the CPU default) and on its
-    event loop (the CUDA default, LLMSREC_SCORE_ON_LOOP); and with BentoML's own batcher instead of the
-    scorer's (LLMSREC_BATCHING=bentoml)."""
+@pytest.mark.parametrize("batching", ["1", "0"], ids=["batching", "no-batching"])
+def test_bentoml_serve_subprocess(promoted_home, catalogue, tmp_path, batching):
+    """A real server, with the scorer's model in its dedicated model thread (the CPU default), with the
+    adaptive batcher (the default) and without it (LLMSREC_BATCHING=0)."""
     import httpx
 
     ids, _, _ = catalogue
@@ -300,7 +303,6 @@ def test_bentoml_serve_subprocess(promoted_home, catalogue, tmp_path, on_loop, b
     log = (tmp_path / "serve.log").open("w")
     env = stage_env(promoted_home)
     env["LLMSREC_TORCH_THREADS"] = "1"
-    env["LLMSREC_SCORE_ON_LOOP"] = on_loop
     env["LLMSREC_BATCHING"] = batching
     proc = subprocess.Popen([sys.executable, "-m", "bentoml", "serve", "--port", str(port), "--host", "127.0.0.1"],
                             cwd=REPO, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
@@ -332,9 +334,8 @@ def test_bentoml_serve_subprocess(promoted_home, catalogue, tmp_path, on_loop, b
         stats = scorer_stats(url)
         assert stats["llmsrec_batch_size_sum"] >= 6 and stats["llmsrec_model_seconds_sum"] > 0, stats
         log.flush()
-        where = "event loop" if on_loop == "1" else "model thread"
-        how = "adaptive, up to 16" if batching == "1" else "BentoML's, up to 16"
-        assert f"model on cpu, run on the {where}; batching: {how}" in (tmp_path / "serve.log").read_text()
+        how = "adaptive, up to 16" if batching == "1" else "off"
+        assert f"model on cpu, run on the model thread; batching: {how}" in (tmp_path / "serve.log").read_text()
         spec = httpx.get(f"{url}/docs.json").json()
         assert "/recommend" in spec["paths"] and "/items" in spec["paths"]
         # The documented contract is the enforced one: the four fields, nothing else, k within 1..100.

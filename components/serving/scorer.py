@@ -1,0 +1,121 @@
+"""Scoring: validated requests in, recommendations out, from one loaded `PackagedModel`.
+
+What a request means (also in the README):
+- `user_id`: that user's history from the packaged data; a user the model does not know is a 404;
+- `history`: oldest first (sorted by timestamp when every item has one); the model reads its last items
+  (its window) and `exclude_seen` removes every item of the whole history; unknown item ids are ignored
+  and listed in `unknown_items`; items sent without a timestamp are dated the last day of the model's data;
+- an empty or all-unknown history gets the popularity ranking of the model's training data, flagged
+  `"fallback": "popularity"` (components/serving/packaged.py), so a cold-start client gets an answer
+  and can tell.
+
+`Scorer.load` picks the version that loads: a production version whose files are damaged (checked against
+the sizes and sha256 recorded at packaging) is not served; the version that was production before it is,
+and the log says why. No BentoML here: components/serving/service.py runs this inside its scorer service.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from components.serving.schema import (
+    CatalogueItem,
+    HistoryItem,
+    ItemsPage,
+    Recommendation,
+    RecommendedItem,
+    ScoreRequest,
+    ScoreResult,
+)
+
+logger = logging.getLogger(__name__)
+
+
+def _here(fn: Callable, *args: Any, **kwargs: Any) -> Any:
+    return fn(*args, **kwargs)
+
+
+class Scorer:
+    """Answers /recommend and /items from `packaged` (a components.serving.packaged.PackagedModel).
+
+    `on_call(batch_size, model_seconds)`, if given, is called after every model call: the number of
+    requests scored together and the seconds the model took (LLM pass, scoring, top-k)."""
+
+    def __init__(self, packaged, on_call: Callable[[int, float], None] | None = None):
+        self.packaged, self.on_call = packaged, on_call
+        self.tag = str(packaged.tag)
+        self.status = str(packaged.manifest.get("status", "passed"))
+
+    @classmethod
+    def load(cls, path: Path, tag: str, *, device: str, dtype: str, run: Callable = _here,
+             on_call: Callable[[int, float], None] | None = None) -> Scorer:
+        """Load the stored version `tag` at `path` through `run(fn, *args, **kwargs)` (where the model will
+        run: the scorer service's model thread on a CPU). If it is refused (a damaged file: a PipelineError
+        naming it), the versions that were production before it are tried, newest first
+        (components/serving/registry.py `serving_candidates`), so a damaged production version leaves the
+        previous champion serving instead of no service. A pinned LLMSREC_MODEL_TAG has no fallback.
+        Nothing loadable: the first refusal is raised."""
+        from components.errors import PipelineError
+        from components.serving.packaged import PackagedModel
+        from components.serving.registry import get_model, serving_candidates
+
+        try:
+            return cls(run(PackagedModel.load, path, tag, device=device, dtype=dtype), on_call)
+        except PipelineError as e:
+            first = refused = e
+        order = serving_candidates()
+        for earlier in order[order.index(tag) + 1:] if tag in order else order:
+            logger.error("not serving %s: %s. Trying %s, production before it", tag, refused, earlier)
+            try:
+                packaged = run(PackagedModel.load, Path(get_model(earlier).path), earlier, device=device, dtype=dtype)
+            except PipelineError as e:
+                tag, refused = earlier, e
+                continue
+            return cls(packaged, on_call)
+        logger.error("not serving %s: %s. No other version to fall back to", tag, refused)
+        raise first
+
+    def score(self, requests: list[ScoreRequest]) -> list[ScoreResult]:
+        """One model call over every request that has something to score, answers in request order."""
+        from components.serving.packaged import Query
+
+        pm = self.packaged
+        results: list[ScoreResult | None] = [None] * len(requests)
+        queries, slots = [], []
+        for i, r in enumerate(requests):
+            if r.user_id is not None:
+                found = pm.user_history(r.user_id)
+                if found is None:
+                    results[i] = ScoreResult(status_code=404, error=f"user_id '{r.user_id}' is not in the data of "
+                                             f"{self.tag}. Fix: send the user's history instead")
+                    continue
+                queries.append(Query(found[0], found[1], r.k, r.exclude_seen))
+            else:
+                items, stamps, unknown = pm.resolve([(str(h.item_id), h.timestamp) for h in r.history or []])
+                queries.append(Query(items, stamps, r.k, r.exclude_seen, unknown))
+            slots.append(i)
+        t0 = time.perf_counter()
+        answers = pm.recommend(queries) if queries else []
+        if self.on_call is not None:
+            self.on_call(len(requests), time.perf_counter() - t0)
+        for i, q, a in zip(slots, queries, answers, strict=True):
+            results[i] = ScoreResult(result=Recommendation(
+                model=self.tag, status=self.status, unknown_items=q.unknown, history_used=a.history_used,
+                fallback=a.fallback, items=[RecommendedItem(item_id=pm.item_ids[j - 1], title=pm.titles[j], score=s)
+                                            for j, s in zip(a.items, a.scores, strict=True)]))
+        return results  # type: ignore[return-value]
+
+    def items(self, limit: int = 50, offset: int = 0) -> ItemsPage:
+        """A page of the catalogue (item_id, title) in index order."""
+        pm = self.packaged
+        rows = range(offset, min(offset + limit, pm.num_items))
+        return ItemsPage(total=pm.num_items, limit=limit, offset=offset,
+                         items=[CatalogueItem(item_id=pm.item_ids[i], title=pm.titles[i + 1]) for i in rows])
+
+    def warm_up(self) -> None:
+        """One request before reporting ready: the first LLM pass pays one-off costs (allocations, kernels)."""
+        self.score([ScoreRequest(history=[HistoryItem(item_id=self.packaged.item_ids[0])], k=1)])
