@@ -1,6 +1,6 @@
 """The LLM-SRec HTTP service (BentoML 1.4 class services): `bentoml serve` from the repository root.
 
-Two services, the pattern BentoML documents for a model behind a validating front:
+Two services, the public one depending on the other (`bentoml.depends`):
 
 - `LLMSRecService` (public): the HTTP contract (components/serving/schema.py). `POST /recommend`,
   `POST /items`, plus BentoML's `/livez`, `/readyz`, `/metrics` and the OpenAPI docs at `/` and

@@ -294,7 +294,8 @@ def wait_ready(url: str, proc: subprocess.Popen, timeout: float = 240) -> None:
 @pytest.mark.parametrize("batching", ["1", "0"], ids=["batching", "no-batching"])
 def test_bentoml_serve_subprocess(promoted_home, catalogue, tmp_path, batching):
     """A real server, with the scorer's model in its dedicated model thread (the CPU default), with the
-    adaptive batcher (the default) and without it (LLMSREC_BATCHING=0)."""
+    adaptive batcher (the default) and without it (LLMSREC_BATCHING=0); its settings come from the
+    environment it was started in."""
     import httpx
 
     ids, _, _ = catalogue
@@ -304,6 +305,7 @@ def test_bentoml_serve_subprocess(promoted_home, catalogue, tmp_path, batching):
     env = stage_env(promoted_home)
     env["LLMSREC_TORCH_THREADS"] = "1"
     env["LLMSREC_BATCHING"] = batching
+    env["LLMSREC_MAX_BODY_BYTES"] = "65536"  # read by the served process's middleware, not at import
     proc = subprocess.Popen([sys.executable, "-m", "bentoml", "serve", "--port", str(port), "--host", "127.0.0.1"],
                             cwd=REPO, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
     try:
@@ -324,6 +326,8 @@ def test_bentoml_serve_subprocess(promoted_home, catalogue, tmp_path, batching):
         assert bad.status_code == 422 and "k:" in bad.json()["error"]
         assert httpx.post(f"{url}/recommend", content=b"{nope", headers={"content-type": "application/json"}
                           ).status_code == 400
+        big = httpx.post(f"{url}/recommend", json={"history": ids * (70_000 // len(ids))})
+        assert big.status_code == 413 and "larger than 65536 bytes" in big.json()["error"], big.text
         assert httpx.post(f"{url}/items", json={"limit": 2}).json()["items"][0]["item_id"] == ids[0]
         metrics = httpx.get(f"{url}/metrics").text
         assert "bentoml_service_request_total" in metrics or "bentoml_api_server_request_total" in metrics

@@ -16,7 +16,7 @@ def test_defaults_and_values_from_the_environment(clean_env, monkeypatch):
         None, True, 16, 1 << 20, None, "auto", "auto")
     for name, value in {"LLMSREC_BATCHING": "0", "LLMSREC_MAX_BATCH": "4", "LLMSREC_TORCH_THREADS": "2",
                         "LLMSREC_DEVICE": "cuda:1", "LLMSREC_DTYPE": "bf16", "LLMSREC_MODEL_TAG": "llmsrec:abc123",
-                        "LLMSREC_MAX_BODY_BYTES": ""}.items():  # empty: unset, as the service always read it
+                        "LLMSREC_MAX_BODY_BYTES": ""}.items():  # empty: unset
         monkeypatch.setenv(name, value)
     s = ServingSettings.from_env()
     assert (s.batching, s.max_batch, s.torch_threads, s.device, s.dtype, s.model_tag, s.max_body_bytes) == (
