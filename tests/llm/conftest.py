@@ -6,7 +6,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from components.data.sources.synthetic import SyntheticConfig, generate
+from components.config import DataParams, EvalParams, SyntheticParams
+from components.data.sources.synthetic import generate
 from components.io import write_json, write_parquet
 from components.stages.prepare import prepare
 
@@ -50,8 +51,8 @@ def tiny_backbone(smollm2_dir):
 @pytest.fixture(scope="session")
 def prepared_dir(tmp_path_factory):
     out = tmp_path_factory.mktemp("prepared")
-    inter, items = generate(SyntheticConfig(num_users=120, num_items=100, num_topics=6, max_length=40), seed=5)
-    res = prepare(inter, items, {}, {"num_negatives": 30}, seed=5)
+    inter, items = generate(SyntheticParams(num_users=120, num_items=100, num_topics=6, max_length=40), seed=5)
+    res = prepare(inter, items, DataParams(), EvalParams(num_negatives=30), seed=5)
     for name in ("items", "users", "sequences", "candidates"):
         write_parquet(res[name], out / f"{name}.parquet")
     write_json(out / "meta.json", res["summary"])
