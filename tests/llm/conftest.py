@@ -6,10 +6,21 @@ from __future__ import annotations
 import pytest
 import torch
 
-from components.config import DataParams, EvalParams, SyntheticParams
+from components.config import DataParams, DistillParams, EvalParams, SyntheticParams
 from components.data.sources.synthetic import generate
 from components.io import write_json, write_parquet
 from components.stages.prepare import prepare
+
+#: The paper's distill settings (and the reference's validation cadence and patience) where params.yaml's
+#: defaults go beyond them: the LLM-SRec mechanics these tests check ([UserOut]/[ItemOut] readout,
+#: sampled negatives, one example per user). A test of a beyond-the-paper switch sets it on top.
+PAPER = {"targets": "last", "negatives": "sampled", "num_negatives": 3, "prompt": "paper", "readout": "token",
+         "eval_every": 0.1, "valid_users": 200, "patience": 3, "max_minutes": None}
+
+
+def paper(**changes) -> DistillParams:
+    """DistillParams at the paper's settings, with `changes` on top."""
+    return DistillParams(**{**PAPER, **changes})
 
 
 @pytest.fixture(autouse=True)
