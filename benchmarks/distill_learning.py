@@ -5,7 +5,10 @@
         [--base key=value,...] [--valid-users 600] --out benchmarks/results/learning/synthetic.json
 
 Each `--variant NAME:key=value,...` overrides `distill` options (and `num_layers`, the `llm` one) on top of
-`--base`. For each variant, on the same data, teacher, seed and budget (`distill.max_minutes`):
+`--base`, which starts from params `distill`'s defaults (components.config.DistillParams: params.yaml's
+values). The probes in benchmarks/results/learning/ started from the paper's settings instead, so what
+their `base` does not list is the paper's (`readout: token` among them). For each variant, on the same
+data, teacher, seed and budget (`distill.max_minutes`):
 - the spread of the LLM states the adapters read, before and after training: the mean pairwise cosine
   similarity of the last hidden states at `[UserOut]` (64 validation users) and `[ItemOut]` (64 items),
   raw and centred (the batch mean subtracted), and of what f_user/f_item actually receive (after
@@ -63,16 +66,18 @@ def state_spread(model, prepared, n: int = 64) -> dict[str, float]:
 
 
 def run_variant(name: str, overrides: dict, args, prepared, teacher, titles, backbones: dict) -> dict:
+    from components.config import DistillParams, parse
     from components.llm.backbone import load_backbone, truncate_layers
-    from components.stages.distill import DistillOptions, build_model, fit
+    from components.stages.distill import build_model, fit
 
     overrides = dict(overrides)
     layers = overrides.pop("num_layers", None)
     if "full" not in backbones:
         backbones["full"] = load_backbone(args.backbone, dtype=args.dtype)
     backbone = backbones["full"] if layers is None else truncate_layers(backbones["full"], int(layers))
-    opts = DistillOptions.from_params({"max_minutes": args.minutes, "max_steps": None, "epochs": 100,
-                                       "valid_users": args.valid_users, "patience": 1000, **overrides})
+    opts = parse(DistillParams, {"max_minutes": args.minutes, "max_steps": None, "epochs": 100,
+                                 "valid_users": args.valid_users, "patience": 1000, **overrides},
+                 f"--variant {name}", at="distill")
     torch.manual_seed(args.seed)
     model = build_model(prepared, copy.deepcopy(teacher), backbone, opts, titles)
     before = state_spread(model, prepared)

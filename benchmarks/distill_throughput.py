@@ -42,12 +42,14 @@ CHANGES = {
 
 def prepared_default(workdir: Path) -> Path:
     """The synthetic default data, prepared by the real prepare code."""
-    from components.data.sources.synthetic import SyntheticConfig, generate
+    from components.config import Params
+    from components.data.sources.synthetic import generate
     from components.io import write_json, write_parquet
     from components.stages.prepare import prepare
 
-    inter, items = generate(SyntheticConfig(), seed=42)
-    res = prepare(inter, items, {}, {}, seed=42)
+    params = Params()  # params.yaml's defaults: the synthetic default data, its k-core and candidates
+    inter, items = generate(params.data.synthetic, seed=params.seed)
+    res = prepare(inter, items, params.data, params.eval, seed=params.seed)
     for name in ("items", "users", "sequences", "candidates"):
         write_parquet(res[name], workdir / f"{name}.parquet")
     write_json(workdir / "meta.json", res["summary"])
@@ -67,12 +69,11 @@ def cpu_model() -> str:
 
 
 def chosen_config(params_path: Path) -> dict:
-    from components.params import load_params
+    from components.config import load_params
 
     params = load_params(params_path)
-    d, llm = params.get("distill", {}), params.get("llm", {})
-    return {**{k: d[k] for k in ("prompt", "kv_reuse", "negatives", "num_negatives", "readout") if k in d},
-            "num_layers": llm.get("num_layers")}
+    return {**params.distill.model_dump(include={"prompt", "kv_reuse", "negatives", "num_negatives", "readout"}),
+            "num_layers": params.llm.num_layers}
 
 
 def profile_step(model, batch) -> dict[str, float]:
@@ -97,14 +98,15 @@ def profile_step(model, batch) -> dict[str, float]:
 
 
 def measure(name: str, cfg: dict, args, data, teacher, titles, full_backbone) -> dict:
+    from components.config import DistillParams, parse
     from components.evaluation.metrics import candidate_ranks
     from components.llm.backbone import truncate_layers
-    from components.stages.distill import DistillOptions, Examples, build_model
+    from components.stages.distill import Examples, build_model
 
     # min(): the tests' tiny model has fewer layers than a row asks for
     backbone = (full_backbone if cfg["num_layers"] is None
                 else truncate_layers(full_backbone, min(cfg["num_layers"], full_backbone.num_layers)))
-    opts = DistillOptions(**{k: v for k, v in cfg.items() if k != "num_layers"})
+    opts = parse(DistillParams, {k: v for k, v in cfg.items() if k != "num_layers"}, f"row {name!r}", at="distill")
     torch.manual_seed(0)
     model = build_model(data, copy.deepcopy(teacher), backbone, opts, titles)
     model.train()

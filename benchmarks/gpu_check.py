@@ -39,10 +39,11 @@ def main(argv: list[str] | None = None) -> None:
     import pandas as pd
 
     from benchmarks.distill_throughput import prepared_default
+    from components.config import DistillParams
     from components.data.sequences import Prepared
     from components.llm.backbone import load_backbone
     from components.models.sasrec import SASRec, SASRecConfig
-    from components.stages.distill import DistillOptions, Examples, build_model
+    from components.stages.distill import Examples, build_model
 
     prepared_dir = prepared_default(Path(tempfile.mkdtemp(prefix="gpu-check-")))
     data = Prepared.load(prepared_dir)
@@ -56,7 +57,7 @@ def main(argv: list[str] | None = None) -> None:
     def loss_on(device: str, dtype: str) -> tuple[float, object]:
         backbone = load_backbone(args.backbone, device=device, dtype=dtype)
         torch.manual_seed(1)  # identical adapter initialisation on every device
-        model = build_model(data, copy.deepcopy(teacher), backbone, DistillOptions(), titles)
+        model = build_model(data, copy.deepcopy(teacher), backbone, DistillParams(), titles)
         model.adapters.to(backbone.device)
         model.sasrec.to(backbone.device)
         with torch.no_grad():

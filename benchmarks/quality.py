@@ -32,6 +32,8 @@ from typing import Any
 
 import yaml
 
+from components.config import parse_params
+
 REPO = Path(__file__).resolve().parents[1]
 DATA_STAGES = ["ingest", "validate", "prepare"]
 #: the training stages each model needs; `evaluate` always runs last
@@ -140,6 +142,7 @@ def run(args: argparse.Namespace, log=print) -> dict[str, Any]:
     dvc = yaml.safe_load((REPO / "dvc.yaml").read_text())
     plan = stage_plan(dvc, models)
     params = build_params(yaml.safe_load((REPO / "params.yaml").read_text()), args, models)
+    parse_params(params, "params.yaml with the --set overrides")  # a typo fails now, not after an hour of stages
     workspace = Path(args.workdir) if args.workdir else Path(tempfile.mkdtemp(prefix="quality-"))
     workspace.mkdir(parents=True, exist_ok=True)
     (workspace / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))

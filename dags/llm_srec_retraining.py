@@ -44,46 +44,46 @@ from airflow.sdk import (
 )
 from airflow.sdk.exceptions import AirflowFailException
 
+from components.config import load_params
 from components.errors import ConfigError
 from components.io import read_json
 from components.orchestration import graph, release
-from components.orchestration.config import load_config
 from components.orchestration.operators import DvcStageOperator
 from components.orchestration.runner import StageFailed, StageInputError, run_module
 
 # The repository this DAG drives: the folder above dags/, or $LLMSREC_REPO when the DAG file is
 # deployed elsewhere (e.g. a dags folder that only holds a copy).
 REPO = Path(os.environ.get("LLMSREC_REPO") or Path(__file__).resolve().parents[1]).resolve()
-CFG = load_config(REPO / "params.yaml")
+CFG = load_params(REPO / "params.yaml").orchestration  # the whole file is checked: a typo anywhere fails here
 STAGES = graph.pipeline_stages(REPO)
-LANDING = CFG["landing"]
+LANDING = CFG.landing
 ORCHESTRATION_TASKS = ("ingest_batches", "prepare_warm_start", "check_gate", "mark_rejected", "reload_serving",
                        "run_summary")
 
 if clash := sorted({s.task_id for s in STAGES} & set(ORCHESTRATION_TASKS)):
     raise ConfigError(REPO / "dvc.yaml", f"stage(s) {clash} share a name with the DAG's own tasks",
                       "rename the stage(s)")
-STORE_READERS = graph.reads(STAGES, LANDING["store"])
+STORE_READERS = graph.reads(STAGES, LANDING.store)
 if not STORE_READERS:
-    raise ConfigError(REPO / "params.yaml", f"orchestration.landing.store ({LANDING['store']}) is not a dependency "
+    raise ConfigError(REPO / "params.yaml", f"orchestration.landing.store ({LANDING.store}) is not a dependency "
                       "of any dvc.yaml stage, so accepted batches would never reach training",
                       "add it to the ingest stage's deps and command (--batches), or fix the path")
-GATE_STAGE = graph.writer_of(STAGES, CFG["gate_report"])
+GATE_STAGE = graph.writer_of(STAGES, CFG.gate_report)
 RELEASE_STAGES = graph.downstream(STAGES, GATE_STAGE) if GATE_STAGE else []
 
 
 def _schedule():
     """Cron, the landing-zone Asset, both, or neither (manual runs only)."""
-    cron = CronTriggerTimetable(CFG["schedule"], timezone="UTC") if CFG["schedule"] else None
-    if not CFG["trigger_on_batch"]:
+    cron = CronTriggerTimetable(CFG.schedule, timezone="UTC") if CFG.schedule else None
+    if not CFG.trigger_on_batch:
         return cron
-    ready = REPO / LANDING["incoming"] / LANDING["ready_file"]
+    ready = REPO / LANDING.incoming / LANDING.ready_file
     # The triggerer polls for the sentinel asynchronously (no worker slot is held) and deletes it when
     # it fires; it never touches the batches themselves.
-    landing = Asset(name="llm_srec_landing_zone", uri=(REPO / LANDING["incoming"]).as_uri(),
+    landing = Asset(name="llm_srec_landing_zone", uri=(REPO / LANDING.incoming).as_uri(),
                     watchers=[AssetWatcher(name="llm_srec_landing_ready",
                                            trigger=FileDeleteTrigger(filepath=str(ready),
-                                                                     poke_interval=float(LANDING["poll_seconds"])))])
+                                                                     poke_interval=LANDING.poll_seconds))])
     return AssetOrTimeSchedule(timetable=cron, assets=landing) if cron else landing
 
 
@@ -114,16 +114,16 @@ with DAG(
     description="Retrain SASRec + LLM-SRec on new interaction batches; promote only through the gate",
     doc_md=__doc__,
     schedule=_schedule(),
-    start_date=CFG["start_date"],
+    start_date=CFG.start_datetime,
     catchup=False,
     max_active_runs=1,
     tags=["llm-srec", "retraining", "dvc", "bentoml"],
     default_args={
         "owner": "mlops",
-        "retries": CFG["retries"],
-        "retry_delay": timedelta(seconds=CFG["retry_delay_seconds"]),
+        "retries": CFG.retries,
+        "retry_delay": timedelta(seconds=CFG.retry_delay_seconds),
         "retry_exponential_backoff": 2.0,
-        "max_retry_delay": timedelta(seconds=CFG["max_retry_delay_seconds"]),
+        "max_retry_delay": timedelta(seconds=CFG.max_retry_delay_seconds),
         "on_failure_callback": _record_failure,
     },
 ) as dag:
@@ -142,12 +142,12 @@ with DAG(
 
     @task
     def prepare_warm_start() -> dict:
-        info = release.stage_warm_start(REPO, STAGES, CFG["warm_start"], log=print)
+        info = release.stage_warm_start(REPO, STAGES, CFG.warm_start, log=print)
         return {**info, "production_before": release.production_tag()}
 
     @task.branch
     def check_gate() -> list[str]:
-        decision = release.gate_decision(REPO, CFG["gate_report"])
+        decision = release.gate_decision(REPO, CFG.gate_report)
         # The summary reports this decision: recomputed after `package`, it would see the new production model.
         get_current_context()["ti"].xcom_push(key="decision", value=decision)
         print(f"gate: {decision['reason']}")
@@ -160,7 +160,7 @@ with DAG(
 
     @task
     def mark_rejected() -> dict:
-        decision = release.gate_decision(REPO, CFG["gate_report"])
+        decision = release.gate_decision(REPO, CFG.gate_report)
         production = release.production_tag()
         record = {"outcome": "rejected", "run_id": _run_id(), "reason": decision["reason"],
                   "failed_checks": decision["failed_checks"], "production": production}
@@ -171,12 +171,12 @@ with DAG(
         if log_event is not None:  # the registry's history shows rejected runs next to promotions
             log_event("reject", None, f"airflow run {_run_id()}: {decision['reason']}")
         print(f"REJECTED: {decision['reason']}. Production stays {production or 'empty'}.")
-        release.notify(CFG["notify_callback"], record, log=print)
+        release.notify(CFG.notify_callback, record, log=print)
         return record
 
     @task
     def reload_serving() -> dict:
-        return release.reload_serving(CFG["serving_reload_command"], release.production_tag(), log=print)
+        return release.reload_serving(CFG.serving_reload_command, release.production_tag(), log=print)
 
     @task(trigger_rule=TriggerRule.ALL_DONE, retries=0)
     def run_summary() -> dict:
@@ -211,7 +211,7 @@ with DAG(
             print(line)
         print(f"summary: {path}")
         if outcome in ("failed", "promoted", "provisional"):
-            release.notify(CFG["notify_callback"], record, log=print)
+            release.notify(CFG.notify_callback, record, log=print)
         if outcome == "failed":
             # The summary is a leaf: if it succeeded, Airflow would call a broken run a success.
             raise AirflowFailException(f"run failed: {reason}. Errors: {json.dumps(record['errors'])}")
@@ -227,13 +227,14 @@ with DAG(
 
     ops = {}
     for stage in STAGES:
-        opts = dict(CFG["tasks"].get(stage.address) or CFG["tasks"].get(stage.task_id) or {})
+        routing = CFG.tasks.get(stage.address) or CFG.tasks.get(stage.task_id)
+        opts = routing.model_dump(exclude_none=True) if routing else {}
         minutes = opts.pop("execution_timeout_minutes", None)
         if gpus := opts.pop("gpus", None):
             opts["executor_config"] = _gpu_pod(int(gpus))
         ops[stage.address] = DvcStageOperator(
             task_id=stage.task_id, stage=stage.address, repo=str(REPO),
-            pool=opts.pop("pool", CFG["dvc_pool"]),
+            pool=opts.pop("pool", CFG.dvc_pool),
             execution_timeout=timedelta(minutes=minutes) if minutes else None,
             doc_md=f"`dvc repro -s {stage.address}`\n\ndeps: {', '.join(stage.deps)}\n\nouts: {', '.join(stage.outs)}",
             **opts,

@@ -45,20 +45,23 @@ from typing import Any
 
 import pandas as pd
 
+from components.config import LandingParams, Params, ValidateParams, load_params
 from components.data.batches import BATCH_META, BATCH_SUFFIXES, accepted_batches, read_batch
 from components.errors import DataError, PipelineError, stage_main
 from components.io import read_json, sha256_of, write_json, write_parquet
-from components.params import load_params
 
 INCOMPLETE_SUFFIXES = (".part", ".tmp", ".partial", ".crdownload", ".filepart")
+_DEFAULTS = LandingParams()
 
 
 @dataclass
 class Paths:
-    incoming: Path = Path("data/incoming")
-    store: Path = Path("data/batches")
-    landing: Path = Path("data/landing")  # claimed/, rejected/, log.jsonl
-    ready_file: str = "_READY"
+    """The landing zone's folders; defaults from params `orchestration.landing`, relative to the repository."""
+
+    incoming: Path = Path(_DEFAULTS.incoming)
+    store: Path = Path(_DEFAULTS.store)
+    landing: Path = Path(_DEFAULTS.landing)  # claimed/, rejected/, log.jsonl
+    ready_file: str = _DEFAULTS.ready_file
 
     @property
     def claimed(self) -> Path:
@@ -73,9 +76,9 @@ class Paths:
         return self.landing / "log.jsonl"
 
     @classmethod
-    def from_config(cls, cfg: dict[str, Any], root: Path = Path(".")) -> Paths:
-        return cls(incoming=root / cfg.get("incoming", "data/incoming"), store=root / cfg.get("store", "data/batches"),
-                   landing=root / cfg.get("landing", "data/landing"), ready_file=cfg.get("ready_file", "_READY"))
+    def from_config(cls, cfg: LandingParams, root: Path = Path(".")) -> Paths:
+        return cls(incoming=root / cfg.incoming, store=root / cfg.store, landing=root / cfg.landing,
+                   ready_file=cfg.ready_file)
 
 
 @dataclass
@@ -141,7 +144,7 @@ def _seen(paths: Paths) -> dict[str, dict[str, Any]]:
     return seen
 
 
-def known_catalogue(params: dict[str, Any], paths: Paths, ingested: Path | None) -> pd.DataFrame:
+def known_catalogue(params: Params, paths: Paths, ingested: Path | None) -> pd.DataFrame:
     """Items a batch may refer to: the last ingest's catalogue (or the base source's, before the
     first run), plus the items of every batch accepted since."""
     if ingested is not None and (ingested / "items.parquet").is_file():
@@ -149,15 +152,14 @@ def known_catalogue(params: dict[str, Any], paths: Paths, ingested: Path | None)
     else:
         from components.data.sources import load_source
 
-        _, items = load_source(params.get("data") or {}, seed=int(params.get("seed", 0)),
-                               cache_dir=Path("data/downloads"))
+        _, items = load_source(params.data, seed=params.seed, cache_dir=Path("data/downloads"))
         items = items[["item_id", "title", "description"]]
     extra = [read_batch(f)[1][["item_id", "title", "description"]] for f in accepted_batches(paths.store)]
     items = pd.concat([items, *extra], ignore_index=True)
     return items.drop_duplicates(subset=["item_id"], keep="first").reset_index(drop=True)
 
 
-def check_batch(path: Path, catalogue: pd.DataFrame, validate_cfg: dict[str, Any]):
+def check_batch(path: Path, catalogue: pd.DataFrame, validate_cfg: ValidateParams):
     """Validate one batch on its own against the known catalogue.
 
     Returns (interactions, quarantined rows, summary); raises DataError when the batch as a whole is
@@ -170,7 +172,7 @@ def check_batch(path: Path, catalogue: pd.DataFrame, validate_cfg: dict[str, Any
     cat = pd.concat([catalogue.assign(_source="catalogue", _row=0), new_items], ignore_index=True)
     outcome = validate(inter, cat, validate_cfg, docs_dir=None, where=str(path))
     s = outcome.summary
-    max_bad = float(validate_cfg.get("max_bad_fraction", 0.05))
+    max_bad = validate_cfg.max_bad_fraction
     if s["interactions"] == 0 or s["bad_fraction"] > max_bad:
         worst = sorted(s["quarantined_by_expectation"].items(), key=lambda kv: -kv[1])[:3]
         err = DataError(path, f"{s['rows_quarantined']['interactions']} of {s['rows_checked']['interactions']} rows "
@@ -207,7 +209,7 @@ def _place(files: dict[str, Path | pd.DataFrame | dict], dest: Path) -> None:
     os.rename(tmp, dest)
 
 
-def land(paths: Paths, params: dict[str, Any], settle_seconds: float = 0.0, ingested: Path | None = None,
+def land(paths: Paths, params: Params, settle_seconds: float = 0.0, ingested: Path | None = None,
          log=print) -> LandingResult:
     """Move every complete file of the landing zone into the raw store (or the rejected store)."""
     result = LandingResult()
@@ -228,7 +230,7 @@ def land(paths: Paths, params: dict[str, Any], settle_seconds: float = 0.0, inge
 
     seen = _seen(paths)
     catalogue = None
-    validate_cfg = params.get("validate") or {}
+    validate_cfg = params.validate_
     for claimed in todo:
         name = _original_name(claimed)
         sha = sha256_of(claimed)
@@ -310,10 +312,6 @@ def drop(files: list[Path], paths: Paths, ready: bool = True) -> list[Path]:
     return out
 
 
-def landing_config(params: dict[str, Any]) -> dict[str, Any]:
-    return ((params.get("orchestration") or {}).get("landing")) or {}
-
-
 @stage_main("landing")
 def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -328,13 +326,13 @@ def main(argv: list[str] | None = None) -> None:
     sub.add_parser("list", help="accepted and rejected batches")
     args = ap.parse_args(argv)
     params = load_params(args.params)
-    cfg = landing_config(params)
+    cfg = params.orchestration.landing
     paths = Paths.from_config(cfg)
     if args.cmd == "drop":
         for p in drop(args.files, paths, ready=not args.no_ready):
             print(f"dropped {p}")
     elif args.cmd == "ingest":
-        result = land(paths, params, float(cfg.get("settle_seconds", 0)), ingested=args.ingested)
+        result = land(paths, params, cfg.settle_seconds, ingested=args.ingested)
         if args.record:
             write_json(args.record, result.as_dict())
         if result.rejected:

@@ -18,13 +18,14 @@ from __future__ import annotations
 import hashlib
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, get_args
 
 import torch
 import torch.nn.functional as F
 from safetensors.torch import save_file
 from torch import Tensor, nn
 
+from components.config import Center, KVReuse, Negatives, Readout
 from components.errors import CheckpointError, DataError
 from components.io import write_json
 from components.llm.backbone import Backbone
@@ -37,8 +38,10 @@ ADAPTERS, ITEM_TABLE, TITLES = "adapters.safetensors", "item_table.safetensors",
 
 @dataclass
 class LLMSRecConfig:
-    """What an LLM-SRec checkpoint needs to be rebuilt; the paper's settings are the defaults except
-    where a field says "beyond the paper" (each measured in docs/benchmarks.md)."""
+    """What an LLM-SRec checkpoint needs to be rebuilt (its config.json). `distill` fills every field from
+    params `distill` and `llm` (components.config); the defaults here are what a checkpoint written before
+    a field existed was trained with, so they stay the paper's settings, and the switches that go "beyond
+    the paper" (each measured in docs/benchmarks.md) default to off."""
 
     backbone: str = "smollm2-135m"
     num_layers: int | None = None  # beyond the paper: only the LLM's first L layers (None = all)
@@ -147,12 +150,9 @@ class LLMSRec(Recommender):
         if len(titles) != len(item_ids) + 1:
             raise DataError("titles", f"{len(titles)} titles for {len(item_ids)} items (+ padding)",
                             "pass one title per item idx 0..N")
-        if config.kv_reuse not in ("none", "opening", "frozen"):
-            raise ValueError(f"kv_reuse={config.kv_reuse!r}: use none, opening or frozen")
-        if config.negatives not in ("sampled", "in_batch"):
-            raise ValueError(f"negatives={config.negatives!r}: use sampled or in_batch")
-        if config.readout not in ("token", "slot"):
-            raise ValueError(f"readout={config.readout!r}: use token or slot")
+        for key, allowed in (("kv_reuse", KVReuse), ("negatives", Negatives), ("readout", Readout), ("center", Center)):
+            if getattr(config, key) not in get_args(allowed):  # a checkpoint's config is not params-checked
+                raise ValueError(f"{key}={getattr(config, key)!r}: use one of {list(get_args(allowed))}")
         self.config = config
         self.max_history = config.history_len
         self.num_negatives = config.num_negatives
@@ -519,7 +519,7 @@ class LLMSRec(Recommender):
         try:
             model = cls(config, sasrec, backbone, titles, item_ids, meta["item_mapping_hash"],
                         sasrec_path=str(sasrec_dir) if sasrec_dir else meta["sasrec"].get("path"))
-        except ValueError as e:  # a config value this version does not know (kv_reuse, negatives, readout)
+        except ValueError as e:  # a config value this version does not know (kv_reuse, negatives, readout, center)
             raise CheckpointError(directory / "config.json", f"its config does not build LLM-SRec ({e})", fix) from None
         check_shapes(directory / ADAPTERS, adapters, model.adapters.state_dict(), fix)
         model.adapters.load_state_dict(adapters)

@@ -133,9 +133,12 @@ class Recommender(nn.Module, ABC):
         return directory
 
     @classmethod
-    def load(cls, directory: Path) -> Recommender:
+    def load(cls, directory: Path, **backbone_kwargs) -> Recommender:
         """Rebuild the model from its checkpoint directory alone. Raises CheckpointError (naming the file)
-        when a file is missing or damaged or the weights do not fit the config."""
+        when a file is missing or damaged or the weights do not fit the config.
+
+        `backbone_kwargs` (`device`, `dtype`: params `llm`) are for models built on an LLM backbone, which
+        load it with them; a model without one has nothing to place and ignores them."""
         directory = Path(directory)
         meta, item_ids = read_checkpoint_meta(directory)
         if meta["model"] != cls.name:
@@ -234,8 +237,9 @@ def read_checkpoint_meta(directory: Path) -> tuple[dict[str, Any], list[str]]:
     return meta, item_ids
 
 
-def load_checkpoint(directory: Path) -> Recommender:
-    """Rebuild whichever model a checkpoint holds, from the checkpoint alone."""
+def load_checkpoint(directory: Path, **backbone_kwargs) -> Recommender:
+    """Rebuild whichever model a checkpoint holds, from the checkpoint alone; `backbone_kwargs` (`device`,
+    `dtype`) go to the model's `load` (see `Recommender.load`)."""
     import importlib
 
     import components.models  # noqa: F401  (registers the built-in models)
@@ -252,7 +256,7 @@ def load_checkpoint(directory: Path) -> Recommender:
     if cls is None:  # each model's own load() checks the rest of its files
         raise CheckpointError(config_path, f"unknown model {name!r}",
                               f"use one of {sorted(_REGISTRY)} or install the package that defines it")
-    return cls.load(directory)
+    return cls.load(directory, **backbone_kwargs)
 
 
 def neg_inf_padding(scores: Tensor) -> Tensor:

@@ -17,41 +17,30 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from components.errors import ConfigError
+from components.config import SASRecParams, parse
 from components.models.base import Batch, Histories, Recommender, neg_inf_padding, register
 
-LOSSES = ("bce", "ce")
+_DEFAULTS = SASRecParams()
 
 
 @dataclass
 class SASRecConfig:
-    hidden: int = 64
-    num_blocks: int = 2
-    num_heads: int = 1
-    dropout: float = 0.1
-    max_len: int = 128
-    loss: str = "bce"  # bce: one sampled negative per position (the reference) | ce: full softmax
+    """The architecture a SASRec checkpoint stores in its config.json; defaults from params `sasrec`."""
+
+    hidden: int = _DEFAULTS.hidden
+    num_blocks: int = _DEFAULTS.num_blocks
+    num_heads: int = _DEFAULTS.num_heads
+    dropout: float = _DEFAULTS.dropout
+    max_len: int = _DEFAULTS.max_len
+    loss: str = _DEFAULTS.loss  # ce: full softmax | bce: one sampled negative per position (the reference)
 
     def check(self) -> None:
-        def bad(key: str, problem: str, fix: str):
-            raise ConfigError("params.yaml", f"sasrec.{key}={getattr(self, key)!r} {problem}", fix)
-
-        if self.loss not in LOSSES:
-            bad("loss", "is not a known loss", f"use one of {list(LOSSES)}")
-        for key in ("hidden", "num_blocks", "num_heads", "max_len"):
-            if int(getattr(self, key)) < 1:
-                bad(key, "must be a positive integer", f"set sasrec.{key} >= 1")
-        if self.hidden % self.num_heads:
-            bad("num_heads", f"does not divide hidden={self.hidden}", "pick num_heads that divides sasrec.hidden")
-        if not 0 <= self.dropout < 1:
-            bad("dropout", "must be within [0, 1)", "set sasrec.dropout to e.g. 0.1")
+        """Raises ConfigError naming `sasrec.<key>` when a value is out of what params `sasrec` allows."""
+        parse(SASRecParams, asdict(self), at="sasrec")
 
     @classmethod
-    def from_params(cls, section: dict[str, Any]) -> SASRecConfig:
-        names = cls.__dataclass_fields__
-        cfg = cls(**{k: section[k] for k in names if k in section})
-        cfg.check()
-        return cfg
+    def from_params(cls, params: SASRecParams) -> SASRecConfig:
+        return cls(**{k: getattr(params, k) for k in cls.__dataclass_fields__})
 
 
 class CausalSelfAttention(nn.Module):

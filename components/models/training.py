@@ -31,6 +31,7 @@ import torch
 from safetensors.torch import load_file, save_file
 from tqdm import tqdm
 
+from components.config import Params, SASRecParams
 from components.data.sequences import Prepared, flat_ranges, right_aligned
 from components.errors import ConfigError
 from components.evaluation.metrics import ndcg_at
@@ -39,35 +40,26 @@ from components.io import write_json
 from components.models.base import Batch, Histories, Recommender
 
 MAX_RESAMPLE_ROUNDS = 30
+_SASREC, _SEED = SASRecParams(), Params().seed
 
 
 @dataclass
 class TrainOptions:
-    epochs: int = 200
-    eval_every: float = 1  # epochs between validations; below 1 validates within an epoch (0.1 = 10 times)
-    patience: int = 5
-    lr: float = 1e-3
-    batch_size: int = 128
-    seed: int = 42
+    """The loop's options. Defaults are params `sasrec`'s (and the top-level seed); `distill` passes its own."""
+
+    epochs: int = _SASREC.epochs
+    eval_every: float = _SASREC.eval_every  # epochs between validations; below 1 validates within an epoch
+    patience: int = _SASREC.patience
+    lr: float = _SASREC.lr
+    batch_size: int = _SASREC.batch_size
+    seed: int = _SEED
     betas: tuple[float, float] = (0.9, 0.98)  # the SASRec reference's Adam betas
-    eval_batch_size: int = 512
+    eval_batch_size: int = _SASREC.eval_batch_size
     max_steps: int | None = None  # optimizer-step budget (None: epochs only)
-    max_minutes: float | None = None  # wall-clock budget, resumed runs included: validate, keep the best, stop
+    max_minutes: float | None = _SASREC.max_minutes  # wall-clock budget, resumed runs included
     lr_decay: float = 1.0  # learning rate multiplied by this after every validation (the LLM-SRec reference: 0.95)
     validate_at_start: bool = True  # score the starting weights first (a warm start must be beaten to be replaced)
     section: str = "sasrec"  # params section named in error messages
-
-    def check(self) -> None:
-        for key in ("epochs", "patience", "batch_size"):
-            if int(getattr(self, key)) < (0 if key == "epochs" else 1):
-                raise ConfigError("params.yaml", f"{self.section}.{key}={getattr(self, key)!r} is out of range",
-                                  f"set {self.section}.{key} to a positive integer")
-        if not self.eval_every > 0 or (self.eval_every > 1 and self.eval_every != int(self.eval_every)):
-            raise ConfigError("params.yaml", f"{self.section}.eval_every={self.eval_every!r} is out of range",
-                              f"set {self.section}.eval_every to a whole number of epochs or a fraction of one")
-        if not self.lr > 0:
-            raise ConfigError("params.yaml", f"{self.section}.lr={self.lr!r} must be positive",
-                              f"set {self.section}.lr to e.g. 0.001")
 
 
 class TrainingSet:
@@ -243,7 +235,6 @@ def fit(model: Recommender, opts: TrainOptions, *, batches: Callable[[np.random.
     its share, gradients are averaged across processes, only the main process validates and writes state.
     Raises ConfigError naming `{section}.lr` when the loss is not finite.
     """
-    opts.check()
     main = accelerator is None or accelerator.is_main_process
     world = 1 if accelerator is None else accelerator.num_processes
     params = params if params is not None else [p for p in model.parameters() if p.requires_grad]

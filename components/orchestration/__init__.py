@@ -1,7 +1,8 @@
 """Orchestration: what the Airflow DAG `llm_srec_retraining` (dags/) runs.
 
 The DAG file stays thin; the logic lives here so it can be tested and run without Airflow:
-`config` (params.yaml's `orchestration:` section), `graph` (the DVC stage graph the DAG mirrors),
+`graph` (the DVC stage graph the DAG mirrors),
 `runner` (one DVC stage, with the repository lock and an error a user can act on), `release`
-(warm start, the gate decision, rejection, serving reload, the run summary, notifications).
+(warm start, the gate decision, rejection, serving reload, the run summary, notifications). Its
+settings are params.yaml's `orchestration:` section (`components.config.OrchestrationParams`).
 """

@@ -11,18 +11,18 @@ import subprocess
 import sys
 from pathlib import Path
 
+from components.config import OrchestrationParams, load_params
 from components.errors import stage_main
-from components.orchestration.config import load_config
 
 DESCRIPTIONS = {"dvc": "DVC stages: one at a time (DVC's repository lock)", "gpu": "GPU slots on the gpu queue"}
 
 
-def pools(cfg: dict) -> dict[str, int]:
+def pools(cfg: OrchestrationParams) -> dict[str, int]:
     """name -> slots. The DVC pool has exactly 1 slot: that is its purpose."""
-    out = {cfg["dvc_pool"]: 1}
-    for opts in (cfg["tasks"] or {}).values():
-        if opts.get("pool") and opts["pool"] not in out:
-            out[opts["pool"]] = 1
+    out = {cfg.dvc_pool: 1}
+    for task in cfg.tasks.values():
+        if task.pool and task.pool not in out:
+            out[task.pool] = 1
     return out
 
 
@@ -33,7 +33,7 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--params", type=Path, default=Path("params.yaml"))
     ap.add_argument("--apply", action="store_true", help="run `airflow pools set` for each (else print the commands)")
     args = ap.parse_args(argv)
-    for name, slots in pools(load_config(args.params)).items():
+    for name, slots in pools(load_params(args.params).orchestration).items():
         cmd = ["airflow", "pools", "set", name, str(slots), DESCRIPTIONS.get(name, "llm_srec_retraining")]
         print(" ".join(cmd[:5]) + f' "{cmd[5]}"')
         if args.apply:

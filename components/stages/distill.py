@@ -18,95 +18,24 @@ from __future__ import annotations
 import argparse
 import math
 import time
-from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 
-from components.errors import ConfigError, stage_main
+from components.config import DistillParams, load_params
+from components.errors import stage_main
 from components.io import write_json
-from components.llm.prompts import LAYOUTS
-from components.params import load_params, section
 
 
-@dataclass
-class DistillOptions:
-    batch_size: int = 20
-    lr: float = 1e-4
-    epochs: int = 10
-    max_steps: int | None = None  # the step budget; None = epochs only
-    max_minutes: float | None = None  # wall-clock budget (e.g. a leased GPU); validates and stops when spent
-    eval_every: float = 0.1  # validate every this fraction of an epoch
-    valid_users: int | None = 200  # seeded subset of the valid split used for early stopping
-    patience: int = 3
-    lr_decay: float = 1.0  # the learning rate is multiplied by this at every validation (the reference: 0.95)
-    targets: str = "last"  # last: one example per user (the paper) | all: every position of the training sequence
-    num_negatives: int = 3
-    negatives: str = "sampled"  # sampled (the paper) | in_batch: every other example's positive is a negative too
-    history_len: int = 10
-    prompt: str = "paper"  # user-prompt layout: paper | compact | text_first | text_first_compact
-    use_distill_loss: bool = True
-    use_uniform_loss: bool = True
-    weights: dict[str, float] = field(default_factory=lambda: {"retrieval": 1.0, "distill": 1.0, "uniform": 1.0})
-    center: str = "none"  # beyond the paper: none | batchnorm on the LLM states before f_user/f_item
-    readout: str = "token"  # token: [UserOut]/[ItemOut] (the paper) | slot: the last [HistoryEmb] (beyond the paper)
-    match_token_norm: bool = False  # beyond the paper: f_I outputs at the LLM's token-embedding norm
-    shuffle_train: bool = False  # the paper's ablation: train on shuffled histories
-    gradient_checkpointing: bool = False
-    item_batch_size: int = 64
-    eval_batch_size: int = 16
-    max_title_chars: int = 120
-    kv_reuse: str = "frozen"  # none | opening | frozen: keys/values of frozen prompt text computed once, no grad
-    kv_cache_mb: float = 2048  # bound of the frozen-text keys/values kept across steps (0 = recompute)
-    seed: int | None = None
-
-    @classmethod
-    def from_params(cls, cfg: dict[str, Any]) -> DistillOptions:
-        known = {f.name for f in fields(cls)}
-        unknown = sorted(set(cfg) - known)
-        if unknown:
-            raise ConfigError("params.yaml", f"unknown distill keys {unknown}", f"use only {sorted(known)}")
-        opts = cls(**cfg)
-        for key in ("batch_size", "epochs", "patience", "history_len", "item_batch_size", "eval_batch_size"):
-            if not isinstance(getattr(opts, key), int) or getattr(opts, key) < 1:
-                raise ConfigError("params.yaml", f"distill.{key}={getattr(opts, key)!r}", f"set distill.{key} to a positive integer")
-        if opts.max_steps is not None and opts.max_steps < 1:
-            raise ConfigError("params.yaml", f"distill.max_steps={opts.max_steps}", "use a positive step budget or null")
-        if opts.max_minutes is not None and not (isinstance(opts.max_minutes, int | float) and opts.max_minutes > 0):
-            raise ConfigError("params.yaml", f"distill.max_minutes={opts.max_minutes!r}",
-                              "use a positive number of minutes or null")
-        if not 0 < opts.eval_every <= 10:
-            raise ConfigError("params.yaml", f"distill.eval_every={opts.eval_every}", "use a fraction of an epoch, e.g. 0.1")
-        choices = {"targets": ("last", "all"), "negatives": ("sampled", "in_batch"), "center": ("none", "batchnorm"),
-                   "readout": ("token", "slot"),
-                   "kv_reuse": ("none", "opening", "frozen"), "prompt": LAYOUTS}
-        for key, allowed in choices.items():
-            if getattr(opts, key) not in allowed:
-                raise ConfigError("params.yaml", f"distill.{key}={getattr(opts, key)!r}", f"use one of {list(allowed)}")
-        weights = {"retrieval": 1.0, "distill": 1.0, "uniform": 1.0}
-        if not isinstance(opts.weights, dict) or set(opts.weights) - set(weights) or not all(
-                isinstance(v, int | float) and v >= 0 for v in opts.weights.values()):
-            raise ConfigError("params.yaml", f"distill.weights={opts.weights!r}",
-                              "map any of retrieval, distill, uniform to a non-negative number, e.g. {distill: 0.5}")
-        opts.weights = {**weights, **{k: float(v) for k, v in opts.weights.items()}}
-        if opts.gradient_checkpointing and opts.kv_reuse != "none":
-            # transformers drops the cache inside checkpointed layers, so the cached prefix would be lost.
-            raise ConfigError("params.yaml", "distill.gradient_checkpointing needs distill.kv_reuse: none",
-                              "set distill.kv_reuse: none with gradient checkpointing, or turn checkpointing off")
-        if not (isinstance(opts.lr_decay, int | float) and 0 < opts.lr_decay <= 1):
-            raise ConfigError("params.yaml", f"distill.lr_decay={opts.lr_decay!r}", "use a factor in (0, 1], e.g. 0.95")
-        return opts
-
-
-def build_model(prepared, sasrec, backbone, opts: DistillOptions, titles: list[str], sasrec_path: str | None = None):
+def build_model(prepared, sasrec, backbone, opts: DistillParams, titles: list[str], sasrec_path: str | None = None):
     from components.llm.model import LLMSRec, LLMSRecConfig
 
     cfg = LLMSRecConfig(backbone=backbone.name, num_layers=backbone.num_layers if "|layers=" in backbone.fingerprint
                         else None, history_len=opts.history_len, num_negatives=opts.num_negatives,
                         negatives=opts.negatives, use_distill_loss=opts.use_distill_loss,
-                        use_uniform_loss=opts.use_uniform_loss, weights=dict(opts.weights),
+                        use_uniform_loss=opts.use_uniform_loss, weights=opts.weights.model_dump(),
                         max_title_chars=opts.max_title_chars, prompt=opts.prompt, kv_reuse=opts.kv_reuse,
                         kv_cache_mb=opts.kv_cache_mb, center=opts.center, match_token_norm=opts.match_token_norm,
                         readout=opts.readout)
@@ -210,7 +139,7 @@ def validate_ndcg(model, prepared, rows_subset: np.ndarray, batch_size: int, ite
     return float(ndcg_at(np.concatenate(ranks), 10).mean())
 
 
-def fit(model, prepared, opts: DistillOptions, seed: int, accelerator=None, log=print,
+def fit(model, prepared, opts: DistillParams, seed: int, accelerator=None, log=print,
         state_root: Path | None = None, key: str = "") -> dict[str, Any]:
     """Train the adapters in place with the shared loop (components/models/training.py); restores the best adapters.
 
@@ -300,9 +229,8 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--state-dir", type=Path, help="where a killed run's state is kept for resuming (outside the outs)")
     args = ap.parse_args(argv)
     params = load_params(args.params)
-    opts = DistillOptions.from_params(section(params, "distill", args.params))
-    llm_cfg = section(params, "llm", args.params)
-    seed = int(opts.seed if opts.seed is not None else params.get("seed", 0))
+    opts, llm = params.distill, params.llm
+    seed = opts.seed if opts.seed is not None else params.seed
 
     import pandas as pd
     from accelerate import Accelerator
@@ -312,11 +240,10 @@ def main(argv: list[str] | None = None) -> None:
     from components.llm.backbone import load_backbone
     from components.models.base import load_checkpoint
 
-    accelerator = Accelerator(cpu=not torch.cuda.is_available() or llm_cfg.get("device") == "cpu")
-    device = str(accelerator.device) if llm_cfg.get("device", "auto") == "auto" else llm_cfg["device"]
-    backbone = load_backbone(llm_cfg.get("backbone", "smollm2-135m"), device=device, dtype=llm_cfg.get("dtype", "auto"),
-                             allow_download=bool(llm_cfg.get("allow_download", False)),
-                             num_layers=llm_cfg.get("num_layers"))
+    accelerator = Accelerator(cpu=not torch.cuda.is_available() or llm.device == "cpu")
+    device = str(accelerator.device) if llm.device == "auto" else llm.device
+    backbone = load_backbone(llm.backbone, device=device, dtype=llm.dtype, allow_download=llm.allow_download,
+                             num_layers=llm.num_layers)
     prepared = Prepared.load(args.prepared)
     titles = [""] + pd.read_parquet(args.prepared / "items.parquet").sort_values("idx")["title"].astype(str).tolist()
     torch.manual_seed(seed)  # the adapters' initial weights
@@ -330,7 +257,7 @@ def main(argv: list[str] | None = None) -> None:
 
     # What shapes the adapters step by step; epochs, eval_every, patience and the budgets only decide when
     # to validate and stop, so a run can be extended. The LLM enters through its fingerprint (layers included).
-    shaping = {k: v for k, v in vars(opts).items() if k not in
+    shaping = {k: v for k, v in opts.model_dump().items() if k not in
                ("epochs", "eval_every", "patience", "max_steps", "max_minutes", "valid_users", "item_batch_size",
                 "eval_batch_size", "kv_cache_mb", "kv_reuse")}
     config = {k: v for k, v in model.config_dict().items() if k not in ("kv_reuse", "kv_cache_mb")}  # speed only

@@ -1,7 +1,8 @@
 """Stage `evaluate`: score every model on the test users' fixed 1+99 candidates and the full catalogue.
 
-Reads params `evaluate` and `seed`. Writes `--metrics` (reports/metrics.json, the contract read
-by benchmarks, gates and later stages): one object per model with `ndcg@10`, `hr@10`, `ndcg@20`,
+Reads params `evaluate`, `seed` and `llm` (the device and dtype a model on an LLM is loaded with, as in
+`gate`). Writes `--metrics` (reports/metrics.json, the contract read by benchmarks, gates and later
+stages): one object per model with `ndcg@10`, `hr@10`, `ndcg@20`,
 `hr@20`, `n_users` on the candidate protocol, plus a `full_catalogue` object (the user's history
 excluded). For each model listed in `evaluate.shuffle`, `<name>_shuffled` holds the same metrics
 with each history's order permuted (seeded), and its `shuffle_drop` the relative drop.
@@ -22,14 +23,15 @@ from typing import Any
 import pandas as pd
 import torch
 
+from components.config import EvaluateParams, LLMParams, Params, load_params
 from components.data.sequences import Prepared
 from components.errors import ConfigError, stage_main
 from components.evaluation.metrics import per_user_metrics, relative_drop, summarize
 from components.evaluation.runner import rank_split
 from components.io import write_json, write_parquet
 from components.models import Popularity, Recommender, load_checkpoint
-from components.params import load_params, section
 
+_DEFAULTS = EvaluateParams()
 #: models built from the prepared data at evaluation time (no training stage of their own)
 BUILDERS: dict[str, Callable[[Prepared], Recommender]] = {
     "popularity": lambda data: Popularity.fit(data.train_items(), data.item_ids, data.item_mapping_hash),
@@ -46,9 +48,11 @@ def parse_checkpoints(specs: list[str]) -> dict[str, Path]:
     return out
 
 
-def get_model(name: str, data: Prepared, checkpoints: dict[str, Path]) -> Recommender:
+def get_model(name: str, data: Prepared, checkpoints: dict[str, Path], llm: LLMParams) -> Recommender:
+    """Model `name` from its checkpoint or its builder; a model on an LLM loads it on `llm.device` in `llm.dtype`
+    (as `gate` loads the champion, so both are scored at the same precision)."""
     if name in checkpoints:
-        model = load_checkpoint(checkpoints[name])
+        model = load_checkpoint(checkpoints[name], device=llm.device, dtype=llm.dtype)
         model.check_data(data.num_items, data.item_mapping_hash, data.source,
                          f"the checkpoint {checkpoints[name]} belongs to other data: retrain it on this data "
                          f"(`dvc repro`), or point --checkpoint {name}= at a checkpoint trained on it")
@@ -59,8 +63,14 @@ def get_model(name: str, data: Prepared, checkpoints: dict[str, Path]) -> Recomm
                       f"pass --checkpoint {name}=DIR in dvc.yaml, or use one of {sorted(set(BUILDERS) | set(checkpoints))}")
 
 
+def load_models(params: Params, data: Prepared, checkpoints: dict[str, Path]) -> dict[str, Recommender]:
+    """Every model in `evaluate.models`, in order."""
+    return {name: get_model(name, data, checkpoints, params.llm) for name in params.evaluate.models}
+
+
 def evaluate(data: Prepared, models: dict[str, Recommender], shuffle: list[str], *, seed: int,
-             full_catalogue: bool = True, batch_size: int = 512, log=print) -> tuple[dict[str, Any], pd.DataFrame]:
+             full_catalogue: bool = _DEFAULTS.full_catalogue, batch_size: int = _DEFAULTS.batch_size,
+             log=print) -> tuple[dict[str, Any], pd.DataFrame]:
     metrics: dict[str, Any] = {}
     per_user = []
     for name, model in models.items():
@@ -98,25 +108,16 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--per-user", type=Path, required=True, help="per-user ranks and metrics (Parquet)")
     args = ap.parse_args(argv)
     params = load_params(args.params)
-    cfg = section(params, "evaluate", args.params)
-    seed = cfg.get("shuffle_seed")
-    seed = int(seed if seed is not None else params.get("seed", 0))
-    names = list(cfg.get("models") or [])
-    shuffle = list(cfg.get("shuffle") or [])
-    if not names:
-        raise ConfigError(args.params, "evaluate.models is empty", "list the models to evaluate, e.g. [popularity, sasrec]")
-    if unknown := sorted(set(shuffle) - set(names)):
-        raise ConfigError(args.params, f"evaluate.shuffle names {unknown}, which are not in evaluate.models",
-                          "add them to evaluate.models or remove them from evaluate.shuffle")
-    if cfg.get("threads"):
-        torch.set_num_threads(int(cfg["threads"]))
+    cfg = params.evaluate
+    seed = cfg.shuffle_seed if cfg.shuffle_seed is not None else params.seed
+    if cfg.threads:
+        torch.set_num_threads(cfg.threads)
 
     t0 = time.time()
     data = Prepared.load(args.prepared)
-    checkpoints = parse_checkpoints(args.checkpoint)
-    models = {name: get_model(name, data, checkpoints) for name in names}
-    metrics, table = evaluate(data, models, shuffle, seed=seed, full_catalogue=bool(cfg.get("full_catalogue", True)),
-                              batch_size=int(cfg.get("batch_size", 512)))
+    models = load_models(params, data, parse_checkpoints(args.checkpoint))
+    metrics, table = evaluate(data, models, cfg.shuffle, seed=seed, full_catalogue=cfg.full_catalogue,
+                              batch_size=cfg.batch_size)
     write_parquet(table, args.per_user)
     write_json(args.metrics, metrics)
     print(f"evaluate: {len(models)} models on {len(data.candidates['test'].user_idx):,} test users "

@@ -1,6 +1,7 @@
 """Stage `gate`: decide whether the model that `evaluate` just scored may replace production.
 
-Reads `reports/metrics.json`, `reports/per_user.parquet`, the prepared data and params `gate`.
+Reads `reports/metrics.json`, `reports/per_user.parquet`, the prepared data and params `gate`, `seed` and
+`llm` (the device and dtype the champion is loaded with, as `evaluate` loads the challenger).
 Writes `reports/gate.json`:
 
     {"passed": bool, "model": "llmsrec", "champion": tag | null, "checks": [{name, value, threshold, passed, ...}]}
@@ -31,35 +32,9 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from components.errors import ConfigError, DataError, stage_main
+from components.config import GateParams, LLMParams, load_params
+from components.errors import DataError, stage_main
 from components.io import read_json, sha256_of, write_json
-from components.params import load_params, section
-
-DEFAULTS: dict[str, Any] = {
-    "model": "llmsrec",
-    "min_ndcg_at_10": 0.10,
-    "min_lift_over_popularity": 0.5,
-    "min_shuffle_drop": 0.04,
-    "max_regression": 0.02,
-    "champion_users": None,
-    "first_model": "provisional",
-}
-FIRST_MODEL = ("provisional", "reject")
-
-
-def options(cfg: dict[str, Any]) -> dict[str, Any]:
-    if unknown := sorted(set(cfg) - set(DEFAULTS)):
-        raise ConfigError("params.yaml", f"unknown gate keys {unknown}", f"use only {sorted(DEFAULTS)}")
-    opts = {**DEFAULTS, **cfg}
-    for key in ("min_ndcg_at_10", "min_lift_over_popularity", "min_shuffle_drop", "max_regression"):
-        if opts[key] is not None and not isinstance(opts[key], int | float):
-            raise ConfigError("params.yaml", f"gate.{key} is {opts[key]!r}", "use a number, or null to skip the check")
-    if opts["max_regression"] is not None and opts["max_regression"] < 0:
-        raise ConfigError("params.yaml", "gate.max_regression is negative",
-                          "use a share >= 0 (0.02 = the challenger may be up to 2% worse than production)")
-    if opts["first_model"] not in FIRST_MODEL:
-        raise ConfigError("params.yaml", f"gate.first_model is {opts['first_model']!r}", f"use one of {FIRST_MODEL}")
-    return opts
 
 
 def check(name: str, value: float | None, threshold: float | None, passed: bool | None = None,
@@ -81,22 +56,22 @@ def _metric(metrics: dict, key: str, path: Path, fix: str) -> dict:
     return metrics[key]
 
 
-def floor_checks(metrics: dict[str, Any], opts: dict[str, Any], path: Path = Path("reports/metrics.json")) -> list[dict]:
+def floor_checks(metrics: dict[str, Any], opts: GateParams, path: Path = Path("reports/metrics.json")) -> list[dict]:
     """The checks that need only metrics.json: floor, lift over popularity, shuffle drop."""
-    name = opts["model"]
+    name = opts.model
     m = _metric(metrics, name, path, f"add {name} to evaluate.models, or set gate.model to a model it evaluates")
     ndcg = float(m["ndcg@10"])
-    checks = [check("ndcg@10_floor", ndcg, opts["min_ndcg_at_10"])]
-    if opts["min_lift_over_popularity"] is None:
+    checks = [check("ndcg@10_floor", ndcg, opts.min_ndcg_at_10)]
+    if opts.min_lift_over_popularity is None:
         checks.append(check("lift_over_popularity", None, None))
     else:
         pop = float(_metric(metrics, "popularity", path,
                             "add popularity to evaluate.models, or set gate.min_lift_over_popularity: null")["ndcg@10"])
         # With popularity at 0 a relative lift is undefined: any positive NDCG@10 beats it.
         lift, beats = (ndcg / pop - 1, None) if pop > 0 else (None, ndcg > 0)
-        checks.append(check("lift_over_popularity", lift, opts["min_lift_over_popularity"], passed=beats,
+        checks.append(check("lift_over_popularity", lift, opts.min_lift_over_popularity, passed=beats,
                             ndcg=ndcg, popularity_ndcg=pop))
-    if opts["min_shuffle_drop"] is None:
+    if opts.min_shuffle_drop is None:
         checks.append(check("shuffle_drop", None, None))
     else:
         shuffled = _metric(metrics, f"{name}_shuffled", path,
@@ -104,19 +79,19 @@ def floor_checks(metrics: dict[str, Any], opts: dict[str, Any], path: Path = Pat
         drop = (shuffled.get("shuffle_drop") or {}).get("ndcg@10")
         if drop is None:  # an original NDCG@10 of 0 has no relative drop; order cannot matter to it
             drop = 0.0
-        checks.append(check("shuffle_drop", drop, opts["min_shuffle_drop"], shuffled_ndcg=shuffled["ndcg@10"]))
+        checks.append(check("shuffle_drop", drop, opts.min_shuffle_drop, shuffled_ndcg=shuffled["ndcg@10"]))
     return checks
 
 
-def champion_check(champion, data, per_user: pd.DataFrame, opts: dict[str, Any], seed: int) -> dict[str, Any]:
+def champion_check(champion, data, per_user: pd.DataFrame, opts: GateParams, seed: int) -> dict[str, Any]:
     """Re-score the production model on today's test candidates; compare on the same users."""
     from components.evaluation.metrics import candidate_ranks, summarize
 
     cand = data.candidates["test"]
     users = cand.user_idx
     pick = np.arange(len(users))
-    if opts["champion_users"] and opts["champion_users"] < len(users):
-        pick = np.sort(np.random.default_rng(seed).choice(len(users), int(opts["champion_users"]), replace=False))
+    if opts.champion_users and opts.champion_users < len(users):
+        pick = np.sort(np.random.default_rng(seed).choice(len(users), int(opts.champion_users), replace=False))
     rows = data.rows(users[pick])
     starts, ends = data.bounds("test", rows)
     ids = np.asarray(data.item_ids, dtype=object)
@@ -125,23 +100,24 @@ def champion_check(champion, data, per_user: pd.DataFrame, opts: dict[str, Any],
     candidates = [ids[row - 1].tolist() for row in cand.items[pick]]
     scores = champion.candidate_scores(histories, candidates)  # [U, 1+K]
     champ = summarize(candidate_ranks(scores).numpy())["ndcg@10"]
-    mine = per_user[per_user["model"] == opts["model"]].set_index("user_idx")
+    mine = per_user[per_user["model"] == opts.model].set_index("user_idx")
     missing = np.setdiff1d(users[pick], mine.index.to_numpy())
     if len(missing):
-        raise DataError("reports/per_user.parquet", f"lacks {len(missing)} test users of {opts['model']}",
+        raise DataError("reports/per_user.parquet", f"lacks {len(missing)} test users of {opts.model}",
                         "re-run evaluate on the current prepared data (`dvc repro evaluate`)")
     challenger = round(float(mine.loc[users[pick], "ndcg@10"].mean()), 6)
     # A champion at NDCG@10 0 has no relative change to measure: the challenger cannot be worse than it.
     change, not_worse = (challenger / champ - 1, None) if champ > 0 else (None, True)
     unknown_pos = sum(c[0] not in champion.index for c in candidates)
     return check("champion_regression", change,
-                 None if opts["max_regression"] is None else -float(opts["max_regression"]), passed=not_worse,
+                 None if opts.max_regression is None else -float(opts.max_regression), passed=not_worse,
                  champion=champion.tag, champion_ndcg=champ, challenger_ndcg=challenger, n_users=int(len(pick)),
                  positives_unknown_to_champion=int(unknown_pos))
 
 
-def load_champion(llm: dict[str, Any]):
-    """The production model from BentoML's store, or None when nothing is in production yet."""
+def load_champion(llm: LLMParams):
+    """The production model from BentoML's store, on `llm.device` in `llm.dtype` (as `evaluate` loads the
+    challenger), or None when nothing is in production yet."""
     from components.serving.packaged import PackagedModel
     from components.serving.registry import get_model, production_tag
 
@@ -149,8 +125,7 @@ def load_champion(llm: dict[str, Any]):
     if tag is None:
         return None
     model = get_model(tag)
-    return PackagedModel.load(Path(model.path), str(model.tag), device=llm.get("device", "auto"),
-                              dtype=llm.get("dtype", "auto"))
+    return PackagedModel.load(Path(model.path), str(model.tag), device=llm.device, dtype=llm.dtype)
 
 
 def metrics_digest(path: Path) -> str:
@@ -167,7 +142,7 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--out", type=Path, required=True, help="reports/gate.json")
     args = ap.parse_args(argv)
     params = load_params(args.params)
-    opts = options(section(params, "gate", args.params))
+    opts = params.gate
     t0 = time.time()
     if not args.metrics.is_file():
         raise DataError(args.metrics, "metrics file not found", "run `dvc repro evaluate` first")
@@ -175,22 +150,22 @@ def main(argv: list[str] | None = None) -> None:
     checks = floor_checks(metrics, opts, args.metrics)
 
     champion = None
-    if opts["max_regression"] is not None:
-        champion = load_champion(params.get("llm") or {})
-    if opts["max_regression"] is None:
+    if opts.max_regression is not None:
+        champion = load_champion(params.llm)
+    if opts.max_regression is None:
         checks.append(check("champion_regression", None, None))
     elif champion is None:
-        checks.append({"name": "champion_regression", "value": None, "threshold": -float(opts["max_regression"]),
+        checks.append({"name": "champion_regression", "value": None, "threshold": -float(opts.max_regression),
                        "passed": True, "champion": None, "note": "no production model yet: nothing to regress from"})
     else:
         from components.data.sequences import Prepared
 
         data = Prepared.load(args.prepared)
-        checks.append(champion_check(champion, data, pd.read_parquet(args.per_user), opts, int(params.get("seed", 0))))
+        checks.append(champion_check(champion, data, pd.read_parquet(args.per_user), opts, params.seed))
 
     passed = all(c["passed"] for c in checks)
-    write_json(args.out, {"passed": passed, "model": opts["model"], "champion": champion.tag if champion else None,
-                          "first_model": opts["first_model"], "metrics_sha256": metrics_digest(args.metrics),
+    write_json(args.out, {"passed": passed, "model": opts.model, "champion": champion.tag if champion else None,
+                          "first_model": opts.first_model, "metrics_sha256": metrics_digest(args.metrics),
                           "checks": checks})
     failed = [c for c in checks if not c["passed"]]
     print(f"gate: {'PASSED' if passed else 'REJECTED'} in {time.time() - t0:.1f}s"

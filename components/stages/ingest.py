@@ -12,11 +12,11 @@ import argparse
 import time
 from pathlib import Path
 
+from components.config import load_params
 from components.data.batches import accepted_batches, merge_batches
 from components.data.sources import load_source
 from components.errors import stage_main
 from components.io import fresh_dir, write_json, write_parquet
-from components.params import load_params, section
 
 
 @stage_main("ingest")
@@ -29,23 +29,23 @@ def main(argv: list[str] | None = None) -> None:
     args = ap.parse_args(argv)
 
     params = load_params(args.params)
-    cfg = section(params, "data", args.params)
+    cfg = params.data
     t0 = time.time()
-    interactions, items = load_source(cfg, seed=int(params.get("seed", 0)), cache_dir=args.cache)
+    interactions, items = load_source(cfg, seed=params.seed, cache_dir=args.cache)
     batches = accepted_batches(args.batches) if args.batches else []
     interactions, items = merge_batches(interactions, items, batches)
     out = fresh_dir(args.out)
     write_parquet(interactions, out / "interactions.parquet")
     write_parquet(items, out / "items.parquet")
     write_json(out / "ingest.json", {
-        "source": cfg.get("source", "synthetic"),
+        "source": cfg.source,
         "interactions": len(interactions),
         "items": len(items),
         "files": sorted(set(interactions["_source"]) | set(items["_source"])),
         "batches": len(batches),
         "seconds": round(time.time() - t0, 2),
     })
-    print(f"ingest: {len(interactions):,} interactions, {len(items):,} items from '{cfg.get('source')}' "
+    print(f"ingest: {len(interactions):,} interactions, {len(items):,} items from '{cfg.source}' "
           f"+ {len(batches)} batch(es) in {time.time() - t0:.1f}s")
 
 

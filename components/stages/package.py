@@ -37,9 +37,9 @@ import time
 from pathlib import Path
 from typing import Any
 
+from components.config import load_params
 from components.errors import CheckpointError, ConfigError, DataError, stage_main
 from components.io import read_json, write_json
-from components.params import load_params
 from components.serving.integrity import (
     BACKBONE_DIR,
     CATALOGUE_DIR,
@@ -57,8 +57,6 @@ from components.serving.registry import (
     production_tag,
     set_production,
 )
-
-PACKAGE_DEFAULTS = {"include_backbone": False}
 
 
 def dvc_md5(directory: Path) -> str:
@@ -262,10 +260,6 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--out", type=Path, required=True, help="reports/package.json")
     args = ap.parse_args(argv)
     params = load_params(args.params)
-    cfg = params.get("package") or {}
-    if unknown := sorted(set(cfg) - set(PACKAGE_DEFAULTS)):
-        raise ConfigError(args.params, f"unknown package keys {unknown}", f"use only {sorted(PACKAGE_DEFAULTS)}")
-    cfg = {**PACKAGE_DEFAULTS, **cfg}
     t0 = time.time()
     production = production_tag()
     gate = check_gate(args.gate, args.metrics, production)
@@ -284,7 +278,8 @@ def main(argv: list[str] | None = None) -> None:
         if not (d / "config.json").is_file():
             raise DataError(d, "checkpoint not found", "run `dvc repro` up to distill")
     status = "passed" if decision == "promoted" else "provisional"
-    tag, reused = save_package(args, params, gate, status, bool(cfg["include_backbone"]))
+    recorded = params.model_dump(mode="json", by_alias=True)  # every value the run used, defaults included
+    tag, reused = save_package(args, recorded, gate, status, params.package.include_backbone)
     reason = ("gate passed" if decision == "promoted" else
               f"first model, gate failed ({', '.join(failed)}): provisional until a model passes")
     set_production(tag, "promote" if decision == "promoted" else "provisional", reason)

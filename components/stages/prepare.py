@@ -24,12 +24,10 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from components.config import DataParams, EvalParams, load_params
 from components.data.preprocess import chronological, kcore, subsample_users
 from components.errors import ConfigError, DataError, stage_main
 from components.io import fresh_dir, write_json, write_parquet
-from components.params import load_params, section
-
-MIN_SEQUENCE = 3  # one training item, one validation item, one test item
 
 
 def mapping_hash(ids: pd.Series) -> str:
@@ -65,20 +63,17 @@ def sample_candidates(seqs: list[np.ndarray], n_items: int, num_negatives: int, 
     return out
 
 
-def prepare(interactions: pd.DataFrame, items: pd.DataFrame, data_cfg: dict[str, Any], eval_cfg: dict[str, Any],
+def prepare(interactions: pd.DataFrame, items: pd.DataFrame, data_cfg: DataParams, eval_cfg: EvalParams,
             seed: int) -> dict[str, Any]:
-    """Pure function of the validated frames; returns the tables and the summary."""
-    min_u = int(data_cfg.get("min_user_interactions", 5))
-    min_i = int(data_cfg.get("min_item_interactions", 5))
-    if min_u < MIN_SEQUENCE:
-        raise ConfigError("params.yaml", f"data.min_user_interactions={min_u} leaves users without a training item",
-                          f"set it to at least {MIN_SEQUENCE}")
+    """Pure function of the validated frames; returns the tables and the summary. The k-core keeps users
+    with at least `data.min_user_interactions` (>= 3, checked by DataParams: train, valid and test need one)."""
+    min_u, min_i = data_cfg.min_user_interactions, data_cfg.min_item_interactions
     df, passes = kcore(interactions, min_u, min_i)
     # The subsample comes after the k-core and is not k-cored again: a sampled user keeps the whole
     # history that passed the filter, so `max_users` users remain. Re-filtering cascades on sparse
     # catalogues (Amazon 5-core data: 3,000 sampled users shrank to 222) and the sample would no longer
     # be the one asked for. Items then need fewer than min_item interactions within the sample.
-    df = subsample_users(df, data_cfg.get("max_users"), seed)
+    df = subsample_users(df, data_cfg.max_users, seed)
     if df.empty:
         raise DataError("validated interactions", f"nothing is left after the {min_u}/{min_i}-core filter",
                         "lower data.min_user_interactions / data.min_item_interactions, or add data")
@@ -99,15 +94,11 @@ def prepare(interactions: pd.DataFrame, items: pd.DataFrame, data_cfg: dict[str,
     item_lists, ts_lists = np.split(i, bounds), np.split(ts, bounds)
     seq = pd.DataFrame({"user_idx": u[np.r_[0, bounds]].astype(np.int32), "items": item_lists, "timestamps": ts_lists})
 
-    num_neg = eval_cfg.get("num_negatives", 99)
-    if isinstance(num_neg, bool) or not isinstance(num_neg, int) or num_neg < 1:
-        raise ConfigError("params.yaml", f"eval.num_negatives={num_neg!r}: every metric needs at least one negative "
-                          "to rank the positive against", "set eval.num_negatives to a whole number >= 1 (the paper: 99)")
-    max_eval = eval_cfg.get("max_users", 10000)
+    num_neg, max_eval = eval_cfg.num_negatives, eval_cfg.max_users
     rng = np.random.default_rng(seed)
     chosen = np.arange(len(seq))
-    if max_eval and len(seq) > int(max_eval):
-        chosen = np.sort(rng.choice(len(seq), int(max_eval), replace=False))
+    if max_eval and len(seq) > max_eval:
+        chosen = np.sort(rng.choice(len(seq), max_eval, replace=False))
     cand_frames = []
     for split, offset in (("valid", 2), ("test", 1)):
         pos = np.array([item_lists[r][-offset] for r in chosen], dtype=np.int32)
@@ -140,11 +131,11 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--summary", type=Path, required=True)
     args = ap.parse_args(argv)
     params = load_params(args.params)
-    data_cfg, eval_cfg = section(params, "data", args.params), section(params, "eval", args.params)
+    data_cfg, eval_cfg = params.data, params.eval
 
     t0 = time.time()
     result = prepare(pd.read_parquet(args.inp / "interactions.parquet"), pd.read_parquet(args.inp / "items.parquet"),
-                     data_cfg, eval_cfg, int(params.get("seed", 0)))
+                     data_cfg, eval_cfg, params.seed)
     out = fresh_dir(args.out)
     for name in ("items", "users", "sequences", "candidates"):
         write_parquet(result[name], out / f"{name}.parquet")
@@ -154,7 +145,8 @@ def main(argv: list[str] | None = None) -> None:
 
         summary["quarantined_rows"] = read_json(args.validation)["rows_quarantined"]["interactions"]
     summary["seconds"] = round(time.time() - t0, 2)
-    write_json(out / "meta.json", {**summary, "params": {"data": data_cfg, "eval": eval_cfg}})
+    write_json(out / "meta.json", {**summary, "params": {"data": data_cfg.model_dump(mode="json"),
+                                                         "eval": eval_cfg.model_dump(mode="json")}})
     write_json(args.summary, summary)
     print(f"prepare: {summary['users']:,} users, {summary['items']:,} items, {summary['interactions']:,} "
           f"interactions ({summary['kcore_passes']} k-core passes), {summary['evaluated_users']:,} evaluated users "

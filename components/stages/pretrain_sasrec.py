@@ -30,13 +30,13 @@ from typing import Any
 
 import torch
 
+from components.config import Params, load_params
 from components.data.sequences import Prepared
 from components.errors import ConfigError, stage_main
 from components.io import fresh_dir, sha256_of, write_json
 from components.models.base import WEIGHTS, match_items, read_checkpoint_meta, read_weights
 from components.models.sasrec import SASRec, SASRecConfig
 from components.models.training import FitResult, TrainOptions, run_key, sasrec_fit
-from components.params import load_params, section
 
 ARCHITECTURE = ("hidden", "num_blocks", "num_heads", "max_len")  # what must agree for weights to fit
 
@@ -101,29 +101,24 @@ def plot_curve(curve: list[dict[str, Any]], path: Path) -> None:
     plt.close(fig)
 
 
-def train(params: dict[str, Any], prepared: Path, state_dir: Path | None, log=print,
+def train(params: Params, prepared: Path, state_dir: Path | None, log=print,
           staged: Path | None = None) -> tuple[SASRec, FitResult, dict[str, Any]]:
-    cfg = section(params, "sasrec")
-    seed = int(cfg.get("seed") if cfg.get("seed") is not None else params.get("seed", 0))
+    cfg = params.sasrec
+    seed = cfg.seed if cfg.seed is not None else params.seed
     model_cfg = SASRecConfig.from_params(cfg)
-    opts = TrainOptions(epochs=int(cfg.get("epochs", 200)), eval_every=int(cfg.get("eval_every", 1)),
-                        patience=int(cfg.get("patience", 5)), lr=float(cfg.get("lr", 1e-3)),
-                        batch_size=int(cfg.get("batch_size", 128)), seed=seed,
-                        eval_batch_size=int(cfg.get("eval_batch_size", 512)),
-                        max_minutes=None if cfg.get("max_minutes") is None else float(cfg["max_minutes"]))
-    mismatch = cfg.get("warm_start_mismatch", "error")
-    if mismatch not in ("error", "fresh"):
-        raise ConfigError("params.yaml", f"sasrec.warm_start_mismatch={mismatch!r} is unknown", "use error or fresh")
-    if cfg.get("threads"):
-        torch.set_num_threads(int(cfg["threads"]))
+    opts = TrainOptions(epochs=cfg.epochs, eval_every=cfg.eval_every, patience=cfg.patience, lr=cfg.lr,
+                        batch_size=cfg.batch_size, seed=seed, eval_batch_size=cfg.eval_batch_size,
+                        max_minutes=cfg.max_minutes)
+    if cfg.threads:
+        torch.set_num_threads(cfg.threads)
     threads = torch.get_num_threads()
     data = Prepared.load(prepared)
 
     torch.manual_seed(seed)  # initial weights
     model = SASRec(model_cfg, data.item_ids, data.item_mapping_hash)
     warm: dict[str, Any] = {}
-    if cfg.get("warm_start_from"):
-        warm = warm_start(model, Path(cfg["warm_start_from"]), mismatch)
+    if cfg.warm_start_from:
+        warm = warm_start(model, Path(cfg.warm_start_from), cfg.warm_start_mismatch)
         log(f"warm start: {warm}")
     elif staged is not None and (Path(staged) / "config.json").is_file():
         warm = warm_start(model, Path(staged), "fresh") | {"staged": True}

@@ -17,9 +17,9 @@ from typing import Any
 
 import pandas as pd
 
+from components.config import ValidateParams, load_params
 from components.errors import DataError, stage_main
 from components.io import fresh_dir, write_json, write_parquet
-from components.params import load_params, section
 
 os.environ.setdefault("GX_ANALYTICS_ENABLED", "False")
 
@@ -160,7 +160,7 @@ def _later_copies(df: pd.DataFrame, idx: list, cols: list[str]) -> list:
     return list(sub.index[sub.duplicated(keep="first")])
 
 
-def validate(interactions: pd.DataFrame, items: pd.DataFrame, cfg: dict[str, Any],
+def validate(interactions: pd.DataFrame, items: pd.DataFrame, cfg: ValidateParams,
              docs_dir: Path | None = None, where: str = "data") -> Outcome:
     ctx = _context(docs_dir)
     interactions = interactions.reset_index(drop=True)
@@ -172,7 +172,7 @@ def validate(interactions: pd.DataFrame, items: pd.DataFrame, cfg: dict[str, Any
 
     item_reasons, item_counts = _run_suite(ctx, "items", items, _items_expectations(), f"{where}/items.parquet")
     good_items = items[item_reasons == ""]
-    max_ts = int(time.time()) + int(cfg.get("future_tolerance_seconds", 3600))
+    max_ts = int(time.time()) + cfg.future_tolerance_seconds
     inter_reasons, inter_counts = _run_suite(
         ctx, "interactions", interactions,
         _interaction_expectations(sorted(good_items["item_id"].astype(str).unique()), max_ts),
@@ -198,7 +198,7 @@ def validate(interactions: pd.DataFrame, items: pd.DataFrame, cfg: dict[str, Any
         "rows_checked": {"interactions": n, "items": len(items)},
         "rows_quarantined": {"interactions": nq, "items": len(q_items)},
         "bad_fraction": round(nq / n, 6) if n else 0.0,
-        "max_bad_fraction": float(cfg.get("max_bad_fraction", 0.05)),
+        "max_bad_fraction": cfg.max_bad_fraction,
         "quarantined_by_expectation": {
             **{f"items.{k}": v for k, v in item_counts.items() if v},
             **{f"interactions.{k}": v for k, v in inter_counts.items() if v},
@@ -247,7 +247,7 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--docs", type=Path, required=True)
     ap.add_argument("--summary", type=Path, required=True)
     args = ap.parse_args(argv)
-    cfg = section(load_params(args.params), "validate", args.params)
+    cfg = load_params(args.params).validate_
 
     t0 = time.time()
     interactions = pd.read_parquet(args.inp / "interactions.parquet")

@@ -5,6 +5,7 @@ from __future__ import annotations
 import pandas as pd
 import pytest
 
+from components.config import DataParams, parse_params
 from components.data.sources import load_source
 from components.errors import ConfigError, DataError
 from components.stages.ingest import main as ingest_main
@@ -13,7 +14,7 @@ GOOD_ITEMS = "item_id\ttitle\nA\tAlpha\nB\tBeta\n"
 
 
 def files_cfg(d):
-    return {"source": "files", "path": str(d)}
+    return DataParams(source="files", path=str(d))
 
 
 def write(d, inter: str | bytes, items: str = GOOD_ITEMS, ext: str = "tsv"):
@@ -94,7 +95,7 @@ def test_movielens_wrong_format(tmp_path):
     (d / "ratings.dat").write_text("1,10,5,978300760\n")
     (d / "movies.dat").write_text("10::Heat (1995)::Action\n")
     with pytest.raises(DataError) as e:
-        load_source({"source": "movielens", "path": str(d)}, 0, tmp_path)
+        load_source(DataParams(source="movielens", path=str(d)), 0, tmp_path)
     check(e, d / "ratings.dat", "'::'-separated fields")
 
 
@@ -103,7 +104,7 @@ def test_amazon_bad_json_line_is_kept_for_quarantine_with_its_bytes(tmp_path):
     d.mkdir()
     (d / "Toys.jsonl").write_bytes(b'{"user_id": "u", "parent_asin": "P", "timestamp": 1}\n{not json\n')
     (d / "meta_Toys.jsonl").write_text('{"parent_asin": "P", "title": "x"}\n')
-    inter, _ = load_source({"source": "amazon2023", "path": str(d), "category": "Toys"}, 0, tmp_path)
+    inter, _ = load_source(DataParams(source="amazon2023", path=str(d), category="Toys"), 0, tmp_path)
     assert inter["_error"].tolist()[1].startswith("line 2 is not valid JSON") and pd.isna(inter["_error"][0])
     assert inter["_raw"].tolist()[1] == b"{not json" and inter["_row"].tolist() == [1, 2]
 
@@ -114,15 +115,15 @@ def test_amazon_file_without_one_json_object_fails(tmp_path):
     (d / "Toys.jsonl").write_text("{not json\n[1, 2]\n")
     (d / "meta_Toys.jsonl").write_text('{"parent_asin": "P", "title": "x"}\n')
     with pytest.raises(DataError) as e:
-        load_source({"source": "amazon2023", "path": str(d), "category": "Toys"}, 0, tmp_path)
+        load_source(DataParams(source="amazon2023", path=str(d), category="Toys"), 0, tmp_path)
     check(e, d / "Toys.jsonl", "no line is a JSON object (line 1 is not valid JSON")
 
 
 def test_unknown_source_and_missing_path(tmp_path):
-    with pytest.raises(ConfigError, match="unknown data.source 'csv'"):
-        load_source({"source": "csv"}, 0, tmp_path)
+    with pytest.raises(ConfigError, match=r"data\.source = 'csv': input should be 'synthetic', 'movielens'"):
+        parse_params({"data": {"source": "csv"}})
     with pytest.raises(ConfigError, match="neither data.path nor data.url"):
-        load_source({"source": "movielens"}, 0, tmp_path)
+        load_source(DataParams(source="movielens"), 0, tmp_path)
 
 
 def test_ingest_stage_prints_one_clear_line_and_leaves_raw_alone(tmp_path, capsys):

@@ -9,10 +9,11 @@ import stat
 import pandas as pd
 import pytest
 
+from components.config import parse_params
 from components.data.batches import accepted_batches, merge_batches, read_batch
 from components.data.landing import Paths, drop, is_candidate, land
 
-PARAMS = {"validate": {"max_bad_fraction": 0.05}}
+PARAMS = parse_params({"validate": {"max_bad_fraction": 0.05}})
 
 
 @pytest.fixture

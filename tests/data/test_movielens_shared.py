@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pytest
 
+from components.config import DataParams, EvalParams, ValidateParams
 from components.data.sources import load_source
 from components.stages.prepare import prepare
 from components.stages.validate import validate
@@ -13,12 +14,12 @@ from tests.conftest import shared_dataset
 @pytest.mark.slow
 def test_ml1m_seqrec_published_counts(tmp_path):
     path = shared_dataset("ml-1m-seqrec")
-    inter, items = load_source({"source": "files", "path": str(path), "columns": {"item_id": "movie_id"}}, 0, tmp_path)
+    data = DataParams(source="files", path=str(path), columns={"item_id": "movie_id"})
+    inter, items = load_source(data, 0, tmp_path)
     assert len(inter) == 999_611
-    outcome = validate(inter, items, {"max_bad_fraction": 0.0})
+    outcome = validate(inter, items, ValidateParams(max_bad_fraction=0.0))
     assert outcome.summary["rows_quarantined"] == {"interactions": 0, "items": 0}
-    out = prepare(outcome.interactions, outcome.items, {"min_user_interactions": 5, "min_item_interactions": 5},
-                  {"num_negatives": 99, "max_users": 10000}, seed=42)
+    out = prepare(outcome.interactions, outcome.items, data, EvalParams(num_negatives=99, max_users=10000), seed=42)
     s = out["summary"]
     assert (s["users"], s["items"], s["interactions"]) == (6040, 3416, 999_611)
     assert s["evaluated_users"] == 6040

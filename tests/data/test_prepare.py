@@ -6,20 +6,21 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from components.config import DataParams, EvalParams, SyntheticParams, parse_params
 from components.data.preprocess import chronological, kcore
-from components.data.sources.synthetic import SyntheticConfig, generate
+from components.data.sources.synthetic import generate
 from components.errors import ConfigError
 from components.stages.prepare import prepare
 
 
 @pytest.fixture(scope="module")
 def synthetic():
-    return generate(SyntheticConfig(num_users=300, num_items=200, num_topics=10), seed=7)
+    return generate(SyntheticParams(num_users=300, num_items=200, num_topics=10), seed=7)
 
 
 @pytest.fixture(scope="module")
 def prepared(synthetic):
-    return prepare(*synthetic, {}, {"num_negatives": 99}, seed=7)
+    return prepare(*synthetic, DataParams(), EvalParams(num_negatives=99), seed=7)
 
 
 def test_kcore_reaches_a_fixed_point():
@@ -43,7 +44,7 @@ def test_index_mapping_is_dense_and_deterministic(prepared, synthetic):
     assert items["idx"].tolist() == list(range(1, len(items) + 1))  # 0 stays padding
     assert users["idx"].tolist() == list(range(1, len(users) + 1))
     assert items["item_id"].is_unique and items["title"].str.len().gt(0).all()
-    again = prepare(*synthetic, {}, {"num_negatives": 99}, seed=7)
+    again = prepare(*synthetic, DataParams(), EvalParams(num_negatives=99), seed=7)
     assert again["summary"]["item_mapping_hash"] == prepared["summary"]["item_mapping_hash"]
     pd.testing.assert_frame_equal(again["items"], items)
 
@@ -85,15 +86,15 @@ def test_candidates_exclude_history_have_no_duplicates_and_include_the_positive(
 
 
 def test_candidates_are_deterministic_by_seed(synthetic):
-    a = prepare(*synthetic, {}, {}, seed=1)["candidates"]
-    b = prepare(*synthetic, {}, {}, seed=1)["candidates"]
-    c = prepare(*synthetic, {}, {}, seed=2)["candidates"]
+    a = prepare(*synthetic, DataParams(), EvalParams(), seed=1)["candidates"]
+    b = prepare(*synthetic, DataParams(), EvalParams(), seed=1)["candidates"]
+    c = prepare(*synthetic, DataParams(), EvalParams(), seed=2)["candidates"]
     assert all(np.array_equal(x, y) for x, y in zip(a["negatives"], b["negatives"], strict=True))
     assert not all(np.array_equal(x, y) for x, y in zip(a["negatives"], c["negatives"], strict=True))
 
 
 def test_eval_max_users_and_user_subsample(synthetic):
-    out = prepare(*synthetic, {"max_users": 120}, {"max_users": 50}, seed=3)
+    out = prepare(*synthetic, DataParams(max_users=120), EvalParams(max_users=50), seed=3)
     assert out["summary"]["users"] <= 120
     assert out["candidates"].groupby("split").size().to_dict() == {"test": 50, "valid": 50}
     assert (out["sequences"]["items"].map(len) >= 5).all()
@@ -109,7 +110,7 @@ def test_user_subsample_keeps_its_size_and_whole_histories_on_a_sparse_catalogue
                        "timestamp": rng.integers(0, 10**6, len(buyers))})
     items = pd.DataFrame({"item_id": [f"i{k}" for k in range(n_items)], "title": "t", "description": ""})
     full, _ = kcore(df, 5, 5)
-    out = prepare(df, items, {"max_users": 100}, {"num_negatives": 20}, seed=1)
+    out = prepare(df, items, DataParams(max_users=100), EvalParams(num_negatives=20), seed=1)
     assert out["summary"]["users"] == 100
     kept = out["users"]["user_id"]
     expected = full[full["user_id"].isin(kept)].groupby("user_id").size().sort_index()
@@ -119,11 +120,11 @@ def test_user_subsample_keeps_its_size_and_whole_histories_on_a_sparse_catalogue
 
 def test_too_many_negatives_for_the_catalogue(synthetic):
     with pytest.raises(ConfigError, match="lower eval.num_negatives") as e:
-        prepare(*synthetic, {}, {"num_negatives": 250}, seed=0)
+        prepare(*synthetic, DataParams(), EvalParams(num_negatives=250), seed=0)
     assert "but user 'U0" in str(e.value)  # the user's own id, not an internal index
 
 
 @pytest.mark.parametrize("bad", [0, -3, 2.5, "99", True])
-def test_no_negatives_is_refused(synthetic, bad):
-    with pytest.raises(ConfigError, match="at least one negative"):
-        prepare(*synthetic, {}, {"num_negatives": bad}, seed=0)
+def test_no_negatives_is_refused(bad):
+    with pytest.raises(ConfigError, match=r"eval\.num_negatives = .*negatives per evaluated user"):
+        parse_params({"eval": {"num_negatives": bad}})

@@ -14,8 +14,9 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from components.config import DataParams, Params, SyntheticParams
 from components.data.sources import load_source
-from components.data.sources.synthetic import SyntheticConfig, generate
+from components.data.sources.synthetic import generate
 
 ML1M_RATINGS = "1::10::5::978300760\n1::20::3::978302109\n2::10::4::978301968\n"
 ML1M_MOVIES = "10::Amélie (2001)::Comedy|Romance\n20::Léon: The Professional (1994)::Crime|Drama\n"
@@ -41,7 +42,7 @@ def http_dir(tmp_path):
 
 
 def test_movielens_1m_latin1(tmp_path):
-    inter, items = load_source({"source": "movielens", "path": str(write_ml1m(tmp_path / "ml-1m"))}, 0, tmp_path)
+    inter, items = load_source(DataParams(source="movielens", path=str(write_ml1m(tmp_path / "ml-1m"))), 0, tmp_path)
     assert list(inter.columns[:3]) == ["user_id", "item_id", "timestamp"]
     assert inter["user_id"].tolist() == ["1", "1", "2"]
     assert inter["timestamp"].tolist() == [978300760, 978302109, 978301968]
@@ -59,7 +60,7 @@ def test_movielens_100k(tmp_path):
         (f"242|Kolya (1996)|24-Jan-1997||http://x|{flags}\n"
          f"302|L.A. Confidential (1997)|01-Jan-1997||http://y|{flags}\n").encode("latin-1"))
     (d / "u.genre").write_text("\n".join(f"g{i}|{i}" for i in range(18)) + "\nWestern|18\n")
-    inter, items = load_source({"source": "movielens", "path": str(d)}, 0, tmp_path)
+    inter, items = load_source(DataParams(source="movielens", path=str(d)), 0, tmp_path)
     assert inter["item_id"].tolist() == ["242", "302"]
     assert inter["timestamp"].tolist() == [881250949, 891717742]
     assert items["title"].tolist() == ["Kolya (1996)", "L.A. Confidential (1997)"]
@@ -73,7 +74,7 @@ def test_movielens_download_zip_over_http(tmp_path, http_dir):
         for f in ("ratings.dat", "movies.dat"):
             z.write(src / f, f"ml-1m/{f}")
     cache = tmp_path / "cache"
-    inter, items = load_source({"source": "movielens", "url": f"{base}/ml-1m.zip"}, 0, cache)
+    inter, items = load_source(DataParams(source="movielens", url=f"{base}/ml-1m.zip"), 0, cache)
     assert len(inter) == 3 and "Amélie (2001)" in items["title"].tolist()
     assert (cache / "ml-1m.zip").is_file()
     assert not list(cache.glob("*.part"))
@@ -85,7 +86,7 @@ def test_movielens_download_checksum_mismatch(tmp_path, http_dir):
     from components.errors import DataError
 
     with pytest.raises(DataError, match="does not match data.sha256"):
-        load_source({"source": "movielens", "url": f"{base}/ml-1m.zip", "sha256": "0" * 64}, 0, tmp_path / "c")
+        load_source(DataParams(source="movielens", url=f"{base}/ml-1m.zip", sha256="0" * 64), 0, tmp_path / "c")
     assert not (tmp_path / "c" / "ml-1m.zip").exists()
 
 
@@ -115,7 +116,8 @@ def _amazon_files(d: Path, gz: bool, cat: str = "Toys") -> None:
 @pytest.mark.parametrize("gz", [False, True])
 def test_amazon2023_jsonl(tmp_path, gz):
     _amazon_files(tmp_path / "amz", gz)
-    inter, items = load_source({"source": "amazon2023", "path": str(tmp_path / "amz"), "category": "Toys"}, 0, tmp_path)
+    cfg = DataParams(source="amazon2023", path=str(tmp_path / "amz"), category="Toys")
+    inter, items = load_source(cfg, 0, tmp_path)
     assert inter["item_id"].tolist() == ["P1", "P2"]  # parent_asin is the item
     assert inter["timestamp"].tolist() == [1588687728, 1588787728]  # milliseconds -> seconds
     by_id = items.set_index("item_id")
@@ -128,7 +130,7 @@ def test_amazon2023_download(tmp_path, http_dir):
     _amazon_files(root / "review_categories", gz=False)
     (root / "meta_categories").mkdir()
     (root / "review_categories" / "meta_Toys.jsonl").rename(root / "meta_categories" / "meta_Toys.jsonl")
-    inter, items = load_source({"source": "amazon2023", "url": base, "category": "Toys"}, 0, tmp_path / "cache")
+    inter, items = load_source(DataParams(source="amazon2023", url=base, category="Toys"), 0, tmp_path / "cache")
     assert len(inter) == 2 and len(items) == 2
 
 
@@ -142,7 +144,8 @@ def test_files_source_with_column_mapping(tmp_path, fmt):
             df.to_parquet(path)
         else:
             df.to_csv(path, sep="\t" if fmt == "tsv" else ",", index=False)
-    cfg = {"source": "files", "path": str(tmp_path), "columns": {"user_id": "uid", "item_id": "movie_id", "timestamp": "ts"}}
+    cfg = DataParams(source="files", path=str(tmp_path),
+                     columns={"user_id": "uid", "item_id": "movie_id", "timestamp": "ts"})
     got_inter, got_items = load_source(cfg, 0, tmp_path)
     assert got_inter["item_id"].tolist() == ["0042", "7", "0042"]  # ids stay strings: leading zeros survive
     assert got_inter["timestamp"].dtype == "Int64"
@@ -151,7 +154,7 @@ def test_files_source_with_column_mapping(tmp_path, fmt):
 
 
 def test_synthetic_is_seeded_readable_and_chronological():
-    cfg = SyntheticConfig(num_users=200, num_items=100, num_topics=10)
+    cfg = SyntheticParams(num_users=200, num_items=100, num_topics=10)
     a_inter, a_items = generate(cfg, seed=3)
     b_inter, _ = generate(cfg, seed=3)
     c_inter, _ = generate(cfg, seed=4)
@@ -167,8 +170,9 @@ def test_synthetic_order_matters():
     shuffling a history must hurt it: the property that makes the default a fair test of LLM-SRec."""
     from components.stages.prepare import prepare
 
-    inter, items = generate(SyntheticConfig(), seed=42)
-    out = prepare(inter, items, {}, {}, seed=42)
+    params = Params()  # the defaults are params.yaml's
+    inter, items = generate(params.data.synthetic, seed=params.seed)
+    out = prepare(inter, items, params.data, params.eval, seed=params.seed)
     seqs, cand = out["sequences"], out["candidates"]
     n = out["summary"]["items"]
     trans, pop = np.zeros((n + 1, n + 1)), np.zeros(n + 1)

@@ -8,6 +8,7 @@ import json
 import pandas as pd
 import pytest
 
+from components.config import ValidateParams
 from components.stages.ingest import main as ingest_main
 from components.stages.validate import main as validate_main
 from components.stages.validate import validate
@@ -88,7 +89,7 @@ def test_items_without_title_quarantine_their_interactions():
                           "_source": "t", "_row": [1, 2, 3]})
     items = pd.DataFrame({"item_id": ["A", "B", "A"], "title": ["Alpha", "", "Again"], "description": "",
                           "_source": "t", "_row": [1, 2, 3]})
-    out = validate(inter, items, {"max_bad_fraction": 1.0})
+    out = validate(inter, items, ValidateParams(max_bad_fraction=1.0))
     assert out.items["item_id"].tolist() == ["A"] and out.items["title"].tolist() == ["Alpha"]
     assert sorted(out.quarantine_items["reason"]) == ["duplicate item_id (the first entry is kept)", "title is empty"]
     assert out.interactions["item_id"].tolist() == ["A"]
@@ -101,7 +102,7 @@ def test_schema_level_failure_names_the_file():
     inter = pd.DataFrame({"user_id": ["u"], "item_id": ["A"], "timestamp": ["yesterday"], "_source": "t", "_row": [1]})
     items = pd.DataFrame({"item_id": ["A"], "title": ["Alpha"], "description": "", "_source": "t", "_row": [1]})
     with pytest.raises(DataError, match=r"data/interactions.parquet: schema check failed: .*\(timestamp\)"):
-        validate(inter, items, {})
+        validate(inter, items, ValidateParams())
 
 
 def test_whitespace_only_ids_count_as_empty():
@@ -110,6 +111,6 @@ def test_whitespace_only_ids_count_as_empty():
     raw = pd.DataFrame({"user_id": ["u", "   "], "item_id": ["A", "A"], "timestamp": ["1600000000", "1600000001"]})
     inter = canonical_interactions(raw, "t")
     items = pd.DataFrame({"item_id": ["A"], "title": ["Alpha"], "description": "", "_source": "t", "_row": [1]})
-    out = validate(inter, items, {"max_bad_fraction": 1.0})
+    out = validate(inter, items, ValidateParams(max_bad_fraction=1.0))
     assert out.quarantine_interactions["reason"].tolist() == ["user_id is empty"]
     assert out.interactions["user_id"].tolist() == ["u"]

@@ -6,9 +6,21 @@ from __future__ import annotations
 import pytest
 import torch
 
-from components.data.sources.synthetic import SyntheticConfig, generate
+from components.config import DataParams, DistillParams, EvalParams, SyntheticParams
+from components.data.sources.synthetic import generate
 from components.io import write_json, write_parquet
 from components.stages.prepare import prepare
+
+#: The paper's distill settings (and the reference's validation cadence and patience) where params.yaml's
+#: defaults go beyond them: the LLM-SRec mechanics these tests check ([UserOut]/[ItemOut] readout,
+#: sampled negatives, one example per user). A test of a beyond-the-paper switch sets it on top.
+PAPER = {"targets": "last", "negatives": "sampled", "num_negatives": 3, "prompt": "paper", "readout": "token",
+         "eval_every": 0.1, "valid_users": 200, "patience": 3, "max_minutes": None}
+
+
+def paper(**changes) -> DistillParams:
+    """DistillParams at the paper's settings, with `changes` on top."""
+    return DistillParams(**{**PAPER, **changes})
 
 
 @pytest.fixture(autouse=True)
@@ -50,8 +62,8 @@ def tiny_backbone(smollm2_dir):
 @pytest.fixture(scope="session")
 def prepared_dir(tmp_path_factory):
     out = tmp_path_factory.mktemp("prepared")
-    inter, items = generate(SyntheticConfig(num_users=120, num_items=100, num_topics=6, max_length=40), seed=5)
-    res = prepare(inter, items, {}, {"num_negatives": 30}, seed=5)
+    inter, items = generate(SyntheticParams(num_users=120, num_items=100, num_topics=6, max_length=40), seed=5)
+    res = prepare(inter, items, DataParams(), EvalParams(num_negatives=30), seed=5)
     for name in ("items", "users", "sequences", "candidates"):
         write_parquet(res[name], out / f"{name}.parquet")
     write_json(out / "meta.json", res["summary"])

@@ -15,8 +15,9 @@ from safetensors.torch import load_file, save_file
 from components.data.sequences import Prepared
 from components.errors import CheckpointError, DataError
 from components.llm.model import LLMSRec, LLMSRecConfig
-from components.stages.distill import DistillOptions, build_model
+from components.stages.distill import build_model
 from tests.conftest import edit_config, garble, truncate
+from tests.llm.conftest import paper
 
 
 @pytest.fixture(scope="module")
@@ -25,7 +26,7 @@ def saved(prepared_dir, teacher, tiny_backbone, tmp_path_factory):
     data = Prepared.load(prepared_dir)
     torch.manual_seed(1)
     titles = [""] + [f"title {i}" for i in range(1, data.num_items + 1)]
-    model = build_model(data, copy.deepcopy(teacher), tiny_backbone, DistillOptions(), titles)
+    model = build_model(data, copy.deepcopy(teacher), tiny_backbone, paper(), titles)
     model.build_item_table(64)
     return model, model.save(tmp_path_factory.mktemp("llmsrec") / "ckpt")
 

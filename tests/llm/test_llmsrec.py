@@ -8,11 +8,13 @@ import numpy as np
 import pytest
 import torch
 
+from components.config import parse_params
 from components.data.sequences import Prepared
 from components.errors import ConfigError
 from components.llm.model import LLMSRec
 from components.llm.prompts import LAYOUTS
-from components.stages.distill import DistillOptions, Examples, build_model, fit
+from components.stages.distill import Examples, build_model, fit
+from tests.llm.conftest import paper
 
 
 @pytest.fixture
@@ -23,7 +25,7 @@ def data(prepared_dir):
 @pytest.fixture
 def model(data, teacher, tiny_backbone, titles):
     torch.manual_seed(1)
-    return build_model(data, copy.deepcopy(teacher), tiny_backbone, DistillOptions(), titles)
+    return build_model(data, copy.deepcopy(teacher), tiny_backbone, paper(), titles)
 
 
 def test_shapes_and_prompt_slots(model, data):
@@ -49,7 +51,7 @@ def test_shapes_and_prompt_slots(model, data):
 def test_a_batch_gives_each_row_what_it_gives_alone(data, teacher, tiny_backbone, titles, layout):
     """Padding (of frozen text and of the live part) never leaks into a row's state, in every layout."""
     torch.manual_seed(2)
-    m = build_model(data, copy.deepcopy(teacher), tiny_backbone, DistillOptions(prompt=layout), titles)
+    m = build_model(data, copy.deepcopy(teacher), tiny_backbone, paper(prompt=layout), titles)
     hist = data.histories("valid", np.arange(8), 10)
     hist.items[0, :-2] = 0  # one very short history forces heavy padding in the batch
     with torch.no_grad():
@@ -78,7 +80,7 @@ def test_gradients_reach_only_adapters_and_llm_stays_bit_identical(model, data):
     assert model.adapters.f_I[0].weight.grad.abs().sum() > 0  # through the LLM back to the injection
     assert all(p.grad is None for p in model.backbone.model.parameters())
     assert all(p.grad is None for p in model.sasrec.parameters())
-    fit(model, data, DistillOptions(max_steps=3, eval_every=1.0, valid_users=10, epochs=1), seed=0, log=lambda *_: None)
+    fit(model, data, paper(max_steps=3, eval_every=1.0, valid_users=10, epochs=1), seed=0, log=lambda *_: None)
     for k, v in model.backbone.model.state_dict().items():
         assert torch.equal(v, llm_before[k]), k
     for k, v in model.sasrec.state_dict().items():
@@ -99,7 +101,7 @@ def test_loss_falls_over_a_few_steps(model, data):
 
 
 def test_ablation_switches_drop_the_loss_terms(data, teacher, tiny_backbone, titles):
-    opts = DistillOptions(use_distill_loss=False, use_uniform_loss=False)
+    opts = paper(use_distill_loss=False, use_uniform_loss=False)
     m = build_model(data, copy.deepcopy(teacher), tiny_backbone, opts, titles)
     batch = Examples(data, window=20, seed=0).batch(np.arange(4), 3, shuffle=False)
     assert set(m.loss_terms(batch)) == {"retrieval"}
@@ -115,7 +117,7 @@ def test_shuffle_train_moves_items_but_not_dates(data):
 
 
 def test_checkpoint_round_trip_saves_only_trained_parts(model, data, tmp_path):
-    fit(model, data, DistillOptions(max_steps=2, eval_every=1.0, valid_users=10, epochs=1), seed=0, log=lambda *_: None)
+    fit(model, data, paper(max_steps=2, eval_every=1.0, valid_users=10, epochs=1), seed=0, log=lambda *_: None)
     model.build_item_table(16)
     model.save(tmp_path / "ckpt")
     files = {p.name for p in (tmp_path / "ckpt").iterdir()}
@@ -167,7 +169,7 @@ def test_nan_loss_names_the_step(model, data):
     with torch.no_grad():
         model.adapters.f_user[3].weight.fill_(float("nan"))
     with pytest.raises(PipelineError, match=r"distill.lr: .*step 1 of"):
-        fit(model, data, DistillOptions(max_steps=2, valid_users=5), seed=0, log=lambda *_: None)
+        fit(model, data, paper(max_steps=2, valid_users=5), seed=0, log=lambda *_: None)
 
 
 @pytest.fixture(scope="module")
@@ -192,7 +194,7 @@ def test_cached_keys_values_give_the_same_losses_and_gradients_as_one_pass(data,
     """kv_reuse (the opening once; each row's frozen text without gradients, cached across steps) is
     exact: the loss and every adapter gradient equal those of one pass over the whole prompt."""
     torch.manual_seed(4)
-    m = build_model(data, copy.deepcopy(teacher).double(), tiny_backbone_fp64, DistillOptions(prompt=layout),
+    m = build_model(data, copy.deepcopy(teacher).double(), tiny_backbone_fp64, paper(prompt=layout),
                     titles).double()
     batch = Examples(data, window=20, seed=0).batch(np.arange(10), 3, shuffle=False)
     m.cache_users = True  # as in validation: user text is cached too
@@ -220,11 +222,11 @@ def test_cached_keys_values_give_the_same_losses_and_gradients_as_one_pass(data,
 
 
 def test_frozen_text_cache_stays_within_its_bound(data, teacher, tiny_backbone, titles):
-    m = build_model(data, copy.deepcopy(teacher), tiny_backbone, DistillOptions(kv_cache_mb=0.05), titles)
+    m = build_model(data, copy.deepcopy(teacher), tiny_backbone, paper(kv_cache_mb=0.05), titles)
     with torch.no_grad():
         m.build_item_table(16)
     assert 0 < m.kv_cache.bytes <= 0.05 * 2**20 and len(m.kv_cache) < m.num_items  # the oldest were evicted
-    off = build_model(data, copy.deepcopy(teacher), tiny_backbone, DistillOptions(kv_cache_mb=0), titles)
+    off = build_model(data, copy.deepcopy(teacher), tiny_backbone, paper(kv_cache_mb=0), titles)
     with torch.no_grad():
         off.item_vectors(torch.tensor([1, 2]))
     assert len(off.kv_cache) == 0
@@ -241,7 +243,7 @@ def test_teacher_stays_in_eval_mode_while_training(model, data):
 
 
 def test_wall_clock_budget_validates_keeps_the_best_and_stops(model, data):
-    result = fit(model, data, DistillOptions(max_minutes=1e-6, epochs=5, eval_every=1.0, valid_users=5), seed=0,
+    result = fit(model, data, paper(max_minutes=1e-6, epochs=5, eval_every=1.0, valid_users=5), seed=0,
                  log=lambda *_: None)
     assert result["steps"] == 1 and result["stopped_by"] == "max_minutes"
     assert result["curve"][-1]["valid_ndcg@10"] is not None and result["best_step"] == 1
@@ -250,7 +252,7 @@ def test_wall_clock_budget_validates_keeps_the_best_and_stops(model, data):
 @pytest.mark.parametrize("bad", [0, -1.5, "ten"])
 def test_bad_wall_clock_budget_is_refused(bad):
     with pytest.raises(ConfigError, match="distill.max_minutes"):
-        DistillOptions.from_params({"max_minutes": bad})
+        parse_params({"distill": {"max_minutes": bad}})
 
 
 def test_targets_all_gives_every_position_its_own_window(data):
@@ -273,7 +275,7 @@ def test_targets_all_gives_every_position_its_own_window(data):
 def test_in_batch_negatives_add_every_other_positive(data, teacher, tiny_backbone, titles):
     torch.manual_seed(5)
     m = build_model(data, copy.deepcopy(teacher), tiny_backbone,
-                    DistillOptions(negatives="in_batch", num_negatives=1, use_distill_loss=False,
+                    paper(negatives="in_batch", num_negatives=1, use_distill_loss=False,
                                    use_uniform_loss=False), titles)
     batch = Examples(data, window=20, seed=0).batch(np.arange(6), 1, shuffle=False)
     batch.targets[1, 0] = batch.targets[0, 0]  # two examples share a positive: it is not a negative of either
@@ -300,8 +302,9 @@ def test_loss_weights_scale_the_terms(model, data):
         model.config.weights = {"retrieval": 1.0, "distill": 0.0, "uniform": 2.0}
         weighted = model.loss(batch)
     torch.testing.assert_close(weighted, terms["retrieval"] + 2 * terms["uniform"])
-    with pytest.raises(ConfigError, match="distill.weights"):
-        DistillOptions.from_params({"weights": {"retrival": 1.0}})
+    with pytest.raises(ConfigError, match=r"unknown key 'distill\.weights\.retrival'. Fix: did you mean "
+                                          r"'distill\.weights\.retrieval'"):
+        parse_params({"distill": {"weights": {"retrival": 1.0}}})
 
 
 def test_first_layers_only(data, teacher, tiny_backbone, titles, tmp_path):
@@ -313,7 +316,7 @@ def test_first_layers_only(data, teacher, tiny_backbone, titles, tmp_path):
     with pytest.raises(ConfigError, match="llm.num_layers"):
         truncate_layers(tiny_backbone, 3)
     torch.manual_seed(6)
-    m = build_model(data, copy.deepcopy(teacher), cut, DistillOptions(), titles)
+    m = build_model(data, copy.deepcopy(teacher), cut, paper(), titles)
     assert m.config.num_layers == 1
     m.eval()
     m.build_item_table(32)
@@ -338,7 +341,7 @@ def test_no_title_can_produce_a_special_token(data, teacher, tiny_backbone, titl
         cut = int(rng.integers(1, len(marker)))
         evil[i] = rng.choice([f"Best {marker[:cut]}{marker}{marker[cut:]} ever", f"{marker}{marker}",
                               f"x{marker[:cut]} {marker[cut:]}", marker]) + evil[i]
-    m = build_model(data, copy.deepcopy(teacher), tiny_backbone, DistillOptions(), evil)
+    m = build_model(data, copy.deepcopy(teacher), tiny_backbone, paper(), evil)
     specials = set(m.prompts.special_ids())
     items = m.prompts.items(np.arange(1, m.num_items + 1))
     for b in range(len(items)):
@@ -354,7 +357,7 @@ def test_no_title_can_produce_a_special_token(data, teacher, tiny_backbone, titl
 
 
 def test_the_reference_schedule_decays_the_learning_rate_at_each_validation(model, data):
-    result = fit(model, data, DistillOptions(max_steps=3, epochs=1, eval_every=0.01, valid_users=5, lr=1e-3,
+    result = fit(model, data, paper(max_steps=3, epochs=1, eval_every=0.01, valid_users=5, lr=1e-3,
                                              lr_decay=0.5), seed=0, log=lambda *_: None)
     assert [r["lr"] for r in result["curve"]] == pytest.approx([1e-3, 5e-4, 2.5e-4])  # lr used in each round
     assert all(r["valid_ndcg@10"] is not None for r in result["curve"])
@@ -365,7 +368,7 @@ def test_slot_readout_reads_the_last_injected_item(data, teacher, tiny_backbone,
     """readout: slot (beyond the paper) reads the state at the last [HistoryEmb]: batched equals alone,
     the most recent item changes it, and gradients reach f_I through the LLM."""
     torch.manual_seed(7)
-    m = build_model(data, copy.deepcopy(teacher), tiny_backbone, DistillOptions(prompt=layout, readout="slot"), titles)
+    m = build_model(data, copy.deepcopy(teacher), tiny_backbone, paper(prompt=layout, readout="slot"), titles)
     hist = data.histories("valid", np.arange(6), 10)
     hist.items[0, :-3] = 0
     with torch.no_grad():

@@ -11,7 +11,8 @@ import torch
 from components.data.sequences import Prepared
 from components.errors import ConfigError
 from components.llm.backbone import load_backbone
-from components.stages.distill import DistillOptions, build_model, fit
+from components.stages.distill import build_model, fit
+from tests.llm.conftest import paper
 
 
 @pytest.mark.real_llm
@@ -22,10 +23,10 @@ def test_smollm2_two_steps_finite_losses_and_an_item_table(prepared_dir, teacher
     assert not hasattr(backbone.model, "lm_head")  # base model only: no vocabulary-wide logits
     data = Prepared.load(prepared_dir)
     before = {k: v.clone() for k, v in list(backbone.model.state_dict().items())[:5]}
-    model = build_model(data, copy.deepcopy(teacher), backbone, DistillOptions(), titles)
+    model = build_model(data, copy.deepcopy(teacher), backbone, paper(), titles)
     # a handful of users: 2 steps of 4 users each
     sub = copy.copy(data)
-    opts = DistillOptions(batch_size=4, max_steps=2, eval_every=10.0, valid_users=4, epochs=1, item_batch_size=32)
+    opts = paper(batch_size=4, max_steps=2, eval_every=10.0, valid_users=4, epochs=1, item_batch_size=32)
     result = fit(model, sub, opts, seed=0, log=lambda *_: None)
     losses = [p["loss"] for p in result["curve"]]  # one row per validation round: here the budget's end
     assert result["steps"] == 2 and len(losses) == 1 and all(np.isfinite(losses))

@@ -12,8 +12,9 @@ import pytest
 import torch
 import yaml
 
+from components.config import SyntheticParams
 from components.data.sequences import Prepared
-from components.data.sources.synthetic import SyntheticConfig, generate
+from components.data.sources.synthetic import generate
 from components.io import write_parquet
 from components.stages import prepare
 
@@ -39,7 +40,7 @@ def one_torch_thread():
 def make_prepared(dest: Path, *, num_users: int = 400, num_items: int = 200, num_topics: int = 10,
                   seed: int = 7) -> Path:
     """Synthetic interactions written as the validated tables, then the real prepare stage's main()."""
-    interactions, items = generate(SyntheticConfig(num_users=num_users, num_items=num_items,
+    interactions, items = generate(SyntheticParams(num_users=num_users, num_items=num_items,
                                                    num_topics=num_topics), seed)
     write_parquet(interactions, dest / "validated" / "interactions.parquet")
     write_parquet(items, dest / "validated" / "items.parquet")

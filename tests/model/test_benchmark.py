@@ -9,13 +9,14 @@ import sys
 import pandas as pd
 import pytest
 
-from components.data.sources.synthetic import SyntheticConfig, generate
+from components.config import SyntheticParams
+from components.data.sources.synthetic import generate
 from tests.model.conftest import REPO, subprocess_env
 
 
 @pytest.mark.slow
 def test_quality_benchmark_runs_the_real_stages(tmp_path):
-    interactions, items = generate(SyntheticConfig(num_users=300, num_items=200, num_topics=10), seed=4)
+    interactions, items = generate(SyntheticParams(num_users=300, num_items=200, num_topics=10), seed=4)
     data = tmp_path / "data"
     data.mkdir()
     # MovieLens-like column names, so --column is exercised as in the ML-1M command

@@ -53,7 +53,7 @@ DAMAGE = {
     "config with an unknown key": ("config.json", edit_config(lambda m: m["config"].update(width=3)),
                                    "does not build a sasrec model.*width"),
     "config with a bad value": ("config.json", edit_config(lambda m: m["config"].update(hidden=0)),
-                                "does not build a sasrec model.*sasrec.hidden=0"),
+                                "does not build a sasrec model.*sasrec.hidden = 0"),
     "item ids garbage": ("item_ids.json", garble, "is not valid JSON"),
     "item ids not strings": ("item_ids.json", lambda p: p.write_text(json.dumps(list(range(30)))),
                              "not a list of item id strings"),

@@ -11,6 +11,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
+from components.config import SASRecParams, parse_params
 from components.data.sequences import Prepared
 from components.errors import ConfigError
 from components.models import SASRec, SASRecConfig, load_checkpoint
@@ -35,7 +36,7 @@ def quiet(_: str) -> None:
 
 @pytest.fixture(scope="module")
 def trained(prepared_dir):
-    model, result, summary = train({"seed": 3, "sasrec": TINY_SASREC}, prepared_dir, None, log=quiet)
+    model, result, summary = train(parse_params({"seed": 3, "sasrec": TINY_SASREC}), prepared_dir, None, log=quiet)
     return model, result, summary
 
 
@@ -148,7 +149,7 @@ def test_warm_start_keeps_known_items_and_starts_new_ones_fresh(trained, tmp_pat
     old.save(tmp_path / "old")
     data = Prepared.load(grown)
     torch.manual_seed(0)
-    fresh = SASRec(SASRecConfig.from_params(TINY_SASREC), data.item_ids, data.item_mapping_hash)
+    fresh = SASRec(SASRecConfig.from_params(SASRecParams(**TINY_SASREC)), data.item_ids, data.item_mapping_hash)
     warm = copy.deepcopy(fresh)
     report = warm_start(warm, tmp_path / "old")
 
@@ -167,8 +168,8 @@ def test_warm_start_through_training_starts_ahead(trained, tmp_path, grown):
     old, _, _ = trained
     old.save(tmp_path / "old")
     base = {**TINY_SASREC, "epochs": 1}
-    _, _, cold = train({"seed": 3, "sasrec": base}, grown, None, log=quiet)
-    _, _, warm = train({"seed": 3, "sasrec": {**base, "warm_start_from": str(tmp_path / "old")}}, grown, None,
+    _, _, cold = train(parse_params({"seed": 3, "sasrec": base}), grown, None, log=quiet)
+    _, _, warm = train(parse_params({"seed": 3, "sasrec": {**base, "warm_start_from": str(tmp_path / "old")}}), grown, None,
                        log=quiet)
     assert warm["warm_start"]["matched_items"] > 150
     assert warm["initial_valid_ndcg@10"] > cold["initial_valid_ndcg@10"] + 0.2, (warm, cold)
@@ -179,8 +180,8 @@ def test_incompatible_warm_start_errors_or_retrains_when_configured(trained, tmp
     old.save(tmp_path / "old")
     cfg = {**TINY_SASREC, "hidden": 24, "epochs": 1, "warm_start_from": str(tmp_path / "old")}
     with pytest.raises(ConfigError, match=r"hidden 32 vs 24.*warm_start_mismatch: fresh"):
-        train({"seed": 3, "sasrec": cfg}, prepared_dir, None, log=quiet)
-    _, _, summary = train({"seed": 3, "sasrec": {**cfg, "warm_start_mismatch": "fresh"}}, prepared_dir, None,
+        train(parse_params({"seed": 3, "sasrec": cfg}), prepared_dir, None, log=quiet)
+    _, _, summary = train(parse_params({"seed": 3, "sasrec": {**cfg, "warm_start_mismatch": "fresh"}}), prepared_dir, None,
                           log=quiet)
     assert "hidden 32 vs 24" in summary["warm_start"]["skipped"] and summary["epochs"] == 1
 
@@ -213,17 +214,17 @@ def test_checkpoint_from_the_stage_reloads_with_identical_scores(trained, tmp_pa
 def test_resume_key_allows_extending_a_run_but_not_changing_what_shapes_the_weights(tmp_path, prepared_dir):
     state = tmp_path / "state"
     base = {**TINY_SASREC, "hidden": 16, "epochs": 2}
-    _, first, _ = train({"seed": 3, "sasrec": base}, prepared_dir, state, log=quiet)  # fit() leaves its state
+    _, first, _ = train(parse_params({"seed": 3, "sasrec": base}), prepared_dir, state, log=quiet)  # fit() leaves its state
     assert first.resumed_from == 0
     lines: list[str] = []
-    _, longer, summary = train({"seed": 3, "sasrec": {**base, "epochs": 4, "patience": 9}}, prepared_dir, state,
+    _, longer, summary = train(parse_params({"seed": 3, "sasrec": {**base, "epochs": 4, "patience": 9}}), prepared_dir, state,
                                log=lines.append)
     assert longer.resumed_from == 2 and any(line.startswith("resuming after epoch 2 ") for line in lines)
     assert [r["epoch"] for r in longer.progress.curve] == [1, 2, 3, 4]
     assert longer.progress.curve[:2] == first.progress.curve
-    _, other_lr, _ = train({"seed": 3, "sasrec": {**base, "lr": 0.004}}, prepared_dir, state, log=quiet)
+    _, other_lr, _ = train(parse_params({"seed": 3, "sasrec": {**base, "lr": 0.004}}), prepared_dir, state, log=quiet)
     assert other_lr.resumed_from == 0
-    _, other_seed, _ = train({"seed": 4, "sasrec": base}, prepared_dir, state, log=quiet)
+    _, other_seed, _ = train(parse_params({"seed": 4, "sasrec": base}), prepared_dir, state, log=quiet)
     assert other_seed.resumed_from == 0
 
 

@@ -9,8 +9,9 @@ import pandas as pd
 import pytest
 import yaml
 
+from components.config import parse_params
 from components.errors import ConfigError, DataError
-from components.stages.gate import floor_checks, options
+from components.stages.gate import floor_checks
 from tests.serving.conftest import gate, package, run_stage
 
 METRICS = {
@@ -18,6 +19,11 @@ METRICS = {
     "llmsrec": {"ndcg@10": 0.30},
     "llmsrec_shuffled": {"ndcg@10": 0.27, "shuffle_drop": {"ndcg@10": 0.10}},
 }
+
+
+def options(cfg: dict):
+    """params `gate` with `cfg` set, checked as params.yaml is."""
+    return parse_params({"gate": cfg}).gate
 
 
 def by_name(checks: list[dict]) -> dict[str, dict]:
@@ -64,10 +70,10 @@ def test_missing_metrics_name_the_fix():
 
 
 @pytest.mark.parametrize("cfg, match", [
-    ({"min_ndcg": 0.1}, "unknown gate keys"),
-    ({"max_regression": -0.1}, "negative"),
-    ({"min_shuffle_drop": "high"}, "use a number"),
-    ({"first_model": "always"}, "first_model"),
+    ({"min_ndcg": 0.1}, r"unknown key 'gate\.min_ndcg'\. Fix: did you mean 'gate\.min_ndcg_at_10'"),
+    ({"max_regression": -0.1}, r"gate\.max_regression = -0\.1: input should be greater than or equal to 0"),
+    ({"min_shuffle_drop": "high"}, r"gate\.min_shuffle_drop = 'high': input should be a valid number"),
+    ({"first_model": "always"}, r"gate\.first_model = 'always': input should be 'provisional' or 'reject'"),
 ])
 def test_bad_gate_params(cfg, match):
     with pytest.raises(ConfigError, match=match):

@@ -13,6 +13,7 @@ from typing import Any
 
 import pandas as pd
 
+from components.config import DataParams
 from components.data.readers import check_file, json_lines
 from components.data.schema import canonical_interactions, canonical_items
 from components.errors import ConfigError, DataError
@@ -28,24 +29,24 @@ def _find(directory: Path, name: str) -> Path | None:
     return None
 
 
-def _paths(cfg: dict[str, Any], cache_dir: Path) -> tuple[Path, Path]:
-    category = cfg.get("category")
+def _paths(cfg: DataParams, cache_dir: Path) -> tuple[Path, Path]:
+    category = cfg.category
     if not category:
         raise ConfigError("params.yaml", "data.source is 'amazon2023' but data.category is empty",
                           "set data.category, e.g. Industrial_and_Scientific")
     names = (f"{category}.jsonl", f"meta_{category}.jsonl")
-    if cfg.get("path"):
-        directory = Path(cfg["path"])
+    if cfg.path:
+        directory = Path(cfg.path)
         found = [_find(directory, n) for n in names]
         for n, f in zip(names, found, strict=True):
             if f is None:
                 raise DataError(directory / n, "file not found (plain or .gz)",
                                 f"put {n} or {n}.gz in {directory}, or set data.url to download it")
         return found[0], found[1]
-    if cfg.get("url"):
+    if cfg.url:
         from components.data.download import fetch
 
-        base = cfg["url"].rstrip("/")
+        base = cfg.url.rstrip("/")
         return (fetch(f"{base}/{REVIEWS_DIR}/{names[0]}", cache_dir),
                 fetch(f"{base}/{META_DIR}/{names[1]}", cache_dir))
     raise ConfigError("params.yaml", "data.source is 'amazon2023' but neither data.path nor data.url is set",
@@ -86,7 +87,7 @@ def _description(value: Any) -> str:
     return "" if value is None else str(value)
 
 
-def load_amazon(cfg: dict[str, Any], cache_dir: Path) -> tuple[pd.DataFrame, pd.DataFrame]:
+def load_amazon(cfg: DataParams, cache_dir: Path) -> tuple[pd.DataFrame, pd.DataFrame]:
     reviews_path, meta_path = _paths(cfg, cache_dir)
     reviews = _records(reviews_path, ("user_id", "parent_asin", "timestamp"))
     missing = [c for c in ("user_id", "parent_asin", "timestamp") if reviews[c].isna().all()]

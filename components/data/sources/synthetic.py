@@ -10,13 +10,11 @@ popularity. So the last items of a history predict the next one well, while item
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 import numpy as np
 import pandas as pd
 
+from components.config import SyntheticParams
 from components.data.schema import canonical_interactions, canonical_items
-from components.errors import ConfigError
 
 TOPICS: dict[str, list[str]] = {
     "Space Opera": ["Nebula", "Starship", "Orbit", "Comet", "Galaxy", "Voyager", "Eclipse", "Pulsar"],
@@ -49,36 +47,6 @@ ADJECTIVES = ["Silent", "Golden", "Hidden", "Last", "Little", "Wild", "Crimson",
 FORMS = ["{a} {n}", "The {a} {n}", "{n} of the {a} Hour", "A {a} {n}", "{a} {n} Stories", "The {n} Handbook"]
 
 
-@dataclass(frozen=True)
-class SyntheticConfig:
-    num_users: int = 1000
-    num_items: int = 400
-    num_topics: int = 20
-    mean_length: float = 20.0
-    min_length: int = 6
-    max_length: int = 80
-    follow_prob: float = 0.8  # chance the next item is a successor of the current one
-    successors: int = 3  # successors per item
-    popularity_skew: float = 0.8  # Zipf exponent for the non-sequential picks
-    start_date: str = "2022-01-01"
-    span_days: int = 900
-
-    def check(self) -> None:
-        bad = None
-        if not 1 <= self.num_topics <= len(TOPICS):
-            bad = ("num_topics", f"must be 1..{len(TOPICS)}")
-        elif self.num_items < self.num_topics * 2:
-            bad = ("num_items", "must be at least 2 per topic")
-        elif self.num_users < 1:
-            bad = ("num_users", "must be positive")
-        elif not 0 <= self.follow_prob <= 1:
-            bad = ("follow_prob", "must be within 0..1")
-        elif not 3 <= self.min_length <= self.max_length:
-            bad = ("min_length", "must be >= 3 (train/valid/test) and <= max_length")
-        if bad:
-            raise ConfigError("params.yaml", f"data.synthetic.{bad[0]} {bad[1]}", f"change data.synthetic.{bad[0]}")
-
-
 def _titles(topic_of: np.ndarray, names: list[str], rng: np.random.Generator) -> list[str]:
     titles, seen = [], set()
     for t in topic_of:
@@ -92,8 +60,7 @@ def _titles(topic_of: np.ndarray, names: list[str], rng: np.random.Generator) ->
     return titles
 
 
-def generate(cfg: SyntheticConfig, seed: int) -> tuple[pd.DataFrame, pd.DataFrame]:
-    cfg.check()
+def generate(cfg: SyntheticParams, seed: int) -> tuple[pd.DataFrame, pd.DataFrame]:
     rng = np.random.default_rng(seed)
     names = list(TOPICS)[: cfg.num_topics]
     n_items, n_topics = cfg.num_items, cfg.num_topics

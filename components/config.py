@@ -1,0 +1,564 @@
+"""The schema of params.yaml: one pydantic model per section, the whole file checked when it is loaded.
+
+`params.yaml` holds the values; these models say what is allowed (types, ranges, choices, rules
+between keys) and carry the defaults, which equal params.yaml's values: a key left out means what the
+file says. Every model forbids unknown keys. `load_params(path)` reads and checks the whole file, so a
+typo in any section stops every stage, and turns pydantic's errors into one `ConfigError` that names
+each key path, its bad value and the fix (for an unknown key: the allowed keys and the closest one).
+
+Models are frozen (a stage cannot change its config by accident) and strict: YAML gives native types,
+so `5` is an int and `"5"` a string; a float field also takes an int. Nested mappings left empty
+(`package:` with nothing under it) take their defaults.
+
+    python -m components.config [--params params.yaml]   # check a params file
+    python -m components.config --schema                # every key: type, default, description (JSON Schema)
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import difflib
+import json
+import types
+from pathlib import Path
+from typing import Any, Literal, TypeVar, Union, get_args, get_origin
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic.fields import FieldInfo
+
+from components.errors import ConfigError, stage_main
+
+DEFAULT_PARAMS = Path("params.yaml")
+
+DataSource = Literal["synthetic", "movielens", "amazon2023", "files"]
+Column = Literal["user_id", "item_id", "timestamp", "title", "description"]  # the canonical schema's columns
+DType = Literal["auto", "bf16", "bfloat16", "fp16", "float16", "fp32", "float32"]
+PromptLayout = Literal["paper", "compact", "text_first", "text_first_compact"]  # components/llm/prompts.py
+Targets = Literal["all", "last"]
+Negatives = Literal["sampled", "in_batch"]
+Readout = Literal["token", "slot"]
+Center = Literal["none", "batchnorm"]
+KVReuse = Literal["none", "opening", "frozen"]
+SYNTHETIC_TOPICS = 24  # topics in components/data/sources/synthetic.py's TOPICS
+
+
+def _model_in(annotation: Any) -> type[BaseModel] | tuple[str, type[BaseModel]] | None:
+    """The params model a field holds: itself, inside Optional, or as a dict's values ("dict", model)."""
+    if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+        return annotation
+    origin = get_origin(annotation)
+    if origin is dict:
+        inner = _model_in(get_args(annotation)[1])
+        return ("dict", inner) if isinstance(inner, type) else None
+    if origin in (Union, types.UnionType):
+        for arg in get_args(annotation):
+            if (inner := _model_in(arg)) is not None:
+                return inner
+    return None
+
+
+class Invalid(ValueError):
+    """A rule between keys of one section is broken: `key` (relative to the section) is the one to change."""
+
+    def __init__(self, key: str, problem: str, fix: str):
+        super().__init__(problem)
+        self.key, self.problem, self.fix = key, problem, fix
+
+
+class Section(BaseModel):
+    """Base of every params model: unknown keys refused, values typed strictly, frozen after checking."""
+
+    model_config = ConfigDict(extra="forbid", strict=True, frozen=True, allow_inf_nan=False)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _empty_means_defaults(cls, data: Any) -> Any:
+        # `synthetic:` with nothing under it is YAML's null: it means "all defaults", not "no section".
+        if isinstance(data, dict):
+            nested = {f.alias or name for name, f in cls.model_fields.items()
+                      if isinstance(_model_in(f.annotation), type)}
+            return {k: v for k, v in data.items() if not (v is None and k in nested)}
+        return data
+
+
+class SyntheticParams(Section):
+    """`data.synthetic`: the embedded, seeded, order-dependent dataset (components/data/sources/synthetic)."""
+
+    num_users: int = Field(600, ge=1, description="users generated")
+    num_items: int = Field(400, ge=1, description="catalogue size; at least 2 per topic")
+    num_topics: int = Field(20, ge=1, le=SYNTHETIC_TOPICS, description=f"topics used, 1..{SYNTHETIC_TOPICS}")
+    mean_length: float = Field(20.0, gt=0, description="mean history length")
+    min_length: int = Field(
+        6, ge=3, description="shortest history (>= 3: one train, one valid, one test item)")
+    max_length: int = Field(80, ge=3, description="longest history (>= min_length)")
+    follow_prob: float = Field(
+        0.8, ge=0, le=1, description="chance the next item is a successor of the current one")
+    successors: int = Field(3, ge=1, description="successors per item")
+    popularity_skew: float = Field(0.8, ge=0, description="Zipf exponent of the non-sequential picks")
+    start_date: str = Field("2022-01-01", description="first interaction date, YYYY-MM-DD")
+    span_days: int = Field(900, ge=1, description="days the interactions spread over")
+
+    @field_validator("start_date")
+    @classmethod
+    def _iso_date(cls, value: str) -> str:
+        dt.date.fromisoformat(value)
+        return value
+
+    @model_validator(mode="after")
+    def _consistent(self) -> SyntheticParams:
+        if self.num_items < 2 * self.num_topics:
+            problem = f"{self.num_items} items for {self.num_topics} topics (2 per topic needed)"
+            raise Invalid("num_items", problem,
+                          "raise data.synthetic.num_items or lower data.synthetic.num_topics")
+        if self.min_length > self.max_length:
+            raise Invalid("min_length", f"{self.min_length} is above max_length {self.max_length}",
+                          "set data.synthetic.min_length <= data.synthetic.max_length")
+        return self
+
+
+class DataParams(Section):
+    """`data`: where the interactions come from (ingest) and how they are filtered (prepare)."""
+
+    source: DataSource = Field(
+        "synthetic", description="synthetic (embedded default) | movielens | amazon2023 | files")
+    path: str | None = Field(
+        None, description="movielens: folder or .zip; amazon2023: folder of JSONL; files: folder")
+    url: str | None = Field(
+        None, description="optional download (movielens: the GroupLens zip; amazon2023: the dataset's raw/ "
+                          "base URL)")
+    sha256: str | None = Field(
+        None, pattern=r"^[0-9a-fA-F]{64}$", description="optional checksum of the movielens download (64 "
+                                                        "hex digits)")
+    category: str | None = Field(None, description="amazon2023, e.g. Industrial_and_Scientific")
+    columns: dict[Column, str] = Field(
+        {}, description="files: canonical column -> your column, e.g. {item_id: movie_id}")
+    timestamp_unit: Literal["s", "ms"] = Field("s", description="files: s | ms")
+    min_user_interactions: int = Field(
+        5, ge=3, description="k-core on users, iterated to a fixed point (>= 3: train, valid and test need "
+                             "an item each)")
+    min_item_interactions: int = Field(5, ge=1, description="k-core on items")
+    max_users: int | None = Field(
+        None, ge=1, description="seeded subsample of the users that pass the k-core, with their whole "
+                                "histories; null = all")
+    synthetic: SyntheticParams = Field(default_factory=SyntheticParams, description="the embedded dataset")
+
+
+class ValidateParams(Section):
+    """`validate`: Great Expectations checks; rows that fail are quarantined."""
+
+    max_bad_fraction: float = Field(
+        0.05, ge=0, le=1, description="fail the stage when more interaction rows than this share are "
+                                      "quarantined")
+    future_tolerance_seconds: int = Field(
+        3600, ge=0, description="clock skew allowed before a timestamp counts as in the future")
+
+
+class EvalParams(Section):
+    """`eval`: the candidate protocol `prepare` fixes once for every model."""
+
+    num_negatives: int = Field(99, ge=1, description="negatives per evaluated user (the 1 + 99 protocol)")
+    max_users: int | None = Field(10000, ge=1, description="evaluated users (seeded subset); null = all")
+
+
+class SASRecParams(Section):
+    """`sasrec`: SASRec, the paper's CF-SRec: LLM-SRec's teacher and the baseline it must beat."""
+
+    hidden: int = Field(64, ge=1, description="embedding and hidden width")
+    num_blocks: int = Field(2, ge=1, description="transformer blocks")
+    num_heads: int = Field(1, ge=1, description="attention heads; must divide hidden")
+    dropout: float = Field(0.1, ge=0, lt=1, description="dropout, in [0, 1)")
+    max_len: int = Field(128, ge=1, description="most recent items the model reads")
+    lr: float = Field(0.001, gt=0, description="Adam learning rate, betas (0.9, 0.98) as in the reference")
+    batch_size: int = Field(128, ge=1, description="users per batch")
+    loss: Literal["ce", "bce"] = Field(
+        "ce", description="ce: full-softmax cross-entropy | bce: one sampled negative per position (the "
+                          "reference)")
+    epochs: int = Field(200, ge=0, description="upper bound; early stopping usually ends sooner")
+    eval_every: int = Field(1, ge=1, description="validate (NDCG@10 on the valid candidates) every N epochs")
+    patience: int = Field(
+        5, ge=1, description="validations without a better NDCG@10 before stopping; the best checkpoint is "
+                             "kept")
+    max_minutes: float | None = Field(
+        None, gt=0, description="wall-clock budget (validation included): validate, keep the best, stop; "
+                                "null = none")
+    warm_start_from: str | None = Field(
+        None, description="a previous checkpoint dir: known items keep their embeddings by item_id")
+    warm_start_mismatch: Literal["error", "fresh"] = Field(
+        "error", description="incompatible warm-start checkpoint: error | fresh (train from scratch)")
+    seed: int | None = Field(None, ge=0, description="null = the top-level seed")
+    threads: int | None = Field(None, ge=1, description="torch CPU threads; null = torch's default")
+    eval_batch_size: int = Field(512, ge=1, description="users per batch when validating")
+
+    @model_validator(mode="after")
+    def _heads_divide_hidden(self) -> SASRecParams:
+        if self.hidden % self.num_heads:
+            raise Invalid("num_heads", f"{self.num_heads} does not divide hidden={self.hidden}",
+                          "pick num_heads that divides sasrec.hidden")
+        return self
+
+
+class LLMParams(Section):
+    """`llm`: the frozen language model LLM-SRec reads through (distill, evaluate, gate)."""
+
+    backbone: str = Field(
+        "smollm2-135m", description="the packaged default (SmolLM2-135M-Instruct), a local HF model dir, or "
+                                    "a HF id")
+    num_layers: int | None = Field(
+        4, ge=1, description="read the LLM's first N layers (beyond the paper); null = all (the paper)")
+    device: str = Field(
+        "auto", pattern=r"^(auto|cpu|cuda(:\d+)?)$", description="auto (cuda if present) | cpu | cuda | "
+                                                                 "cuda:N")
+    dtype: DType = Field(
+        "auto", description="auto: bf16 on CUDA and on CPUs with native bf16, else fp32 | bf16 | fp16 | "
+                            "fp32")
+    allow_download: bool = Field(
+        False, description="hub ids resolve from the local HF cache only unless true")
+
+
+class LossWeights(Section):
+    """`distill.weights`: each loss term's weight; a term left out keeps 1.0."""
+
+    retrieval: float = Field(1.0, ge=0, description="L_retrieval")
+    distill: float = Field(1.0, ge=0, description="L_distill")
+    uniform: float = Field(1.0, ge=0, description="L_uniform")
+
+
+class DistillParams(Section):
+    """`distill`: LLM-SRec's adapters, trained on a frozen SASRec and a frozen LLM (stages/distill.py).
+
+    Only the MLPs f_I, f_user, f_item, f_CF-user and the [UserOut]/[ItemOut] vectors train. The defaults
+    are the configuration docs/benchmarks.md shows to learn best on a 2-core CPU; params.yaml names the
+    paper's setting beside each one that differs."""
+
+    batch_size: int = Field(20, ge=1, description="examples per step (the paper's)")
+    lr: float = Field(0.0001, gt=0, description="Adam learning rate (the paper's)")
+    lr_decay: float = Field(
+        1.0, gt=0, le=1, description="x this after every validation, in (0, 1] (the reference: 0.95)")
+    epochs: int = Field(10, ge=1, description="upper bound (the paper's)")
+    max_steps: int | None = Field(None, ge=1, description="step budget; null = epochs only")
+    max_minutes: float | None = Field(
+        6.0, gt=0, description="wall-clock budget, validation included: validate, keep the best, stop; null "
+                               "= none")
+    eval_every: float = Field(
+        0.05, gt=0, le=10, description="validate every this fraction of an epoch (a whole number above 1)")
+    valid_users: int | None = Field(1000, ge=1, description="validation users (seeded subset); null = all")
+    patience: int = Field(
+        5, ge=1, description="validations without improvement before stopping; the best adapters are kept")
+    targets: Targets = Field(
+        "all", description="all: every position of each training sequence | last: the paper")
+    negatives: Negatives = Field(
+        "in_batch", description="in_batch: + every other example's positive | sampled: the paper")
+    num_negatives: int = Field(1, ge=0, description="sampled negatives per example (the paper: 3)")
+    history_len: int = Field(10, ge=1, description="items shown in the user prompt")
+    prompt: PromptLayout = Field(
+        "text_first_compact", description="user-prompt layout: paper | compact | text_first | "
+                                          "text_first_compact")
+    weights: LossWeights = Field(
+        default_factory=LossWeights, description="loss term weights (the paper's: all 1)")
+    use_distill_loss: bool = Field(True, description="ablation switch (L_distill)")
+    use_uniform_loss: bool = Field(True, description="ablation switch (L_uniform)")
+    readout: Readout = Field(
+        "slot", description="slot: the state at the last [HistoryEmb] (beyond the paper) | token: at "
+                            "[UserOut]/[ItemOut] (the paper)")
+    center: Center = Field(
+        "none", description="batchnorm: centre the LLM states before f_user/f_item (beyond the paper)")
+    match_token_norm: bool = Field(
+        False, description="rescale f_I outputs to the LLM's token-embedding norm (beyond the paper)")
+    shuffle_train: bool = Field(
+        False, description="ablation: train on shuffled histories (items move, dates stay)")
+    gradient_checkpointing: bool = Field(
+        False, description="recompute the LLM's activations in backward (needs kv_reuse: none)")
+    item_batch_size: int = Field(
+        64, ge=1, description="item prompts per LLM pass when building the item table")
+    eval_batch_size: int = Field(16, ge=1, description="user prompts per LLM pass when validating")
+    max_title_chars: int = Field(120, ge=1, description="item titles are cut to this many characters")
+    kv_reuse: KVReuse = Field(
+        "frozen", description="none | opening | frozen: keys/values of prompt text before the first "
+                              "injected slot computed once, without gradients (exact)")
+    kv_cache_mb: float = Field(
+        2048.0, ge=0, description="bound of those keys/values kept across steps and validations (0 = "
+                                  "recompute every time)")
+    seed: int | None = Field(None, ge=0, description="null = the top-level seed")
+
+    @field_validator("eval_every")
+    @classmethod
+    def _whole_epochs_above_one(cls, value: float) -> float:
+        if value > 1 and value != int(value):
+            raise ValueError("above 1 it counts whole epochs")
+        return value
+
+    @model_validator(mode="after")
+    def _checkpointing_needs_no_cache(self) -> DistillParams:
+        if self.gradient_checkpointing and self.kv_reuse != "none":
+            # transformers drops the cache inside checkpointed layers, so the cached prefix would be lost.
+            raise Invalid("gradient_checkpointing", f"needs kv_reuse: none (kv_reuse is {self.kv_reuse})",
+                          "set distill.kv_reuse: none with gradient checkpointing, or turn checkpointing off")
+        return self
+
+
+class EvaluateParams(Section):
+    """`evaluate`: which models are scored, on the fixed candidates and the full catalogue."""
+
+    models: list[str] = Field(
+        ["popularity", "sasrec", "llmsrec"], min_length=1, description="a builder in "
+                                                                       "components/stages/evaluate.py or a "
+                                                                       "--checkpoint NAME=DIR in dvc.yaml")
+    shuffle: list[str] = Field(
+        ["sasrec", "llmsrec"], description="also evaluated with each history's order permuted -> "
+                                           "NAME_shuffled; each must be in models")
+    full_catalogue: bool = Field(
+        True, description="also rank the positive against every item the user never interacted with")
+    shuffle_seed: int | None = Field(None, ge=0, description="null = the top-level seed")
+    batch_size: int = Field(512, ge=1, description="users per batch")
+    threads: int | None = Field(None, ge=1, description="torch CPU threads; null = torch's default")
+
+    @model_validator(mode="after")
+    def _shuffled_are_evaluated(self) -> EvaluateParams:
+        if unknown := sorted(set(self.shuffle) - set(self.models)):
+            raise Invalid("shuffle", f"names {unknown}, which are not in evaluate.models",
+                          "add them to evaluate.models or remove them from evaluate.shuffle")
+        return self
+
+
+class GateParams(Section):
+    """`gate`: release criteria for the evaluated model (reports/metrics.json); null switches a check off."""
+
+    model: str = Field("llmsrec", description="the evaluated model the gate judges")
+    min_ndcg_at_10: float | None = Field(0.10, description="absolute floor on test NDCG@10")
+    min_lift_over_popularity: float | None = Field(0.5, description="NDCG@10 / popularity - 1")
+    min_shuffle_drop: float | None = Field(0.04, description="relative NDCG@10 drop on shuffled histories")
+    max_regression: float | None = Field(
+        0.02, ge=0, description="share the model may be below production, re-scored on today's candidates "
+                                "(0.02 = 2%)")
+    champion_users: int | None = Field(
+        None, ge=1, description="test users to re-score the production model on (seeded); null = all")
+    first_model: Literal["provisional", "reject"] = Field(
+        "provisional", description="nothing in production and the gate fails: provisional (promote, "
+                                   "flagged) | reject")
+
+
+class PackageParams(Section):
+    """`package`: what goes into the BentoML model."""
+
+    include_backbone: bool = Field(
+        False, description="copy a non-default local backbone into the package; the default LLM never is")
+
+
+class TaskParams(Section):
+    """`orchestration.tasks.<stage>`: Airflow routing for one stage's task; a key left out keeps Airflow's."""
+
+    queue: str | None = Field(None, description="Celery queue")
+    pool: str | None = Field(None, description="Airflow pool (default: orchestration.dvc_pool)")
+    pool_slots: int | None = Field(None, ge=1, description="pool slots the task takes")
+    retries: int | None = Field(None, ge=0, description="retries for this task")
+    execution_timeout_minutes: float | None = Field(None, gt=0, description="the task fails after this long")
+    gpus: int | None = Field(None, ge=0, description="the KubernetesExecutor pod's nvidia.com/gpu limit")
+
+
+class LandingParams(Section):
+    """`orchestration.landing`: the landing zone for new interaction batches (components/data/landing.py)."""
+
+    incoming: str = Field("data/incoming", description="producers write here")
+    store: str = Field(
+        "data/batches", description="accepted raw batches; must be a dependency of a dvc.yaml stage")
+    landing: str = Field("data/landing", description="claimed/, rejected/ (+ quarantined rows), log.jsonl")
+    ready_file: str = Field("_READY", description="sentinel the Asset watcher consumes to start a run")
+    poll_seconds: float = Field(30.0, gt=0, description="how often the triggerer checks for the sentinel")
+    settle_seconds: float = Field(
+        5.0, ge=0, description="a file must be this old before it is taken (for producers that cannot "
+                               "rename)")
+
+
+class OrchestrationParams(Section):
+    """`orchestration`: the Airflow DAG `llm_srec_retraining` (dags/). No DVC stage reads this section."""
+
+    schedule: str | None = Field(
+        "0 3 * * *", description="cron, UTC; null = only when a batch lands or on a manual trigger")
+    trigger_on_batch: bool = Field(
+        True, description="also start a run when the landing zone's sentinel appears")
+    start_date: str = Field("2025-01-01", description="UTC, YYYY-MM-DD")
+    retries: int = Field(
+        2, ge=0, description="transient failures; a stage that reports bad input is not retried")
+    retry_delay_seconds: int = Field(
+        60, ge=0, description="doubles on each retry up to max_retry_delay_seconds")
+    max_retry_delay_seconds: int = Field(1800, ge=0, description="longest wait between retries")
+    dvc_pool: str = Field("dvc", description="the 1-slot pool DVC stages share (one DVC lock per repository)")
+    tasks: dict[str, TaskParams] = Field(
+        {"distill": TaskParams(queue="gpu", pool="gpu", gpus=1)}, description="per-stage routing; a stage "
+                                                                              "not named here runs on the "
+                                                                              "default queue in dvc_pool")
+    warm_start: Literal["champion", "previous", "none"] = Field(
+        "champion", description="SASRec restarts from: champion | previous | none")
+    gate_report: str = Field(
+        "reports/gate.json", description="{passed, checks}; no report = nothing is promoted")
+    notify_callback: str | None = Field(
+        None, pattern=r"^[^:\s]+:[^:\s]+$", description="'module:function' called with each run's outcome "
+                                                        "record")
+    serving_reload_command: str | None = Field(
+        None, description="run after a promotion, e.g. 'systemctl restart llmsrec-serve'")
+    landing: LandingParams = Field(default_factory=LandingParams, description="the landing zone")
+
+    @field_validator("start_date", mode="before")
+    @classmethod
+    def _date_text(cls, value: Any) -> Any:
+        # An unquoted YAML date arrives as a date: keep the text form the file means.
+        return value.isoformat() if isinstance(value, dt.date) else value
+
+    @field_validator("start_date")
+    @classmethod
+    def _iso(cls, value: str) -> str:
+        dt.datetime.fromisoformat(value)
+        return value
+
+    @field_validator("schedule")
+    @classmethod
+    def _cron(cls, value: str | None) -> str | None:
+        from croniter import croniter
+
+        if value is not None and not croniter.is_valid(value):
+            raise ValueError("not a cron expression (five fields, UTC, e.g. '0 3 * * *')")
+        return value
+
+    @property
+    def start_datetime(self) -> dt.datetime:
+        """`start_date` as a timezone-aware UTC datetime."""
+        d = dt.datetime.fromisoformat(self.start_date)
+        return d.replace(tzinfo=dt.UTC) if d.tzinfo is None else d.astimezone(dt.UTC)
+
+
+class Params(Section):
+    """The whole params.yaml. A section left out takes its defaults (params.yaml's values)."""
+
+    seed: int = Field(42, ge=0, description="the top-level seed; a section's own `seed: null` means this one")
+    data: DataParams = Field(default_factory=DataParams, description="ingest and prepare")
+    validate_: ValidateParams = Field(
+        default_factory=ValidateParams, alias="validate", description="validate")
+    eval: EvalParams = Field(default_factory=EvalParams, description="the candidate protocol (prepare)")
+    sasrec: SASRecParams = Field(default_factory=SASRecParams, description="pretrain_sasrec")
+    llm: LLMParams = Field(default_factory=LLMParams, description="distill, evaluate, gate")
+    distill: DistillParams = Field(default_factory=DistillParams, description="distill")
+    evaluate: EvaluateParams = Field(default_factory=EvaluateParams, description="evaluate")
+    gate: GateParams = Field(default_factory=GateParams, description="gate")
+    package: PackageParams = Field(default_factory=PackageParams, description="package")
+    orchestration: OrchestrationParams = Field(
+        default_factory=OrchestrationParams, description="the Airflow DAG")
+
+
+M = TypeVar("M", bound=BaseModel)
+
+
+def load_params(path: str | Path = DEFAULT_PARAMS) -> Params:
+    """Read and check a whole params file. Raises ConfigError: file missing, not YAML, or any key invalid."""
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(path, "params file not found", "run from the repository root or pass --params PATH")
+    try:
+        data = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as e:
+        where = getattr(e, "problem_mark", None)
+        line = f" (line {where.line + 1})" if where else ""
+        problem = f"is not valid YAML{line}: {getattr(e, 'problem', None) or e}"
+        raise ConfigError(path, problem, "fix the syntax, or restore it from git") from None
+    return parse_params({} if data is None else data, path)
+
+
+def parse_params(data: Any, source: str | Path = DEFAULT_PARAMS) -> Params:
+    """Check params given as a mapping (what params.yaml holds); sections left out take their defaults."""
+    if not isinstance(data, dict):
+        raise ConfigError(source, f"the top level is a {type(data).__name__}, not a mapping of sections",
+                          "restore params.yaml from git")
+    return parse(Params, data, source)
+
+
+def parse(model: type[M], data: Any, source: str | Path = DEFAULT_PARAMS, at: str = "") -> M:
+    """`model` built from `data`, or a ConfigError naming every bad key as `at.key.path` in `source`."""
+    try:
+        return model.model_validate(data)
+    except ValidationError as e:
+        problems, fixes = [], []
+        for err in e.errors():
+            problem, fix = _explain(model, err, at)
+            problems.append(problem)
+            if fix not in fixes:
+                fixes.append(fix)
+        raise ConfigError(source, "; ".join(problems), "; ".join(fixes)) from None
+
+
+def _explain(root: type[BaseModel], err: dict[str, Any], at: str) -> tuple[str, str]:
+    """(problem, fix) for one pydantic error, in params.yaml's terms."""
+    loc = tuple(p for p in err["loc"] if p != "[key]")
+    path = _dotted(((at,) if at else ()) + loc)
+    if err["type"] == "extra_forbidden":
+        owner = _model_at(root, loc[:-1])
+        allowed = [f.alias or name for name, f in owner.model_fields.items()] if owner else []
+        close = difflib.get_close_matches(str(loc[-1]), allowed, n=1)
+        parent = _dotted(((at,) if at else ()) + loc[:-1])
+        where = f"'{parent}'" if parent else "the top level"
+        hint = f"did you mean '{_dotted((parent, close[0]) if parent else (close[0],))}'? " if close else ""
+        return f"unknown key '{path}'", f"{hint}{where} takes {', '.join(allowed)}"
+    error = (err.get("ctx") or {}).get("error")
+    if isinstance(error, Invalid):
+        key = _dotted((path, error.key) if path else (error.key,))
+        return f"{key}: {error.problem}", error.fix
+    field = _field_at(root, loc)
+    msg = str(error) if err["type"] == "value_error" and error is not None else err["msg"]
+    value = err.get("input")
+    hint = ""
+    if isinstance(value, str) and err["type"] in ("int_type", "float_type", "bool_type"):
+        hint = " (quoted values, and numbers like 1e-4, are read as text by YAML: write 0.0001 or 1.0e-4)"
+    described = f": {field.description}" if field is not None and field.description else ""
+    return f"{path} = {value!r}: {msg[:1].lower()}{msg[1:]}", f"set {path} as documented{described}{hint}"
+
+
+def _dotted(parts: tuple) -> str:
+    out = ""
+    for p in parts:
+        out += f"[{p}]" if isinstance(p, int) else (f".{p}" if out else str(p))
+    return out
+
+
+def _walk(root: type[BaseModel], loc: tuple) -> tuple[Any, FieldInfo | None]:
+    """(the model at `loc`, or None past the models; the last field met) following an error location."""
+    current: Any = root
+    field = None
+    for part in loc:
+        if isinstance(current, tuple):  # a dict of models: this part is a key
+            current = current[1]
+            continue
+        if not isinstance(current, type) or not issubclass(current, BaseModel):
+            return None, field
+        by_alias = {f.alias or name: f for name, f in current.model_fields.items()}
+        if part not in by_alias:
+            return None, field
+        field = by_alias[part]
+        current = _model_in(field.annotation)
+    return current, field
+
+
+def _model_at(root: type[BaseModel], loc: tuple) -> type[BaseModel] | None:
+    current, _ = _walk(root, loc)
+    return current if isinstance(current, type) else None
+
+
+def _field_at(root: type[BaseModel], loc: tuple) -> FieldInfo | None:
+    return _walk(root, loc)[1]
+
+
+@stage_main("config")
+def main(argv: list[str] | None = None) -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--params", type=Path, default=DEFAULT_PARAMS)
+    ap.add_argument("--schema", action="store_true", help="print the JSON Schema of params.yaml and exit")
+    args = ap.parse_args(argv)
+    if args.schema:
+        print(json.dumps(Params.model_json_schema(), indent=2))
+        return
+    params = load_params(args.params)
+    sections = [f.alias or name for name, f in Params.model_fields.items() if _model_in(f.annotation)]
+    print(f"{args.params}: valid ({', '.join(sections)}; seed {params.seed})")
+
+
+if __name__ == "__main__":
+    main()
