@@ -21,7 +21,7 @@ def test_kill_9_then_restart_resumes_and_ends_where_an_uninterrupted_run_ends(tm
                                                                              tiny_llama_dir):
     params = {"seed": 11, "llm": {"backbone": str(tiny_llama_dir), "device": "cpu", "dtype": "fp32",
                                   "num_layers": None},  # the tiny LLM has 2 layers
-              "distill": {"batch_size": 4, "lr": 0.001, "epochs": 2, "max_minutes": None, "eval_every": 0.1,
+              "distill": {"batch_size": 4, "lr": 0.001, "epochs": 1, "max_minutes": None, "eval_every": 0.1,
                           "valid_users": 12, "readout": "token",
                           "patience": 100, "targets": "all", "negatives": "in_batch", "num_negatives": 1,
                           "prompt": "text_first_compact", "item_batch_size": 32,
