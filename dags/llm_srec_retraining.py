@@ -11,7 +11,8 @@ lands: the Asset `llm_srec_landing_zone` is updated when the triggerer sees the 
    (atomic rename, de-duplicated by SHA-256, validated on its own; a batch with too many bad rows is
    rejected into `data/landing/rejected/` with its quarantined rows, and the run fails here).
 2. `prepare_warm_start`: stages the production model's SASRec (or the previous checkpoint) so
-   `pretrain_sasrec` continues from it; known items keep their embeddings, new items start fresh.
+   `pretrain_sasrec` continues from it; known items keep their embeddings, new items start fresh. The
+   staged folder is a dependency of `pretrain_sasrec`, so `dvc.lock` records what training started from.
 3. One task per DVC stage in `dvc.yaml`, wired by the stages' deps and outs, each running
    `dvc repro -s <stage>`: DVC skips what has not changed, so reruns and retries are idempotent.
    Adding a stage to `dvc.yaml` adds a task here. They share the 1-slot pool `dvc` (DVC's repo lock);
@@ -50,6 +51,7 @@ from components.io import read_json
 from components.orchestration import graph, release
 from components.orchestration.operators import DvcStageOperator
 from components.orchestration.runner import StageFailed, StageInputError, run_module
+from components.serving.registry import log_event
 
 # The repository this DAG drives: the folder above dags/, or $LLMSREC_REPO when the DAG file is
 # deployed elsewhere (e.g. a dags folder that only holds a copy).
@@ -69,7 +71,11 @@ if not STORE_READERS:
                       "of any dvc.yaml stage, so accepted batches would never reach training",
                       "add it to the ingest stage's deps and command (--batches), or fix the path")
 GATE_STAGE = graph.writer_of(STAGES, CFG.gate_report)
-RELEASE_STAGES = graph.downstream(STAGES, GATE_STAGE) if GATE_STAGE else []
+if GATE_STAGE is None:
+    raise ConfigError(REPO / "params.yaml", f"orchestration.gate_report ({CFG.gate_report}) is written by no "
+                      "dvc.yaml stage, so no run could ever be judged or released",
+                      "point it at the gate stage's report (reports/gate.json), or restore the gate stage")
+RELEASE_STAGES = graph.downstream(STAGES, GATE_STAGE)
 
 
 def _schedule():
@@ -164,12 +170,8 @@ with DAG(
         production = release.production_tag()
         record = {"outcome": "rejected", "run_id": _run_id(), "reason": decision["reason"],
                   "failed_checks": decision["failed_checks"], "production": production}
-        try:
-            from components.serving.registry import log_event
-        except ImportError:
-            log_event = None
-        if log_event is not None:  # the registry's history shows rejected runs next to promotions
-            log_event("reject", None, f"airflow run {_run_id()}: {decision['reason']}")
+        # The registry's history shows rejected runs next to promotions.
+        log_event("reject", None, f"airflow run {_run_id()}: {decision['reason']}")
         print(f"REJECTED: {decision['reason']}. Production stays {production or 'empty'}.")
         release.notify(CFG.notify_callback, record, log=print)
         return record
@@ -206,7 +208,6 @@ with DAG(
             "errors": release.read_errors(REPO, run_id),
         }
         path = release.write_summary(REPO, run_id, record)
-        release.clear_warm_start(REPO, STAGES)
         for line in release.summary_lines(record):
             print(line)
         print(f"summary: {path}")
@@ -246,12 +247,7 @@ with DAG(
             warm >> ops[stage.address]
 
     release_ids = {s.address for s in RELEASE_STAGES}
-    if GATE_STAGE is not None:
-        ops[GATE_STAGE.address] >> gate
-    else:  # no gate in dvc.yaml yet: the branch waits for the whole pipeline, then rejects (nothing to judge)
-        for s in STAGES:
-            if not any(s.address in o.upstream for o in STAGES):
-                ops[s.address] >> gate
+    ops[GATE_STAGE.address] >> gate
     gate >> rejected
     if RELEASE_STAGES:
         for s in RELEASE_STAGES:
@@ -263,6 +259,5 @@ with DAG(
         gate >> reload
     # Leaf stages that are neither the gate nor released by it (e.g. a report) end in the summary.
     others = [ops[s.address] for s in STAGES
-              if GATE_STAGE is not None and s.address not in release_ids | {GATE_STAGE.address}
-              and not any(s.address in o.upstream for o in STAGES)]
+              if s.address not in release_ids | {GATE_STAGE.address} and not any(s.address in o.upstream for o in STAGES)]
     [rejected, reload, *others] >> summary

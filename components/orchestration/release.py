@@ -6,6 +6,7 @@ step; a run that fails or is rejected anywhere leaves the registry's production 
 
 from __future__ import annotations
 
+import filecmp
 import importlib
 import json
 import os
@@ -17,19 +18,19 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from components.errors import ConfigError
+from components.errors import ConfigError, DataError
 from components.io import read_json, write_json
 from components.orchestration.graph import Stage, option_of
 
 WARM_START_FLAG = "--warm-start-staged"
+#: the file that keeps the staged warm-start folder in every clone (see stage_warm_start)
+WARM_START_MARKER = "README.md"
 
 
 def production_tag() -> str | None:
-    """The registry's production tag (issue 5's components.serving.registry), None when there is none yet."""
-    try:
-        from components.serving.registry import production_tag as tag
-    except ImportError:  # the registry is not part of this checkout
-        return None
+    """The registry's production tag, None when there is none yet."""
+    from components.serving.registry import production_tag as tag
+
     return tag()
 
 
@@ -46,20 +47,25 @@ def stage_warm_start(repo: Path, stages: list[Stage], mode: str, log=print) -> d
     """Put the checkpoint SASRec should continue from where the training stage looks for it.
 
     The stage and both paths come from dvc.yaml: the stage whose command has `--warm-start-staged
-    DIR`, and its `--out` (the previous checkpoint). DIR is not a DVC output, so DVC leaves it alone.
-    `champion` uses the production package's SASRec and falls back to `previous` when nothing is in
-    production yet; `previous` uses the last trained checkpoint in this workspace.
+    DIR`, and its `--out` (the previous checkpoint). DIR is one of that stage's deps, so dvc.lock records
+    which checkpoint the model started from. It always exists (its `WARM_START_MARKER` is in git, as a
+    dependency that does not exist fails `dvc repro`) and holds only that file when there is nothing to
+    start from. `champion` uses the production package's SASRec and falls back to `previous` when nothing
+    is in production yet; `previous` uses the last trained checkpoint in this workspace; `none` empties DIR.
+
+    The staged checkpoint stays after the run, so the workspace keeps matching dvc.lock. And when the
+    checkpoint to stage is the one this workspace trained last while DVC reports nothing changed for the
+    training stage and its upstream (no new batch, same params and code), DIR is left as it is: staging it
+    would retrain the model from itself on the same data, and after every promotion the champion *is* the
+    last trained model, so each run would retrain for nothing.
     """
     trainer = next((s for s in stages if option_of(s, WARM_START_FLAG)), None)
     if trainer is None:
         log(f"warm start: no stage in dvc.yaml takes {WARM_START_FLAG}; every run trains from scratch")
         return {"mode": mode, "source": None}
     dest = repo / option_of(trainer, WARM_START_FLAG)
-    if dest.exists():
-        shutil.rmtree(dest)
-    if mode == "none":
-        log("warm start: off (orchestration.warm_start: none)")
-        return {"mode": mode, "source": None}
+    out = option_of(trainer, "--out")
+    last = repo / out if out and (repo / out / "config.json").is_file() else None
     source, tag = None, None
     if mode == "champion":
         tag = production_tag()
@@ -67,39 +73,73 @@ def stage_warm_start(repo: Path, stages: list[Stage], mode: str, log=print) -> d
         if source is None:
             log(f"warm start: no production model{' with a SASRec checkpoint' if tag else ''} yet; "
                 "using the previous checkpoint")
+    if source is None and mode != "none":
+        source, tag = last, None
+    staged = str(dest.relative_to(repo))
+    if source is not None and last is not None and same_files(source, last) and not stage_changed(repo, trainer):
+        log(f"warm start: {source} is the model {trainer.address} trained last and nothing it reads changed; "
+            f"{staged} stays as dvc.lock records it, so the stage is not re-run")
+        return {"mode": mode, "source": None, "unchanged": True, "staged": staged}
+    clear_staged(dest)
     if source is None:
-        previous = option_of(trainer, "--out")
-        candidate = repo / previous if previous else None
-        source = candidate if candidate is not None and (candidate / "config.json").is_file() else None
-        tag = None
-    if source is None:
-        log("warm start: no checkpoint to continue from (first run); SASRec trains from scratch")
-        return {"mode": mode, "source": None}
-    dest.parent.mkdir(parents=True, exist_ok=True)
-    shutil.copytree(source, dest)
+        log("warm start: off (orchestration.warm_start: none)" if mode == "none" else
+            "warm start: no checkpoint to continue from (first run); SASRec trains from scratch")
+        return {"mode": mode, "source": None, "staged": staged}
+    shutil.copytree(source, dest, dirs_exist_ok=True)
     log(f"warm start: {trainer.address} will continue from {source}" + (f" (production {tag})" if tag else ""))
-    return {"mode": mode, "source": str(source), "champion": tag, "staged": str(dest.relative_to(repo))}
+    return {"mode": mode, "source": str(source), "champion": tag, "staged": staged}
 
 
-def clear_warm_start(repo: Path, stages: list[Stage]) -> None:
-    """Remove the staged checkpoint after the run, so a later hand-run `dvc repro` trains as params say."""
-    for s in stages:
-        if staged := option_of(s, WARM_START_FLAG):
-            shutil.rmtree(repo / staged, ignore_errors=True)
+def clear_staged(dest: Path) -> None:
+    """Empty the staged warm-start folder, keeping its marker (the folder is a DVC dependency)."""
+    if not (dest / WARM_START_MARKER).is_file():
+        raise ConfigError(dest / WARM_START_MARKER, "the warm-start folder's marker is missing (DVC needs the folder "
+                          "to exist even when there is no warm start, and git keeps no empty folder)",
+                          f"restore it: git checkout -- {dest / WARM_START_MARKER}")
+    for p in dest.iterdir():
+        if p.name == WARM_START_MARKER:
+            continue
+        if p.is_dir() and not p.is_symlink():
+            shutil.rmtree(p)
+        else:
+            p.unlink()
+
+
+def same_files(a: Path, b: Path) -> bool:
+    """Whether two checkpoint folders hold the same files with the same bytes."""
+    names = sorted(p.relative_to(a).as_posix() for p in a.rglob("*") if p.is_file())
+    if names != sorted(p.relative_to(b).as_posix() for p in b.rglob("*") if p.is_file()):
+        return False
+    _, mismatch, errors = filecmp.cmpfiles(a, b, names, shallow=False)
+    return not mismatch and not errors
+
+
+def stage_changed(repo: Path, stage: Stage) -> bool:
+    """Whether `dvc status` reports anything for `stage` or the stages upstream of it (DVC's own check of
+    deps, params, command and outs against dvc.lock), under the DAG's repository lock."""
+    from dvc.repo import Repo
+
+    from components.orchestration.runner import repo_lock
+
+    dvcfile, _, name = stage.address.rpartition(":")
+    target = f"{repo / (dvcfile or 'dvc.yaml')}:{name}"  # absolute: DVC resolves targets against the cwd
+    with repo_lock(repo), Repo(str(repo)) as dvc:
+        return bool(dvc.status(targets=[target], with_deps=True))
 
 
 def gate_decision(repo: Path, report: str) -> dict[str, Any]:
     """Read the gate's report and decide: release (package + promote) or reject.
 
-    A missing or malformed report rejects: nothing is promoted without a gate. The first model may
-    be released although it failed when the gate says so (`gate.first_model: provisional`, decided by
-    components.stages.package.decide), so that `bentoml serve` has something to serve.
+    A missing or malformed report is an error (the task fails, so nothing is promoted without a gate).
+    The first model may be released although it failed when the gate says so (`gate.first_model:
+    provisional`, decided by components.stages.package.decide), so that `bentoml serve` has something
+    to serve.
     """
+    from components.stages.package import decide
+
     path = repo / report
     if not path.is_file():
-        return {"release": False, "decision": "rejected", "passed": False, "failed_checks": [],
-                "reason": f"no gate report at {report}: dvc.yaml needs the `gate` stage; nothing is promoted "
-                          "without one"}
+        raise DataError(path, "gate report not found", "run the gate stage: dvc repro -s gate")
     try:
         gate = read_json(path)
         checks = gate["checks"]
@@ -108,14 +148,7 @@ def gate_decision(repo: Path, report: str) -> dict[str, Any]:
     except (ValueError, KeyError, TypeError) as e:
         raise ConfigError(path, f"is not a gate report ({type(e).__name__}: {e})",
                           "re-run the gate stage: dvc repro -f -s gate") from None
-    decision = "promoted" if passed else "rejected"
-    if not passed:
-        try:
-            from components.stages.package import decide
-        except ImportError:
-            decide = None
-        if decide is not None:
-            decision = decide(gate, production_tag())
+    decision = "promoted" if passed else decide(gate, production_tag())
     reason = ("gate passed" if passed else
               f"gate failed: {', '.join(failed) or 'no check passed'}"
               + (" (first model: released as provisional)" if decision == "provisional" else ""))

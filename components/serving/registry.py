@@ -8,8 +8,12 @@ BentoML's store (under `$BENTOML_HOME`, default `~/bentoml`) keeps every package
 
 A pointer file rather than a label because BentoML labels are fixed when a model is created, and
 promotion must be one atomic write: the file is replaced with `os.replace`, so a reader sees the old
-or the new production tag, never a half-written one. Versions are never deleted here, so a rollback
-always has something to return to.
+or the new production tag, never a half-written one. Every change (promote, rollback, a logged event) is a
+read-modify-write of that file, done under an inter-process lock (`llmsrec.json.lock` beside it, a
+`flock` through the filelock library), so two promotions at once are both recorded, one after the other,
+instead of the second overwriting the first. The OS releases the lock when its holder exits, even on
+`kill -9`. Readers take no lock. Versions are never deleted here, so a rollback always has something to
+return to.
 
 Damage never takes the champion down with it (components/serving/integrity.py):
 - a version whose files are not what was packaged (truncated, garbled, missing) is refused as production:
@@ -33,9 +37,13 @@ import argparse
 import json
 import os
 import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
+
+from filelock import FileLock, Timeout
 
 from components.errors import CheckpointError, ConfigError, DataError, PipelineError
 from components.io import read_json, write_json
@@ -43,6 +51,9 @@ from components.io import read_json, write_json
 MODEL_NAME = "llmsrec"
 #: set this to serve (or judge) a given version instead of the registry's production pointer
 TAG_ENV = "LLMSREC_MODEL_TAG"
+#: how long a registry write waits for another one to finish, in seconds (a write takes milliseconds;
+#: a rollback also verifies the version it returns to)
+LOCK_TIMEOUT_S = 120.0
 
 
 def bentoml_home(home: str | Path | None = None) -> Path:
@@ -69,6 +80,28 @@ def model_store(home: str | Path | None = None):
 
 def pointer_path(home: str | Path | None = None) -> Path:
     return bentoml_home(home) / "registry" / f"{MODEL_NAME}.json"
+
+
+@contextmanager
+def _locked(home: str | Path | None) -> Iterator[None]:
+    """Hold the registry's inter-process lock for one read-modify-write of the pointer file.
+
+    Re-entrant within a thread (`rollback` holds it while `set_production` takes it again): filelock's
+    singleton gives every caller in this process the same lock object for the path. Raises DataError
+    naming the lock file when another writer holds it for more than `LOCK_TIMEOUT_S` seconds."""
+    path = pointer_path(home)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    lock = FileLock(path.with_name(path.name + ".lock"), is_singleton=True)
+    try:
+        lock.acquire(timeout=LOCK_TIMEOUT_S)
+    except Timeout:
+        raise DataError(lock.lock_file, f"another registry write has held this lock for over {LOCK_TIMEOUT_S:.0f} s",
+                        "let the other promotion (a `package` stage or a registry command) finish, then retry; "
+                        "the lock is freed when its process exits") from None
+    try:
+        yield
+    finally:
+        lock.release()
 
 
 def _state(home: str | Path | None) -> dict[str, Any]:
@@ -157,38 +190,43 @@ def set_production(tag: str, action: str, reason: str = "", home: str | Path | N
     except CheckpointError as e:
         log_event("refuse", tag, f"{action} refused: {e}", home)
         raise
-    state = _state(home)
-    state["events"].append({"action": action, "tag": full, "previous": state["production"],
-                            "at": datetime.now(UTC).isoformat(timespec="seconds"), "reason": reason})
-    state["production"] = full
-    write_json(pointer_path(home), state)  # atomic: readers see the old or the new pointer
+    # The version's files are checked outside the lock (they do not change with the pointer); the pointer
+    # is read, changed and written under it, so a concurrent promotion is recorded after this one.
+    with _locked(home):
+        state = _state(home)
+        state["events"].append({"action": action, "tag": full, "previous": state["production"],
+                                "at": datetime.now(UTC).isoformat(timespec="seconds"), "reason": reason})
+        state["production"] = full
+        write_json(pointer_path(home), state)  # atomic: readers see the old or the new pointer
     return full
 
 
 def log_event(action: str, tag: str | None, reason: str, home: str | Path | None = None) -> None:
     """Record an outcome that changes nothing (e.g. a rejected run) in the registry's history."""
-    state = _state(home)
-    state["events"].append({"action": action, "tag": tag, "previous": state["production"],
-                            "at": datetime.now(UTC).isoformat(timespec="seconds"), "reason": reason})
-    write_json(pointer_path(home), state)
+    with _locked(home):
+        state = _state(home)
+        state["events"].append({"action": action, "tag": tag, "previous": state["production"],
+                                "at": datetime.now(UTC).isoformat(timespec="seconds"), "reason": reason})
+        write_json(pointer_path(home), state)
 
 
 def rollback(home: str | Path | None = None) -> str:
     """Production returns to the version that was production before the current one."""
-    state = _state(home)
-    current = state["production"]
-    if current is None:
-        raise DataError(pointer_path(home), "nothing is in production", "package a model first (`dvc repro`)")
-    # The promotion that made `current` production names its predecessor. Rollback events are skipped,
-    # so two rollbacks in a row walk further back instead of toggling between two versions.
-    for event in reversed(state["events"]):
-        if event["action"] in ("promote", "provisional") and event["tag"] == current:
-            previous = event.get("previous")
-            if previous:
-                return set_production(previous, "rollback", f"rolled back from {current}", home)
-            break
-    raise DataError(pointer_path(home), f"{current} has no earlier production version to roll back to",
-                    "promote a version explicitly: python -m components.serving.registry promote TAG")
+    with _locked(home):  # the version to return to is chosen from the same state the rollback writes
+        state = _state(home)
+        current = state["production"]
+        if current is None:
+            raise DataError(pointer_path(home), "nothing is in production", "package a model first (`dvc repro`)")
+        # The promotion that made `current` production names its predecessor. Rollback events are skipped,
+        # so two rollbacks in a row walk further back instead of toggling between two versions.
+        for event in reversed(state["events"]):
+            if event["action"] in ("promote", "provisional") and event["tag"] == current:
+                previous = event.get("previous")
+                if previous:
+                    return set_production(previous, "rollback", f"rolled back from {current}", home)
+                break
+        raise DataError(pointer_path(home), f"{current} has no earlier production version to roll back to",
+                        "promote a version explicitly: python -m components.serving.registry promote TAG")
 
 
 def serving_candidates(home: str | Path | None = None) -> list[str]:

@@ -15,8 +15,10 @@ Reads `reports/gate.json` (from `gate`), `reports/metrics.json`, `data/prepared`
 The package holds the SASRec checkpoint, the adapters, the item table, the index mapping, the item
 catalogue and every known user's history (see components/serving/packaged.py for the layout), and a
 backbone *reference* (name + weight fingerprint), never the weights of the packaged default LLM.
-Metadata: params, metrics, the gate's checks and the data version (DVC's md5 of `data/prepared`,
-computed the way DVC computes it, so it matches `dvc.lock`).
+Metadata: params, metrics, the gate's checks and the data version: DVC's md5 of `data/prepared` as
+`dvc.lock` records it for the `prepare` stage (DVC writes a stage's entry when the stage finishes, so under
+`dvc repro` the lock already holds every upstream stage's outputs), or `unversioned` when the folder is not
+a DVC output (the stage run by hand on a loose folder).
 
 Promotion is the last step: if anything before it fails, production still points at the old model.
 Packaging the same content twice reuses the stored version instead of duplicating it (if that version is
@@ -58,21 +60,41 @@ from components.serving.registry import (
     set_production,
 )
 
+#: the data version of a package built from a folder that DVC does not track
+UNVERSIONED = "unversioned"
 
-def dvc_md5(directory: Path) -> str:
-    """DVC's hash of a directory output (`<md5>.dir`), as `dvc.lock` records it: DVC's own tree digest
-    over the md5 of every file."""
-    from dvc_data.hashfile.hash_info import HashInfo
-    from dvc_data.hashfile.meta import Meta
-    from dvc_data.hashfile.tree import Tree
 
-    directory = Path(directory)
-    tree = Tree()
-    for f in sorted(p for p in directory.rglob("*") if p.is_file()):
-        digest = hashlib.md5(f.read_bytes()).hexdigest()
-        tree.add(tuple(f.relative_to(directory).parts), Meta(size=f.stat().st_size), HashInfo("md5", digest))
-    tree.digest()
-    return tree.hash_info.value
+def data_version_of(prepared: Path) -> str:
+    """The version of the data in `prepared`: the hash DVC records for it in `dvc.lock` (`<md5>.dir`), read
+    through DVC's API from the project that `$DVC_ROOT` (set by `dvc repro`) or the folder itself is in.
+
+    `UNVERSIONED` when the folder is in no DVC project, or is no stage's output there. Raises DataError
+    when the lock has no hash for it yet, or when DVC finds the folder changed since the lock was written
+    (a package must not claim a data version it was not built from)."""
+    from dvc.exceptions import NotDvcRepoError, OutputNotFoundError
+    from dvc.repo import Repo
+
+    prepared = Path(prepared).resolve()
+    try:
+        repo = Repo(os.environ.get("DVC_ROOT") or str(prepared))
+    except NotDvcRepoError:
+        return UNVERSIONED
+    with repo:
+        try:
+            (out,) = repo.find_outs_by_path(str(prepared))
+        except OutputNotFoundError:
+            return UNVERSIONED
+        # The stage as `dvc repro` takes it from the project root (DVC's own `addressing` is cwd-relative).
+        dvcfile = Path(out.stage.dvcfile.path).resolve().relative_to(Path(repo.root_dir).resolve()).as_posix()
+        name = getattr(out.stage, "name", None)  # a `.dvc` file's stage has none
+        stage = dvcfile if name is None else name if dvcfile == "dvc.yaml" else f"{dvcfile}:{name}"
+        if not out.hash_info:
+            raise DataError(prepared, f"dvc.lock has no hash for this output of stage '{stage}' yet",
+                            f"run the stage first: `dvc repro {stage}`")
+        if out.changed_checksum():  # DVC hashes the folder (its state cache makes this cheap under repro)
+            raise DataError(prepared, f"is no longer what dvc.lock records for stage '{stage}' "
+                            f"({out.hash_info.value})", f"re-run it: `dvc repro {stage}`, then package again")
+        return out.hash_info.value
 
 
 def metadata_safe(value: Any) -> Any:
@@ -199,7 +221,7 @@ def save_package(args, params: dict[str, Any], gate: dict[str, Any], status: str
                 and intact(existing)):
             return str(existing.tag), True
 
-    data_version = dvc_md5(args.prepared)
+    data_version = data_version_of(args.prepared)
     metrics = read_json(args.metrics)
     model_name = gate.get("model", MODEL_NAME)
     manifest = {"format_version": 1, "model": model_name, "backbone": backbone, "data_version": data_version,

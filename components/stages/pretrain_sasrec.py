@@ -17,8 +17,10 @@ the fix, or trains from scratch when `sasrec.warm_start_mismatch: fresh`.
 
 Staged warm start: `--warm-start-staged DIR` names where an orchestrator (the Airflow DAG) puts the
 checkpoint to continue from, normally the production model's SASRec. It is used only when
-`sasrec.warm_start_from` is null and DIR holds a checkpoint, and an incompatible one is skipped
-(training starts fresh, and the summary says why) because nobody asked for it by name.
+`sasrec.warm_start_from` is null and DIR holds a checkpoint (`config.json`), and an incompatible one is
+skipped (training starts fresh, and the summary says why) because nobody asked for it by name. DIR is
+one of the stage's deps in dvc.yaml, so dvc.lock records it; it always exists, holding only a README
+when nothing is staged (components/orchestration/release.py).
 """
 
 from __future__ import annotations

@@ -45,6 +45,12 @@ def small_params(llm_dir: Path) -> dict:
     }
 
 
+def staged_hash(root: Path) -> str:
+    """The hash dvc.lock records for pretrain_sasrec's staged warm-start dependency."""
+    lock = yaml.safe_load((root / "dvc.lock").read_text())
+    return next(d["md5"] for d in lock["stages"]["pretrain_sasrec"]["deps"] if d["path"] == "models/warm_start/sasrec")
+
+
 class Workspace:
     def __init__(self, root: Path, airflow_home: Path, bentoml_home: Path):
         self.root = root
@@ -114,7 +120,9 @@ def test_retraining_dag_end_to_end(tmp_path, fresh_airflow_home, tiny_llm_dir):
     champion = ws.registry()["production"]
     assert champion and champion == r1["summary"]["production_after"]
     assert json.loads((root / "models" / "sasrec" / "training.json").read_text())["warm_start"] is None
-    assert not (root / "models" / "warm_start").exists()  # the staged checkpoint is cleared after a run
+    staged = root / "models" / "warm_start" / "sasrec"
+    assert [p.name for p in staged.iterdir()] == ["README.md"]  # nothing to start from on a first run
+    nothing_staged = staged_hash(root)
 
     # 2. A new batch: accepted, warm start from the champion with the new items, a new production version.
     ws.drop("week_1.csv", new_batch(root))
@@ -128,6 +136,8 @@ def test_retraining_dag_end_to_end(tmp_path, fresh_airflow_home, tiny_llm_dir):
     warm = json.loads((root / "models" / "sasrec" / "training.json").read_text())["warm_start"]
     assert warm["staged"] and warm["matched_items"] > 100 and warm["new_items"] == 3, warm
     assert r2["summary"]["warm_start"]["champion"] == champion
+    warm_hash = staged_hash(root)
+    assert warm_hash != nothing_staged  # dvc.lock pins the checkpoint training started from
     ingested = pd.read_parquet(root / "data" / "ingested" / "items.parquet")
     assert {"NEW0", "NEW1", "NEW2"} <= set(ingested["item_id"])
     assert r2["summary"]["outcome"] == "promoted"
@@ -145,7 +155,9 @@ def test_retraining_dag_end_to_end(tmp_path, fresh_airflow_home, tiny_llm_dir):
     assert r3["tasks"]["mark_rejected"] == "success"
     assert r3["tasks"]["package"] == "skipped" and r3["tasks"]["reload_serving"] == "skipped"
     assert r3["summary"]["outcome"] == "rejected" and "ndcg@10_floor" in r3["summary"]["reason"]
+    # The champion is now the model run 2 trained; with no new data, staging it would retrain it from itself.
     assert [s for s, v in r3["summary"]["stages"].items() if v.get("ran")] == ["gate"]
+    assert r3["summary"]["warm_start"]["unchanged"] and staged_hash(root) == warm_hash
     assert ws.registry()["production"] == new_champion
     assert ws.registry()["events"][-1]["action"] == "reject"
 

@@ -43,9 +43,9 @@ def test_edges_follow_dvc_deps_and_outs(dag):
     assert "ingest" in up["validate"] and "validate" in up["prepare"] and "prepare" in up["pretrain_sasrec"]
     assert {"pretrain_sasrec", "prepare"} <= up["distill"]
     assert {"distill", "pretrain_sasrec"} <= up["evaluate"]
-    if "gate" in up:  # issue 5's stages: the branch sits between the gate and what the gate releases
-        assert up["check_gate"] == {"gate"}
-        assert "check_gate" in up["package"] and up["reload_serving"] == {"package"}
+    # The branch sits between the gate and what the gate releases.
+    assert up["check_gate"] == {"gate"}
+    assert "check_gate" in up["package"] and up["reload_serving"] == {"package"}
     assert up["mark_rejected"] == {"check_gate"}
     assert up["run_summary"] >= {"mark_rejected", "reload_serving"}
 
@@ -91,6 +91,26 @@ def test_a_new_stage_in_dvc_yaml_becomes_a_task(tmp_path, airflow_home):
     assert set(dag.task_ids) == set(spec["stages"]) | ORCHESTRATION
     assert dag.get_task("report").upstream_task_ids == {"evaluate"}
     assert "report" in dag.get_task("run_summary").upstream_task_ids
+
+
+def test_a_pipeline_without_the_gate_stage_is_refused(tmp_path, airflow_home):
+    """Nothing is released without a gate: a dvc.yaml whose stages do not write the gate report does not load."""
+    import subprocess
+
+    import yaml
+
+    from tests.conftest import make_workspace
+
+    ws = make_workspace(tmp_path / "ws")
+    spec = yaml.safe_load((ws / "dvc.yaml").read_text())
+    del spec["stages"]["gate"], spec["stages"]["package"]
+    (ws / "dvc.yaml").write_text(yaml.safe_dump(spec, sort_keys=False))
+    subprocess.run(["git", "add", "dvc.yaml"], cwd=ws, check=True)
+    from airflow.dag_processing.dagbag import DagBag
+
+    errors = DagBag(dag_folder=str(ws / "dags")).import_errors
+    assert len(errors) == 1 and "orchestration.gate_report (reports/gate.json) is written by no" in \
+        next(iter(errors.values())), errors
 
 
 def test_run_outcome_reports_a_provisional_first_model_as_such():

@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
+import yaml
 
 from tests.conftest import make_workspace, venv_env
 
@@ -40,6 +41,12 @@ def test_dvc_repro_fresh_clone_then_noop(tmp_path):
     package = json.loads((ws / "reports" / "package.json").read_text())
     assert package["decision"] == ("promoted" if gate["passed"] else "provisional")
     assert package["production"] == package["tag"] and package["tag"].startswith("llmsrec:")
+    # The package's data version is the hash dvc.lock records for prepare's output.
+    lock = yaml.safe_load((ws / "dvc.lock").read_text())
+    prepared_md5 = next(o["md5"] for o in lock["stages"]["prepare"]["outs"] if o["path"] == "data/prepared")
+    from components.serving.registry import get_model
+
+    assert get_model(package["tag"], tmp_path / "bentoml").info.metadata["data_version"] == prepared_md5
 
     summary = json.loads((ws / "reports" / "data_summary.json").read_text())
     assert summary["users"] == 300 and summary["items"] <= 200 and summary["interactions"] > 300 * 5

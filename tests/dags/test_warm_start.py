@@ -1,0 +1,81 @@
+"""The staged warm start is a declared input of `pretrain_sasrec`: dvc.lock pins what training started from.
+
+The DAG's `prepare_warm_start` step (components.orchestration.release.stage_warm_start) on a fresh clone
+with DVC's own CLI, the stages up to `pretrain_sasrec` on small synthetic data: a fresh clone trains with
+nothing staged; `previous` stages the last checkpoint and changes the dep's hash in dvc.lock; staging the
+model that was just trained, with nothing else changed, re-runs nothing; `none` empties the folder again.
+(`champion` is the same copy from the production package: tests/dags/test_dag_e2e.py.)
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+from components.orchestration import graph
+from components.orchestration.release import WARM_START_MARKER, stage_warm_start
+from tests.conftest import make_workspace, venv_env
+
+STAGED = "models/warm_start/sasrec"
+SMALL = {
+    "data": {"synthetic": {"num_users": 200, "num_items": 200, "num_topics": 12}},
+    "eval": {"max_users": 32},
+    "sasrec": {"epochs": 1, "hidden": 32, "num_blocks": 1, "threads": 1, "batch_size": 64},
+}
+
+
+def repro(ws: Path) -> subprocess.CompletedProcess:
+    out = subprocess.run([sys.executable, "-m", "dvc", "repro", "pretrain_sasrec"], cwd=ws, env=venv_env(),
+                         capture_output=True, text=True, timeout=900)
+    assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
+    return out
+
+
+def staged_hash(ws: Path) -> str:
+    lock = yaml.safe_load((ws / "dvc.lock").read_text())
+    return next(d["md5"] for d in lock["stages"]["pretrain_sasrec"]["deps"] if d["path"] == STAGED)
+
+
+def warm_start_summary(ws: Path) -> dict | None:
+    return json.loads((ws / "models" / "sasrec" / "training.json").read_text())["warm_start"]
+
+
+@pytest.mark.slow
+def test_the_staged_warm_start_is_pinned_in_dvc_lock(tmp_path):
+    ws = make_workspace(tmp_path / "ws", SMALL)
+    assert sorted(p.name for p in (ws / STAGED).iterdir()) == [WARM_START_MARKER]  # in git: every clone has it
+    stages = graph.pipeline_stages(ws)
+    assert STAGED in next(s for s in stages if s.address == "pretrain_sasrec").deps
+
+    # A fresh clone: nothing staged, trained from scratch; the lock holds the empty folder's hash.
+    repro(ws)
+    empty = staged_hash(ws)
+    assert warm_start_summary(ws) is None
+
+    # A params change, then `previous`: the last checkpoint is staged, recorded, and trained from.
+    params = yaml.safe_load((ws / "params.yaml").read_text())
+    params["sasrec"]["epochs"] = 2
+    (ws / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    info = stage_warm_start(ws, stages, "previous", log=lambda *_: None)
+    assert info["source"] == str(ws / "models" / "sasrec") and (ws / STAGED / "config.json").is_file()
+    assert "Running stage 'pretrain_sasrec'" in repro(ws).stdout
+    warm = staged_hash(ws)
+    assert warm != empty
+    assert warm_start_summary(ws)["staged"] and warm_start_summary(ws)["matched_items"] > 100
+
+    # Again, nothing changed: the checkpoint to stage is the one just trained, so the folder stays as
+    # dvc.lock records it and DVC re-runs nothing (else every run would retrain the model from itself).
+    info = stage_warm_start(ws, stages, "previous", log=lambda *_: None)
+    assert info["unchanged"] and info["source"] is None
+    assert "Running stage" not in repro(ws).stdout and staged_hash(ws) == warm
+
+    # `none`: the folder is emptied (its README stays), so the stage re-runs from scratch.
+    stage_warm_start(ws, stages, "none", log=lambda *_: None)
+    assert sorted(p.name for p in (ws / STAGED).iterdir()) == [WARM_START_MARKER]
+    assert "Running stage 'pretrain_sasrec'" in repro(ws).stdout
+    assert staged_hash(ws) == empty and warm_start_summary(ws) is None
