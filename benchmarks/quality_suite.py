@@ -27,7 +27,7 @@ from benchmarks import quality
 
 REPO = Path(__file__).resolve().parents[1]
 SHARED = REPO.parent / "shared" / "data"
-#: name -> (folder under ../shared/data, users sampled, data.columns): the sizes issue 15 asks for
+#: name -> (folder under ../shared/data, users sampled, data.columns): the sizes the real-data suite runs at
 DATASETS = {"ml1m": ("ml-1m-seqrec", 2000, ["item_id=movie_id"]), "health": ("amazon2014-health", 3000, []),
             "videogames": ("amazon2018-videogames", 3000, [])}
 PAPER = ["distill.prompt=paper", "distill.readout=token", "distill.targets=last", "distill.negatives=sampled",

@@ -59,7 +59,7 @@ def render_result(name: str, result: dict[str, Any]) -> str:
             met = all(result["sasrec"][k] >= round(v, 2) for k, v in ref.items())
             gaps = ", ".join(f"{k} {result['sasrec'][k] - v:+.4f}" for k, v in ref.items())
             lines += ["", f"SASRec (sasrec) vs the target: {gaps}; "
-                          f"{'meets' if met else 'does not meet'} the issue's bar "
+                          f"{'meets' if met else 'does not meet'} the target "
                           f"(NDCG@10 >= {ref['ndcg@10']:.2f}, HR@10 >= {ref['hr@10']:.2f})."]
     seconds = result.get("seconds", {})
     machines = sorted(set(result.get("machine_per_stage", {}).values()))

@@ -55,3 +55,9 @@ def sha256_of(path: Path) -> str:
         for block in iter(lambda: f.read(1 << 22), b""):
             h.update(block)
     return h.hexdigest()
+
+
+def metrics_digest(path: Path) -> str:
+    """The first 16 hex digits of a metrics file's SHA-256: `gate` records it, `package` refuses a gate
+    report written for other metrics."""
+    return sha256_of(path)[:16]

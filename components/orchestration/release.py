@@ -36,7 +36,7 @@ def production_tag() -> str | None:
 
 def champion_sasrec(tag: str) -> Path | None:
     """The SASRec checkpoint inside the production package."""
-    from components.serving.packaged import sasrec_dir
+    from components.serving.integrity import sasrec_dir
     from components.serving.registry import get_model
 
     path = sasrec_dir(Path(get_model(tag).path))

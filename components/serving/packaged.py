@@ -34,14 +34,11 @@ import pandas as pd
 import torch
 
 from components.errors import CheckpointError, DataError
-from components.serving.integrity import (  # noqa: F401  (the layout, importable from here as before)
+from components.serving.integrity import (
     BACKBONE_DIR,
     CATALOGUE_DIR,
-    CATALOGUE_FILES,
     FIX,
     LLMSREC_DIR,
-    MANIFEST,
-    SASREC_DIR,
     sasrec_dir,
     verify_package,
 )

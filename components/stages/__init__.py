@@ -12,6 +12,6 @@ takes every path from its command line (`python -m components.stages.<stage> --h
 - `gate`: release checks, champion/challenger -> `reports/gate.json`
 - `package`: a versioned BentoML model, promoted on a pass -> the model store
 
-Everything else in `components/` is a library the stages share (data, models, llm, evaluation, serving,
-orchestration).
+The rest of `components/` is libraries the stages share (config, data, models, llm, evaluation, serving),
+which never import a stage, and `orchestration/`, which drives the stages from Airflow.
 """

@@ -34,7 +34,7 @@ import pandas as pd
 
 from components.config import GateParams, LLMParams, load_params
 from components.errors import DataError, stage_main
-from components.io import read_json, sha256_of, write_json
+from components.io import metrics_digest, read_json, write_json
 
 
 def check(name: str, value: float | None, threshold: float | None, passed: bool | None = None,
@@ -126,10 +126,6 @@ def load_champion(llm: LLMParams):
         return None
     model = get_model(tag)
     return PackagedModel.load(Path(model.path), str(model.tag), device=llm.device, dtype=llm.dtype)
-
-
-def metrics_digest(path: Path) -> str:
-    return sha256_of(path)[:16]
 
 
 @stage_main("gate")

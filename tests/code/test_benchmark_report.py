@@ -28,7 +28,7 @@ def test_render_tables_from_results(tmp_path):
     assert doc.count("| *target: Kang & McAuley SASRec* |") == 2  # not for the 2,000-user subsample
     assert "| sasrec | 0.6012 | 0.8311 | 0.6212 | 0.8811 | 6,040 | 0.1000 | 0.8311 |  |" in doc
     assert "| sasrec_shuffled |" in doc and "| 12.3% |" in doc
-    assert "ndcg@10 +0.0107, hr@10 +0.0066; meets the issue's bar" in doc
+    assert "ndcg@10 +0.0107, hr@10 +0.0066; meets the target" in doc
     assert "ndcg@10 -0.0393, hr@10 -0.0234; does not meet" in doc
     assert "40 epochs at 15.0 s/epoch" in doc and "peak RSS 1,234 MB" in doc
     assert "resumed after epoch 30" in doc and "all 40 epochs took 10 min" in doc

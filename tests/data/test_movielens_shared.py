@@ -6,8 +6,8 @@ import pytest
 
 from components.config import DataParams, EvalParams, ValidateParams
 from components.data.sources import load_source
+from components.data.validation import validate
 from components.stages.prepare import prepare
-from components.stages.validate import validate
 from tests.conftest import shared_dataset
 
 

@@ -9,9 +9,9 @@ import pandas as pd
 import pytest
 
 from components.config import ValidateParams
+from components.data.validation import validate
 from components.stages.ingest import main as ingest_main
 from components.stages.validate import main as validate_main
-from components.stages.validate import validate
 
 GOOD_ROWS = [(f"u{u}", f"I{i}", 1_600_000_000 + 3600 * (u * 10 + i)) for u in range(10) for i in range(6)]
 
