@@ -9,7 +9,10 @@ ConfigError naming the variable, what is wrong and the value to use instead.
 `LLMSREC_MODEL_TAG` is applied by components/serving/registry.py (`serving_candidates`), which owns the
 rule "a pinned version has no fallback"; it is declared here so that it is documented and checked with
 the others. Variables of the pipeline (`LLMSREC_CACHE`, `LLMSREC_SHARED_DATA`, ...) are not serving
-settings and are not read here.
+settings and are not read here. What BentoML itself is told in the service decorators (workers, request
+timeout, `max_concurrency`, the scorer client's connection settings) is fixed in
+components/serving/service.py, not set here; `bentoml serve`'s own flags and BentoML's configuration file
+override those.
 """
 
 from __future__ import annotations
