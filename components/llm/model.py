@@ -479,6 +479,8 @@ class LLMSRec(Recommender):
                 raise CheckpointError(directory / name, "LLM-SRec checkpoint file not found",
                                       "point at a directory written by the distill stage")
         meta = read_checkpoint_json(directory / "config.json", fix)
+        if isinstance(meta, dict) and "sasrec" not in meta and isinstance(meta.get("cfsrec"), dict):
+            meta["sasrec"] = meta.pop("cfsrec")  # written before the teacher had one name everywhere
         if not isinstance(meta, dict) or not all(isinstance(meta.get(k), dict) for k in ("config", "sasrec", "backbone")) \
                 or "item_mapping_hash" not in meta:
             raise CheckpointError(directory / "config.json", "is not an LLM-SRec checkpoint config (config, sasrec, "

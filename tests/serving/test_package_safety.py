@@ -239,3 +239,27 @@ def test_a_damaged_stored_version_is_packaged_afresh_not_reused(stores, tmp_path
     fresh = registry_state(home)["production"]
     assert fresh not in (stores.champion, stores.challenger) and verify(fresh, home) == fresh
     assert os.path.isdir(version_dir(home, stores.challenger))  # the damaged one is kept for inspection
+
+
+def test_a_version_packaged_before_the_sasrec_rename_still_serves_and_verifies(stores, tmp_path, clean_env):
+    """Packages built before the CF model was called `sasrec` everywhere hold it in `cfsrec/`, and the
+    adapters' config names it `cfsrec`: a champion in production then must still verify, be re-scored and
+    serve. The old layout is rebuilt from today's package, its file record rewritten to match."""
+    home = tmp_path / "home"
+    shutil.copytree(stores.home, home)
+    root = version_dir(home, stores.champion)
+    (root / "sasrec").rename(root / "cfsrec")
+    config = json.loads((root / "llmsrec" / "config.json").read_text())
+    config["cfsrec"] = config.pop("sasrec")
+    (root / "llmsrec" / "config.json").write_text(json.dumps(config))
+    manifest = json.loads((root / "package.json").read_text())
+    files = {("cfsrec" + rel[len("sasrec"):] if rel.startswith("sasrec/") else rel): rec
+             for rel, rec in manifest["files"].items()}
+    data = (root / "llmsrec" / "config.json").read_bytes()
+    files["llmsrec/config.json"] = {"bytes": len(data), "sha256": hashlib.sha256(data).hexdigest()}
+    (root / "package.json").write_text(json.dumps({**manifest, "files": files}))
+    assert not (root / "sasrec").exists()
+
+    verify(stores.champion, home)
+    set_production(stores.champion, "promote", "the test", home)
+    champion_serves(home, stores.champion)
