@@ -41,7 +41,7 @@ from typing import Any
 
 from components.config import load_params
 from components.errors import CheckpointError, ConfigError, DataError, stage_main
-from components.io import read_json, write_json
+from components.io import metrics_digest, read_json, write_json
 from components.serving.integrity import (
     BACKBONE_DIR,
     CATALOGUE_DIR,
@@ -186,7 +186,6 @@ def decide(gate: dict[str, Any], production: str | None) -> str:
 
 def check_gate(gate_path: Path, metrics_path: Path, production: str | None) -> dict[str, Any]:
     """The gate's decision must be about these metrics and today's production model."""
-    from components.io import metrics_digest
 
     if not gate_path.is_file():
         raise DataError(gate_path, "gate report not found", "run the gate first: `dvc repro gate`")

@@ -10,6 +10,7 @@ NDCG@10 is > 0 and the champion comparison can always fail. Every test uses its 
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import socket
@@ -17,6 +18,7 @@ import subprocess
 from contextlib import contextmanager
 from pathlib import Path
 
+import pandas as pd
 import pytest
 
 from benchmarks import small_package
@@ -89,3 +91,14 @@ def clean_env(monkeypatch):
     for key in list(os.environ):
         if key.startswith("LLMSREC_"):
             monkeypatch.delenv(key)
+
+
+def registry_state(home: Path) -> dict:
+    """The registry's pointer file as stored: `{production, events}`."""
+    return json.loads((home / "registry" / "llmsrec.json").read_text())
+
+
+def other_content(ws: Path) -> None:
+    """The same model on re-written data files: another content hash, so `package` stores a new version."""
+    seq = ws / "data" / "prepared" / "sequences.parquet"
+    pd.read_parquet(seq).to_parquet(seq, index=False, compression="gzip")

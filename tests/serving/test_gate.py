@@ -12,7 +12,7 @@ import yaml
 from components.config import parse_params
 from components.errors import ConfigError, DataError
 from components.stages.gate import floor_checks
-from tests.serving.conftest import gate, package, run_stage
+from tests.serving.conftest import gate, other_content, package, registry_state, run_stage
 
 METRICS = {
     "popularity": {"ndcg@10": 0.10},
@@ -96,10 +96,6 @@ def set_challenger_ndcg(ws: Path, value: float) -> None:
     (ws / "reports" / "metrics.json").write_text(json.dumps(metrics))
 
 
-def registry(home: Path) -> dict:
-    return json.loads((home / "registry" / "llmsrec.json").read_text())
-
-
 def stored_versions(home: Path) -> set[str]:
     return {p.name for p in (home / "models" / "llmsrec").iterdir() if p.is_dir()}
 
@@ -117,7 +113,7 @@ def test_gate_then_package_promotes_and_failures_leave_the_champion(workspace, t
     pkg = json.loads((workspace / "reports" / "package.json").read_text())
     assert pkg["decision"] == "promoted" and pkg["status"] == "passed"
     champion = pkg["tag"]
-    assert registry(home)["production"] == champion
+    assert registry_state(home)["production"] == champion
     root = home / "models" / "llmsrec" / champion.split(":")[1]
     assert (root / "sasrec" / "model.safetensors").is_file()
     assert {p.name for p in (root / "llmsrec").iterdir()} >= {"adapters.safetensors", "item_table.safetensors",
@@ -149,8 +145,8 @@ def test_gate_then_package_promotes_and_failures_leave_the_champion(workspace, t
     out = package(workspace, home)
     assert "REJECTED" in out.stdout
     assert json.loads((workspace / "reports" / "package.json").read_text())["decision"] == "rejected"
-    assert registry(home)["production"] == champion and stored_versions(home) == versions
-    assert registry(home)["events"][-1]["action"] == "reject"
+    assert registry_state(home)["production"] == champion and stored_versions(home) == versions
+    assert registry_state(home)["events"][-1]["action"] == "reject"
 
     # 3. A floor failure alone, with a challenger that beats the champion: still rejected, champion stays.
     set_challenger_ndcg(workspace, 1.0)
@@ -160,15 +156,14 @@ def test_gate_then_package_promotes_and_failures_leave_the_champion(workspace, t
     assert [c["name"] for c in report["checks"] if not c["passed"]] == ["ndcg@10_floor"]
     assert by_name(report["checks"])["champion_regression"]["passed"]
     package(workspace, home)
-    assert registry(home)["production"] == champion and stored_versions(home) == versions
+    assert registry_state(home)["production"] == champion and stored_versions(home) == versions
 
     # 4. A challenger that passes, on other data (a re-written sequences file): a second version, promoted.
     set_params(workspace, min_ndcg_at_10=0.0)
-    seq = pd.read_parquet(workspace / "data" / "prepared" / "sequences.parquet")
-    seq.to_parquet(workspace / "data" / "prepared" / "sequences.parquet", index=False, compression="gzip")
+    other_content(workspace)
     gate(workspace, home)
     package(workspace, home)
-    second = registry(home)["production"]
+    second = registry_state(home)["production"]
     assert second != champion and len(stored_versions(home)) == 2
 
     # 5. The registry CLI: list, rollback (twice: the second has nowhere to go), promote, bad tag.
@@ -178,14 +173,14 @@ def test_gate_then_package_promotes_and_failures_leave_the_champion(workspace, t
     out = run_stage(workspace, home, "components.serving.registry", "rollback", check=False)
     assert out.returncode == 1 and "no earlier production version" in out.stderr
     out = run_stage(workspace, home, "components.serving.registry", "promote", "llmsrec:doesnotexist", check=False)
-    assert out.returncode == 1 and "no such model" in out.stderr and registry(home)["production"] == champion
+    assert out.returncode == 1 and "no such model" in out.stderr and registry_state(home)["production"] == champion
     assert run_stage(workspace, home, "components.serving.registry", "promote", second).stdout.strip() == \
         f"production: {second}"
 
     # 6. The gate report of step 4 judged against `champion`; production has moved since: refused.
     out = package(workspace, home, check=False)
     assert out.returncode == 1 and "re-run the gate" in out.stderr and "Traceback" not in out.stderr
-    assert registry(home)["production"] == second
+    assert registry_state(home)["production"] == second
 
 
 @pytest.mark.slow
@@ -199,8 +194,8 @@ def test_first_failed_model_is_provisional_or_rejected(workspace, tmp_path):
     assert not json.loads((workspace / "reports" / "gate.json").read_text())["passed"]
     package(workspace, home)
     pkg = json.loads((workspace / "reports" / "package.json").read_text())
-    assert pkg["decision"] == "provisional" and registry(home)["production"] == pkg["tag"]
-    assert registry(home)["events"][-1]["action"] == "provisional"
+    assert pkg["decision"] == "provisional" and registry_state(home)["production"] == pkg["tag"]
+    assert registry_state(home)["events"][-1]["action"] == "provisional"
 
     set_params(workspace, first_model="reject")
     home = tmp_path / "strict"

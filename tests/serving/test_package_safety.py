@@ -12,13 +12,21 @@ import sys
 from pathlib import Path
 from types import SimpleNamespace
 
-import pandas as pd
 import pytest
 
 from components.errors import CheckpointError
 from components.serving.registry import list_models, resolve_serving_tag, rollback, set_production, verify
+from tests.conftest import truncate
 from tests.model.conftest import stage_argv
-from tests.serving.conftest import bentoml_store, gate, package, run_stage, stage_env
+from tests.serving.conftest import (
+    bentoml_store,
+    gate,
+    other_content,
+    package,
+    registry_state,
+    run_stage,
+    stage_env,
+)
 
 pytestmark = [pytest.mark.slow, pytest.mark.real_llm]
 
@@ -56,10 +64,6 @@ runpy.run_module("components.stages.package", run_name="__main__", alter_sys=Tru
 """
 
 
-def registry_state(home: Path) -> dict:
-    return json.loads((home / "registry" / "llmsrec.json").read_text())
-
-
 def version_dir(home: Path, tag: str) -> Path:
     return home / "models" / "llmsrec" / tag.split(":")[1]
 
@@ -67,12 +71,6 @@ def version_dir(home: Path, tag: str) -> Path:
 def tree_digest(root: Path) -> dict[str, str]:
     return {p.relative_to(root).as_posix(): hashlib.sha256(p.read_bytes()).hexdigest()
             for p in sorted(root.rglob("*")) if p.is_file()}
-
-
-def other_content(ws: Path) -> None:
-    """The same model on re-written data files: another content hash, so `package` stores a new version."""
-    seq = ws / "data" / "prepared" / "sequences.parquet"
-    pd.read_parquet(seq).to_parquet(seq, index=False, compression="gzip")
 
 
 @pytest.fixture(scope="module")
@@ -145,10 +143,6 @@ def test_package_dying_midway_leaves_the_champion_serving(stores, tmp_path, clea
     assert new != stores.champion and verify(new, home) == new
     assert sorted(str(m.tag) for m in list_models(home)) == sorted([stores.champion, new])
     assert not [p for p in (home / ".models-staging").iterdir()]  # no leftovers of the dead run
-
-
-def truncate(path: Path) -> None:
-    path.write_bytes(path.read_bytes()[: path.stat().st_size // 2])
 
 
 def garble(path: Path) -> None:

@@ -8,7 +8,6 @@ each names the one before it as `previous`, and production is the last one recor
 
 from __future__ import annotations
 
-import json
 import multiprocessing
 import shutil
 import subprocess
@@ -16,19 +15,14 @@ import sys
 import time
 from pathlib import Path
 
-import pandas as pd
 import pytest
 
 from components.errors import DataError
-from tests.serving.conftest import gate, package
+from tests.serving.conftest import gate, other_content, package, registry_state
 
 pytestmark = [pytest.mark.slow, pytest.mark.real_llm]
 
 ROUNDS = 20
-
-
-def registry_state(home: Path) -> dict:
-    return json.loads((home / "registry" / "llmsrec.json").read_text())
 
 
 @pytest.fixture(scope="module")
@@ -41,8 +35,7 @@ def two_versions(pipeline_outputs, tmp_path_factory) -> tuple[Path, str, str]:
     gate(ws, home)
     package(ws, home)
     first = registry_state(home)["production"]
-    seq = ws / "data" / "prepared" / "sequences.parquet"
-    pd.read_parquet(seq).to_parquet(seq, index=False, compression="gzip")
+    other_content(ws)
     gate(ws, home)
     package(ws, home)
     second = registry_state(home)["production"]
