@@ -174,6 +174,9 @@ def run(args: argparse.Namespace, log=print) -> dict[str, Any]:
         if MODEL_STAGES[m]:
             path = stage_metrics_file(dvc["stages"][MODEL_STAGES[m][-1]])
             training[m] = json.loads((workspace / path).read_text()) if path else {}
+    if "sasrec" in models and len(models) > 1:
+        result["paired_vs_sasrec"] = paired_vs(workspace / "reports" / "per_user.parquet", "sasrec",
+                                               [m for m in models if m != "sasrec"])
     main_model = next((m for m in reversed(models) if m in training), None)
     result |= {
         "seconds": {name: s["seconds"] for name, s in stages.items()},
@@ -191,6 +194,40 @@ def run(args: argparse.Namespace, log=print) -> dict[str, Any]:
         "finished_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
     }
     return result
+
+
+def paired_vs(per_user: Path, reference: str, others: list[str]) -> dict[str, dict[str, Any]]:
+    """Each model of `others` against `reference` over the same test users and candidates: the paired
+    bootstrap of NDCG@10 on 1+99 and, where evaluated, on the full catalogue (components/evaluation/paired.py)."""
+    import pandas as pd
+
+    from components.evaluation.paired import paired_comparison
+
+    table = pd.read_parquet(per_user)
+    ref = table[table["model"] == reference].set_index("user_idx")
+    out: dict[str, dict[str, Any]] = {}
+    for name in others:
+        mine = table[table["model"] == name].set_index("user_idx").reindex(ref.index)
+        out[name] = {"ndcg@10": paired_comparison(mine["ndcg@10"].to_numpy(), ref["ndcg@10"].to_numpy())}
+        if "full_ndcg@10" in table.columns:
+            out[name]["full_catalogue_ndcg@10"] = paired_comparison(mine["full_ndcg@10"].to_numpy(),
+                                                                    ref["full_ndcg@10"].to_numpy())
+    return out
+
+
+def ranks_path(result: Path) -> Path:
+    """Where a result file's per-user ranks live: `<name>.ranks.parquet` beside it."""
+    return result.with_name(result.stem + ".ranks.parquet")
+
+
+def save_ranks(per_user: Path, out: Path) -> None:
+    """Keep only (model, user_idx, rank, full_rank) of evaluate's per-user table: the metrics follow from them."""
+    import pandas as pd
+
+    if not per_user.is_file():
+        return
+    table = pd.read_parquet(per_user)
+    table[[c for c in ("model", "user_idx", "rank", "full_rank") if c in table.columns]].to_parquet(out, index=False)
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -214,6 +251,9 @@ def main(argv: list[str] | None = None) -> None:
     result = run(args)
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(result, indent=2) + "\n")
+    # Per-user ranks beside the results, for paired comparisons between runs on the same splits (the
+    # workspace's copy is replaced by the next run there).
+    save_ranks(Path(args.workdir or ".") / "reports" / "per_user.parquet", ranks_path(args.out))
     print(f"\n{'model':<22}{'NDCG@10':>9}{'HR@10':>8}{'NDCG@20':>9}{'HR@20':>8}{'users':>8}")
     for key, m in result.items():
         if isinstance(m, dict) and "ndcg@10" in m:

@@ -35,9 +35,9 @@ DEFAULT_PARAMS = Path("params.yaml")
 DataSource = Literal["synthetic", "movielens", "amazon2023", "files"]
 Column = Literal["user_id", "item_id", "timestamp", "title", "description"]  # the canonical schema's columns
 DType = Literal["auto", "bf16", "bfloat16", "fp16", "float16", "fp32", "float32"]
-PromptLayout = Literal["paper", "compact", "text_first", "text_first_compact"]  # components/llm/prompts.py
+PromptLayout = Literal["paper", "compact", "text_first", "text_first_compact", "slots"]  # components/llm/prompts.py
 Targets = Literal["all", "last"]
-Negatives = Literal["sampled", "in_batch"]
+Negatives = Literal["sampled", "in_batch", "shared", "mixed"]
 Readout = Literal["token", "slot"]
 Center = Literal["none", "batchnorm"]
 KVReuse = Literal["none", "opening", "frozen"]
@@ -249,12 +249,17 @@ class DistillParams(Section):
     targets: Targets = Field(
         "all", description="all: every position of each training sequence | last: the paper")
     negatives: Negatives = Field(
-        "in_batch", description="in_batch: + every other example's positive | sampled: the paper")
+        "in_batch", description="sampled: the example's own uniform negatives (the paper) | in_batch: + every "
+                                "other example's positive | shared: + every other example's uniform negatives | "
+                                "mixed: both")
     num_negatives: int = Field(1, ge=0, description="sampled negatives per example (the paper: 3)")
+    logq_correction: bool = Field(
+        False, description="beyond the paper: subtract log of each candidate's sampling probability from its "
+                           "logit (Yi et al., RecSys 2019); corrects in-batch negatives' popularity bias")
     history_len: int = Field(10, ge=1, description="items shown in the user prompt")
     prompt: PromptLayout = Field(
         "text_first_compact", description="user-prompt layout: paper | compact | text_first | "
-                                          "text_first_compact")
+                                          "text_first_compact | slots")
     weights: LossWeights = Field(
         default_factory=LossWeights, description="loss term weights (the paper's: all 1)")
     use_distill_loss: bool = Field(True, description="ablation switch (L_distill)")
@@ -266,6 +271,15 @@ class DistillParams(Section):
         "none", description="batchnorm: centre the LLM states before f_user/f_item (beyond the paper)")
     match_token_norm: bool = Field(
         False, description="rescale f_I outputs to the LLM's token-embedding norm (beyond the paper)")
+    text_layer: int | None = Field(
+        None, ge=1, description="beyond the paper: each title's mean-pooled LLM state after this many layers "
+                                "(the backbone's whole depth allowed, whatever llm.num_layers), computed once per "
+                                "item without gradients, enters every [HistoryEmb] slot through f_T; null = off")
+    llm_pass: bool = Field(
+        True, description="ablation (the no-LLM control): false replaces the LLM pass by the identity, so the "
+                          "state read is the injected vector itself")
+    neutral_titles: bool = Field(
+        False, description="ablation: every title replaced by 'Product <item_id>' (the text-matters control)")
     shuffle_train: bool = Field(
         False, description="ablation: train on shuffled histories (items move, dates stay)")
     gradient_checkpointing: bool = Field(

@@ -34,6 +34,7 @@ from components.llm.prompts import Prompts, PromptTokenizer
 from components.models.base import Batch, Histories, Recommender, neg_inf_padding, register
 
 ADAPTERS, ITEM_TABLE, TITLES = "adapters.safetensors", "item_table.safetensors", "titles.json"
+TEXT_STATES = "text_states.safetensors"
 
 
 @dataclass
@@ -50,7 +51,10 @@ class LLMSRecConfig:
     out_dim: int = 128  # d'
     cf_hidden: int = 128  # f_CF-user inner width
     num_negatives: int = 3  # training candidates: positive + 3 random negatives
-    negatives: str = "sampled"  # sampled (the paper) | in_batch: + every other example's positive
+    # sampled (the paper) | in_batch: + every other example's positive | shared: + every other example's
+    # sampled negatives | mixed: both (beyond the paper)
+    negatives: str = "sampled"
+    logq_correction: bool = False  # beyond the paper: logits minus log sampling probability (Yi et al. 2019)
     use_distill_loss: bool = True
     use_uniform_loss: bool = True
     weights: dict[str, float] = field(default_factory=lambda: {"retrieval": 1.0, "distill": 1.0, "uniform": 1.0})
@@ -66,6 +70,10 @@ class LLMSRecConfig:
     # enters, so the states differ far more across inputs; the two token vectors are then unused.
     readout: str = "token"
     match_token_norm: bool = False  # beyond the paper: rescale f_I outputs to the LLM's mean token-embedding norm
+    # beyond the paper: each title's mean-pooled state after this many LLM layers (text_states.safetensors),
+    # added to every injected vector through f_T; None = off
+    text_layer: int | None = None
+    llm_pass: bool = True  # ablation (no-LLM control): False = the LLM replaced by the identity
 
 
 def _cache_kwarg(llm: nn.Module) -> str:
@@ -103,6 +111,8 @@ class Adapters(nn.Module):
         self.f_user = mlp(H, cfg.proj_hidden, cfg.out_dim, nn.LeakyReLU())
         self.f_item = mlp(H, cfg.proj_hidden, cfg.out_dim, nn.LeakyReLU())
         self.f_cf_user = mlp(d, cfg.cf_hidden, cfg.out_dim, nn.GELU())
+        # beyond the paper: the frozen title states (H) into the LLM's input space, beside f_I
+        self.f_T = mlp(H, H, H, nn.LeakyReLU()) if cfg.text_layer is not None else None
         # Initialised at the scale of real token embeddings so the LLM sees in-distribution inputs.
         self.user_token = nn.Parameter(torch.randn(H) * 0.02)
         self.item_token = nn.Parameter(torch.randn(H) * 0.02)
@@ -145,7 +155,8 @@ class LLMSRec(Recommender):
     """
 
     def __init__(self, config: LLMSRecConfig, sasrec: Recommender, backbone: Backbone, titles: list[str],
-                 item_ids: list[str], item_mapping_hash: str, sasrec_path: str | None = None):
+                 item_ids: list[str], item_mapping_hash: str, sasrec_path: str | None = None,
+                 text_states: Tensor | None = None):
         super().__init__(item_ids, item_mapping_hash)
         if len(titles) != len(item_ids) + 1:
             raise DataError("titles", f"{len(titles)} titles for {len(item_ids)} items (+ padding)",
@@ -176,6 +187,17 @@ class LLMSRec(Recommender):
         self.user_kv_cache = FrozenKVCache(config.kv_cache_mb)  # validation users' history text
         self.cache_users = False  # set while validating: the same users' text comes back at every validation
         self._table_copy: tuple[Tensor, Tensor] | None = None  # (item_table, its copy on the scoring device)
+        if (config.text_layer is None) != (text_states is None):
+            raise DataError("text_states", f"text_layer={config.text_layer} but text states were "
+                                           f"{'not ' if text_states is None else ''}given",
+                            "compute them with components.llm.text_states.title_states (the distill stage does)")
+        if text_states is not None and tuple(text_states.shape) != (len(item_ids) + 1, backbone.hidden_size):
+            raise DataError("text_states", f"shape {list(text_states.shape)}, expected "
+                                           f"{[len(item_ids) + 1, backbone.hidden_size]}", "recompute them for this data")
+        # [N+1, H] frozen title states (a buffer: saved with the checkpoint, never trained)
+        self.register_buffer("text_states", None if text_states is None else text_states.float(), persistent=False)
+        # [N+1] training-target counts, for the logQ correction; set by the trainer, never saved
+        self.register_buffer("target_counts", None, persistent=False)
 
     def train(self, mode: bool = True) -> LLMSRec:
         """Only the adapters ever train: the frozen teacher keeps dropout off in every mode."""
@@ -254,6 +276,8 @@ class LLMSRec(Recommender):
         text before its first slot) attend as cached keys/values and only the rest runs with gradients;
         positions are explicit, so the states equal one pass over the whole prompt (tested).
         """
+        if not self.config.llm_pass:
+            return self._identity_states(prompts, hist_vecs, out_vec)
         llm, dev = self.backbone.model, self.backbone.device
         reuse = self.config.kv_reuse
         if self.config.readout == "slot":
@@ -308,9 +332,24 @@ class LLMSRec(Recommender):
             read = h[out_slots]  # [B, H]
         return read.to(device=self.device, dtype=self.adapters.user_token.dtype)
 
+    def _identity_states(self, prompts: Prompts, hist_vecs: Tensor, out_vec: Tensor) -> Tensor:
+        """The no-LLM control: the LLM pass replaced by the identity, so the state read at a position is
+        what entered there. `readout: slot` reads each row's last injected vector, `token` the output
+        token's vector (the same for every row: the control is meant for `slot`). [B, H]"""
+        if self.config.readout == "token":
+            return out_vec.to(self.device).expand(len(prompts), -1)
+        counts = torch.tensor([row.count(self.prompts.history_id) for row in prompts.live])  # [B]
+        if bool((counts == 0).any()):
+            raise DataError("history", "a user with no history item reached LLM-SRec (readout: slot needs one)",
+                            "score users with at least one known item; the service falls back to popularity")
+        return hist_vecs[(counts.cumsum(0) - 1).to(hist_vecs.device)].to(self.device)  # [B, H]
+
     def inject(self, items: Tensor) -> Tensor:
-        """f_I(E_i) for item idx [M] -> [M, H]: what goes into the [HistoryEmb] slots."""
-        v = self.adapters.f_I(self.sasrec.item_embeddings[items.to(self.device)])  # [M, H]
+        """f_I(E_i) (+ f_T(t_i) with `text_layer`) for item idx [M] -> [M, H]: what goes into the [HistoryEmb] slots."""
+        items = items.to(self.device)
+        v = self.adapters.f_I(self.sasrec.item_embeddings[items])  # [M, H]
+        if self.adapters.f_T is not None:
+            v = v + self.adapters.f_T(self.text_states[items.to(self.text_states.device)].to(v))
         if self.config.match_token_norm:
             v = v * (self.token_norm / v.norm(dim=-1, keepdim=True).clamp(min=1e-6))
         return v
@@ -335,9 +374,12 @@ class LLMSRec(Recommender):
     def loss_terms(self, batch: Batch) -> dict[str, Tensor]:
         """The paper's losses (section 3.3) for the last column: history -> targets[:, -1], negatives[:, -1, :K].
 
-        L_retrieval: softmax over the positive and the K sampled negatives (`negatives: in_batch` adds every
-        other example's positive, beyond the paper); L_distill and L_uniform as in the module docstring.
-        Each item's prompt runs once per step however many users share it. Returns unweighted terms.
+        L_retrieval: softmax over the positive and the K sampled negatives (`negatives: sampled`, the paper);
+        beyond the paper, `in_batch` adds every other example's positive, `shared` every other example's
+        sampled negatives, `mixed` both, and `logq_correction` subtracts log q_j, the expected number of times
+        item j is drawn into the candidates (Yi et al., RecSys 2019). L_distill and L_uniform as in the
+        module docstring. Each item's prompt runs once per step however many users share it. Returns
+        unweighted terms.
         """
         u = self.user_vectors(batch.histories)  # [B, d']
         pos = batch.targets[:, -1]  # [B]
@@ -345,23 +387,31 @@ class LLMSRec(Recommender):
         cands = torch.cat([pos[:, None], neg], 1)  # [B, 1+K]
         uniq, inverse = torch.unique(cands, return_inverse=True)  # [U], [B, 1+K]
         iv = self.item_vectors(uniq)  # [U, d']
-        if self.config.negatives == "in_batch":
+        mode = self.config.negatives
+        if mode == "sampled" and not self.config.logq_correction:
+            logits = torch.einsum("bd,bcd->bc", u, iv[inverse])  # [B, 1+K]
+            target = torch.zeros(len(u), dtype=torch.long, device=u.device)
+        else:
             logits = u @ iv.T  # [B, U]
+            dev = logits.device
             allowed = torch.zeros_like(logits, dtype=torch.bool)
-            allowed[:, inverse[:, 0].unique().to(logits.device)] = True  # every example's positive (duplicates share a column)
+            B, K = neg.shape
+            if mode in ("in_batch", "mixed"):  # every example's positive (duplicates share a column)
+                allowed[:, inverse[:, 0].unique().to(dev)] = True
+            if mode in ("shared", "mixed") and K:  # every example's uniform negatives
+                allowed[:, inverse[:, 1:].unique().to(dev)] = True
             # ...but not an item of this example's own history, nor another example's positive of the same
             # user (targets: all puts several of a user's positions in one batch): those are not negatives.
             hist = batch.histories.items.to(uniq.device)  # [B, L]
-            allowed &= ~(hist[:, :, None] == uniq[None, None, :]).any(1).to(logits.device)  # [B, U]
+            allowed &= ~(hist[:, :, None] == uniq[None, None, :]).any(1).to(dev)  # [B, U]
             users = batch.histories.users
             same_user = (users[:, None] == users[None, :]) & ~torch.eye(len(users), dtype=torch.bool)  # [B, B]
-            allowed[same_user.nonzero()[:, 0].to(logits.device), inverse[same_user.nonzero()[:, 1], 0].to(logits.device)] = False
-            allowed.scatter_(1, inverse.to(logits.device), True)  # this example's own candidates, always
+            allowed[same_user.nonzero()[:, 0].to(dev), inverse[same_user.nonzero()[:, 1], 0].to(dev)] = False
+            allowed.scatter_(1, inverse.to(dev), True)  # this example's own candidates, always
+            if self.config.logq_correction:
+                logits = logits - self._log_q(uniq, B, K, mode).to(dev)[None, :]
             logits = logits.masked_fill(~allowed, float("-inf"))
-            target = inverse[:, 0].to(logits.device)
-        else:
-            logits = torch.einsum("bd,bcd->bc", u, iv[inverse])  # [B, 1+K]
-            target = torch.zeros(len(u), dtype=torch.long, device=u.device)
+            target = inverse[:, 0].to(dev)
         terms = {"retrieval": F.cross_entropy(logits, target)}
         u_n = F.normalize(u, dim=-1)
         if self.config.use_distill_loss or self.config.use_uniform_loss:
@@ -373,6 +423,24 @@ class LLMSRec(Recommender):
             if self.config.use_uniform_loss:
                 terms["uniform"] = uniformity(cf_n) + uniformity(u_n)
         return terms
+
+    def _log_q(self, uniq: Tensor, B: int, K: int, mode: str) -> Tensor:
+        """log of the expected number of times each item of `uniq` [U] is drawn into one example's
+        candidates: B positives drawn by training-target frequency (when other examples' positives are
+        candidates) plus K or B*K uniform draws. [U]"""
+        if self.target_counts is None:
+            raise RuntimeError("logq_correction needs the training-target counts: call set_target_counts first")
+        counts = self.target_counts.to(uniq.device).float()
+        p_pop = (counts[uniq] + 1.0) / (counts[1:].sum() + self.num_items)  # add-one: no item has probability 0
+        n_pos = B if mode in ("in_batch", "mixed") else 1
+        n_uni = B * K if mode in ("shared", "mixed") else K
+        return torch.log(n_pos * p_pop + n_uni / self.num_items)
+
+    def set_target_counts(self, counts: Tensor) -> None:
+        """[N+1] how often each item is a training target: the popularity that in-batch negatives follow."""
+        if counts.shape != (self.num_items + 1,):
+            raise ValueError(f"target counts of shape {list(counts.shape)}, expected [{self.num_items + 1}]")
+        self.target_counts = counts.float()
 
     def loss(self, batch: Batch) -> Tensor:
         """sum of `loss_terms`, each times its `config.weights` entry (the paper: all 1)."""
@@ -447,6 +515,8 @@ class LLMSRec(Recommender):
         save_file(state, str(directory / ADAPTERS))
         if self.item_table is not None:
             save_file({"item_table": self.item_table.contiguous().cpu()}, str(directory / ITEM_TABLE))
+        if self.text_states is not None:
+            save_file({"text_states": self.text_states.float().contiguous().cpu()}, str(directory / TEXT_STATES))
         write_json(directory / TITLES, self.prompts.titles)
         write_json(directory / "item_ids.json", self.item_ids)
         write_json(directory / "config.json", {
@@ -510,6 +580,15 @@ class LLMSRec(Recommender):
         # after loading a backbone.
         adapters = read_weights(directory / ADAPTERS, fix)
         item_table = read_weights(directory / ITEM_TABLE, fix) if (directory / ITEM_TABLE).is_file() else None
+        text_states = None
+        if config.text_layer is not None:
+            if not (directory / TEXT_STATES).is_file():
+                raise CheckpointError(directory / TEXT_STATES, "LLM-SRec checkpoint file not found (text_layer is set)",
+                                      fix)
+            text_states = read_weights(directory / TEXT_STATES, fix).get("text_states")
+            if text_states is None or list(text_states.shape) != [len(item_ids) + 1, int(meta["backbone"].get(
+                    "hidden_size", -1))]:
+                raise CheckpointError(directory / TEXT_STATES, "text states of the wrong shape for this checkpoint", fix)
         if backbone is None:
             backbone = load_backbone(config.backbone, num_layers=config.num_layers, **backbone_kwargs)
         elif config.num_layers is not None and backbone.num_layers != config.num_layers:
@@ -520,7 +599,8 @@ class LLMSRec(Recommender):
                             "load the same backbone, or re-run the distill stage with this one")
         try:
             model = cls(config, sasrec, backbone, titles, item_ids, meta["item_mapping_hash"],
-                        sasrec_path=str(sasrec_dir) if sasrec_dir else meta["sasrec"].get("path"))
+                        sasrec_path=str(sasrec_dir) if sasrec_dir else meta["sasrec"].get("path"),
+                        text_states=text_states)
         except ValueError as e:  # a config value this version does not know (kv_reuse, negatives, readout, center)
             raise CheckpointError(directory / "config.json", f"its config does not build LLM-SRec ({e})", fix) from None
         check_shapes(directory / ADAPTERS, adapters, model.adapters.state_dict(), fix)

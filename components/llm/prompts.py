@@ -16,6 +16,8 @@ The paper's prompts (Kim et al., KDD 2025, section 3.2; last `history_len` items
 | `compact`            | beyond the paper: titles and `[HistoryEmb]` interleaved, no numbers or dates         |
 | `text_first`         | beyond the paper: the paper's numbers, dates and titles first, then the K slots       |
 | `text_first_compact` | beyond the paper: titles first, then the K slots                                    |
+| `slots`              | beyond the paper: the K slots alone, no text (with `distill.text_layer` the titles'  |
+|                      | frozen states enter through the slots, so the prompt is ~15 tokens, not ~200)        |
 
 Every prompt is tokenized as three parts, so the model can spend gradients only where they are needed:
 - `opening`: the fixed first sentence, the same ids for every row of a kind (its keys/values are
@@ -50,6 +52,7 @@ PAPER_CLOSING = ". Based on this sequence of purchases, generate user representa
 COMPACT_OPENING = "Purchases in order:"
 COMPACT_CLOSING = ". User representation:"
 SLOTS_INTRO = ". Their item embeddings, in the same order:"
+SLOTS_OPENING = "Item embeddings of the purchases, in order:"
 ITEM_OPENING = "The item title and item embedding are as follows:"
 ITEM_CLOSING = ", then generate item representation token:"
 
@@ -70,6 +73,8 @@ def user_pieces(layout: str, titles: list[str], timestamps: list[int]) -> tuple[
         opening, closing = PAPER_OPENING, PAPER_CLOSING
         texts = [f'{"," if k > 1 else ""} Item No.{k}, Time: {_date(t)}, "{title}"'
                  for k, (title, t) in enumerate(zip(titles, timestamps, strict=True), start=1)]
+    elif layout == "slots":
+        return SLOTS_OPENING, [*([None] * len(titles)), COMPACT_CLOSING]
     elif layout in ("compact", "text_first_compact"):
         opening, closing = COMPACT_OPENING, COMPACT_CLOSING
         texts = [f'{"," if k > 1 else ""} "{title}"' for k, title in enumerate(titles, start=1)]
@@ -131,7 +136,8 @@ class PromptTokenizer:
         pad = self.tok.pad_token_id if self.tok.pad_token_id is not None else self.tok.eos_token_id
         self.pad_id = int(pad if pad is not None else 0)
         self.titles = [clean_title(t, max_title_chars) for t in titles]  # idx 0 = padding, unused
-        self.user_opening = self._ids([PAPER_OPENING if layout in ("paper", "text_first") else COMPACT_OPENING])[0]
+        opening = {"paper": PAPER_OPENING, "text_first": PAPER_OPENING, "slots": SLOTS_OPENING}.get(layout, COMPACT_OPENING)
+        self.user_opening = self._ids([opening])[0]
         self.item_opening = self._ids([ITEM_OPENING])[0]
         closing = self._ids([ITEM_CLOSING])[0]
         frozen = self._ids([f' "{t}"' for t in self.titles])

@@ -29,20 +29,27 @@ from components.errors import stage_main
 from components.io import write_json
 
 
-def build_model(prepared, sasrec, backbone, opts: DistillParams, titles: list[str], sasrec_path: str | None = None):
+def build_model(prepared, sasrec, backbone, opts: DistillParams, titles: list[str], sasrec_path: str | None = None,
+                text_states=None):
+    """LLM-SRec on `backbone` (already cut to llm.num_layers) with every LLMSRecConfig field that params
+    `distill` also names taken from `opts`; `text_states` [N+1, H] when `opts.text_layer` is set."""
+    from dataclasses import fields
+
     from components.llm.model import LLMSRec, LLMSRecConfig
 
+    shared = {f.name: getattr(opts, f.name) for f in fields(LLMSRecConfig) if f.name in DistillParams.model_fields}
+    shared["weights"] = opts.weights.model_dump()
     cfg = LLMSRecConfig(backbone=backbone.name, num_layers=backbone.num_layers if "|layers=" in backbone.fingerprint
-                        else None, history_len=opts.history_len, num_negatives=opts.num_negatives,
-                        negatives=opts.negatives, use_distill_loss=opts.use_distill_loss,
-                        use_uniform_loss=opts.use_uniform_loss, weights=opts.weights.model_dump(),
-                        max_title_chars=opts.max_title_chars, prompt=opts.prompt, kv_reuse=opts.kv_reuse,
-                        kv_cache_mb=opts.kv_cache_mb, center=opts.center, match_token_norm=opts.match_token_norm,
-                        readout=opts.readout)
+                        else None, **shared)
     sasrec.check_data(prepared.num_items, prepared.item_mapping_hash, prepared.source,
                       "re-run pretrain_sasrec on this data (dvc repro) before distilling")
     return LLMSRec(cfg, sasrec, backbone, titles, prepared.item_ids, prepared.item_mapping_hash,
-                   sasrec_path=sasrec_path)
+                   sasrec_path=sasrec_path, text_states=text_states)
+
+
+def neutral_titles(item_ids: list[str]) -> list[str]:
+    """The text-matters control: every title replaced by `Product <item_id>` (index 0 stays padding)."""
+    return [""] + [f"Product {i}" for i in item_ids]
 
 
 class Examples:
@@ -164,6 +171,9 @@ def fit(model, prepared, opts: DistillParams, seed: int, accelerator=None, log=p
         model.backbone.model.train()
     examples = Examples(prepared, window=max(model.sasrec.max_history or 128, opts.history_len), seed=seed,
                         targets=opts.targets, history_len=opts.history_len)
+    if opts.logq_correction:
+        targets = examples.set.targets[examples.rows, examples.pos]  # [E] every training example's positive
+        model.set_target_counts(torch.from_numpy(np.bincount(targets, minlength=model.num_items + 1)))
     valid_n = len(prepared.candidates["valid"].user_idx)
     valid_rows = np.sort(np.random.default_rng(seed).choice(valid_n, min(valid_n, opts.valid_users or valid_n),
                                                             replace=False))
@@ -237,17 +247,28 @@ def main(argv: list[str] | None = None) -> None:
 
     from components.data.sequences import Prepared
     from components.io import fresh_dir
-    from components.llm.backbone import load_backbone
+    from components.llm.backbone import load_backbone, truncate_layers
+    from components.llm.text_states import cached_title_states
     from components.models.base import load_checkpoint
 
     accelerator = Accelerator(cpu=not torch.cuda.is_available() or llm.device == "cpu")
     device = str(accelerator.device) if llm.device == "auto" else llm.device
-    backbone = load_backbone(llm.backbone, device=device, dtype=llm.dtype, allow_download=llm.allow_download,
-                             num_layers=llm.num_layers)
+    # Loaded whole: title states may read deeper than the prompt pass, which then runs on the first layers.
+    full = load_backbone(llm.backbone, device=device, dtype=llm.dtype, allow_download=llm.allow_download)
+    backbone = full if llm.num_layers is None else truncate_layers(full, llm.num_layers)
     prepared = Prepared.load(args.prepared)
     titles = [""] + pd.read_parquet(args.prepared / "items.parquet").sort_values("idx")["title"].astype(str).tolist()
+    if opts.neutral_titles:
+        titles = neutral_titles(prepared.item_ids)
+    text = None
+    if opts.text_layer is not None:
+        t0 = time.time()
+        text = cached_title_states(full, titles, opts.text_layer, opts.max_title_chars, opts.item_batch_size, progress=True)
+        print(f"distill: title states after {opts.text_layer} layers for {len(titles) - 1:,} items in "
+              f"{time.time() - t0:.1f}s")
+    del full
     torch.manual_seed(seed)  # the adapters' initial weights
-    model = build_model(prepared, load_checkpoint(args.sasrec), backbone, opts, titles, str(args.sasrec))
+    model = build_model(prepared, load_checkpoint(args.sasrec), backbone, opts, titles, str(args.sasrec), text)
     n_train = sum(p.numel() for p in model.trainable_parameters())
     print(f"distill: backbone {backbone.name} ({backbone.dtype}, {backbone.device}), "
           f"{n_train:,} trainable parameters, LLM frozen")

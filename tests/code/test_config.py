@@ -113,7 +113,7 @@ BAD_VALUES = [  # (key path, value, what the error says)
     ("distill.eval_every", 0, "greater than 0"),
     ("distill.eval_every", 2.5, "above 1 it counts whole epochs"),
     ("distill.max_minutes", "ten", "valid number"),
-    ("distill.prompt", "fancy", "'paper', 'compact', 'text_first' or 'text_first_compact'"),
+    ("distill.prompt", "fancy", "'paper', 'compact', 'text_first', 'text_first_compact' or 'slots'"),
     ("distill.weights.distill", -1, "greater than or equal to 0"),
     ("evaluate.models", [], "at least 1 item"),
     ("evaluate.batch_size", 0, "greater than or equal to 1"),
