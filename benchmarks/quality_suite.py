@@ -10,7 +10,15 @@ Each row is one `benchmarks.quality` run (the real pipeline stages, in a scratch
 - `llmsrec_paper`: the paper's LLM-SRec settings (prompt, readout, targets, negatives), on the first
   `--paper-layers` layers of the LLM (30 = all, the paper; 4 by default so a row fits this CPU's budget);
 - `llmsrec`: the chosen settings, params.yaml's distill section as it is;
-- `llmsrec_no_distill_uniform`: the chosen settings without L_distill and L_uniform (the paper's ablation).
+- `llmsrec_no_distill_uniform`: the chosen settings without L_distill and L_uniform (the paper's ablation);
+- `llmsrec_neutral_titles`: the chosen settings with every title replaced by `Product <item_id>` (does the
+  text matter?);
+- `llmsrec_no_llm`: the chosen settings with the LLM pass replaced by the identity: the same adapters,
+  losses, data and budget, the state read being the injected vector itself (does the LLM matter?).
+
+Every row's JSON holds a paired comparison of each model with SASRec over the same test users
+(`paired_vs_sasrec`: a paired bootstrap of NDCG@10, components/evaluation/paired.py); `benchmarks.report`
+compares each ablation row with the chosen row the same way, from the per-user ranks kept beside each JSON.
 
 The LLM-SRec rows share one workspace, so they share the data stages and the SASRec teacher, and they
 all train for the same wall-clock budget (`distill.max_minutes = --minutes`, validation included).
@@ -40,6 +48,8 @@ ROWS: dict[str, tuple[str, str, list[str]]] = {
     "llmsrec": ("popularity,sasrec,llmsrec", "shared", []),
     "llmsrec_no_distill_uniform": ("popularity,sasrec,llmsrec", "shared",
                                    ["distill.use_distill_loss=false", "distill.use_uniform_loss=false"]),
+    "llmsrec_neutral_titles": ("popularity,sasrec,llmsrec", "shared", ["distill.neutral_titles=true"]),
+    "llmsrec_no_llm": ("popularity,sasrec,llmsrec", "shared", ["distill.llm_pass=false"]),
 }
 
 

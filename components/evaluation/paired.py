@@ -61,7 +61,9 @@ def paired_comparison(a: np.ndarray, b: np.ndarray, *, confidence: float = 0.95,
     diff_ci, method = interval(diff)
     ratio_ci, _ = interval(ratio) if mean_b > 0 else ([None, None], method)
     d = a - b
-    p = float(stats.ttest_rel(a, b).pvalue) if d.std() > 0 else (1.0 if d.mean() == 0 else 0.0)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # near-constant differences: scipy warns, the p-value is still ~0
+        p = float(stats.ttest_rel(a, b).pvalue) if d.std() > 0 else (1.0 if d.mean() == 0 else 0.0)
     return {"mean_a": round(mean_a, 6), "mean_b": round(mean_b, 6),
             "ratio": round(mean_a / mean_b, 6) if mean_b > 0 else None, "ratio_ci": ratio_ci,
             "diff": round(mean_a - mean_b, 6), "diff_ci": diff_ci, "p_value": round(p, 6), "n_users": int(len(a)),

@@ -8,12 +8,16 @@ Writes `reports/gate.json`:
 
 Checks (every threshold configurable; `null` skips a check, and it is reported as skipped):
 - `ndcg@10_floor`: the model's test NDCG@10 >= `gate.min_ndcg_at_10`.
-- `lift_over_popularity`: NDCG@10 / popularity's NDCG@10 - 1 >= `gate.min_lift_over_popularity`.
+- `lift_over_popularity`: NDCG@10 / popularity's NDCG@10 - 1 >= `gate.min_lift_over_popularity`, judged on
+  the lower end of the 95% paired-bootstrap interval over the test users (components/evaluation/paired.py),
+  so a lucky sample cannot pass it; the point value and the interval are both in the report.
 - `shuffle_drop`: the relative NDCG@10 drop when each test history is shuffled >= `gate.min_shuffle_drop`
   (the paper's finding as a release criterion: a model that does not care about order is not LLM-SRec).
 - `champion_regression`: the production model (from BentoML's store, if any) is re-scored now on the
   *current* test candidates; the challenger's NDCG@10 on the same users must not be lower than the
-  champion's by more than `gate.max_regression` (relative). How the champion treats items it never
+  champion's by more than `gate.max_regression` (relative). The same paired comparison decides: the check
+  fails only when the whole 95% interval of the relative change lies below `-gate.max_regression`, so an
+  unlucky sample of users cannot reject a model that is as good as production. How the champion treats items it never
   saw is in components/serving/packaged.py: unknown history items dropped, unknown candidates -inf,
   no known history -> popularity. With no production model yet the check passes (nothing to regress from).
 
@@ -56,8 +60,10 @@ def _metric(metrics: dict, key: str, path: Path, fix: str) -> dict:
     return metrics[key]
 
 
-def floor_checks(metrics: dict[str, Any], opts: GateParams, path: Path = Path("reports/metrics.json")) -> list[dict]:
-    """The checks that need only metrics.json: floor, lift over popularity, shuffle drop."""
+def floor_checks(metrics: dict[str, Any], opts: GateParams, path: Path = Path("reports/metrics.json"),
+                 per_user: pd.DataFrame | None = None) -> list[dict]:
+    """The checks on the evaluated model alone: floor, lift over popularity, shuffle drop. With `per_user`
+    (evaluate's per-user table), the lift is judged on its paired interval's lower end."""
     name = opts.model
     m = _metric(metrics, name, path, f"add {name} to evaluate.models, or set gate.model to a model it evaluates")
     ndcg = float(m["ndcg@10"])
@@ -69,8 +75,15 @@ def floor_checks(metrics: dict[str, Any], opts: GateParams, path: Path = Path("r
                             "add popularity to evaluate.models, or set gate.min_lift_over_popularity: null")["ndcg@10"])
         # With popularity at 0 a relative lift is undefined: any positive NDCG@10 beats it.
         lift, beats = (ndcg / pop - 1, None) if pop > 0 else (None, ndcg > 0)
+        extra: dict[str, Any] = {}
+        if per_user is not None and pop > 0:
+            comp = paired(per_user, name, "popularity")
+            low, high = comp["ratio_ci"]
+            beats = low is not None and low - 1 >= opts.min_lift_over_popularity
+            extra = {"interval": [round(low - 1, 6), round(high - 1, 6)], "decided_on": "interval lower end",
+                     "comparison": comp}
         checks.append(check("lift_over_popularity", lift, opts.min_lift_over_popularity, passed=beats,
-                            ndcg=ndcg, popularity_ndcg=pop))
+                            ndcg=ndcg, popularity_ndcg=pop, **extra))
     if opts.min_shuffle_drop is None:
         checks.append(check("shuffle_drop", None, None))
     else:
@@ -83,9 +96,23 @@ def floor_checks(metrics: dict[str, Any], opts: GateParams, path: Path = Path("r
     return checks
 
 
+def paired(per_user: pd.DataFrame, model: str, reference: str) -> dict[str, Any]:
+    """`model` against `reference` on NDCG@10 over the test users both were scored on (paired bootstrap)."""
+    from components.evaluation.paired import paired_comparison
+
+    a = per_user[per_user["model"] == model].set_index("user_idx")["ndcg@10"]
+    b = per_user[per_user["model"] == reference].set_index("user_idx")["ndcg@10"]
+    users = a.index.intersection(b.index)
+    if len(users) < 2:
+        raise DataError("reports/per_user.parquet", f"has fewer than 2 test users scored by both {model} and "
+                        f"{reference}", "re-run evaluate with both in evaluate.models (`dvc repro evaluate`)")
+    return paired_comparison(a.loc[users].to_numpy(), b.loc[users].to_numpy())
+
+
 def champion_check(champion, data, per_user: pd.DataFrame, opts: GateParams, seed: int) -> dict[str, Any]:
     """Re-score the production model on today's test candidates; compare on the same users."""
-    from components.evaluation.metrics import candidate_ranks, summarize
+    from components.evaluation.metrics import candidate_ranks, ndcg_at, summarize
+    from components.evaluation.paired import paired_comparison
 
     cand = data.candidates["test"]
     users = cand.user_idx
@@ -99,20 +126,30 @@ def champion_check(champion, data, per_user: pd.DataFrame, opts: GateParams, see
                  for s, e in zip(starts, ends, strict=True)]
     candidates = [ids[row - 1].tolist() for row in cand.items[pick]]
     scores = champion.candidate_scores(histories, candidates)  # [U, 1+K]
-    champ = summarize(candidate_ranks(scores).numpy())["ndcg@10"]
+    champion_ranks = candidate_ranks(scores).numpy()
+    champ = summarize(champion_ranks)["ndcg@10"]
     mine = per_user[per_user["model"] == opts.model].set_index("user_idx")
     missing = np.setdiff1d(users[pick], mine.index.to_numpy())
     if len(missing):
         raise DataError("reports/per_user.parquet", f"lacks {len(missing)} test users of {opts.model}",
                         "re-run evaluate on the current prepared data (`dvc repro evaluate`)")
-    challenger = round(float(mine.loc[users[pick], "ndcg@10"].mean()), 6)
+    per_user_challenger = mine.loc[users[pick], "ndcg@10"].to_numpy()
+    challenger = round(float(per_user_challenger.mean()), 6)
     # A champion at NDCG@10 0 has no relative change to measure: the challenger cannot be worse than it.
     change, not_worse = (challenger / champ - 1, None) if champ > 0 else (None, True)
+    extra: dict[str, Any] = {}
+    if champ > 0 and len(pick) >= 2:
+        comp = paired_comparison(per_user_challenger, ndcg_at(champion_ranks, 10))
+        low, high = comp["ratio_ci"]
+        if opts.max_regression is not None:
+            not_worse = high - 1 >= -float(opts.max_regression)  # fails only when the whole interval is below
+        extra = {"interval": [round(low - 1, 6), round(high - 1, 6)], "decided_on": "interval upper end",
+                 "comparison": comp}
     unknown_pos = sum(c[0] not in champion.index for c in candidates)
     return check("champion_regression", change,
                  None if opts.max_regression is None else -float(opts.max_regression), passed=not_worse,
                  champion=champion.tag, champion_ndcg=champ, challenger_ndcg=challenger, n_users=int(len(pick)),
-                 positives_unknown_to_champion=int(unknown_pos))
+                 positives_unknown_to_champion=int(unknown_pos), **extra)
 
 
 def load_champion(llm: LLMParams):
@@ -143,7 +180,8 @@ def main(argv: list[str] | None = None) -> None:
     if not args.metrics.is_file():
         raise DataError(args.metrics, "metrics file not found", "run `dvc repro evaluate` first")
     metrics = read_json(args.metrics)
-    checks = floor_checks(metrics, opts, args.metrics)
+    per_user = pd.read_parquet(args.per_user) if args.per_user.is_file() else None
+    checks = floor_checks(metrics, opts, args.metrics, per_user)
 
     champion = None
     if opts.max_regression is not None:
@@ -157,7 +195,9 @@ def main(argv: list[str] | None = None) -> None:
         from components.data.sequences import Prepared
 
         data = Prepared.load(args.prepared)
-        checks.append(champion_check(champion, data, pd.read_parquet(args.per_user), opts, params.seed))
+        if per_user is None:
+            raise DataError(args.per_user, "per-user results not found", "run `dvc repro evaluate` first")
+        checks.append(champion_check(champion, data, per_user, opts, params.seed))
 
     passed = all(c["passed"] for c in checks)
     write_json(args.out, {"passed": passed, "model": opts.model, "champion": champion.tag if champion else None,

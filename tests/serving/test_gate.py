@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 import pytest
 import yaml
@@ -62,6 +63,27 @@ def test_a_zero_baseline_is_beaten_by_any_positive_score():
     zero = by_name(floor_checks({**METRICS, "popularity": {"ndcg@10": 0.0}, "llmsrec": {"ndcg@10": 0.0}},
                                 options({"min_ndcg_at_10": None})))
     assert not zero["lift_over_popularity"]["passed"]
+
+
+def _per_user(model: np.ndarray, popularity: np.ndarray) -> pd.DataFrame:
+    users = np.arange(len(model))
+    return pd.concat([pd.DataFrame({"model": "llmsrec", "user_idx": users, "ndcg@10": model}),
+                      pd.DataFrame({"model": "popularity", "user_idx": users, "ndcg@10": popularity})])
+
+
+def test_the_lift_is_judged_on_its_interval_so_a_lucky_sample_cannot_pass_it():
+    rng = np.random.default_rng(0)
+    pop = np.where(rng.random(300) < 0.2, 1.0, 0.0)
+    lucky = np.where(rng.random(300) < 0.32, 1.0, 0.0)  # a point lift near +60% on 300 users, ~+/-35% wide
+    metrics = {**METRICS, "llmsrec": {"ndcg@10": float(lucky.mean())}, "popularity": {"ndcg@10": float(pop.mean())}}
+    point = by_name(floor_checks(metrics, options({})))["lift_over_popularity"]
+    judged = by_name(floor_checks(metrics, options({}), per_user=_per_user(lucky, pop)))["lift_over_popularity"]
+    assert point["passed"] and point["value"] > 0.5  # the point value alone would pass
+    assert not judged["passed"] and judged["interval"][0] < 0.5 < judged["interval"][1]
+    assert judged["value"] == pytest.approx(point["value"]) and judged["decided_on"] == "interval lower end"
+    clear = np.where(pop > 0, 1.0, np.where(rng.random(300) < 0.5, 1.0, 0.0))  # every popularity hit, and more
+    metrics["llmsrec"] = {"ndcg@10": float(clear.mean())}
+    assert by_name(floor_checks(metrics, options({}), per_user=_per_user(clear, pop)))["lift_over_popularity"]["passed"]
 
 
 def test_missing_metrics_name_the_fix():
@@ -135,12 +157,14 @@ def test_gate_then_package_promotes_and_failures_leave_the_champion(workspace, t
     regression = by_name(json.loads((workspace / "reports" / "gate.json").read_text())["checks"])["champion_regression"]
     evaluated = json.loads((workspace / "reports" / "metrics.json").read_text())["llmsrec"]["ndcg@10"]
     assert regression["champion_ndcg"] == pytest.approx(evaluated, abs=1e-6) and regression["value"] == pytest.approx(0)
+    assert regression["interval"][0] <= 0 <= regression["interval"][1] and regression["decided_on"] == "interval upper end"
     set_challenger_ndcg(workspace, 0.0)
     gate(workspace, home)
     report = json.loads((workspace / "reports" / "gate.json").read_text())
     regression = by_name(report["checks"])["champion_regression"]
     assert report["champion"] == champion and not report["passed"]
     assert regression["champion_ndcg"] > 0 and regression["challenger_ndcg"] == 0 and not regression["passed"]
+    assert regression["interval"][1] < -0.02  # the whole interval lies below the allowed regression
     assert [c["name"] for c in report["checks"] if not c["passed"]] == ["champion_regression"]
     out = package(workspace, home)
     assert "REJECTED" in out.stdout
