@@ -67,19 +67,20 @@ def state_spread(model, prepared, n: int = 64) -> dict[str, float]:
 
 def run_variant(name: str, overrides: dict, args, prepared, teacher, titles, backbones: dict) -> dict:
     from components.config import DistillParams, parse
-    from components.llm.backbone import load_backbone, truncate_layers
-    from components.stages.distill import build_model, fit
+    from components.llm.backbone import load_backbone
+    from components.stages.distill import build_from_params, fit
 
     overrides = dict(overrides)
     layers = overrides.pop("num_layers", None)
     if "full" not in backbones:
         backbones["full"] = load_backbone(args.backbone, dtype=args.dtype)
-    backbone = backbones["full"] if layers is None else truncate_layers(backbones["full"], int(layers))
     opts = parse(DistillParams, {"max_minutes": args.minutes, "max_steps": None, "epochs": 100,
                                  "valid_users": args.valid_users, "patience": 1000, **overrides},
                  f"--variant {name}", at="distill")
     torch.manual_seed(args.seed)
-    model = build_model(prepared, copy.deepcopy(teacher), backbone, opts, titles)
+    model = build_from_params(prepared, copy.deepcopy(teacher), backbones["full"], opts, titles,
+                              None if layers is None else int(layers))
+    backbone = model.backbone
     before = state_spread(model, prepared)
     print(f"[{name}] {overrides} layers={backbone.num_layers}: state cosine before {before}", flush=True)
     t0 = time.time()

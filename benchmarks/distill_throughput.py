@@ -100,15 +100,14 @@ def profile_step(model, batch) -> dict[str, float]:
 def measure(name: str, cfg: dict, args, data, teacher, titles, full_backbone) -> dict:
     from components.config import DistillParams, parse
     from components.evaluation.metrics import candidate_ranks
-    from components.llm.backbone import truncate_layers
-    from components.stages.distill import Examples, build_model
+    from components.stages.distill import Examples, build_from_params
 
     # min(): the tests' tiny model has fewer layers than a row asks for
-    backbone = (full_backbone if cfg["num_layers"] is None
-                else truncate_layers(full_backbone, min(cfg["num_layers"], full_backbone.num_layers)))
+    layers = None if cfg["num_layers"] is None else min(cfg["num_layers"], full_backbone.num_layers)
     opts = parse(DistillParams, {k: v for k, v in cfg.items() if k != "num_layers"}, f"row {name!r}", at="distill")
     torch.manual_seed(0)
-    model = build_model(data, copy.deepcopy(teacher), backbone, opts, titles)
+    model = build_from_params(data, copy.deepcopy(teacher), full_backbone, opts, titles, layers)
+    backbone = model.backbone
     model.train()
     ex = Examples(data, window=128, seed=0)
     rows = np.random.default_rng(0).permutation(len(ex))

@@ -43,7 +43,7 @@ def main(argv: list[str] | None = None) -> None:
     from components.data.sequences import Prepared
     from components.llm.backbone import load_backbone
     from components.models.sasrec import SASRec, SASRecConfig
-    from components.stages.distill import Examples, build_model
+    from components.stages.distill import Examples, build_from_params
 
     prepared_dir = prepared_default(Path(tempfile.mkdtemp(prefix="gpu-check-")))
     data = Prepared.load(prepared_dir)
@@ -57,7 +57,7 @@ def main(argv: list[str] | None = None) -> None:
     def loss_on(device: str, dtype: str) -> tuple[float, object]:
         backbone = load_backbone(args.backbone, device=device, dtype=dtype)
         torch.manual_seed(1)  # identical adapter initialisation on every device
-        model = build_model(data, copy.deepcopy(teacher), backbone, DistillParams(), titles)
+        model = build_from_params(data, copy.deepcopy(teacher), backbone, DistillParams(), titles, None)
         model.adapters.to(backbone.device)
         model.sasrec.to(backbone.device)
         with torch.no_grad():

@@ -22,7 +22,7 @@ import difflib
 import json
 import types
 from pathlib import Path
-from typing import Any, Literal, TypeVar, Union, get_args, get_origin
+from typing import Annotated, Any, Literal, TypeVar, Union, get_args, get_origin
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
@@ -243,22 +243,22 @@ class DistillParams(Section):
                                "= none")
     eval_every: float = Field(
         0.05, gt=0, le=10, description="validate every this fraction of an epoch (a whole number above 1)")
-    valid_users: int | None = Field(1000, ge=1, description="validation users (seeded subset); null = all")
+    valid_users: int | None = Field(500, ge=1, description="validation users (seeded subset); null = all")
     patience: int = Field(
         5, ge=1, description="validations without improvement before stopping; the best adapters are kept")
     targets: Targets = Field(
         "all", description="all: every position of each training sequence | last: the paper")
     negatives: Negatives = Field(
-        "in_batch", description="sampled: the example's own uniform negatives (the paper) | in_batch: + every "
+        "shared", description="sampled: the example's own uniform negatives (the paper) | in_batch: + every "
                                 "other example's positive | shared: + every other example's uniform negatives | "
                                 "mixed: both")
-    num_negatives: int = Field(1, ge=0, description="sampled negatives per example (the paper: 3)")
+    num_negatives: int = Field(8, ge=0, description="sampled negatives per example (the paper: 3)")
     logq_correction: bool = Field(
         False, description="beyond the paper: subtract log of each candidate's sampling probability from its "
                            "logit (Yi et al., RecSys 2019); corrects in-batch negatives' popularity bias")
     history_len: int = Field(10, ge=1, description="items shown in the user prompt")
     prompt: PromptLayout = Field(
-        "text_first_compact", description="user-prompt layout: paper | compact | text_first | "
+        "slots", description="user-prompt layout: paper | compact | text_first | "
                                           "text_first_compact | slots")
     weights: LossWeights = Field(
         default_factory=LossWeights, description="loss term weights (the paper's: all 1)")
@@ -271,10 +271,10 @@ class DistillParams(Section):
         "none", description="batchnorm: centre the LLM states before f_user/f_item (beyond the paper)")
     match_token_norm: bool = Field(
         False, description="rescale f_I outputs to the LLM's token-embedding norm (beyond the paper)")
-    text_layer: int | None = Field(
-        None, ge=1, description="beyond the paper: each title's mean-pooled LLM state after this many layers "
-                                "(the backbone's whole depth allowed, whatever llm.num_layers), computed once per "
-                                "item without gradients, enters every [HistoryEmb] slot through f_T; null = off")
+    text_layer: Annotated[int, Field(ge=1)] | Literal["all"] | None = Field(
+        "all", description="beyond the paper: each title's mean-pooled LLM state after this many layers ('all' = "
+                           "the backbone's whole depth, whatever llm.num_layers), computed once per item without "
+                           "gradients, enters every [HistoryEmb] slot through f_T; null = off (the paper)")
     llm_pass: bool = Field(
         True, description="ablation (the no-LLM control): false replaces the LLM pass by the identity, so the "
                           "state read is the injected vector itself")

@@ -30,21 +30,46 @@ from components.io import write_json
 
 
 def build_model(prepared, sasrec, backbone, opts: DistillParams, titles: list[str], sasrec_path: str | None = None,
-                text_states=None):
+                text_states=None, text_layer: int | None = None):
     """LLM-SRec on `backbone` (already cut to llm.num_layers) with every LLMSRecConfig field that params
-    `distill` also names taken from `opts`; `text_states` [N+1, H] when `opts.text_layer` is set."""
+    `distill` also names taken from `opts`; `text_states` [N+1, H] when `opts.text_layer` is set, read after
+    `text_layer` layers (what `opts.text_layer: all` resolved to; default: `opts.text_layer`)."""
     from dataclasses import fields
 
     from components.llm.model import LLMSRec, LLMSRecConfig
 
     shared = {f.name: getattr(opts, f.name) for f in fields(LLMSRecConfig) if f.name in DistillParams.model_fields}
     shared["weights"] = opts.weights.model_dump()
+    if opts.text_layer is not None:
+        shared["text_layer"] = text_layer if text_layer is not None else opts.text_layer
+        if not isinstance(shared["text_layer"], int):
+            raise ValueError("distill.text_layer: 'all' must be resolved to the backbone's depth (pass text_layer=)")
     cfg = LLMSRecConfig(backbone=backbone.name, num_layers=backbone.num_layers if "|layers=" in backbone.fingerprint
                         else None, **shared)
     sasrec.check_data(prepared.num_items, prepared.item_mapping_hash, prepared.source,
                       "re-run pretrain_sasrec on this data (dvc repro) before distilling")
     return LLMSRec(cfg, sasrec, backbone, titles, prepared.item_ids, prepared.item_mapping_hash,
                    sasrec_path=sasrec_path, text_states=text_states)
+
+
+def build_from_params(prepared, sasrec, full, opts: DistillParams, titles: list[str], num_layers: int | None,
+                      sasrec_path: str | None = None):
+    """LLM-SRec as params `distill` and `llm.num_layers` describe it, from the *whole* backbone `full`: the
+    titles replaced by neutral text when `opts.neutral_titles`, each title's state after `opts.text_layer`
+    layers of `full` (cached on disk, components/llm/text_states.py), and the prompt pass on its first
+    `num_layers` (None = all)."""
+    from components.llm.backbone import truncate_layers
+    from components.llm.text_states import cached_title_states
+
+    if opts.neutral_titles:
+        titles = neutral_titles(prepared.item_ids)
+    backbone = full if num_layers is None else truncate_layers(full, num_layers)
+    text, layer = None, (full.num_layers if opts.text_layer == "all" else opts.text_layer)
+    if layer is not None:
+        t0 = time.time()
+        text = cached_title_states(full, titles, layer, opts.max_title_chars, opts.item_batch_size, progress=True)
+        print(f"distill: title states after {layer} layers for {len(titles) - 1:,} items in {time.time() - t0:.1f}s")
+    return build_model(prepared, sasrec, backbone, opts, titles, sasrec_path, text, text_layer=layer)
 
 
 def neutral_titles(item_ids: list[str]) -> list[str]:
@@ -247,28 +272,19 @@ def main(argv: list[str] | None = None) -> None:
 
     from components.data.sequences import Prepared
     from components.io import fresh_dir
-    from components.llm.backbone import load_backbone, truncate_layers
-    from components.llm.text_states import cached_title_states
+    from components.llm.backbone import load_backbone
     from components.models.base import load_checkpoint
 
     accelerator = Accelerator(cpu=not torch.cuda.is_available() or llm.device == "cpu")
     device = str(accelerator.device) if llm.device == "auto" else llm.device
     # Loaded whole: title states may read deeper than the prompt pass, which then runs on the first layers.
     full = load_backbone(llm.backbone, device=device, dtype=llm.dtype, allow_download=llm.allow_download)
-    backbone = full if llm.num_layers is None else truncate_layers(full, llm.num_layers)
     prepared = Prepared.load(args.prepared)
     titles = [""] + pd.read_parquet(args.prepared / "items.parquet").sort_values("idx")["title"].astype(str).tolist()
-    if opts.neutral_titles:
-        titles = neutral_titles(prepared.item_ids)
-    text = None
-    if opts.text_layer is not None:
-        t0 = time.time()
-        text = cached_title_states(full, titles, opts.text_layer, opts.max_title_chars, opts.item_batch_size, progress=True)
-        print(f"distill: title states after {opts.text_layer} layers for {len(titles) - 1:,} items in "
-              f"{time.time() - t0:.1f}s")
-    del full
     torch.manual_seed(seed)  # the adapters' initial weights
-    model = build_model(prepared, load_checkpoint(args.sasrec), backbone, opts, titles, str(args.sasrec), text)
+    model = build_from_params(prepared, load_checkpoint(args.sasrec), full, opts, titles, llm.num_layers,
+                              str(args.sasrec))
+    backbone = model.backbone
     n_train = sum(p.numel() for p in model.trainable_parameters())
     print(f"distill: backbone {backbone.name} ({backbone.dtype}, {backbone.device}), "
           f"{n_train:,} trainable parameters, LLM frozen")

@@ -184,3 +184,15 @@ def test_title_states_are_cached_by_what_determines_them(tiny_backbone, titles, 
         assert len(calls) > n
     finally:
         hook.remove()
+
+
+def test_the_stage_model_reads_titles_at_full_depth_and_prompts_on_the_first_layers(data, teacher, tiny_backbone,
+                                                                                   titles, tmp_path, monkeypatch):
+    from components.stages.distill import build_from_params
+
+    monkeypatch.setenv("LLMSREC_CACHE", str(tmp_path))
+    m = build_from_params(data, copy.deepcopy(teacher), tiny_backbone,
+                          paper(text_layer="all", neutral_titles=True, readout="slot"), titles, 1)
+    assert m.config.text_layer == tiny_backbone.num_layers == 2 and m.backbone.num_layers == 1
+    assert m.prompts.titles[1] == f"Product {data.item_ids[0]}"
+    torch.testing.assert_close(m.text_states, title_states(tiny_backbone, neutral_titles(data.item_ids), 2))

@@ -12,7 +12,7 @@ import yaml
 from components.config import DistillParams, parse_params
 from components.llm.backbone import load_backbone, resolve_dtype
 from components.stages import evaluate
-from components.stages.distill import build_model
+from components.stages.distill import build_from_params
 from tests.conftest import REPO
 
 
@@ -29,7 +29,9 @@ def checkpoints(tmp_path_factory, prepared_dir, teacher, tiny_llama_dir):
     titles = [""] + pd.read_parquet(prepared_dir / "items.parquet").sort_values("idx")["title"].tolist()
     backbone = load_backbone(str(tiny_llama_dir), device="cpu", dtype="fp32")
     torch.manual_seed(0)
-    model = build_model(data, copy.deepcopy(teacher), backbone, DistillParams(), titles, str(root / "sasrec"))
+    # params' defaults, title states included (read after all of the tiny LLM's layers)
+    model = build_from_params(data, copy.deepcopy(teacher), backbone, DistillParams(), titles, None, str(root / "sasrec"))
+    assert model.text_states is not None and model.config.text_layer == backbone.num_layers
     model.save(root / "llmsrec")
     return {"sasrec": root / "sasrec", "llmsrec": root / "llmsrec"}
 
