@@ -537,6 +537,51 @@ def suite_targets(dataset: str, rows: dict[str, dict[str, Any]]) -> list[str]:
             for name, ok, detail, close in checks]
 
 
+def research_lines(research_dir: Path) -> list[str]:
+    """One table per folder of `benchmarks/results/research/`: LLM-SRec variants run side by side by
+    `benchmarks.quality` on one workspace (the same splits, candidates and SASRec teacher, the same
+    wall-clock budget), each compared per user with that SASRec (`sasrec.json` of the folder)."""
+    import shlex
+
+    lines: list[str] = []
+    for folder in sorted(p for p in Path(research_dir).glob("*") if p.is_dir()):
+        files = {p.stem: json.loads(p.read_text()) for p in sorted(folder.glob("*.json"))}
+        if "sasrec" not in files:
+            continue
+        sas = files["sasrec"]
+        data = sas.get("data", {})
+        note = folder / "NOTE.md"
+        lines += [f"### {folder.name}", "", *(note.read_text().strip().splitlines() if note.is_file() else []), "",
+                  f"{data.get('users', 0):,} users, {data.get('items', 0):,} items, {data.get('evaluated_users', 0):,} "
+                  f"test users; popularity NDCG@10 {sas['popularity']['ndcg@10']:.4f}, SASRec {sas['sasrec']['ndcg@10']:.4f} "
+                  f"(full catalogue {sas['sasrec']['full_catalogue']['ndcg@10']:.4f}).", "",
+                  "| variant | distill overrides | NDCG@10 | HR@10 | / SASRec [95%] | full-catalogue NDCG@10 | "
+                  "/ SASRec, full [95%] | shuffle drop | steps (best) | s/step | stopped by |",
+                  "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---|"]
+        for stem, res in files.items():
+            if "llmsrec" not in res or stem == "sasrec":
+                continue
+            argv = shlex.split(res.get("command", ""))
+            sets = [argv[i + 1] for i, a in enumerate(argv[:-1]) if a == "--set"]
+            shown = ", ".join(f"`{x.removeprefix('distill.')}`" for x in sets
+                              if not x.startswith(("distill.max_minutes", "distill.valid_users"))) or "(the defaults then)"
+            m, t = res["llmsrec"], res.get("training", {}).get("llmsrec", {})
+            drop = (res.get("llmsrec_shuffled", {}).get("shuffle_drop") or {}).get("ndcg@10")
+            vs = paired_rows(folder, (stem, "llmsrec"), ("sasrec", "sasrec"))
+            vs_full = paired_rows(folder, (stem, "llmsrec"), ("sasrec", "sasrec"), "full_rank")
+            lines.append(f"| {stem} | {shown} | {m['ndcg@10']:.4f} | {m['hr@10']:.4f} | {interval(vs)} | "
+                         f"{m['full_catalogue']['ndcg@10']:.4f} | {interval(vs_full)} | "
+                         f"{'' if drop is None else format(drop, '.1%')} | {t.get('steps')} ({t.get('best_step')}) | "
+                         f"{t.get('seconds_per_step', '')} | {t.get('stopped_by', '')} |")
+        budget = {r.get("params", {}).get("distill", {}).get("max_minutes") for r in files.values() if "llmsrec" in r}
+        lines += ["", f"Budget: `distill.max_minutes` {', '.join(str(b) for b in sorted(budget, key=str))} for every "
+                      "variant (validation included). Commands: "
+                  + "; ".join(f"`{stem}`: `{r['command']}`" for stem, r in files.items() if r.get("command")) + ".", ""]
+    if not lines:
+        return []
+    return ["## Why LLM-SRec fell below its teacher, and what lifts it (`benchmarks.quality` variants)", "", *lines]
+
+
 def plot_suite(table: dict[str, dict[str, dict[str, Any]]], path: Path) -> None:
     """Grouped bars: NDCG@10 of every row, one group per dataset."""
     import matplotlib
@@ -576,6 +621,7 @@ def render(results_dir: Path, plot: Path | None = None) -> str:
                          f"({os.path.relpath(curve.resolve(), (plot or curve).resolve().parent)})\n")
     parts += ["\n".join(suite_lines(Path(results_dir) / "suite",
                                      plot.with_name("suite.png") if plot is not None else None)),
+              "\n".join(research_lines(Path(results_dir) / "research")),
               "\n".join(ablation_lines(results)),
               "\n".join(gpu_lines(sorted((Path(results_dir) / "gpu").glob("gpu_check*.json")))),
               "\n".join(serving_lines([*sorted(Path(results_dir).glob("serving*.json")),

@@ -134,3 +134,28 @@ def test_kept_ranks_make_the_targets_paired_intervals(tmp_path):
     assert "missed" in line and "vs bar 0.97" in line
     assert "- shuffling costs at least 4%: met (" in doc
     assert "| LLM-SRec, chosen settings | " in doc and "/ SASRec, NDCG@10 [95%]" in doc
+
+
+def test_research_variants_are_tabled_with_their_overrides_and_paired_intervals(tmp_path):
+    import numpy as np
+    import pandas as pd
+
+    d = tmp_path / "research" / "health_3k"
+    d.mkdir(parents=True)
+    users = np.arange(500)
+    sas = np.random.default_rng(3).integers(0, 40, 500)
+    sasrec = suite_file("sasrec", 0.30, 0.5, epochs=10, train_seconds=120.0)
+    sasrec["popularity"] = {**sasrec["sasrec"], "ndcg@10": 0.1}
+    variant = suite_file("llmsrec", 0.33, 0.06, steps=400, best_step=180, seconds_per_step=0.7,
+                         stopped_by="early_stopping")
+    variant["command"] = "python -m benchmarks.quality --set distill.prompt=slots --set distill.max_minutes=6"
+    for stem, res, ranks in (("sasrec", sasrec, [("sasrec", sas)]), ("slots", variant, [("llmsrec", sas // 2)])):
+        (d / f"{stem}.json").write_text(json.dumps(res))
+        pd.concat([pd.DataFrame({"model": m, "user_idx": users, "rank": r, "full_rank": r})
+                   for m, r in ranks]).to_parquet(d / f"{stem}.ranks.parquet")
+    (d / "NOTE.md").write_text("Measured on one machine.")
+    doc = render(tmp_path)
+    row = next(x for x in doc.splitlines() if x.startswith("| slots |"))
+    assert "`prompt=slots`" in row and "max_minutes" not in row and "| 400 (180) | 0.7 | early_stopping |" in row
+    ratio = float(row.split("|")[5].split()[0])
+    assert ratio > 1.0 and "Measured on one machine." in doc
