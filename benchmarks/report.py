@@ -416,7 +416,8 @@ def suite_row(res: dict[str, Any], model: str) -> dict[str, Any]:
             "s_per_step": None if not (train_s and steps) else train_s / steps, "training": t}
 
 
-def suite_lines(suite_dir: Path, plot: Path | None = None) -> list[str]:
+def suite_lines(suite_dir: Path, plot: Path | None = None,
+                title: str = "LLM-SRec on real data (`python -m benchmarks.quality_suite`)") -> list[str]:
     """`benchmarks.quality_suite` tables, one per dataset, and the suite's targets, met or missed."""
     lines: list[str] = []
     table: dict[str, dict[str, dict[str, Any]]] = {}
@@ -478,7 +479,7 @@ def suite_lines(suite_dir: Path, plot: Path | None = None) -> list[str]:
         plot_suite(table, plot)
         lines = [f"![NDCG@10 per row and dataset]({plot.name})", "", *lines]
     note = Path(suite_dir) / "NOTE.md"
-    return ["## LLM-SRec on real data (`python -m benchmarks.quality_suite`)", "",
+    return [f"## {title}", "",
             "Rows on the same splits and 1+99 candidates per dataset; the LLM-SRec rows share the data "
             "stages and the SASRec teacher and train for the same wall-clock budget.", "",
             *([note.read_text().strip(), ""] if note.is_file() else []), *lines]
@@ -625,6 +626,9 @@ def render(results_dir: Path, plot: Path | None = None) -> str:
     parts += ["\n".join(suite_lines(Path(results_dir) / "suite",
                                      plot.with_name("suite.png") if plot is not None else None)),
               "\n".join(research_lines(Path(results_dir) / "research")),
+              "\n".join(suite_lines(Path(results_dir) / "suite_record",
+                                     plot.with_name("suite_record.png") if plot is not None else None,
+                                     title="A record: the suite with the defaults before 2026-12-02")),
               "\n".join(ablation_lines(results)),
               "\n".join(gpu_lines(sorted((Path(results_dir) / "gpu").glob("gpu_check*.json")))),
               "\n".join(serving_lines([*sorted(Path(results_dir).glob("serving*.json")),
