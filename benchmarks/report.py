@@ -398,7 +398,7 @@ def interval(c: dict[str, Any] | None) -> str:
     if c is None or c.get("ratio") is None:
         return ""
     lo, hi = c["ratio_ci"]
-    return f"{c['ratio']:.3f} [{lo:.3f}, {hi:.3f}]"
+    return f"{c['ratio']:.3f}" + ("" if lo is None or hi is None else f" [{lo:.3f}, {hi:.3f}]")
 
 
 def suite_row(res: dict[str, Any], model: str) -> dict[str, Any]:
@@ -508,7 +508,7 @@ def suite_targets(dataset: str, rows: dict[str, dict[str, Any]]) -> list[str]:
 
     def judged(name, comparison, bar, above, point_ok, detail, close=False):
         """Met when the interval lies wholly above (or below) `bar`; the point decides without an interval."""
-        if comparison is not None and comparison.get("ratio") is not None:
+        if comparison is not None and None not in (comparison.get("ratio"), *comparison["ratio_ci"]):
             lo, hi = comparison["ratio_ci"]
             ok = lo > bar if above else hi < bar
             checks.append((name, ok, f"{detail}; ratio {interval(comparison)} vs bar {bar:g}", False))

@@ -28,7 +28,8 @@ def paired_comparison(a: np.ndarray, b: np.ndarray, *, confidence: float = 0.95,
 
     Returns {mean_a, mean_b, ratio, ratio_ci: [lo, hi], diff, diff_ci: [lo, hi], p_value (paired t-test,
     two-sided), n_users, confidence, method}. The intervals are BCa, or percentile when BCa is undefined
-    (e.g. every difference equal). `ratio` is None when mean(b) is 0. Raises ValueError when the two
+    (e.g. every difference equal); an interval with no finite ends is [None, None]. `ratio` is None when
+    mean(b) is 0. Every value is strict JSON (no NaN or infinity). Raises ValueError when the two
     arrays differ in length or hold fewer than 2 users.
     """
     from scipy import stats
@@ -46,7 +47,7 @@ def paired_comparison(a: np.ndarray, b: np.ndarray, *, confidence: float = 0.95,
     def diff(x, y, axis=-1):
         return np.mean(x, axis=axis) - np.mean(y, axis=axis)
 
-    def interval(statistic) -> tuple[list[float], str]:
+    def interval(statistic) -> tuple[list[float | None], str]:
         for method in ("BCa", "percentile"):
             with np.errstate(all="ignore"), warnings.catch_warnings():
                 warnings.simplefilter("ignore")  # BCa on degenerate data: the percentile interval follows
@@ -56,7 +57,9 @@ def paired_comparison(a: np.ndarray, b: np.ndarray, *, confidence: float = 0.95,
             lo, hi = float(res.confidence_interval.low), float(res.confidence_interval.high)
             if np.isfinite(lo) and np.isfinite(hi):
                 return [round(lo, 6), round(hi, 6)], method
-        return [float("nan"), float("nan")], "none"
+        # No finite interval (e.g. resamples where B's mean is 0 make the ratio infinite): None, never NaN,
+        # so every result stays strict JSON (Airflow's XCom refuses NaN).
+        return [None, None], "none"
 
     diff_ci, method = interval(diff)
     ratio_ci, _ = interval(ratio) if mean_b > 0 else ([None, None], method)

@@ -79,9 +79,11 @@ def floor_checks(metrics: dict[str, Any], opts: GateParams, path: Path = Path("r
         if per_user is not None and pop > 0:
             comp = paired(per_user, name, "popularity")
             low, high = comp["ratio_ci"]
-            beats = low is not None and low - 1 >= opts.min_lift_over_popularity
-            extra = {"interval": [round(low - 1, 6), round(high - 1, 6)], "decided_on": "interval lower end",
-                     "comparison": comp}
+            extra = {"interval": _relative(comp["ratio_ci"]), "comparison": comp,
+                     "decided_on": "point value (no finite interval)"}
+            if low is not None:
+                beats = low - 1 >= opts.min_lift_over_popularity
+                extra["decided_on"] = "interval lower end"
         checks.append(check("lift_over_popularity", lift, opts.min_lift_over_popularity, passed=beats,
                             ndcg=ndcg, popularity_ndcg=pop, **extra))
     if opts.min_shuffle_drop is None:
@@ -94,6 +96,11 @@ def floor_checks(metrics: dict[str, Any], opts: GateParams, path: Path = Path("r
             drop = 0.0
         checks.append(check("shuffle_drop", drop, opts.min_shuffle_drop, shuffled_ndcg=shuffled["ndcg@10"]))
     return checks
+
+
+def _relative(ratio_ci: list[float | None]) -> list[float | None]:
+    """A ratio interval as relative changes (ratio - 1); an open end stays None."""
+    return [None if r is None else round(r - 1, 6) for r in ratio_ci]
 
 
 def paired(per_user: pd.DataFrame, model: str, reference: str) -> dict[str, Any]:
@@ -140,11 +147,12 @@ def champion_check(champion, data, per_user: pd.DataFrame, opts: GateParams, see
     extra: dict[str, Any] = {}
     if champ > 0 and len(pick) >= 2:
         comp = paired_comparison(per_user_challenger, ndcg_at(champion_ranks, 10))
-        low, high = comp["ratio_ci"]
-        if opts.max_regression is not None:
+        high = comp["ratio_ci"][1]
+        extra = {"interval": _relative(comp["ratio_ci"]), "comparison": comp,
+                 "decided_on": "point value (no finite interval)"}
+        if opts.max_regression is not None and high is not None:
             not_worse = high - 1 >= -float(opts.max_regression)  # fails only when the whole interval is below
-        extra = {"interval": [round(low - 1, 6), round(high - 1, 6)], "decided_on": "interval upper end",
-                 "comparison": comp}
+            extra["decided_on"] = "interval upper end"
     unknown_pos = sum(c[0] not in champion.index for c in candidates)
     return check("champion_regression", change,
                  None if opts.max_regression is None else -float(opts.max_regression), passed=not_worse,

@@ -48,3 +48,14 @@ def test_unpaired_inputs_are_refused():
         paired_comparison(np.zeros(5), np.zeros(6))
     with pytest.raises(ValueError, match="at least 2 users"):
         paired_comparison(np.zeros(1), np.zeros(1))
+
+
+def test_an_interval_without_finite_ends_is_none_and_every_result_is_strict_json():
+    """Five users, one hit for B: many resamples have mean(B) = 0, so the ratio has no finite interval."""
+    import json
+
+    a, b = np.array([1.0, 0.5, 0.0, 0.0, 0.3]), np.array([0.0, 0.0, 0.0, 0.0, 1.0])
+    c = paired_comparison(a, b)
+    json.dumps(c, allow_nan=False)  # raises on NaN or infinity
+    assert c["ratio"] == pytest.approx(1.8) and not clears(c, 1.0)
+    assert c["ratio_ci"] == [None, None] and c["diff_ci"][0] < 0 < c["diff_ci"][1]
