@@ -1,9 +1,11 @@
 """The LLM-SRec comparison on one real dataset: six rows on the same splits and candidates.
 
     python -m benchmarks.quality_suite --dataset health --minutes 8 [--rows ROW,ROW] [--set KEY=VALUE] [--workdir DIR]
+    python -m benchmarks.quality_suite --dataset health --users 10000 --minutes 90 --rows sasrec,llmsrec   # headline
 
 Each row is one `benchmarks.quality` run (the real pipeline stages, in a scratch workspace) and writes
-`benchmarks/results/suite/<dataset>/<row>.json`; `python -m benchmarks.report` renders the table.
+`benchmarks/results/suite/<dataset>/<row>.json` (`<dataset>_<users>` when `--users` differs from the
+dataset's default size), with the per-user ranks beside it; `python -m benchmarks.report` renders the table.
 
 - `sasrec`: popularity and SASRec with the full window (`sasrec.max_len` from params.yaml);
 - `sasrec_len10`: SASRec reading only the prompt's 10 most recent items;
@@ -58,6 +60,7 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--dataset", choices=sorted(DATASETS), required=True)
     ap.add_argument("--rows", default=",".join(ROWS), help=f"comma-separated, from {list(ROWS)}")
     ap.add_argument("--minutes", type=float, default=8.0, help="distill.max_minutes of every LLM-SRec row")
+    ap.add_argument("--users", type=int, help="users sampled after the 5-core (default: the dataset's size in DATASETS)")
     ap.add_argument("--paper-layers", default="4", help="llm.num_layers of llmsrec_paper (null = all 30)")
     ap.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                     help="a params.yaml override for every row, e.g. sasrec.max_minutes=8 (repeatable)")
@@ -67,6 +70,8 @@ def main(argv: list[str] | None = None) -> None:
     args = ap.parse_args(argv)
 
     folder, users, columns = DATASETS[args.dataset]
+    name = args.dataset if args.users in (None, users) else f"{args.dataset}_{args.users}"
+    users = args.users or users
     path = args.data_root / folder
     if not (path / "interactions.tsv").is_file():
         raise SystemExit(f"{path}/interactions.tsv not found: pass --data-root, the folder that holds {folder}/")
@@ -82,7 +87,7 @@ def main(argv: list[str] | None = None) -> None:
         quality.main(["--models", models, "--source", "files", "--path", str(path), "--max-users", str(users),
                       *(a for c in columns for a in ("--column", c)),
                       *(a for s in sets for a in ("--set", s)), "--workdir", str(root / space), "--resume",
-                      "--out", str(args.results / args.dataset / f"{row}.json")])
+                      "--out", str(args.results / name / f"{row}.json")])
 
 
 if __name__ == "__main__":
