@@ -465,12 +465,13 @@ def suite_lines(suite_dir: Path, plot: Path | None = None,
                       "95% paired-bootstrap interval, components/evaluation/paired.py):", "", *paired_lines]
         lines += ["", *suite_targets(folder.name, rows), ""]
         llm = files.get("llmsrec", {}).get("params", {})
+        paper_layers = files.get("llmsrec_paper", {}).get("params", {}).get("llm", {}).get("num_layers")
         if llm:
             lines += [f"Budget: `distill.max_minutes` {llm['distill'].get('max_minutes')} for every LLM-SRec row "
                       f"(validation included); backbone `{llm.get('llm', {}).get('backbone')}`, first "
-                      f"{llm.get('llm', {}).get('num_layers') or 'all'} layers (the paper's row: "
-                      f"{files.get('llmsrec_paper', {}).get('params', {}).get('llm', {}).get('num_layers') or 'all'}), "
-                      f"{files['llmsrec']['training']['llmsrec'].get('dtype')}. Rows and commands: "
+                      f"{llm.get('llm', {}).get('num_layers') or 'all'} layers"
+                      + (f" (the paper's row: {paper_layers or 'all'})" if "llmsrec_paper" in files else "")
+                      + f", {files['llmsrec']['training']['llmsrec'].get('dtype')}. Rows and commands: "
                       + "; ".join(f"`{stem}`: `{files[stem]['command']}`" for stem, _, _ in SUITE_ROWS[1:]
                                   if stem in files and files[stem].get("command")) + ".", ""]
     if not lines:
