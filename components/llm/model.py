@@ -6,7 +6,10 @@ Shapes: d = SASRec hidden (64), H = LLM hidden, d' = 128.
 - f_item   : H -> 2048 -> d' on the last hidden state at [ItemOut]
 - f_CF-user: d -> 128 -> d' (Linear, LayerNorm, GELU, Linear) on SASRec's user representation O_u
 - two learnable H-vectors: the input embeddings of [UserOut] and [ItemOut]
-Only these are trained (and saved). The LLM and SASRec are frozen and never saved here.
+- f_T      : H -> H -> H  beyond the paper (`text_layer`): each title's frozen LLM state (components/llm/
+             text_states.py) into the LLM input space, added to f_I's vector in every [HistoryEmb] slot
+Only these are trained (and saved, with the frozen title states when used). The LLM and SASRec are frozen
+and never saved here.
 
 Loss = L_retrieval (softmax over positive + negatives of s = f_item(h_i) . f_user(h_u))
      + L_distill (MSE between normalized f_CF-user(O_u) and f_user(h_u))
