@@ -157,5 +157,5 @@ def test_research_variants_are_tabled_with_their_overrides_and_paired_intervals(
     doc = render(tmp_path)
     row = next(x for x in doc.splitlines() if x.startswith("| slots |"))
     assert "`prompt=slots`" in row and "max_minutes" not in row and "| 400 (180) | 0.7 | early_stopping |" in row
-    ratio = float(row.split("|")[5].split()[0])
+    ratio = float(row.split("|")[6].split()[0])
     assert ratio > 1.0 and "Measured on one machine." in doc
