@@ -192,6 +192,7 @@ def run(args: argparse.Namespace, log=print) -> dict[str, Any]:
         "command": " ".join(["python -m benchmarks.quality", *(shlex.quote(a) for a in args.argv)]),
         "machine": {"platform": platform.platform(), "cpus": os.cpu_count(), "python": platform.python_version()},
         "finished_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        "workspace": str(workspace),
     }
     return result
 
@@ -207,11 +208,13 @@ def paired_vs(per_user: Path, reference: str, others: list[str]) -> dict[str, di
     ref = table[table["model"] == reference].set_index("user_idx")
     out: dict[str, dict[str, Any]] = {}
     for name in others:
-        mine = table[table["model"] == name].set_index("user_idx").reindex(ref.index)
-        out[name] = {"ndcg@10": paired_comparison(mine["ndcg@10"].to_numpy(), ref["ndcg@10"].to_numpy())}
+        mine = table[table["model"] == name].set_index("user_idx")
+        users = ref.index.intersection(mine.index)  # the users both were scored on: never a NaN-filled gap
+        mine, ref_ = mine.loc[users], ref.loc[users]
+        out[name] = {"ndcg@10": paired_comparison(mine["ndcg@10"].to_numpy(), ref_["ndcg@10"].to_numpy())}
         if "full_ndcg@10" in table.columns:
             out[name]["full_catalogue_ndcg@10"] = paired_comparison(mine["full_ndcg@10"].to_numpy(),
-                                                                    ref["full_ndcg@10"].to_numpy())
+                                                                    ref_["full_ndcg@10"].to_numpy())
     return out
 
 
@@ -253,7 +256,7 @@ def main(argv: list[str] | None = None) -> None:
     args.out.write_text(json.dumps(result, indent=2) + "\n")
     # Per-user ranks beside the results, for paired comparisons between runs on the same splits (the
     # workspace's copy is replaced by the next run there).
-    save_ranks(Path(args.workdir or ".") / "reports" / "per_user.parquet", ranks_path(args.out))
+    save_ranks(Path(result["workspace"]) / "reports" / "per_user.parquet", ranks_path(args.out))
     print(f"\n{'model':<22}{'NDCG@10':>9}{'HR@10':>8}{'NDCG@20':>9}{'HR@20':>8}{'users':>8}")
     for key, m in result.items():
         if isinstance(m, dict) and "ndcg@10" in m:

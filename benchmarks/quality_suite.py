@@ -41,7 +41,7 @@ SHARED = REPO.parent / "shared" / "data"
 DATASETS = {"ml1m": ("ml-1m-seqrec", 2000, ["item_id=movie_id"]), "health": ("amazon2014-health", 3000, []),
             "videogames": ("amazon2018-videogames", 3000, [])}
 PAPER = ["distill.prompt=paper", "distill.readout=token", "distill.targets=last", "distill.negatives=sampled",
-         "distill.num_negatives=3", "distill.lr_decay=0.95"]
+         "distill.num_negatives=3", "distill.lr_decay=0.95", "distill.text_layer=null"]
 #: row -> (models, workspace, overrides); `{layers}` is --paper-layers
 ROWS: dict[str, tuple[str, str, list[str]]] = {
     "sasrec": ("popularity,sasrec", "shared", []),

@@ -559,7 +559,7 @@ def research_lines(research_dir: Path) -> list[str]:
         lines += [f"### {folder.name}", "", *(note.read_text().strip().splitlines() if note.is_file() else []), "",
                   f"{data.get('users', 0):,} users, {data.get('items', 0):,} items, {data.get('evaluated_users', 0):,} "
                   f"test users; popularity NDCG@10 {sas['popularity']['ndcg@10']:.4f}, SASRec {sas['sasrec']['ndcg@10']:.4f} "
-                  f"(full catalogue {sas['sasrec']['full_catalogue']['ndcg@10']:.4f}).", "",
+                  f"(full catalogue {sas['sasrec'].get('full_catalogue', {}).get('ndcg@10', float('nan')):.4f}).", "",
                   "| variant | distill overrides | best valid NDCG@10 | NDCG@10 | HR@10 | / SASRec [95%] | "
                   "full-catalogue NDCG@10 | / SASRec, full [95%] | shuffle drop | steps (best) | s/step | stopped by |",
                   "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|"]
@@ -574,9 +574,9 @@ def research_lines(research_dir: Path) -> list[str]:
             drop = (res.get("llmsrec_shuffled", {}).get("shuffle_drop") or {}).get("ndcg@10")
             vs = paired_rows(folder, (stem, "llmsrec"), ("sasrec", "sasrec"))
             vs_full = paired_rows(folder, (stem, "llmsrec"), ("sasrec", "sasrec"), "full_rank")
+            full = f"{m['full_catalogue']['ndcg@10']:.4f}" if "full_catalogue" in m else "–"
             lines.append(f"| {stem} | {shown} | {t.get('best_valid_ndcg@10', '')} | {m['ndcg@10']:.4f} | "
-                         f"{m['hr@10']:.4f} | {interval(vs)} | "
-                         f"{m['full_catalogue']['ndcg@10']:.4f} | {interval(vs_full)} | "
+                         f"{m['hr@10']:.4f} | {interval(vs)} | {full} | {interval(vs_full)} | "
                          f"{'' if drop is None else format(drop, '.1%')} | {t.get('steps')} ({t.get('best_step')}) | "
                          f"{t.get('seconds_per_step', '')} | {t.get('stopped_by', '')} |")
         budget = {r.get("params", {}).get("distill", {}).get("max_minutes") for r in files.values() if "llmsrec" in r}

@@ -228,7 +228,8 @@ class LossWeights(Section):
 class DistillParams(Section):
     """`distill`: LLM-SRec's adapters, trained on a frozen SASRec and a frozen LLM (stages/distill.py).
 
-    Only the MLPs f_I, f_user, f_item, f_CF-user and the [UserOut]/[ItemOut] vectors train. The defaults
+    Only the MLPs f_I, f_user, f_item, f_CF-user (and f_T with `text_layer`) and the [UserOut]/[ItemOut]
+    vectors train. The defaults
     are the configuration docs/benchmarks.md shows to learn best on a 2-core CPU; params.yaml names the
     paper's setting beside each one that differs."""
 

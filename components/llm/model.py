@@ -197,7 +197,7 @@ class LLMSRec(Recommender):
         if text_states is not None and tuple(text_states.shape) != (len(item_ids) + 1, backbone.hidden_size):
             raise DataError("text_states", f"shape {list(text_states.shape)}, expected "
                                            f"{[len(item_ids) + 1, backbone.hidden_size]}", "recompute them for this data")
-        # [N+1, H] frozen title states (a buffer: saved with the checkpoint, never trained)
+        # [N+1, H] frozen title states: never trained, outside state_dict; save() writes them to TEXT_STATES
         self.register_buffer("text_states", None if text_states is None else text_states.float(), persistent=False)
         # [N+1] training-target counts, for the logQ correction; set by the trainer, never saved
         self.register_buffer("target_counts", None, persistent=False)
@@ -429,8 +429,8 @@ class LLMSRec(Recommender):
 
     def _log_q(self, uniq: Tensor, B: int, K: int, mode: str) -> Tensor:
         """log of the expected number of times each item of `uniq` [U] is drawn into one example's
-        candidates: B positives drawn by training-target frequency (when other examples' positives are
-        candidates) plus K or B*K uniform draws. [U]"""
+        candidates: B positives drawn by training-target frequency when other examples' positives are
+        candidates (otherwise 1, the example's own positive), plus K or B*K uniform draws. [U]"""
         if self.target_counts is None:
             raise RuntimeError("logq_correction needs the training-target counts: call set_target_counts first")
         counts = self.target_counts.to(uniq.device).float()

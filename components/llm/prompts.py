@@ -45,7 +45,7 @@ from components.config import PromptLayout
 
 HISTORY, USER_OUT, ITEM_OUT = "[HistoryEmb]", "[UserOut]", "[ItemOut]"
 SPECIAL_TOKENS = (HISTORY, USER_OUT, ITEM_OUT)
-LAYOUTS = get_args(PromptLayout)  # paper, compact, text_first, text_first_compact
+LAYOUTS = get_args(PromptLayout)  # paper, compact, text_first, text_first_compact, slots
 
 PAPER_OPENING = "This user has made a series of purchases in the following order:"
 PAPER_CLOSING = ". Based on this sequence of purchases, generate user representation token:"

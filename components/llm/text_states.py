@@ -57,6 +57,7 @@ def title_states(backbone: Backbone, titles: list[str], layer: int, max_title_ch
             x[b, : len(ids[i])] = torch.tensor(ids[i])
             mask[b, : len(ids[i])] = 1
         h = cut.model(input_ids=x.to(backbone.device), attention_mask=mask.to(backbone.device)).last_hidden_state
+        h = h.float()  # sum in fp32: a bf16 sum over 30 tokens loses digits
         m = mask.to(h.device, h.dtype)[..., None]  # [B, T, 1]
         pooled = (h * m).sum(1) / m.sum(1).clamp(min=1)  # [B, H]
         out[torch.tensor(chunk) + 1] = pooled.float().cpu()

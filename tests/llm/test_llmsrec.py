@@ -211,7 +211,10 @@ def test_cached_keys_values_give_the_same_losses_and_gradients_as_one_pass(data,
         if reuse == "none":  # the reference really is one pass: it neither filled nor read a cache
             assert len(m.kv_cache) == len(m.user_kv_cache) == m.kv_cache.hits == m.user_kv_cache.hits == 0
     # The last pass read both caches (`slots` has no user text before its first slot: nothing to cache).
-    assert m.user_kv_cache.hits >= (0 if layout == "slots" else len(batch.histories)) and m.kv_cache.hits > 0
+    if layout == "slots":
+        assert m.user_kv_cache.hits == 0 and len(m.user_kv_cache) == 0 and m.kv_cache.hits > 0
+    else:
+        assert m.user_kv_cache.hits >= len(batch.histories) and m.kv_cache.hits > 0
     m.cache_users, hits = False, m.user_kv_cache.hits
     m.user_vectors(batch.histories)
     assert m.user_kv_cache.hits == hits  # training's user prompts never touch it
