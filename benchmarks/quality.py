@@ -202,19 +202,16 @@ def paired_vs(per_user: Path, reference: str, others: list[str]) -> dict[str, di
     bootstrap of NDCG@10 on 1+99 and, where evaluated, on the full catalogue (components/evaluation/paired.py)."""
     import pandas as pd
 
-    from components.evaluation.paired import paired_comparison
+    from components.evaluation.paired import paired_by_user
 
     table = pd.read_parquet(per_user)
     ref = table[table["model"] == reference].set_index("user_idx")
     out: dict[str, dict[str, Any]] = {}
     for name in others:
         mine = table[table["model"] == name].set_index("user_idx")
-        users = ref.index.intersection(mine.index)  # the users both were scored on: never a NaN-filled gap
-        mine, ref_ = mine.loc[users], ref.loc[users]
-        out[name] = {"ndcg@10": paired_comparison(mine["ndcg@10"].to_numpy(), ref_["ndcg@10"].to_numpy())}
+        out[name] = {"ndcg@10": paired_by_user(mine["ndcg@10"], ref["ndcg@10"])}
         if "full_ndcg@10" in table.columns:
-            out[name]["full_catalogue_ndcg@10"] = paired_comparison(mine["full_ndcg@10"].to_numpy(),
-                                                                    ref_["full_ndcg@10"].to_numpy())
+            out[name]["full_catalogue_ndcg@10"] = paired_by_user(mine["full_ndcg@10"], ref["full_ndcg@10"])
     return out
 
 

@@ -369,8 +369,9 @@ CHOSEN = "LLM-SRec, chosen settings"
 
 def ranks_ndcg(folder: Path, stem: str, model: str, column: str = "rank"):
     """Per-user NDCG@10 of `model` in row `stem`'s kept ranks, indexed by user, or None when not kept."""
-    import numpy as np
     import pandas as pd
+
+    from components.evaluation.metrics import ndcg_at
 
     path = folder / f"{stem}.ranks.parquet"
     if not path.is_file():
@@ -380,18 +381,15 @@ def ranks_ndcg(folder: Path, stem: str, model: str, column: str = "rank"):
     if table.empty or column not in table.columns:
         return None
     ranks = table.set_index("user_idx")[column]
-    return pd.Series(np.where(ranks < 10, 1 / np.log2(ranks + 2.0), 0.0), index=ranks.index)
+    return pd.Series(ndcg_at(ranks.to_numpy(), 10), index=ranks.index)
 
 
 def paired_rows(folder: Path, a: tuple[str, str], b: tuple[str, str], column: str = "rank") -> dict[str, Any] | None:
     """Paired bootstrap of NDCG@10: (row stem, model) `a` against `b` over the users both were scored on."""
-    from components.evaluation.paired import paired_comparison
+    from components.evaluation.paired import paired_by_user
 
     x, y = ranks_ndcg(folder, *a, column), ranks_ndcg(folder, *b, column)
-    if x is None or y is None:
-        return None
-    users = x.index.intersection(y.index)
-    return paired_comparison(x.loc[users].to_numpy(), y.loc[users].to_numpy()) if len(users) >= 2 else None
+    return None if x is None or y is None else paired_by_user(x, y)
 
 
 def interval(c: dict[str, Any] | None) -> str:

@@ -73,6 +73,15 @@ def paired_comparison(a: np.ndarray, b: np.ndarray, *, confidence: float = 0.95,
             "confidence": confidence, "method": f"paired bootstrap over users ({method}, {n_resamples} resamples)"}
 
 
+def paired_by_user(a, b, **kwargs) -> dict[str, Any] | None:
+    """`paired_comparison` of two per-user Series (indexed by user) over the users both hold, in one order;
+    None when fewer than 2 users are common to both. What the gate and the benchmark reports compare."""
+    users = a.index.intersection(b.index)
+    if len(users) < 2:
+        return None
+    return paired_comparison(a.loc[users].to_numpy(), b.loc[users].to_numpy(), **kwargs)
+
+
 def clears(comparison: dict[str, Any], bar: float) -> bool:
     """True when the whole interval of mean(A)/mean(B) lies above `bar` (e.g. 1.03: A at least 3% above B)."""
     lo = comparison["ratio_ci"][0]

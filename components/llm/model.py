@@ -138,6 +138,13 @@ def _cache_from(llm: nn.Module, layers: list[tuple[Tensor, Tensor]]) -> dict[str
     return {_cache_kwarg(llm): DynamicCache(layers, config=llm.config), "use_cache": True}
 
 
+def _every_row_has_a_slot(slots_per_row: Tensor) -> None:
+    """`readout: slot` reads each row's last [HistoryEmb]: a row without one is bad input, named as such."""
+    if bool((slots_per_row == 0).any()):
+        raise DataError("history", "a user with no history item reached LLM-SRec (readout: slot needs one)",
+                        "score users with at least one known item; the service falls back to popularity")
+
+
 def _pad(rows: list[list[int]], pad_id: int) -> tuple[Tensor, Tensor]:
     """[B, T] ids and attention mask, right-padded."""
     T = max((len(r) for r in rows), default=0)
@@ -325,9 +332,7 @@ class LLMSRec(Recommender):
             mask = torch.cat([prefix_mask, mask], 1)  # [B, P+F+T]
         h = llm(inputs_embeds=x, attention_mask=mask.to(dev), position_ids=positions.to(dev), **kwargs).last_hidden_state
         if self.config.readout == "slot":  # beyond the paper: the state at the row's last [HistoryEmb]
-            if not bool(hist_slots.any(1).all()):
-                raise DataError("history", "a user with no history item reached LLM-SRec (readout: slot needs one)",
-                                "score users with at least one known item; the service falls back to popularity")
+            _every_row_has_a_slot(hist_slots.sum(1))
             T = hist_slots.shape[1]
             last = T - 1 - hist_slots.flip(1).int().argmax(1)  # [B]
             read = h[torch.arange(len(last), device=dev), last]  # [B, H]
@@ -342,9 +347,7 @@ class LLMSRec(Recommender):
         if self.config.readout == "token":
             return out_vec.to(self.device).expand(len(prompts), -1)
         counts = torch.tensor([row.count(self.prompts.history_id) for row in prompts.live])  # [B]
-        if bool((counts == 0).any()):
-            raise DataError("history", "a user with no history item reached LLM-SRec (readout: slot needs one)",
-                            "score users with at least one known item; the service falls back to popularity")
+        _every_row_has_a_slot(counts)
         return hist_vecs[(counts.cumsum(0) - 1).to(hist_vecs.device)].to(self.device)  # [B, H]
 
     def inject(self, items: Tensor) -> Tensor:

@@ -78,7 +78,7 @@ def floor_checks(metrics: dict[str, Any], opts: GateParams, path: Path = Path("r
         extra: dict[str, Any] = {}
         if per_user is not None and pop > 0:
             comp = paired(per_user, name, "popularity")
-            low, high = comp["ratio_ci"]
+            low = comp["ratio_ci"][0]
             extra = {"interval": _relative(comp["ratio_ci"]), "comparison": comp,
                      "decided_on": "point value (no finite interval)"}
             if low is not None:
@@ -105,20 +105,18 @@ def _relative(ratio_ci: list[float | None]) -> list[float | None]:
 
 def paired(per_user: pd.DataFrame, model: str, reference: str) -> dict[str, Any]:
     """`model` against `reference` on NDCG@10 over the test users both were scored on (paired bootstrap)."""
-    from components.evaluation.paired import paired_comparison
+    from components.evaluation.paired import paired_by_user
 
-    a = per_user[per_user["model"] == model].set_index("user_idx")["ndcg@10"]
-    b = per_user[per_user["model"] == reference].set_index("user_idx")["ndcg@10"]
-    users = a.index.intersection(b.index)
-    if len(users) < 2:
+    comp = paired_by_user(*(per_user[per_user["model"] == m].set_index("user_idx")["ndcg@10"] for m in (model, reference)))
+    if comp is None:
         raise DataError("reports/per_user.parquet", f"has fewer than 2 test users scored by both {model} and "
                         f"{reference}", "re-run evaluate with both in evaluate.models (`dvc repro evaluate`)")
-    return paired_comparison(a.loc[users].to_numpy(), b.loc[users].to_numpy())
+    return comp
 
 
 def champion_check(champion, data, per_user: pd.DataFrame, opts: GateParams, seed: int) -> dict[str, Any]:
     """Re-score the production model on today's test candidates; compare on the same users."""
-    from components.evaluation.metrics import candidate_ranks, ndcg_at, summarize
+    from components.evaluation.metrics import candidate_ranks, ndcg_at
     from components.evaluation.paired import paired_comparison
 
     cand = data.candidates["test"]
@@ -133,8 +131,8 @@ def champion_check(champion, data, per_user: pd.DataFrame, opts: GateParams, see
                  for s, e in zip(starts, ends, strict=True)]
     candidates = [ids[row - 1].tolist() for row in cand.items[pick]]
     scores = champion.candidate_scores(histories, candidates)  # [U, 1+K]
-    champion_ranks = candidate_ranks(scores).numpy()
-    champ = summarize(champion_ranks)["ndcg@10"]
+    per_user_champion = ndcg_at(candidate_ranks(scores).numpy(), 10)
+    champ = round(float(per_user_champion.mean()), 6) if len(per_user_champion) else 0.0  # as summarize() gives it
     mine = per_user[per_user["model"] == opts.model].set_index("user_idx")
     missing = np.setdiff1d(users[pick], mine.index.to_numpy())
     if len(missing):
@@ -146,7 +144,7 @@ def champion_check(champion, data, per_user: pd.DataFrame, opts: GateParams, see
     change, not_worse = (challenger / champ - 1, None) if champ > 0 else (None, True)
     extra: dict[str, Any] = {}
     if champ > 0 and len(pick) >= 2:
-        comp = paired_comparison(per_user_challenger, ndcg_at(champion_ranks, 10))
+        comp = paired_comparison(per_user_challenger, per_user_champion)
         high = comp["ratio_ci"][1]
         extra = {"interval": _relative(comp["ratio_ci"]), "comparison": comp,
                  "decided_on": "point value (no finite interval)"}

@@ -59,3 +59,16 @@ def test_an_interval_without_finite_ends_is_none_and_every_result_is_strict_json
     json.dumps(c, allow_nan=False)  # raises on NaN or infinity
     assert c["ratio"] == pytest.approx(1.8) and not clears(c, 1.0)
     assert c["ratio_ci"] == [None, None] and c["diff_ci"][0] < 0 < c["diff_ci"][1]
+
+
+def test_per_user_series_are_compared_on_the_users_both_hold_in_one_order():
+    import pandas as pd
+
+    from components.evaluation.paired import paired_by_user
+
+    rng = np.random.default_rng(4)
+    b = pd.Series(_ndcg_like(rng, 400), index=np.arange(400))
+    a = (b + 0.01).iloc[::-1].drop(index=[0, 1, 2])  # reversed, three users missing
+    c = paired_by_user(a, b)
+    assert c["n_users"] == 397 and c["diff"] == pytest.approx(0.01) and c["diff_ci"][0] > 0.0099
+    assert paired_by_user(a.iloc[:1], b) is None
