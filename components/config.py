@@ -276,6 +276,11 @@ class DistillParams(Section):
         "all", description="beyond the paper: each title's mean-pooled LLM state after this many layers ('all' = "
                            "the backbone's whole depth, whatever llm.num_layers), computed once per item without "
                            "gradients, enters every [HistoryEmb] slot through f_T; null = off (the paper)")
+    user_slot: bool = Field(
+        False, description="beyond the paper: SASRec's user representation O_u (its whole window) enters the "
+                           "user prompt as one more injected vector after the history slots, through f_U (the "
+                           "CoLLM / A-LLMRec way of handing an LLM a CF user embedding); with readout: slot the "
+                           "state is read there")
     llm_pass: bool = Field(
         True, description="ablation (the no-LLM control): false replaces the LLM pass by the identity, so the "
                           "state read is the injected vector itself")

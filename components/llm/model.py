@@ -8,6 +8,9 @@ Shapes: d = SASRec hidden (64), H = LLM hidden, d' = 128.
 - two learnable H-vectors: the input embeddings of [UserOut] and [ItemOut]
 - f_T      : H -> H -> H  beyond the paper (`text_layer`): each title's frozen LLM state (components/llm/
              text_states.py) into the LLM input space, added to f_I's vector in every [HistoryEmb] slot
+- f_U      : d -> H -> H  beyond the paper (`user_slot`): SASRec's user representation O_u (its whole
+             window) into one more slot after the history's, where `readout: slot` then reads; the way
+             CoLLM (Zhang et al. 2023) and A-LLMRec (Kim et al., KDD 2024) hand an LLM a CF user embedding
 Only these are trained (and saved, with the frozen title states when used). The LLM and SASRec are frozen
 and never saved here.
 
@@ -77,6 +80,8 @@ class LLMSRecConfig:
     # added to every injected vector through f_T; None = off
     text_layer: int | None = None
     llm_pass: bool = True  # ablation (no-LLM control): False = the LLM replaced by the identity
+    # beyond the paper: SASRec's user representation O_u enters through f_U as a last injected slot
+    user_slot: bool = False
 
 
 def _cache_kwarg(llm: nn.Module) -> str:
@@ -116,6 +121,8 @@ class Adapters(nn.Module):
         self.f_cf_user = mlp(d, cfg.cf_hidden, cfg.out_dim, nn.GELU())
         # beyond the paper: the frozen title states (H) into the LLM's input space, beside f_I
         self.f_T = mlp(H, H, H, nn.LeakyReLU()) if cfg.text_layer is not None else None
+        # beyond the paper: SASRec's user representation (d) into the LLM's input space, for the user slot
+        self.f_U = mlp(d, H, H, nn.LeakyReLU()) if cfg.user_slot else None
         # Initialised at the scale of real token embeddings so the LLM sees in-distribution inputs.
         self.user_token = nn.Parameter(torch.randn(H) * 0.02)
         self.item_token = nn.Parameter(torch.randn(H) * 0.02)
@@ -175,7 +182,8 @@ class LLMSRec(Recommender):
             if getattr(config, key) not in get_args(allowed):  # a checkpoint's config is not params-checked
                 raise ValueError(f"{key}={getattr(config, key)!r}: use one of {list(get_args(allowed))}")
         self.config = config
-        self.max_history = config.history_len
+        # The prompt shows `history_len` items; with the user slot SASRec reads its whole window as well.
+        self.max_history = max(config.history_len, sasrec.max_history or 0) if config.user_slot else config.history_len
         self.num_negatives = config.num_negatives
         self.sasrec = sasrec
         self.sasrec.requires_grad_(False).eval()
@@ -186,7 +194,8 @@ class LLMSRec(Recommender):
         d = int(sasrec.item_embeddings.shape[1])
         self.adapters = Adapters(d, backbone.hidden_size, config)
         special_base = max(int(backbone.embed_tokens.num_embeddings), len(backbone.tokenizer))
-        self.prompts = PromptTokenizer(backbone.tokenizer, titles, special_base, config.max_title_chars, config.prompt)
+        self.prompts = PromptTokenizer(backbone.tokenizer, titles, special_base, config.max_title_chars, config.prompt,
+                                       config.user_slot)
         self.token_norm = float(backbone.embed_tokens.weight.float().norm(dim=-1).mean())
         self.item_table: Tensor | None = None  # [N+1, d'] f_item for the catalogue, once computed
         self.infer_batch_size = 16  # prompts per LLM pass when scoring
@@ -365,10 +374,23 @@ class LLMSRec(Recommender):
         return window.items, window.timestamps  # [B, K]
 
     def user_vectors(self, histories: Histories) -> Tensor:
-        """f_user(h at [UserOut]) for histories [B, L] -> [B, d']."""
+        """f_user(h at [UserOut], or at the last slot with `readout: slot`) for histories [B, L] -> [B, d'].
+
+        The prompt shows the last `history_len` items; with `user_slot`, SASRec's O_u over the whole of
+        `histories` (its own window) fills one more slot after them."""
         items, ts = self._prompt_window(histories)
         prompts = self.prompts.users(items.cpu().numpy(), ts.cpu().numpy())
-        h = self.llm_states("user", prompts, self.inject(items[items != 0]), self.adapters.user_token)
+        present = items != 0  # [B, K]
+        vecs = self.inject(items[present])  # [M, H], row-major: each row's items, oldest first
+        if self.adapters.f_U is not None:
+            with torch.no_grad():
+                o_u = self.sasrec.user_representation(histories).to(self.device)  # [B, d]
+            B, K = items.shape
+            rows = torch.zeros(B, K + 1, vecs.shape[-1], device=vecs.device, dtype=vecs.dtype)  # [B, K+1, H]
+            rows[:, :K][present.to(vecs.device)] = vecs
+            rows[:, K] = self.adapters.f_U(o_u).to(vecs.dtype)
+            vecs = rows[torch.cat([present, present.new_ones(B, 1)], 1).to(vecs.device)]  # [M+B, H]
+        h = self.llm_states("user", prompts, vecs, self.adapters.user_token)
         return self.adapters.f_user(self.adapters.norm_user(h))  # [B, d']
 
     def item_vectors(self, idx: Tensor) -> Tensor:

@@ -53,6 +53,7 @@ COMPACT_OPENING = "Purchases in order:"
 COMPACT_CLOSING = ". User representation:"
 SLOTS_INTRO = ". Their item embeddings, in the same order:"
 SLOTS_OPENING = "Item embeddings of the purchases, in order:"
+USER_SLOT_TEXT = ". Sequence embedding:"  # before the user slot (`distill.user_slot`, beyond the paper)
 ITEM_OPENING = "The item title and item embedding are as follows:"
 ITEM_CLOSING = ", then generate item representation token:"
 
@@ -67,8 +68,19 @@ def _date(ts: int) -> str:
     return f"{datetime.fromtimestamp(int(ts), UTC):%Y-%m-%d}"
 
 
-def user_pieces(layout: str, titles: list[str], timestamps: list[int]) -> tuple[str, list[str | None]]:
-    """(opening text, pieces): each piece is text, or None for a `[HistoryEmb]` slot; `[UserOut]` ends it."""
+def user_pieces(layout: str, titles: list[str], timestamps: list[int],
+                user_slot: bool = False) -> tuple[str, list[str | None]]:
+    """(opening text, pieces): each piece is text, or None for a `[HistoryEmb]` slot; `[UserOut]` ends it.
+
+    With `user_slot` (beyond the paper) one more slot, for SASRec's user representation, follows the
+    history's slots just before the closing sentence."""
+    opening, pieces = _history_pieces(layout, titles, timestamps)
+    if user_slot:
+        pieces = [*pieces[:-1], USER_SLOT_TEXT, None, pieces[-1]]
+    return opening, pieces
+
+
+def _history_pieces(layout: str, titles: list[str], timestamps: list[int]) -> tuple[str, list[str | None]]:
     if layout in ("paper", "text_first"):
         opening, closing = PAPER_OPENING, PAPER_CLOSING
         texts = [f'{"," if k > 1 else ""} Item No.{k}, Time: {_date(t)}, "{title}"'
@@ -87,9 +99,9 @@ def user_pieces(layout: str, titles: list[str], timestamps: list[int]) -> tuple[
     return opening, pieces
 
 
-def user_prompt(layout: str, titles: list[str], timestamps: list[int]) -> str:
+def user_prompt(layout: str, titles: list[str], timestamps: list[int], user_slot: bool = False) -> str:
     """The whole user prompt as text (for reading and logging; the model never tokenizes this string)."""
-    opening, pieces = user_pieces(layout, titles, timestamps)
+    opening, pieces = user_pieces(layout, titles, timestamps, user_slot)
     return opening + "".join(HISTORY if p is None else p for p in pieces) + USER_OUT
 
 
@@ -123,15 +135,17 @@ class PromptTokenizer:
     milliseconds, next to the LLM's compute).
 
     `special_base`: the first id past the LLM's embedding table; `[HistoryEmb]`, `[UserOut]` and
-    `[ItemOut]` get `special_base + 0, 1, 2`.
+    `[ItemOut]` get `special_base + 0, 1, 2`. With `user_slot`, every user prompt ends its slots with one
+    more `[HistoryEmb]`, for SASRec's user representation.
     """
 
     def __init__(self, tokenizer, titles: list[str], special_base: int, max_title_chars: int = 120,
-                 layout: str = "paper"):
+                 layout: str = "paper", user_slot: bool = False):
         if layout not in LAYOUTS:
             raise ValueError(f"unknown prompt layout {layout!r}; use one of {LAYOUTS}")
         self.tok = tokenizer
         self.layout = layout
+        self.user_slot = user_slot
         self.history_id, self.user_out_id, self.item_out_id = (special_base + k for k in range(3))
         pad = self.tok.pad_token_id if self.tok.pad_token_id is not None else self.tok.eos_token_id
         self.pad_id = int(pad if pad is not None else 0)
@@ -152,7 +166,8 @@ class PromptTokenizer:
         rows = []
         for row_items, row_ts in zip(items, timestamps, strict=True):
             keep = row_items != 0
-            rows.append(user_pieces(self.layout, [self.titles[i] for i in row_items[keep]], row_ts[keep].tolist())[1])
+            rows.append(user_pieces(self.layout, [self.titles[i] for i in row_items[keep]], row_ts[keep].tolist(),
+                                    self.user_slot)[1])
         texts = [p for pieces in rows for p in pieces if p is not None]
         ids = iter(self._ids(texts))
         frozen, live = [], []

@@ -196,3 +196,40 @@ def test_the_stage_model_reads_titles_at_full_depth_and_prompts_on_the_first_lay
     assert m.config.text_layer == tiny_backbone.num_layers == 2 and m.backbone.num_layers == 1
     assert m.prompts.titles[1] == f"Product {data.item_ids[0]}"
     torch.testing.assert_close(m.text_states, title_states(tiny_backbone, neutral_titles(data.item_ids), 2))
+
+
+def test_the_user_slot_carries_sasrecs_whole_window_after_the_history(data, teacher, tiny_backbone, titles, tmp_path):
+    torch.manual_seed(9)
+    m = build_model(data, copy.deepcopy(teacher), tiny_backbone,
+                    paper(user_slot=True, readout="slot", prompt="slots", history_len=3), titles)
+    assert m.max_history == teacher.max_history == 20  # SASRec's window, not the prompt's 3 items
+    hist = data.histories("valid", np.arange(6), m.max_history)
+    assert int((hist.items != 0).sum(1).min()) > 3  # every row holds items beyond the prompt's window
+    prompts = m.prompts.users(hist.last(3).items.numpy(), hist.last(3).timestamps.numpy())
+    assert [row.count(m.prompts.history_id) for row in prompts.live] == [4] * 6  # 3 items + the user slot
+    with torch.no_grad():
+        u = m.user_vectors(hist)
+        older = hist.items.clone()
+        older[:, -5] = torch.where(older[:, -5] == 1, 2, 1)  # outside the prompt, inside SASRec's window
+        from components.models.base import Histories
+        moved = m.user_vectors(Histories(older, hist.timestamps, hist.users))
+    assert not torch.allclose(u, moved)  # O_u reached the state read
+    terms = m.loss_terms(Examples(data, window=20, seed=0, history_len=3).batch(np.arange(6), 3, shuffle=False))
+    sum(terms.values()).backward()
+    assert m.adapters.f_U[0].weight.grad.abs().sum() > 0
+    m.item_table = None
+    m.save(tmp_path / "ckpt")
+    loaded = LLMSRec.load(tmp_path / "ckpt", sasrec=m.sasrec, backbone=tiny_backbone)
+    assert loaded.config.user_slot and loaded.max_history == 20
+    with torch.no_grad():
+        torch.testing.assert_close(loaded.user_vectors(hist), m.user_vectors(hist))
+
+
+def test_the_no_llm_control_with_the_user_slot_reads_f_u_of_sasrecs_user(data, teacher, tiny_backbone, titles):
+    torch.manual_seed(10)
+    m = build_model(data, copy.deepcopy(teacher), tiny_backbone,
+                    paper(user_slot=True, llm_pass=False, readout="slot"), titles)
+    hist = data.histories("valid", np.arange(5), m.max_history)
+    with torch.no_grad():
+        want = m.adapters.f_user(m.adapters.f_U(m.sasrec.user_representation(hist)))
+        torch.testing.assert_close(m.user_vectors(hist), want)
