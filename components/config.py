@@ -40,6 +40,7 @@ Targets = Literal["all", "last"]
 Negatives = Literal["sampled", "in_batch", "shared", "mixed"]
 Readout = Literal["token", "slot"]
 Center = Literal["none", "batchnorm"]
+UserSlot = Literal["before", "after"]  # where distill.user_slot puts SASRec's user vector (or null)
 KVReuse = Literal["none", "opening", "frozen"]
 SYNTHETIC_TOPICS = 24  # topics in components/data/sources/synthetic.py's TOPICS
 
@@ -276,11 +277,16 @@ class DistillParams(Section):
         "all", description="beyond the paper: each title's mean-pooled LLM state after this many layers ('all' = "
                            "the backbone's whole depth, whatever llm.num_layers), computed once per item without "
                            "gradients, enters every [HistoryEmb] slot through f_T; null = off (the paper)")
-    user_slot: bool = Field(
-        False, description="beyond the paper: SASRec's user representation O_u (its whole window) enters the "
-                           "user prompt as one more injected vector after the history slots, through f_U (the "
-                           "CoLLM / A-LLMRec way of handing an LLM a CF user embedding); with readout: slot the "
-                           "state is read there")
+    cf_dropout: float = Field(
+        0.0, ge=0, lt=1, description="beyond the paper, with text_layer: while training, each injected item "
+                                     "vector loses its SASRec part f_I(E_i) with this probability, so the "
+                                     "adapters must also read the title's state (SASRec's embeddings were fit to "
+                                     "the very sequences distillation trains on; the text was not); 0 = off")
+    user_slot: UserSlot | None = Field(
+        None, description="beyond the paper: SASRec's user representation O_u (its whole window) enters the "
+                          "user prompt as one more injected vector through f_U (the CoLLM / A-LLMRec way of "
+                          "handing an LLM a CF user embedding), before the history's slots (every item's state "
+                          "can attend to it) or after them (readout: slot then reads there); null = off")
     llm_pass: bool = Field(
         True, description="ablation (the no-LLM control): false replaces the LLM pass by the identity, so the "
                           "state read is the injected vector itself")
@@ -308,6 +314,14 @@ class DistillParams(Section):
         if value > 1 and value != int(value):
             raise ValueError("above 1 it counts whole epochs")
         return value
+
+    @model_validator(mode="after")
+    def _cf_dropout_needs_text(self) -> DistillParams:
+        if self.cf_dropout > 0 and self.text_layer is None:
+            raise Invalid("cf_dropout", f"{self.cf_dropout} drops SASRec's part of each injected vector, and with "
+                                        "text_layer: null nothing else is left", "set distill.text_layer (e.g. all), "
+                                                                                  "or cf_dropout: 0")
+        return self
 
     @model_validator(mode="after")
     def _checkpointing_needs_no_cache(self) -> DistillParams:

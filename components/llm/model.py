@@ -9,8 +9,9 @@ Shapes: d = SASRec hidden (64), H = LLM hidden, d' = 128.
 - f_T      : H -> H -> H  beyond the paper (`text_layer`): each title's frozen LLM state (components/llm/
              text_states.py) into the LLM input space, added to f_I's vector in every [HistoryEmb] slot
 - f_U      : d -> H -> H  beyond the paper (`user_slot`): SASRec's user representation O_u (its whole
-             window) into one more slot after the history's, where `readout: slot` then reads; the way
-             CoLLM (Zhang et al. 2023) and A-LLMRec (Kim et al., KDD 2024) hand an LLM a CF user embedding
+             window) into one more slot before or after the history's (after: `readout: slot` reads
+             there); the way CoLLM (Zhang et al. 2023) and A-LLMRec (Kim et al., KDD 2024) hand an LLM a
+             CF user embedding
 Only these are trained (and saved, with the frozen title states when used). The LLM and SASRec are frozen
 and never saved here.
 
@@ -31,7 +32,7 @@ import torch.nn.functional as F
 from safetensors.torch import save_file
 from torch import Tensor, nn
 
-from components.config import Center, KVReuse, Negatives, Readout
+from components.config import Center, KVReuse, Negatives, Readout, UserSlot
 from components.errors import CheckpointError, DataError
 from components.io import write_json
 from components.llm.backbone import Backbone
@@ -80,8 +81,11 @@ class LLMSRecConfig:
     # added to every injected vector through f_T; None = off
     text_layer: int | None = None
     llm_pass: bool = True  # ablation (no-LLM control): False = the LLM replaced by the identity
-    # beyond the paper: SASRec's user representation O_u enters through f_U as a last injected slot
-    user_slot: bool = False
+    # beyond the paper (with text_layer): while training, each injected vector loses f_I(E_i) with this probability
+    cf_dropout: float = 0.0
+    # beyond the paper: SASRec's user representation O_u enters through f_U as one more injected slot,
+    # before or after the history's; None = off
+    user_slot: str | None = None
 
 
 def _cache_kwarg(llm: nn.Module) -> str:
@@ -122,7 +126,7 @@ class Adapters(nn.Module):
         # beyond the paper: the frozen title states (H) into the LLM's input space, beside f_I
         self.f_T = mlp(H, H, H, nn.LeakyReLU()) if cfg.text_layer is not None else None
         # beyond the paper: SASRec's user representation (d) into the LLM's input space, for the user slot
-        self.f_U = mlp(d, H, H, nn.LeakyReLU()) if cfg.user_slot else None
+        self.f_U = mlp(d, H, H, nn.LeakyReLU()) if cfg.user_slot is not None else None
         # Initialised at the scale of real token embeddings so the LLM sees in-distribution inputs.
         self.user_token = nn.Parameter(torch.randn(H) * 0.02)
         self.item_token = nn.Parameter(torch.randn(H) * 0.02)
@@ -178,12 +182,15 @@ class LLMSRec(Recommender):
         if len(titles) != len(item_ids) + 1:
             raise DataError("titles", f"{len(titles)} titles for {len(item_ids)} items (+ padding)",
                             "pass one title per item idx 0..N")
-        for key, allowed in (("kv_reuse", KVReuse), ("negatives", Negatives), ("readout", Readout), ("center", Center)):
-            if getattr(config, key) not in get_args(allowed):  # a checkpoint's config is not params-checked
+        for key, allowed in (("kv_reuse", KVReuse), ("negatives", Negatives), ("readout", Readout), ("center", Center),
+                             ("user_slot", UserSlot)):
+            if getattr(config, key) not in (*get_args(allowed), *((None,) if key == "user_slot" else ())):
+                # a checkpoint's config is not params-checked
                 raise ValueError(f"{key}={getattr(config, key)!r}: use one of {list(get_args(allowed))}")
         self.config = config
         # The prompt shows `history_len` items; with the user slot SASRec reads its whole window as well.
-        self.max_history = max(config.history_len, sasrec.max_history or 0) if config.user_slot else config.history_len
+        self.max_history = (max(config.history_len, sasrec.max_history or 0) if config.user_slot is not None
+                            else config.history_len)
         self.num_negatives = config.num_negatives
         self.sasrec = sasrec
         self.sasrec.requires_grad_(False).eval()
@@ -360,10 +367,17 @@ class LLMSRec(Recommender):
         return hist_vecs[(counts.cumsum(0) - 1).to(hist_vecs.device)].to(self.device)  # [B, H]
 
     def inject(self, items: Tensor) -> Tensor:
-        """f_I(E_i) (+ f_T(t_i) with `text_layer`) for item idx [M] -> [M, H]: what goes into the [HistoryEmb] slots."""
+        """f_I(E_i) (+ f_T(t_i) with `text_layer`) for item idx [M] -> [M, H]: what goes into the [HistoryEmb] slots.
+
+        With `cf_dropout` p (beyond the paper), while training each row keeps f_I(E_i) with probability
+        1 - p and is f_T(t_i) alone otherwise (no rescaling: at inference both parts are always there).
+        SASRec's embeddings were fit to the sequences distillation trains on, so on them they look more
+        telling than they are on new users; the title states were fit to nothing here."""
         items = items.to(self.device)
         v = self.adapters.f_I(self.sasrec.item_embeddings[items])  # [M, H]
         if self.adapters.f_T is not None:
+            if self.training and self.config.cf_dropout > 0:
+                v = v * (torch.rand(len(v), 1, device=v.device) >= self.config.cf_dropout).to(v.dtype)
             v = v + self.adapters.f_T(self.text_states[items.to(self.text_states.device)].to(v))
         if self.config.match_token_norm:
             v = v * (self.token_norm / v.norm(dim=-1, keepdim=True).clamp(min=1e-6))
@@ -377,7 +391,7 @@ class LLMSRec(Recommender):
         """f_user(h at [UserOut], or at the last slot with `readout: slot`) for histories [B, L] -> [B, d'].
 
         The prompt shows the last `history_len` items; with `user_slot`, SASRec's O_u over the whole of
-        `histories` (its own window) fills one more slot after them."""
+        `histories` (its own window) fills one more slot before or after theirs."""
         items, ts = self._prompt_window(histories)
         prompts = self.prompts.users(items.cpu().numpy(), ts.cpu().numpy())
         present = items != 0  # [B, K]
@@ -386,10 +400,13 @@ class LLMSRec(Recommender):
             with torch.no_grad():
                 o_u = self.sasrec.user_representation(histories).to(self.device)  # [B, d]
             B, K = items.shape
+            first = self.config.user_slot == "before"
+            hist_cols = slice(1, K + 1) if first else slice(0, K)
             rows = torch.zeros(B, K + 1, vecs.shape[-1], device=vecs.device, dtype=vecs.dtype)  # [B, K+1, H]
-            rows[:, :K][present.to(vecs.device)] = vecs
-            rows[:, K] = self.adapters.f_U(o_u).to(vecs.dtype)
-            vecs = rows[torch.cat([present, present.new_ones(B, 1)], 1).to(vecs.device)]  # [M+B, H]
+            rows[:, hist_cols][present.to(vecs.device)] = vecs
+            rows[:, 0 if first else K] = self.adapters.f_U(o_u).to(vecs.dtype)
+            slot = present.new_ones(B, 1)
+            vecs = rows[torch.cat([slot, present] if first else [present, slot], 1).to(vecs.device)]  # [M+B, H]
         h = self.llm_states("user", prompts, vecs, self.adapters.user_token)
         return self.adapters.f_user(self.adapters.norm_user(h))  # [B, d']
 

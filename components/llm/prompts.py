@@ -53,7 +53,7 @@ COMPACT_OPENING = "Purchases in order:"
 COMPACT_CLOSING = ". User representation:"
 SLOTS_INTRO = ". Their item embeddings, in the same order:"
 SLOTS_OPENING = "Item embeddings of the purchases, in order:"
-USER_SLOT_TEXT = ". Sequence embedding:"  # before the user slot (`distill.user_slot`, beyond the paper)
+USER_SLOT_TEXT = ". Sequence embedding:"  # the user slot's label (`distill.user_slot`, beyond the paper)
 ITEM_OPENING = "The item title and item embedding are as follows:"
 ITEM_CLOSING = ", then generate item representation token:"
 
@@ -69,14 +69,18 @@ def _date(ts: int) -> str:
 
 
 def user_pieces(layout: str, titles: list[str], timestamps: list[int],
-                user_slot: bool = False) -> tuple[str, list[str | None]]:
+                user_slot: str | None = None) -> tuple[str, list[str | None]]:
     """(opening text, pieces): each piece is text, or None for a `[HistoryEmb]` slot; `[UserOut]` ends it.
 
-    With `user_slot` (beyond the paper) one more slot, for SASRec's user representation, follows the
-    history's slots just before the closing sentence."""
+    With `user_slot` (beyond the paper) one more slot, for SASRec's user representation, comes `before`
+    the history (right after the opening) or `after` its slots (just before the closing sentence)."""
     opening, pieces = _history_pieces(layout, titles, timestamps)
-    if user_slot:
+    if user_slot == "before":
+        pieces = [USER_SLOT_TEXT.removeprefix("."), None, ".", *pieces]
+    elif user_slot == "after":
         pieces = [*pieces[:-1], USER_SLOT_TEXT, None, pieces[-1]]
+    elif user_slot is not None:
+        raise ValueError(f"user_slot={user_slot!r}: use before, after or None")
     return opening, pieces
 
 
@@ -99,7 +103,7 @@ def _history_pieces(layout: str, titles: list[str], timestamps: list[int]) -> tu
     return opening, pieces
 
 
-def user_prompt(layout: str, titles: list[str], timestamps: list[int], user_slot: bool = False) -> str:
+def user_prompt(layout: str, titles: list[str], timestamps: list[int], user_slot: str | None = None) -> str:
     """The whole user prompt as text (for reading and logging; the model never tokenizes this string)."""
     opening, pieces = user_pieces(layout, titles, timestamps, user_slot)
     return opening + "".join(HISTORY if p is None else p for p in pieces) + USER_OUT
@@ -135,12 +139,12 @@ class PromptTokenizer:
     milliseconds, next to the LLM's compute).
 
     `special_base`: the first id past the LLM's embedding table; `[HistoryEmb]`, `[UserOut]` and
-    `[ItemOut]` get `special_base + 0, 1, 2`. With `user_slot`, every user prompt ends its slots with one
-    more `[HistoryEmb]`, for SASRec's user representation.
+    `[ItemOut]` get `special_base + 0, 1, 2`. With `user_slot` (before | after), every user prompt holds one
+    more `[HistoryEmb]`, for SASRec's user representation, before or after the history's.
     """
 
     def __init__(self, tokenizer, titles: list[str], special_base: int, max_title_chars: int = 120,
-                 layout: str = "paper", user_slot: bool = False):
+                 layout: str = "paper", user_slot: str | None = None):
         if layout not in LAYOUTS:
             raise ValueError(f"unknown prompt layout {layout!r}; use one of {LAYOUTS}")
         self.tok = tokenizer

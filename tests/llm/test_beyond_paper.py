@@ -198,10 +198,11 @@ def test_the_stage_model_reads_titles_at_full_depth_and_prompts_on_the_first_lay
     torch.testing.assert_close(m.text_states, title_states(tiny_backbone, neutral_titles(data.item_ids), 2))
 
 
-def test_the_user_slot_carries_sasrecs_whole_window_after_the_history(data, teacher, tiny_backbone, titles, tmp_path):
+@pytest.mark.parametrize("where", ["before", "after"])
+def test_the_user_slot_carries_sasrecs_whole_window(where, data, teacher, tiny_backbone, titles, tmp_path):
     torch.manual_seed(9)
     m = build_model(data, copy.deepcopy(teacher), tiny_backbone,
-                    paper(user_slot=True, readout="slot", prompt="slots", history_len=3), titles)
+                    paper(user_slot=where, readout="slot", prompt="slots", history_len=3), titles)
     assert m.max_history == teacher.max_history == 20  # SASRec's window, not the prompt's 3 items
     hist = data.histories("valid", np.arange(6), m.max_history)
     assert int((hist.items != 0).sum(1).min()) > 3  # every row holds items beyond the prompt's window
@@ -220,16 +221,48 @@ def test_the_user_slot_carries_sasrecs_whole_window_after_the_history(data, teac
     m.item_table = None
     m.save(tmp_path / "ckpt")
     loaded = LLMSRec.load(tmp_path / "ckpt", sasrec=m.sasrec, backbone=tiny_backbone)
-    assert loaded.config.user_slot and loaded.max_history == 20
+    assert loaded.config.user_slot == where and loaded.max_history == 20
     with torch.no_grad():
         torch.testing.assert_close(loaded.user_vectors(hist), m.user_vectors(hist))
 
 
-def test_the_no_llm_control_with_the_user_slot_reads_f_u_of_sasrecs_user(data, teacher, tiny_backbone, titles):
+def test_the_no_llm_control_reads_the_last_slot_wherever_the_user_slot_is(data, teacher, tiny_backbone, titles):
     torch.manual_seed(10)
-    m = build_model(data, copy.deepcopy(teacher), tiny_backbone,
-                    paper(user_slot=True, llm_pass=False, readout="slot"), titles)
-    hist = data.histories("valid", np.arange(5), m.max_history)
+    after, before = (build_model(data, copy.deepcopy(teacher), tiny_backbone,
+                                 paper(user_slot=where, llm_pass=False, readout="slot"), titles)
+                     for where in ("after", "before"))
+    hist = data.histories("valid", np.arange(5), after.max_history)
     with torch.no_grad():
-        want = m.adapters.f_user(m.adapters.f_U(m.sasrec.user_representation(hist)))
-        torch.testing.assert_close(m.user_vectors(hist), want)
+        torch.testing.assert_close(after.user_vectors(hist),
+                                   after.adapters.f_user(after.adapters.f_U(after.sasrec.user_representation(hist))))
+        torch.testing.assert_close(before.user_vectors(hist), before.adapters.f_user(before.inject(hist.items[:, -1])))
+
+
+def test_the_user_slot_sits_where_it_is_asked(tiny_backbone):
+    from components.llm.prompts import user_prompt
+
+    assert user_prompt("slots", ["a", "b"], [0, 0], "before") == \
+        "Item embeddings of the purchases, in order: Sequence embedding:[HistoryEmb].[HistoryEmb][HistoryEmb]. User representation:[UserOut]"
+    assert user_prompt("slots", ["a", "b"], [0, 0], "after") == \
+        "Item embeddings of the purchases, in order:[HistoryEmb][HistoryEmb]. Sequence embedding:[HistoryEmb]. User representation:[UserOut]"
+
+
+def test_cf_dropout_leaves_some_slots_the_title_alone_while_training_and_none_at_inference(data, teacher,
+                                                                                         tiny_backbone, titles):
+    torch.manual_seed(11)
+    text = torch.randn(len(titles), tiny_backbone.hidden_size)
+    m = build_model(data, copy.deepcopy(teacher), tiny_backbone, paper(text_layer=2, cf_dropout=0.5), titles,
+                    text_states=text)
+    items = torch.arange(1, 41)
+    with torch.no_grad():
+        cf = m.adapters.f_I(m.sasrec.item_embeddings[items])  # [40, H]
+        title = m.adapters.f_T(m.text_states[items])  # [40, H]
+        m.eval()
+        torch.testing.assert_close(m.inject(items), cf + title)
+        m.train()
+        got = m.inject(items)
+    alone = torch.isclose(got, title, atol=1e-6).all(1)  # [40]
+    both = torch.isclose(got, cf + title, atol=1e-6).all(1)
+    assert bool((alone | both).all()) and 5 < int(alone.sum()) < 35  # p = 0.5 of 40 rows
+    with pytest.raises(Exception, match="cf_dropout"):
+        paper(cf_dropout=0.3)  # text_layer: null leaves nothing once f_I(E_i) is dropped
