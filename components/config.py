@@ -344,6 +344,9 @@ class EvaluateParams(Section):
                                            "NAME_shuffled; each must be in models")
     full_catalogue: bool = Field(
         True, description="also rank the positive against every item the user never interacted with")
+    valid_split: bool = Field(
+        True, description="also score every validation user on the valid split's 1+99 candidates "
+                          "(NAME.valid): what settings are compared on, never the test split")
     shuffle_seed: int | None = Field(None, ge=0, description="null = the top-level seed")
     batch_size: int = Field(512, ge=1, description="users per batch")
     threads: int | None = Field(None, ge=1, description="torch CPU threads; null = torch's default")

@@ -70,7 +70,11 @@ def load_models(params: Params, data: Prepared, checkpoints: dict[str, Path]) ->
 
 def evaluate(data: Prepared, models: dict[str, Recommender], shuffle: list[str], *, seed: int,
              full_catalogue: bool = _DEFAULTS.full_catalogue, batch_size: int = _DEFAULTS.batch_size,
-             log=print) -> tuple[dict[str, Any], pd.DataFrame]:
+             valid_split: bool = _DEFAULTS.valid_split, log=print) -> tuple[dict[str, Any], pd.DataFrame]:
+    """Per model: the test split's metrics (and `NAME_shuffled`), with `valid_split` the valid split's 1+99
+    metrics under `metrics[NAME]["valid"]` (every validation user: what variants are compared on; the
+    training loop's early stopping sees only `distill.valid_users` of them). Returns (metrics, per-user
+    test ranks)."""
     metrics: dict[str, Any] = {}
     per_user = []
     for name, model in models.items():
@@ -92,6 +96,12 @@ def evaluate(data: Prepared, models: dict[str, Recommender], shuffle: list[str],
             drop = f" (shuffle drop {m['shuffle_drop']['ndcg@10'] or 0:.1%})" if "shuffle_drop" in m else ""
             log(f"evaluate {key}: NDCG@10 {m['ndcg@10']:.4f}, HR@10 {m['hr@10']:.4f} over {m['n_users']:,} users"
                 f"{drop} in {time.time() - t0:.1f}s")
+        if valid_split and len(data.candidates["valid"].user_idx):
+            t0 = time.time()
+            v = summarize(rank_split(model, data, "valid", batch_size=batch_size)["rank"].to_numpy())
+            metrics[name]["valid"] = v
+            log(f"evaluate {name} (valid split): NDCG@10 {v['ndcg@10']:.4f} over {v['n_users']:,} users "
+                f"in {time.time() - t0:.1f}s")
     table = pd.concat(per_user, ignore_index=True)
     first = ["model", "user_idx"]
     return metrics, table[first + [c for c in table.columns if c not in first]]
@@ -117,7 +127,7 @@ def main(argv: list[str] | None = None) -> None:
     data = Prepared.load(args.prepared)
     models = load_models(params, data, parse_checkpoints(args.checkpoint))
     metrics, table = evaluate(data, models, cfg.shuffle, seed=seed, full_catalogue=cfg.full_catalogue,
-                              batch_size=cfg.batch_size)
+                              batch_size=cfg.batch_size, valid_split=cfg.valid_split)
     write_parquet(table, args.per_user)
     write_json(args.metrics, metrics)
     print(f"evaluate: {len(models)} models on {len(data.candidates['test'].user_idx):,} test users "

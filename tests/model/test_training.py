@@ -64,6 +64,11 @@ def test_best_checkpoint_is_kept(trained, prepared):
     best = max(curve, key=lambda r: r["valid_ndcg@10"])
     assert summary["best_epoch"] == best["epoch"]
     assert validation_ndcg(model, prepared, 512) == pytest.approx(best["valid_ndcg@10"], abs=1e-6)
+    # evaluate's valid split (what variants are compared on) scores the same users on the same candidates
+    metrics, _ = evaluate(prepared, {"sasrec": model}, [], seed=5, full_catalogue=False, log=quiet)
+    assert metrics["sasrec"]["valid"]["ndcg@10"] == pytest.approx(best["valid_ndcg@10"], abs=1e-6)
+    assert metrics["sasrec"]["valid"]["n_users"] == len(prepared.candidates["valid"].user_idx)
+    assert "valid" not in evaluate(prepared, {"sasrec": model}, [], seed=5, valid_split=False, log=quiet)[0]["sasrec"]
 
 
 def _state_epoch(state_root) -> int:
