@@ -29,7 +29,7 @@ import numpy as np
 import torch
 
 TODAY = {"prompt": "paper", "kv_reuse": "opening", "negatives": "sampled", "num_negatives": 3, "num_layers": None,
-         "readout": "token", "text_layer": None}
+         "readout": "token", "text_layer": None, "cf_dropout": 0.0}
 CHANGES = {
     "+ kv_reuse: frozen (exact)": {"kv_reuse": "frozen"},
     "+ negatives: in_batch, K=1": {"negatives": "in_batch", "num_negatives": 1},

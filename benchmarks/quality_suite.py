@@ -16,7 +16,9 @@ dataset's default size), with the per-user ranks beside it; `python -m benchmark
 - `llmsrec_neutral_titles`: the chosen settings with every title replaced by `Product <item_id>` (does the
   text matter?);
 - `llmsrec_no_llm`: the chosen settings with the LLM pass replaced by the identity: the same adapters,
-  losses, data and budget, the state read being the injected vector itself (does the LLM matter?).
+  losses, data and budget, the state read being the injected vector itself (does the LLM matter?);
+- `llmsrec_no_cf_dropout`: the chosen settings without CF dropout (`distill.cf_dropout` 0: every slot always
+  holds SASRec's item embedding beside the title's state).
 
 Every row's JSON holds a paired comparison of each model with SASRec over the same test users
 (`paired_vs_sasrec`: a paired bootstrap of NDCG@10, components/evaluation/paired.py); `benchmarks.report`
@@ -41,7 +43,8 @@ SHARED = REPO.parent / "shared" / "data"
 DATASETS = {"ml1m": ("ml-1m-seqrec", 2000, ["item_id=movie_id"]), "health": ("amazon2014-health", 3000, []),
             "videogames": ("amazon2018-videogames", 3000, [])}
 PAPER = ["distill.prompt=paper", "distill.readout=token", "distill.targets=last", "distill.negatives=sampled",
-         "distill.num_negatives=3", "distill.lr_decay=0.95", "distill.text_layer=null"]
+         "distill.num_negatives=3", "distill.lr_decay=0.95", "distill.text_layer=null",
+         "distill.cf_dropout=0"]
 #: row -> (models, workspace, overrides); `{layers}` is --paper-layers
 ROWS: dict[str, tuple[str, str, list[str]]] = {
     "sasrec": ("popularity,sasrec", "shared", []),
@@ -52,6 +55,7 @@ ROWS: dict[str, tuple[str, str, list[str]]] = {
                                    ["distill.use_distill_loss=false", "distill.use_uniform_loss=false"]),
     "llmsrec_neutral_titles": ("popularity,sasrec,llmsrec", "shared", ["distill.neutral_titles=true"]),
     "llmsrec_no_llm": ("popularity,sasrec,llmsrec", "shared", ["distill.llm_pass=false"]),
+    "llmsrec_no_cf_dropout": ("popularity,sasrec,llmsrec", "shared", ["distill.cf_dropout=0"]),
 }
 
 

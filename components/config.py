@@ -278,10 +278,11 @@ class DistillParams(Section):
                            "the backbone's whole depth, whatever llm.num_layers), computed once per item without "
                            "gradients, enters every [HistoryEmb] slot through f_T; null = off (the paper)")
     cf_dropout: float = Field(
-        0.0, ge=0, lt=1, description="beyond the paper, with text_layer: while training, each injected item "
+        0.5, ge=0, lt=1, description="beyond the paper, with text_layer: while training, each injected item "
                                      "vector loses its SASRec part f_I(E_i) with this probability, so the "
                                      "adapters must also read the title's state (SASRec's embeddings were fit to "
-                                     "the very sequences distillation trains on; the text was not); 0 = off")
+                                     "the very sequences distillation trains on; the text was not); 0 = off (the "
+                                     "paper)")
     user_slot: UserSlot | None = Field(
         None, description="beyond the paper: SASRec's user representation O_u (its whole window) enters the "
                           "user prompt as one more injected vector through f_U (the CoLLM / A-LLMRec way of "

@@ -15,7 +15,7 @@ from components.stages.prepare import prepare
 #: defaults go beyond them: the LLM-SRec mechanics these tests check ([UserOut]/[ItemOut] readout,
 #: sampled negatives, one example per user). A test of a beyond-the-paper switch sets it on top.
 PAPER = {"targets": "last", "negatives": "sampled", "num_negatives": 3, "prompt": "paper", "readout": "token",
-         "text_layer": None,
+         "text_layer": None, "cf_dropout": 0.0,
          "eval_every": 0.1, "valid_users": 200, "patience": 3, "max_minutes": None}
 
 

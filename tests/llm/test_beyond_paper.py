@@ -264,5 +264,5 @@ def test_cf_dropout_leaves_some_slots_the_title_alone_while_training_and_none_at
     alone = torch.isclose(got, title, atol=1e-6).all(1)  # [40]
     both = torch.isclose(got, cf + title, atol=1e-6).all(1)
     assert bool((alone | both).all()) and 5 < int(alone.sum()) < 35  # p = 0.5 of 40 rows
-    with pytest.raises(Exception, match="cf_dropout"):
+    with pytest.raises(Exception, match="drops SASRec.s part of each injected vector"):
         paper(cf_dropout=0.3)  # text_layer: null leaves nothing once f_I(E_i) is dropped
