@@ -411,6 +411,7 @@ def suite_row(res: dict[str, Any], model: str) -> dict[str, Any]:
         steps = t["epochs"] * per_epoch
     train_s = t.get("train_seconds")
     return {"ndcg": m["ndcg@10"], "hr": m["hr@10"], "full": m.get("full_catalogue", {}), "drop": drop,
+            "valid": m.get("valid", {}).get("ndcg@10"),  # evaluate.valid_split: every valid user
             "minutes": None if train_s is None else train_s / 60, "steps": steps,
             "s_per_step": None if not (train_s and steps) else train_s / steps, "training": t}
 
@@ -441,8 +442,9 @@ def suite_lines(suite_dir: Path, plot: Path | None = None,
                   f"{data.get('users', 0):,} users, {data.get('items', 0):,} items, {data.get('interactions', 0):,} "
                   f"interactions, sequences of {data.get('sequence_length', {}).get('mean', '?')} items on average; "
                   f"{data.get('evaluated_users', 0):,} test users.", "",
-                  "| row | NDCG@10 | HR@10 | full-catalogue NDCG@10 | full-catalogue HR@10 | shuffle drop NDCG@10 | "
-                  "training min | steps | s/step | stopped by |", "|---|---:|---:|---:|---:|---:|---:|---:|---:|---|"]
+                  "| row | valid NDCG@10 | NDCG@10 | HR@10 | full-catalogue NDCG@10 | full-catalogue HR@10 | "
+                  "shuffle drop NDCG@10 | training min | steps | s/step | stopped by |",
+                  "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|"]
         paired_lines = ["| row | / SASRec, NDCG@10 [95%] | / SASRec, full catalogue [95%] | / chosen [95%] | "
                         "shuffled / original [95%] |", "|---|---:|---:|---:|---:|"]
         for label, r in rows.items():
@@ -453,7 +455,8 @@ def suite_lines(suite_dir: Path, plot: Path | None = None,
             full, t = r["full"], r["training"]
             stop = t.get("stopped_by") or ("early stopping" if "early stop" in str(t.get("stopped", "")) else
                                             t.get("stopped") or "")
-            lines.append(f"| {label} | {r['ndcg']:.4f} | {r['hr']:.4f} | "
+            lines.append(f"| {label} | {'–' if r['valid'] is None else format(r['valid'], '.4f')} | "
+                         f"{r['ndcg']:.4f} | {r['hr']:.4f} | "
                          + (f"{full['ndcg@10']:.4f} | {full['hr@10']:.4f}" if full else "– | –")
                          + f" | {'' if r['drop'] is None else format(r['drop'], '.1%')} | "
                          + f"{'' if r['minutes'] is None else format(r['minutes'], '.1f')} | "
@@ -631,9 +634,11 @@ def render(results_dir: Path, plot: Path | None = None) -> str:
     parts += ["\n".join(suite_lines(Path(results_dir) / "suite",
                                      plot.with_name("suite.png") if plot is not None else None)),
               "\n".join(research_lines(Path(results_dir) / "research")),
-              "\n".join(suite_lines(Path(results_dir) / "suite_record",
-                                     plot.with_name("suite_record.png") if plot is not None else None,
-                                     title="A record: the suite with the defaults before 2026-12-02")),
+              *("\n".join(suite_lines(folder, plot.with_name(f"{folder.name}.png") if plot is not None else None,
+                                       title=f"A record: the suite with the defaults before "
+                                             f"{folder.name.removeprefix('suite_record_')}"))
+                # newest first; each folder holds the suite as it ran before the defaults changed on its date
+                for folder in sorted(Path(results_dir).glob("suite_record_*"), reverse=True)),
               "\n".join(ablation_lines(results)),
               "\n".join(gpu_lines(sorted((Path(results_dir) / "gpu").glob("gpu_check*.json")))),
               "\n".join(serving_lines([*sorted(Path(results_dir).glob("serving*.json")),
