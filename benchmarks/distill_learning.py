@@ -7,7 +7,8 @@
 Each `--variant NAME:key=value,...` overrides `distill` options (and `num_layers`, the `llm` one) on top of
 `--base`, which starts from params `distill`'s defaults (components.config.DistillParams: params.yaml's
 values). The probes in benchmarks/results/learning/ started from the paper's settings instead, so what
-their `base` does not list is the paper's (`readout: token` among them). For each variant, on the same
+their `base` does not list is the paper's (`readout: token` among them); a base without title states needs
+`text_layer=null,cf_dropout=0` today (CF dropout came later and needs them). For each variant, on the same
 data, teacher, seed and budget (`distill.max_minutes`):
 - the spread of the LLM states the adapters read, before and after training: the mean pairwise cosine
   similarity of the last hidden states at `[UserOut]` (64 validation users) and `[ItemOut]` (64 items),
@@ -52,9 +53,7 @@ def state_spread(model, prepared, n: int = 64) -> dict[str, float]:
     """Mean pairwise cosine of the states at [UserOut] / [ItemOut], raw, centred, and as the MLPs see them."""
     model.eval()
     hist = prepared.histories("valid", np.arange(min(n, len(prepared.user_idx))), model.max_history)
-    items, ts = model._prompt_window(hist)
-    hu = model.llm_states("user", model.prompts.users(items.numpy(), ts.numpy()), model.inject(items[items != 0]),
-                          model.adapters.user_token)
+    hu = model.user_states(hist)
     idx = torch.arange(1, min(n, model.num_items) + 1)
     hi = model.llm_states("item", model.prompts.items(idx.numpy()), model.inject(idx), model.adapters.item_token)
     model.train()

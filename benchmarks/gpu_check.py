@@ -60,6 +60,7 @@ def main(argv: list[str] | None = None) -> None:
         model = build_from_params(data, copy.deepcopy(teacher), backbone, DistillParams(), titles, None)
         model.adapters.to(backbone.device)
         model.sasrec.to(backbone.device)
+        model.eval()  # no CF dropout: its masks come from each device's own random generator
         with torch.no_grad():
             loss = sum(model.loss_terms(batch).values())
         # Where the LLM's weights really were: an exact agreement must not come from a silent CPU fallback.

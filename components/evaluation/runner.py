@@ -41,7 +41,7 @@ def rank_split(model: Recommender, data: Prepared, split: str, *, batch_size: in
             rows = rows_all[lo: lo + batch_size]
             hist = data.histories(split, rows, model.max_history)
             if generator is not None:
-                hist.items = shuffle_window(hist.items, None, generator)  # [B, L]
+                hist.items = shuffle_window(hist.items, model.shuffle_len, generator)  # [B, L]
             items = torch.from_numpy(cand.items[lo: lo + batch_size])  # [B, 1+K]
             if full_catalogue:
                 # One user pass serves both protocols: for an LLM the user pass is the whole cost.

@@ -187,10 +187,14 @@ class LLMSRec(Recommender):
             if getattr(config, key) not in (*get_args(allowed), *((None,) if key == "user_slot" else ())):
                 # a checkpoint's config is not params-checked
                 raise ValueError(f"{key}={getattr(config, key)!r}: use one of {list(get_args(allowed))}")
+        if config.cf_dropout > 0 and config.text_layer is None:
+            raise ValueError(f"cf_dropout={config.cf_dropout} needs text_layer: without title states nothing is left "
+                             "in a slot whose SASRec part is dropped")
         self.config = config
         # The prompt shows `history_len` items; with the user slot SASRec reads its whole window as well.
         self.max_history = (max(config.history_len, sasrec.max_history or 0) if config.user_slot is not None
                             else config.history_len)
+        self.shuffle_len = config.history_len  # the shuffle diagnostic reorders the prompt's items, never swaps them
         self.num_negatives = config.num_negatives
         self.sasrec = sasrec
         self.sasrec.requires_grad_(False).eval()
@@ -387,8 +391,9 @@ class LLMSRec(Recommender):
         window = histories.last(self.config.history_len)
         return window.items, window.timestamps  # [B, K]
 
-    def user_vectors(self, histories: Histories) -> Tensor:
-        """f_user(h at [UserOut], or at the last slot with `readout: slot`) for histories [B, L] -> [B, d'].
+    def user_states(self, histories: Histories) -> Tensor:
+        """The LLM state read for each user prompt: [B, H] (at [UserOut], or at the last slot with
+        `readout: slot`), before f_user.
 
         The prompt shows the last `history_len` items; with `user_slot`, SASRec's O_u over the whole of
         `histories` (its own window) fills one more slot before or after theirs."""
@@ -407,8 +412,11 @@ class LLMSRec(Recommender):
             rows[:, 0 if first else K] = self.adapters.f_U(o_u).to(vecs.dtype)
             slot = present.new_ones(B, 1)
             vecs = rows[torch.cat([slot, present] if first else [present, slot], 1).to(vecs.device)]  # [M+B, H]
-        h = self.llm_states("user", prompts, vecs, self.adapters.user_token)
-        return self.adapters.f_user(self.adapters.norm_user(h))  # [B, d']
+        return self.llm_states("user", prompts, vecs, self.adapters.user_token)
+
+    def user_vectors(self, histories: Histories) -> Tensor:
+        """f_user of `user_states` for histories [B, L] -> [B, d']."""
+        return self.adapters.f_user(self.adapters.norm_user(self.user_states(histories)))  # [B, d']
 
     def item_vectors(self, idx: Tensor) -> Tensor:
         """f_item(h at [ItemOut]) for item idx [M] -> [M, d']."""

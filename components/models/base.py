@@ -87,6 +87,9 @@ class Recommender(nn.Module, ABC):
     #: how many most recent history items the model reads (None: all); the shuffle diagnostic
     #: permutes exactly this window so it changes the order the model sees, never the item set
     max_history: int | None = None
+    #: how many of the most recent items the shuffle diagnostic permutes (None = the whole `max_history`):
+    #: the items whose order the model is meant to read, so shuffling never changes which items it sees
+    shuffle_len: int | None = None
 
     def __init__(self, item_ids: list[str], item_mapping_hash: str):
         super().__init__()

@@ -163,7 +163,7 @@ def validate_ndcg(model, prepared, rows_subset: np.ndarray, batch_size: int, ite
         sel = rows_subset[lo: lo + batch_size]
         hist = prepared.histories("valid", prepared.rows(cand.user_idx[sel]), model.max_history)
         if generator is not None:
-            hist.items = shuffle_window(hist.items, None, generator)
+            hist.items = shuffle_window(hist.items, model.shuffle_len, generator)
         scores = model.score_candidates(hist, torch.from_numpy(cand.items[sel]))  # [B, C], on the model's device
         ranks.append(candidate_ranks(scores.cpu()).numpy())
     model.cache_users = False

@@ -224,6 +224,18 @@ def test_the_user_slot_carries_sasrecs_whole_window(where, data, teacher, tiny_b
     assert loaded.config.user_slot == where and loaded.max_history == 20
     with torch.no_grad():
         torch.testing.assert_close(loaded.user_vectors(hist), m.user_vectors(hist))
+    # The shuffle diagnostic reorders the prompt's 3 items and never swaps in others from SASRec's window.
+    from components.evaluation.runner import rank_split
+
+    seen = []
+    score = loaded.score_candidates
+    loaded.score_candidates = lambda h, c: (seen.append(h.items.clone()), score(h, c))[1]
+    rank_split(loaded, data, "valid", shuffle_seed=3)
+    shuffled = torch.cat(seen)
+    plain = data.histories("valid", data.rows(data.candidates["valid"].user_idx), 20).items
+    assert torch.equal(shuffled[:, :-3], plain[:, :-3])
+    assert torch.equal(shuffled[:, -3:].sort(1).values, plain[:, -3:].sort(1).values)
+    assert not torch.equal(shuffled, plain)
 
 
 def test_the_no_llm_control_reads_the_last_slot_wherever_the_user_slot_is(data, teacher, tiny_backbone, titles):
@@ -238,7 +250,7 @@ def test_the_no_llm_control_reads_the_last_slot_wherever_the_user_slot_is(data, 
         torch.testing.assert_close(before.user_vectors(hist), before.adapters.f_user(before.inject(hist.items[:, -1])))
 
 
-def test_the_user_slot_sits_where_it_is_asked(tiny_backbone):
+def test_the_user_slot_sits_where_it_is_asked():
     from components.llm.prompts import user_prompt
 
     assert user_prompt("slots", ["a", "b"], [0, 0], "before") == \
@@ -266,3 +278,8 @@ def test_cf_dropout_leaves_some_slots_the_title_alone_while_training_and_none_at
     assert bool((alone | both).all()) and 5 < int(alone.sum()) < 35  # p = 0.5 of 40 rows
     with pytest.raises(Exception, match="drops SASRec.s part of each injected vector"):
         paper(cf_dropout=0.3)  # text_layer: null leaves nothing once f_I(E_i) is dropped
+    from dataclasses import replace
+
+    with pytest.raises(ValueError, match="cf_dropout=0.5 needs text_layer"):  # a config built by hand, unchecked
+        LLMSRec(replace(m.config, text_layer=None), m.sasrec, tiny_backbone, titles, data.item_ids,
+                data.item_mapping_hash)
