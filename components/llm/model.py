@@ -182,11 +182,11 @@ class LLMSRec(Recommender):
         if len(titles) != len(item_ids) + 1:
             raise DataError("titles", f"{len(titles)} titles for {len(item_ids)} items (+ padding)",
                             "pass one title per item idx 0..N")
-        for key, allowed in (("kv_reuse", KVReuse), ("negatives", Negatives), ("readout", Readout), ("center", Center),
-                             ("user_slot", UserSlot)):
-            if getattr(config, key) not in (*get_args(allowed), *((None,) if key == "user_slot" else ())):
-                # a checkpoint's config is not params-checked
-                raise ValueError(f"{key}={getattr(config, key)!r}: use one of {list(get_args(allowed))}")
+        for key, allowed in (("kv_reuse", get_args(KVReuse)), ("negatives", get_args(Negatives)),
+                             ("readout", get_args(Readout)), ("center", get_args(Center)),
+                             ("user_slot", (*get_args(UserSlot), None))):
+            if getattr(config, key) not in allowed:  # a checkpoint's config is not params-checked
+                raise ValueError(f"{key}={getattr(config, key)!r}: use one of {list(allowed)}")
         if config.cf_dropout > 0 and config.text_layer is None:
             raise ValueError(f"cf_dropout={config.cf_dropout} needs text_layer: without title states nothing is left "
                              "in a slot whose SASRec part is dropped")

@@ -84,8 +84,7 @@ class Recommender(nn.Module, ABC):
     name: ClassVar[str] = "recommender"
     #: negatives per position the trainer must sample into `Batch.negatives` (0: none)
     num_negatives: int = 0
-    #: how many most recent history items the model reads (None: all); the shuffle diagnostic
-    #: permutes exactly this window so it changes the order the model sees, never the item set
+    #: how many most recent history items the model reads (None: all)
     max_history: int | None = None
     #: how many of the most recent items the shuffle diagnostic permutes (None = the whole `max_history`):
     #: the items whose order the model is meant to read, so shuffling never changes which items it sees
