@@ -10,6 +10,12 @@ Models are frozen (a stage cannot change its config by accident) and strict: YAM
 so `5` is an int and `"5"` a string; a float field also takes an int. Nested mappings left empty
 (`package:` with nothing under it) take their defaults.
 
+Every number has both bounds; the upper one is the largest value the code that reads the key can hold
+(the MAX_* constants below say which code), so a value passes here only if it can also run. The file is
+read with limits too: at most MAX_PARAMS_BYTES, nested at most MAX_DEPTH deep, and YAML aliases (`*name`,
+`<<: *name`) at most MAX_ALIASES that together repeat at most MAX_ALIAS_NODES nodes, so an alias bomb is
+refused at once, before anything expands it.
+
     python -m components.config [--params params.yaml]   # check a params file
     python -m components.config --schema                # every key: type, default, description (JSON Schema)
 """
@@ -20,6 +26,7 @@ import argparse
 import datetime as dt
 import difflib
 import json
+import reprlib
 import types
 from pathlib import Path
 from typing import Annotated, Any, Literal, TypeVar, Union, get_args, get_origin
@@ -43,6 +50,36 @@ Center = Literal["none", "batchnorm"]
 UserSlot = Literal["before", "after"]  # where distill.user_slot puts SASRec's user vector (or null)
 KVReuse = Literal["none", "opening", "frozen"]
 SYNTHETIC_TOPICS = 24  # topics in components/data/sources/synthetic.py's TOPICS
+
+# Upper bounds: the largest value the code that reads a key can hold.
+# A count or size (users, items, negatives, positions, layers, batch sizes, threads, Airflow's pool slots):
+# prepare indexes users and items as int32 (idx columns, candidate lists), torch.set_num_threads and Airflow's
+# Integer columns take a C int. Anything near it runs out of memory first; that is the allocator's check.
+MAX_COUNT = 2**31 - 1
+# A seed: numpy's and Python's 32-bit seed range. training.py seeds each step's dropout masks with
+# torch.manual_seed(seed * 1_000_003 + step), which must stay below 2**64: a seed above ~1.8e13 overflowed.
+MAX_SEED = 2**32 - 1
+# A duration in seconds that the code adds to a datetime (Airflow's retry delays and timeouts, validate's
+# future-timestamp cutoff): now + it must stay below datetime.max (year 9999). 10**11 s (3,170 years) does
+# until the year 6800.
+MAX_SECONDS = 10**11
+MAX_MINUTES = MAX_SECONDS // 60
+# A factor that multiplies float32 tensors (learning rates, loss weights): above float32's largest finite
+# value the parameters or the loss become inf at once.
+MAX_FLOAT32 = 3.4028234663852886e38
+# Airflow keeps try_number + retries (max_tries) in a 32-bit Integer column, and try_number reaches
+# retries + 1: 2 * MAX_RETRIES + 1 fits.
+MAX_RETRIES = 2**30 - 1
+# Gate thresholds are compared with NDCG@10 (in [0, 1]) and with ratios of metrics that metrics.json keeps to
+# 6 decimals (so at most 1 / 0.000001): a threshold beyond +-1e6 passes or fails every model alike.
+MAX_RATIO = 1e6
+
+# Reading params.yaml (`load_params`): it is about 10 KB and nests 4 levels; it needs no alias at all.
+MAX_PARAMS_BYTES = 1 << 20
+MAX_DEPTH = 32
+MAX_ALIASES = 100
+MAX_ALIAS_NODES = 10_000  # nodes that aliases may repeat in all (a bomb repeats 10**9)
+MAX_INT_CHARS = 100  # an integer literal longer than this exceeds every bound (Python refuses 4,300 digits)
 
 
 def _model_in(annotation: Any) -> type[BaseModel] | tuple[str, type[BaseModel]] | None:
@@ -87,19 +124,23 @@ class Section(BaseModel):
 class SyntheticParams(Section):
     """`data.synthetic`: the embedded, seeded, order-dependent dataset (components/data/sources/synthetic)."""
 
-    num_users: int = Field(600, ge=1, description="users generated")
-    num_items: int = Field(400, ge=1, description="catalogue size; at least 2 per topic")
+    num_users: int = Field(600, ge=1, le=MAX_COUNT, description="users generated")
+    num_items: int = Field(400, ge=1, le=MAX_COUNT, description="catalogue size; at least 2 per topic")
     num_topics: int = Field(20, ge=1, le=SYNTHETIC_TOPICS, description=f"topics used, 1..{SYNTHETIC_TOPICS}")
-    mean_length: float = Field(20.0, gt=0, description="mean history length")
+    mean_length: float = Field(20.0, gt=0, le=MAX_COUNT, description="mean history length")
     min_length: int = Field(
-        6, ge=3, description="shortest history (>= 3: one train, one valid, one test item)")
-    max_length: int = Field(80, ge=3, description="longest history (>= min_length)")
+        6, ge=3, le=MAX_COUNT, description="shortest history (>= 3: one train, one valid, one test item)")
+    max_length: int = Field(80, ge=3, le=MAX_COUNT, description="longest history (>= min_length)")
     follow_prob: float = Field(
         0.8, ge=0, le=1, description="chance the next item is a successor of the current one")
-    successors: int = Field(3, ge=1, description="successors per item")
-    popularity_skew: float = Field(0.8, ge=0, description="Zipf exponent of the non-sequential picks")
+    successors: int = Field(3, ge=1, le=MAX_COUNT, description="successors per item")
+    # Popularity is 1 / rank**skew: past 1074, 2**-skew underflows to 0 and every non-sequential pick is
+    # the top item, as it already is at 1074.
+    popularity_skew: float = Field(
+        0.8, ge=0, le=1074, description="Zipf exponent of the non-sequential picks")
     start_date: str = Field("2022-01-01", description="first interaction date, YYYY-MM-DD")
-    span_days: int = Field(900, ge=1, description="days the interactions spread over")
+    span_days: int = Field(  # no span of dates is longer than datetime.date's range
+        900, ge=1, le=dt.date.max.toordinal(), description="days the interactions spread over")
 
     @field_validator("start_date")
     @classmethod
@@ -137,12 +178,12 @@ class DataParams(Section):
         {}, description="files: canonical column -> your column, e.g. {item_id: movie_id}")
     timestamp_unit: Literal["s", "ms"] = Field("s", description="files: s | ms")
     min_user_interactions: int = Field(
-        5, ge=3, description="k-core on users, iterated to a fixed point (>= 3: train, valid and test need "
-                             "an item each)")
-    min_item_interactions: int = Field(5, ge=1, description="k-core on items")
+        5, ge=3, le=MAX_COUNT, description="k-core on users, iterated to a fixed point (>= 3: train, valid "
+                                           "and test need an item each)")
+    min_item_interactions: int = Field(5, ge=1, le=MAX_COUNT, description="k-core on items")
     max_users: int | None = Field(
-        None, ge=1, description="seeded subsample of the users that pass the k-core, with their whole "
-                                "histories; null = all")
+        None, ge=1, le=MAX_COUNT, description="seeded subsample of the users that pass the k-core, with "
+                                              "their whole histories; null = all")
     synthetic: SyntheticParams = Field(default_factory=SyntheticParams, description="the embedded dataset")
 
 
@@ -153,44 +194,53 @@ class ValidateParams(Section):
         0.05, ge=0, le=1, description="fail the stage when more interaction rows than this share are "
                                       "quarantined")
     future_tolerance_seconds: int = Field(
-        3600, ge=0, description="clock skew allowed before a timestamp counts as in the future")
+        3600, ge=0, le=MAX_SECONDS, description="clock skew allowed before a timestamp counts as in the "
+                                                "future")
 
 
 class EvalParams(Section):
     """`eval`: the candidate protocol `prepare` fixes once for every model."""
 
-    num_negatives: int = Field(99, ge=1, description="negatives per evaluated user (the 1 + 99 protocol)")
-    max_users: int | None = Field(10000, ge=1, description="evaluated users (seeded subset); null = all")
+    # Distinct items besides the positive, in a catalogue of at most MAX_COUNT: checked here, before prepare
+    # allocates [users, num_negatives] (10**12 asked for 2 PiB before any check).
+    num_negatives: int = Field(
+        99, ge=1, le=MAX_COUNT - 1, description="negatives per evaluated user (the 1 + 99 protocol)")
+    max_users: int | None = Field(
+        10000, ge=1, le=MAX_COUNT, description="evaluated users (seeded subset); null = all")
 
 
 class SASRecParams(Section):
     """`sasrec`: SASRec, the paper's CF-SRec: LLM-SRec's teacher and the baseline it must beat."""
 
-    hidden: int = Field(64, ge=1, description="embedding and hidden width")
-    num_blocks: int = Field(2, ge=1, description="transformer blocks")
-    num_heads: int = Field(1, ge=1, description="attention heads; must divide hidden")
+    hidden: int = Field(64, ge=1, le=MAX_COUNT, description="embedding and hidden width")
+    num_blocks: int = Field(2, ge=1, le=MAX_COUNT, description="transformer blocks")
+    num_heads: int = Field(1, ge=1, le=MAX_COUNT, description="attention heads; must divide hidden")
     dropout: float = Field(0.1, ge=0, lt=1, description="dropout, in [0, 1)")
-    max_len: int = Field(128, ge=1, description="most recent items the model reads")
-    lr: float = Field(0.001, gt=0, description="Adam learning rate, betas (0.9, 0.98) as in the reference")
-    batch_size: int = Field(128, ge=1, description="users per batch")
+    max_len: int = Field(128, ge=1, le=MAX_COUNT, description="most recent items the model reads")
+    lr: float = Field(
+        0.001, gt=0, le=MAX_FLOAT32, description="Adam learning rate, betas (0.9, 0.98) as in the reference")
+    batch_size: int = Field(128, ge=1, le=MAX_COUNT, description="users per batch")
     loss: Literal["ce", "bce"] = Field(
         "ce", description="ce: full-softmax cross-entropy | bce: one sampled negative per position (the "
                           "reference)")
-    epochs: int = Field(200, ge=0, description="upper bound; early stopping usually ends sooner")
-    eval_every: int = Field(1, ge=1, description="validate (NDCG@10 on the valid candidates) every N epochs")
+    epochs: int = Field(
+        200, ge=0, le=MAX_COUNT, description="upper bound; early stopping usually ends sooner")
+    eval_every: int = Field(
+        1, ge=1, le=MAX_COUNT, description="validate (NDCG@10 on the valid candidates) every N epochs")
     patience: int = Field(
-        5, ge=1, description="validations without a better NDCG@10 before stopping; the best checkpoint is "
-                             "kept")
+        5, ge=1, le=MAX_COUNT, description="validations without a better NDCG@10 before stopping; the best "
+                                           "checkpoint is kept")
     max_minutes: float | None = Field(
-        None, gt=0, description="wall-clock budget (validation included): validate, keep the best, stop; "
-                                "null = none")
+        None, gt=0, le=MAX_MINUTES, description="wall-clock budget (validation included): validate, keep the "
+                                                "best, stop; null = none")
     warm_start_from: str | None = Field(
         None, description="a previous checkpoint dir: known items keep their embeddings by item_id")
     warm_start_mismatch: Literal["error", "fresh"] = Field(
         "error", description="incompatible warm-start checkpoint: error | fresh (train from scratch)")
-    seed: int | None = Field(None, ge=0, description="null = the top-level seed")
-    threads: int | None = Field(None, ge=1, description="torch CPU threads; null = torch's default")
-    eval_batch_size: int = Field(512, ge=1, description="users per batch when validating")
+    seed: int | None = Field(None, ge=0, le=MAX_SEED, description="null = the top-level seed")
+    threads: int | None = Field(
+        None, ge=1, le=MAX_COUNT, description="torch CPU threads; null = torch's default")
+    eval_batch_size: int = Field(512, ge=1, le=MAX_COUNT, description="users per batch when validating")
 
     @model_validator(mode="after")
     def _heads_divide_hidden(self) -> SASRecParams:
@@ -207,7 +257,8 @@ class LLMParams(Section):
         "smollm2-135m", description="the packaged default (SmolLM2-135M-Instruct), a local HF model dir, or "
                                     "a HF id")
     num_layers: int | None = Field(
-        4, ge=1, description="read the LLM's first N layers (beyond the paper); null = all (the paper)")
+        4, ge=1, le=MAX_COUNT, description="read the LLM's first N layers (beyond the paper); null = all "
+                                           "(the paper)")
     device: str = Field(
         "auto", pattern=r"^(auto|cpu|cuda(:\d+)?)$", description="auto (cuda if present) | cpu | cuda | "
                                                                  "cuda:N")
@@ -221,9 +272,9 @@ class LLMParams(Section):
 class LossWeights(Section):
     """`distill.weights`: each loss term's weight; a term left out keeps 1.0."""
 
-    retrieval: float = Field(1.0, ge=0, description="L_retrieval")
-    distill: float = Field(1.0, ge=0, description="L_distill")
-    uniform: float = Field(1.0, ge=0, description="L_uniform")
+    retrieval: float = Field(1.0, ge=0, le=MAX_FLOAT32, description="L_retrieval")
+    distill: float = Field(1.0, ge=0, le=MAX_FLOAT32, description="L_distill")
+    uniform: float = Field(1.0, ge=0, le=MAX_FLOAT32, description="L_uniform")
 
 
 class DistillParams(Section):
@@ -234,31 +285,34 @@ class DistillParams(Section):
     are the configuration docs/benchmarks.md shows to learn best on a 2-core CPU; params.yaml names the
     paper's setting beside each one that differs."""
 
-    batch_size: int = Field(20, ge=1, description="examples per step (the paper's)")
-    lr: float = Field(0.0001, gt=0, description="Adam learning rate (the paper's)")
+    batch_size: int = Field(20, ge=1, le=MAX_COUNT, description="examples per step (the paper's)")
+    lr: float = Field(0.0001, gt=0, le=MAX_FLOAT32, description="Adam learning rate (the paper's)")
     lr_decay: float = Field(
         1.0, gt=0, le=1, description="x this after every validation, in (0, 1] (the reference: 0.95)")
-    epochs: int = Field(10, ge=1, description="upper bound (the paper's)")
-    max_steps: int | None = Field(None, ge=1, description="step budget; null = epochs only")
+    epochs: int = Field(10, ge=1, le=MAX_COUNT, description="upper bound (the paper's)")
+    max_steps: int | None = Field(None, ge=1, le=MAX_COUNT, description="step budget; null = epochs only")
     max_minutes: float | None = Field(
-        6.0, gt=0, description="wall-clock budget, validation included: validate, keep the best, stop; null "
-                               "= none")
+        6.0, gt=0, le=MAX_MINUTES, description="wall-clock budget, validation included: validate, keep the "
+                                               "best, stop; null = none")
     eval_every: float = Field(
         0.05, gt=0, le=10, description="validate every this fraction of an epoch (a whole number above 1)")
-    valid_users: int | None = Field(500, ge=1, description="validation users (seeded subset); null = all")
+    valid_users: int | None = Field(
+        500, ge=1, le=MAX_COUNT, description="validation users (seeded subset); null = all")
     patience: int = Field(
-        5, ge=1, description="validations without improvement before stopping; the best adapters are kept")
+        5, ge=1, le=MAX_COUNT, description="validations without improvement before stopping; the best "
+                                           "adapters are kept")
     targets: Targets = Field(
         "all", description="all: every position of each training sequence | last: the paper")
     negatives: Negatives = Field(
         "shared", description="sampled: the example's own uniform negatives (the paper) | in_batch: + every "
                                 "other example's positive | shared: + every other example's uniform negatives | "
                                 "mixed: both")
-    num_negatives: int = Field(8, ge=0, description="sampled negatives per example (the paper: 3)")
+    num_negatives: int = Field(
+        8, ge=0, le=MAX_COUNT, description="sampled negatives per example (the paper: 3)")
     logq_correction: bool = Field(
         False, description="beyond the paper: subtract log of each candidate's sampling probability from its "
                            "logit (Yi et al., RecSys 2019); corrects in-batch negatives' popularity bias")
-    history_len: int = Field(10, ge=1, description="items shown in the user prompt")
+    history_len: int = Field(10, ge=1, le=MAX_COUNT, description="items shown in the user prompt")
     prompt: PromptLayout = Field(
         "slots", description="user-prompt layout: paper | compact | text_first | "
                                           "text_first_compact | slots")
@@ -273,7 +327,7 @@ class DistillParams(Section):
         "none", description="batchnorm: centre the LLM states before f_user/f_item (beyond the paper)")
     match_token_norm: bool = Field(
         False, description="rescale f_I outputs to the LLM's token-embedding norm (beyond the paper)")
-    text_layer: Annotated[int, Field(ge=1)] | Literal["all"] | None = Field(
+    text_layer: Annotated[int, Field(ge=1, le=MAX_COUNT)] | Literal["all"] | None = Field(
         "all", description="beyond the paper: each title's mean-pooled LLM state after this many layers ('all' = "
                            "the backbone's whole depth, whatever llm.num_layers), computed once per item without "
                            "gradients, enters every [HistoryEmb] slot through f_T; null = off (the paper)")
@@ -298,16 +352,18 @@ class DistillParams(Section):
     gradient_checkpointing: bool = Field(
         False, description="recompute the LLM's activations in backward (needs kv_reuse: none)")
     item_batch_size: int = Field(
-        64, ge=1, description="item prompts per LLM pass when building the item table")
-    eval_batch_size: int = Field(16, ge=1, description="user prompts per LLM pass when validating")
-    max_title_chars: int = Field(120, ge=1, description="item titles are cut to this many characters")
+        64, ge=1, le=MAX_COUNT, description="item prompts per LLM pass when building the item table")
+    eval_batch_size: int = Field(
+        16, ge=1, le=MAX_COUNT, description="user prompts per LLM pass when validating")
+    max_title_chars: int = Field(
+        120, ge=1, le=MAX_COUNT, description="item titles are cut to this many characters")
     kv_reuse: KVReuse = Field(
         "frozen", description="none | opening | frozen: keys/values of prompt text before the first "
                               "injected slot computed once, without gradients (exact)")
-    kv_cache_mb: float = Field(
-        2048.0, ge=0, description="bound of those keys/values kept across steps and validations (0 = "
-                                  "recompute every time)")
-    seed: int | None = Field(None, ge=0, description="null = the top-level seed")
+    kv_cache_mb: float = Field(  # kv.py counts its bytes (mb * 2**20) against tensors' int64 byte counts
+        2048.0, ge=0, le=2**43, description="bound of those keys/values kept across steps and validations "
+                                            "(0 = recompute every time)")
+    seed: int | None = Field(None, ge=0, le=MAX_SEED, description="null = the top-level seed")
 
     @field_validator("eval_every")
     @classmethod
@@ -348,9 +404,10 @@ class EvaluateParams(Section):
     valid_split: bool = Field(
         True, description="also score every validation user on the valid split's 1+99 candidates "
                           "(NAME.valid): what settings are compared on, never the test split")
-    shuffle_seed: int | None = Field(None, ge=0, description="null = the top-level seed")
-    batch_size: int = Field(512, ge=1, description="users per batch")
-    threads: int | None = Field(None, ge=1, description="torch CPU threads; null = torch's default")
+    shuffle_seed: int | None = Field(None, ge=0, le=MAX_SEED, description="null = the top-level seed")
+    batch_size: int = Field(512, ge=1, le=MAX_COUNT, description="users per batch")
+    threads: int | None = Field(
+        None, ge=1, le=MAX_COUNT, description="torch CPU threads; null = torch's default")
 
     @model_validator(mode="after")
     def _shuffled_are_evaluated(self) -> EvaluateParams:
@@ -364,14 +421,19 @@ class GateParams(Section):
     """`gate`: release criteria for the evaluated model (reports/metrics.json); null switches a check off."""
 
     model: str = Field("llmsrec", description="the evaluated model the gate judges")
-    min_ndcg_at_10: float | None = Field(0.10, description="absolute floor on test NDCG@10")
-    min_lift_over_popularity: float | None = Field(0.5, description="NDCG@10 / popularity - 1")
-    min_shuffle_drop: float | None = Field(0.04, description="relative NDCG@10 drop on shuffled histories")
-    max_regression: float | None = Field(
-        0.02, ge=0, description="share the model may be below production, re-scored on today's candidates "
-                                "(0.02 = 2%)")
+    # A floor past the metric's range (e.g. 1.5) is allowed: it blocks every model, which tests rely on.
+    min_ndcg_at_10: float | None = Field(
+        0.10, ge=-MAX_RATIO, le=MAX_RATIO, description="absolute floor on test NDCG@10")
+    min_lift_over_popularity: float | None = Field(
+        0.5, ge=-MAX_RATIO, le=MAX_RATIO, description="NDCG@10 / popularity - 1")
+    min_shuffle_drop: float | None = Field(
+        0.04, ge=-MAX_RATIO, le=MAX_RATIO, description="relative NDCG@10 drop on shuffled histories")
+    max_regression: float | None = Field(  # a share: at 1 any challenger passes (its ratio is >= 0)
+        0.02, ge=0, le=1, description="share the model may be below production, re-scored on today's "
+                                      "candidates (0.02 = 2%)")
     champion_users: int | None = Field(
-        None, ge=1, description="test users to re-score the production model on (seeded); null = all")
+        None, ge=1, le=MAX_COUNT, description="test users to re-score the production model on (seeded); null "
+                                              "= all")
     first_model: Literal["provisional", "reject"] = Field(
         "provisional", description="nothing in production and the gate fails: provisional (promote, "
                                    "flagged) | reject")
@@ -389,10 +451,12 @@ class TaskParams(Section):
 
     queue: str | None = Field(None, description="Celery queue")
     pool: str | None = Field(None, description="Airflow pool (default: orchestration.dvc_pool)")
-    pool_slots: int | None = Field(None, ge=1, description="pool slots the task takes")
-    retries: int | None = Field(None, ge=0, description="retries for this task")
-    execution_timeout_minutes: float | None = Field(None, gt=0, description="the task fails after this long")
-    gpus: int | None = Field(None, ge=0, description="the KubernetesExecutor pod's nvidia.com/gpu limit")
+    pool_slots: int | None = Field(None, ge=1, le=MAX_COUNT, description="pool slots the task takes")
+    retries: int | None = Field(None, ge=0, le=MAX_RETRIES, description="retries for this task")
+    execution_timeout_minutes: float | None = Field(
+        None, gt=0, le=MAX_MINUTES, description="the task fails after this long")
+    gpus: int | None = Field(
+        None, ge=0, le=MAX_COUNT, description="the KubernetesExecutor pod's nvidia.com/gpu limit")
 
 
 class LandingParams(Section):
@@ -403,10 +467,11 @@ class LandingParams(Section):
         "data/batches", description="accepted raw batches; must be a dependency of a dvc.yaml stage")
     landing: str = Field("data/landing", description="claimed/, rejected/ (+ quarantined rows), log.jsonl")
     ready_file: str = Field("_READY", description="sentinel the Asset watcher consumes to start a run")
-    poll_seconds: float = Field(30.0, gt=0, description="how often the triggerer checks for the sentinel")
+    poll_seconds: float = Field(
+        30.0, gt=0, le=MAX_SECONDS, description="how often the triggerer checks for the sentinel")
     settle_seconds: float = Field(
-        5.0, ge=0, description="a file must be this old before it is taken (for producers that cannot "
-                               "rename)")
+        5.0, ge=0, le=MAX_SECONDS, description="a file must be this old before it is taken (for producers "
+                                               "that cannot rename)")
 
 
 class OrchestrationParams(Section):
@@ -418,10 +483,12 @@ class OrchestrationParams(Section):
         True, description="also start a run when the landing zone's sentinel appears")
     start_date: str = Field("2025-01-01", description="UTC, YYYY-MM-DD")
     retries: int = Field(
-        2, ge=0, description="transient failures; a stage that reports bad input is not retried")
+        2, ge=0, le=MAX_RETRIES, description="transient failures; a stage that reports bad input is not "
+                                             "retried")
     retry_delay_seconds: int = Field(
-        60, ge=0, description="doubles on each retry up to max_retry_delay_seconds")
-    max_retry_delay_seconds: int = Field(1800, ge=0, description="longest wait between retries")
+        60, ge=0, le=MAX_SECONDS, description="doubles on each retry up to max_retry_delay_seconds")
+    max_retry_delay_seconds: int = Field(
+        1800, ge=0, le=MAX_SECONDS, description="longest wait between retries")
     dvc_pool: str = Field("dvc", description="the 1-slot pool DVC stages share (one DVC lock per repository)")
     tasks: dict[str, TaskParams] = Field(
         {"distill": TaskParams(queue="gpu", pool="gpu", gpus=1)}, description="per-stage routing; a stage "
@@ -469,7 +536,8 @@ class OrchestrationParams(Section):
 class Params(Section):
     """The whole params.yaml. A section left out takes its defaults (params.yaml's values)."""
 
-    seed: int = Field(42, ge=0, description="the top-level seed; a section's own `seed: null` means this one")
+    seed: int = Field(
+        42, ge=0, le=MAX_SEED, description="the top-level seed; a section's own `seed: null` means this one")
     data: DataParams = Field(default_factory=DataParams, description="ingest and prepare")
     validate_: ValidateParams = Field(
         default_factory=ValidateParams, alias="validate", description="validate")
@@ -487,19 +555,163 @@ class Params(Section):
 M = TypeVar("M", bound=BaseModel)
 
 
-def load_params(path: str | Path = DEFAULT_PARAMS) -> Params:
-    """Read and check a whole params file. Raises ConfigError: file missing, not YAML, or any key invalid."""
+_UNALIAS = "write the values out instead of aliasing them (params.yaml needs no anchors), or restore it from git"
+
+
+class _LimitError(yaml.composer.ComposerError):
+    """Valid YAML past a limit of `_LimitedLoader`: nothing params.yaml needs, and what an alias bomb is.
+    `key`: the key path it was met at ("" for the top level); `fix`: what to do."""
+
+    def __init__(self, key: str, problem: str, mark: Any, fix: str = _UNALIAS):
+        super().__init__(None, None, problem, mark)
+        self.key, self.fix = key, fix
+
+
+class _LimitedLoader(yaml.SafeLoader):
+    """PyYAML's safe loader with limits, checked while composing, before anything is constructed.
+
+    An alias bomb is a few hundred bytes whose anchors each alias the one before several times: PyYAML
+    builds it with shared references at no cost, and then whatever walks the data (pydantic, an error's
+    repr, DVC writing params into dvc.lock) meets 10**9 values (a 312 MB error line, or MemoryError). So a
+    document is refused when it nests deeper than MAX_DEPTH (the composer recurses, as the data's readers
+    do), has more than MAX_ALIASES aliases, has aliases that repeat more than MAX_ALIAS_NODES nodes in all
+    or contain themselves, or has a number literal longer than MAX_INT_CHARS.
+    """
+
+    _NUMBERS = ("tag:yaml.org,2002:int", "tag:yaml.org,2002:float")
+
+    def __init__(self, stream: str):
+        super().__init__(stream)
+        self._aliases = 0
+        self._path: list[Any] = []  # the keys (and list positions) down to the node being composed
+        self._written = 0  # nodes in the text, an alias counting as none
+        self._anchors: dict[int, tuple[str, str]] = {}  # id(node) -> (its anchor, its key path), for errors
+
+    def compose_node(self, parent: Any, index: Any) -> Any:
+        event = self.peek_event()
+        # The label of this node in its parent: a key's text, a list position, or None for a mapping's key.
+        label = (str(index.value)[:40] if isinstance(index, yaml.ScalarNode) else
+                 index if isinstance(index, int) or index is None else "?")
+        key = _dotted(tuple(p for p in [*self._path, label] if p is not None))
+        if isinstance(event, yaml.AliasEvent):
+            self._aliases += 1
+            if self._aliases > MAX_ALIASES:
+                raise _LimitError(key, f"more than {MAX_ALIASES} aliases (*name) in the file", event.start_mark)
+            return super().compose_node(parent, index)
+        if len(self._path) >= MAX_DEPTH:
+            raise _LimitError(key, f"nested more than {MAX_DEPTH} levels deep", event.start_mark,
+                              "params.yaml nests 4 levels: remove the extra brackets or indentation, or restore "
+                              "it from git")
+        self._path.append(label)
+        try:
+            node = super().compose_node(parent, index)
+        finally:
+            self._path.pop()
+        self._written += 1
+        if isinstance(node, yaml.ScalarNode) and node.tag in self._NUMBERS and len(node.value) > MAX_INT_CHARS:
+            # Python refuses to parse an int of 4,300 digits (ValueError, not a YAML error); none is in bounds.
+            raise _LimitError(key, f"a number of {len(node.value):,} characters (no key takes one longer than "
+                              f"{MAX_INT_CHARS})", node.start_mark,
+                              "set it as `python -m components.config --schema` documents, or restore it from git")
+        if event.anchor is not None:
+            self._anchors[id(node)] = (event.anchor, key)
+        return node
+
+    def compose_document(self) -> Any:
+        node = super().compose_document()
+        if node is not None and self._aliases:
+            self._check_expansion(node)
+        return node
+
+    def _named(self, node: Any) -> tuple[str, str]:
+        """(key path, how the error names the node): its anchor where it has one."""
+        anchor, key = self._anchors.get(id(node), (None, ""))
+        return key, f"'&{anchor}'" if anchor else "the value"
+
+    def _check_expansion(self, root: Any) -> None:
+        """Each node's size and depth with its aliases expanded, each computed once (post-order, without
+        recursion: chained aliases nest deeper than Python's stack)."""
+        done: dict[int, tuple[int, int]] = {}  # id(node) -> (nodes, depth) once expanded
+        open_: set[int] = set()  # nodes whose children are still being counted: the path from the root
+        stack: list[tuple[Any, bool]] = [(root, False)]
+        while stack:
+            node, closing = stack.pop()
+            kids = _node_children(node)
+            if closing:
+                size = 1 + sum(done[id(k)][0] for k in kids)
+                depth = 1 + max((done[id(k)][1] for k in kids), default=0)
+                done[id(node)] = (size, depth)
+                open_.discard(id(node))
+                if size > self._written + MAX_ALIAS_NODES:
+                    key, name = self._named(node)
+                    raise _LimitError(key, f"aliases expand {name} to {size:,} values (more than "
+                                      f"{MAX_ALIAS_NODES:,} repeated by aliases in all)", node.start_mark)
+                if depth > MAX_DEPTH:
+                    key, name = self._named(node)
+                    raise _LimitError(key, f"aliases nest {name} more than {MAX_DEPTH} levels deep",
+                                      node.start_mark)
+                continue
+            if id(node) in done:
+                continue
+            if id(node) in open_:
+                key, name = self._named(node)
+                raise _LimitError(key, f"{name} contains an alias of itself", node.start_mark)
+            open_.add(id(node))
+            stack.append((node, True))
+            stack.extend((k, False) for k in kids)
+        if (repeated := done[id(root)][0] - len(done)) > MAX_ALIAS_NODES:
+            raise _LimitError("", f"aliases repeat {repeated:,} values (more than {MAX_ALIAS_NODES:,})",
+                              root.start_mark)
+
+
+def _node_children(node: Any) -> list:
+    if isinstance(node, yaml.MappingNode):
+        return [part for pair in node.value for part in pair]
+    return list(node.value) if isinstance(node, yaml.SequenceNode) else []
+
+
+def read_yaml(path: str | Path) -> Any:
+    """The data of a YAML file a person edits (params.yaml), read with `_LimitedLoader`'s limits.
+
+    Raises ConfigError naming the file (and the line and key, for YAML) and the fix when it is missing,
+    unreadable, larger than MAX_PARAMS_BYTES, not UTF-8, not YAML, or past a limit (aliases, nesting, a
+    number's length).
+    """
     path = Path(path)
     if not path.is_file():
         raise ConfigError(path, "params file not found", "run from the repository root or pass --params PATH")
     try:
-        data = yaml.safe_load(path.read_text())
+        with path.open("rb") as f:
+            raw = f.read(MAX_PARAMS_BYTES + 1)  # never more: the size check must not need the whole file
+    except OSError as e:
+        raise ConfigError(path, f"cannot be read ({e.strerror or e})",
+                          "give the pipeline's user read access to it, or pass --params PATH") from None
+    if len(raw) > MAX_PARAMS_BYTES:
+        raise ConfigError(path, f"is larger than {MAX_PARAMS_BYTES:,} bytes (params.yaml is about 10 KB)",
+                          "restore it from git (`git checkout params.yaml`), or pass the right file with "
+                          "--params")
+    try:
+        text = raw.decode("utf-8-sig")
+    except UnicodeDecodeError as e:
+        raise ConfigError(path, f"is not UTF-8 text (byte 0x{raw[e.start]:02x} at offset {e.start:,})",
+                          "save it as UTF-8, or restore it from git") from None
+    try:
+        return yaml.load(text, Loader=_LimitedLoader)  # a SafeLoader, with limits
     except yaml.YAMLError as e:
         where = getattr(e, "problem_mark", None)
         line = f" (line {where.line + 1})" if where else ""
+        if isinstance(e, _LimitError):
+            at = f" at '{e.key}'" if e.key else ""
+            raise ConfigError(path, f"is refused{at}{line}: {e.problem}", e.fix) from None
         problem = f"is not valid YAML{line}: {getattr(e, 'problem', None) or e}"
         raise ConfigError(path, problem, "fix the syntax, or restore it from git") from None
-    return parse_params({} if data is None else data, path)
+
+
+def load_params(path: str | Path = DEFAULT_PARAMS) -> Params:
+    """Read and check a whole params file. Raises ConfigError: file missing, unreadable, not YAML, past a
+    reading limit (`read_yaml`), or any key invalid."""
+    data = read_yaml(path)
+    return parse_params({} if data is None else data, Path(path))
 
 
 def parse_params(data: Any, source: str | Path = DEFAULT_PARAMS) -> Params:
@@ -547,7 +759,24 @@ def _explain(root: type[BaseModel], err: dict[str, Any], at: str) -> tuple[str, 
     if isinstance(value, str) and err["type"] in ("int_type", "float_type", "bool_type"):
         hint = " (quoted values, and numbers like 1e-4, are read as text by YAML: write 0.0001 or 1.0e-4)"
     described = f": {field.description}" if field is not None and field.description else ""
-    return f"{path} = {value!r}: {msg[:1].lower()}{msg[1:]}", f"set {path} as documented{described}{hint}"
+    problem = f"{path} = {_shown(value)}: {msg[:1].lower()}{msg[1:]}"
+    return problem, f"set {path} as documented{described}{hint}"
+
+
+# A bad value as the error shows it: reprlib cuts long strings, long numbers and long or deep containers
+# without walking them whole (a full repr of shared, nested lists is exponential).
+_REPR = reprlib.Repr()
+_REPR.maxstring = _REPR.maxother = 80
+_REPR.maxlong = 40
+_REPR.maxlist = _REPR.maxtuple = _REPR.maxdict = _REPR.maxset = 4
+_REPR.maxlevel = 2
+
+
+def _shown(value: Any) -> str:
+    try:
+        return _REPR.repr(value)
+    except ValueError:  # an int too long for str() (4,300 digits): reprlib converts it whole first
+        return f"<an integer of {value.bit_length():,} bits>" if isinstance(value, int) else "<unprintable>"
 
 
 def _dotted(parts: tuple) -> str:

@@ -7,15 +7,32 @@ from collections.abc import Callable
 from functools import wraps
 from pathlib import Path
 
+# The longest subject, problem and fix an error carries. Values reach messages (a bad params value, a
+# rejected row, a file name): cut, one error stays one readable line, and the fix is never cut off by a
+# long problem. A longer part keeps its start and says how long it was.
+MAX_SUBJECT, MAX_PROBLEM, MAX_FIX = 1000, 2000, 1000
+
+
+def clip(text: str, limit: int) -> str:
+    """`text` when it has at most `limit` characters, else its start and its length, in at most `limit`."""
+    if len(text) <= limit:
+        return text
+    tail = f" ... [cut: {len(text):,} characters in all]"
+    return text[: max(limit - len(tail), 0)] + tail
+
 
 class PipelineError(Exception):
-    """A problem the user can fix: bad input data, bad params, a missing file."""
+    """A problem the user can fix: bad input data, bad params, a missing file.
+
+    `subject`, `problem` and `fix` are kept cut to MAX_SUBJECT, MAX_PROBLEM and MAX_FIX characters, so
+    `str(error)` is at most about 4,000 whatever values reach it.
+    """
 
     def __init__(self, subject: str | Path, problem: str, fix: str):
-        self.subject = str(subject)
-        self.problem = problem
-        self.fix = fix
-        super().__init__(f"{self.subject}: {problem}. Fix: {fix}")
+        self.subject = clip(str(subject), MAX_SUBJECT)
+        self.problem = clip(str(problem), MAX_PROBLEM)
+        self.fix = clip(str(fix), MAX_FIX)
+        super().__init__(f"{self.subject}: {self.problem}. Fix: {self.fix}")
 
 
 class DataError(PipelineError):

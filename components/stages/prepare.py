@@ -41,13 +41,18 @@ def sample_candidates(seqs: list[np.ndarray], n_items: int, num_negatives: int, 
 
     `user_ids` [len(seqs)]: the users' own ids, for the error when one has too few such items.
     """
+    def too_few(r: int, free: int) -> ConfigError:
+        return ConfigError("params.yaml", f"eval.num_negatives={num_negatives} but user '{user_ids[r]}' has only "
+                           f"{free} never-interacted items", "lower eval.num_negatives or use a larger catalogue")
+
+    if seqs and num_negatives >= n_items:  # no user has enough (each saw an item): before the [users, K] allocation
+        raise too_few(0, n_items - len(np.unique(seqs[0])))
     out = np.empty((len(seqs), num_negatives), dtype=np.int32)
     for r, seq in enumerate(seqs):
         seen = np.unique(seq)
         free = n_items - len(seen)
         if free < num_negatives:
-            raise ConfigError("params.yaml", f"eval.num_negatives={num_negatives} but user '{user_ids[r]}' has only "
-                              f"{free} never-interacted items", "lower eval.num_negatives or use a larger catalogue")
+            raise too_few(r, free)
         if free < 4 * num_negatives:  # dense user: sample from the explicit complement
             pool = np.setdiff1d(np.arange(1, n_items + 1), seen, assume_unique=True)
             out[r] = rng.choice(pool, num_negatives, replace=False)

@@ -6,10 +6,17 @@ from __future__ import annotations
 import datetime as dt
 from dataclasses import asdict, fields
 
+import numpy as np
 import pytest
 import yaml
 
 from components.config import (
+    MAX_ALIASES,
+    MAX_COUNT,
+    MAX_MINUTES,
+    MAX_PARAMS_BYTES,
+    MAX_SECONDS,
+    MAX_SEED,
     SYNTHETIC_TOPICS,
     LandingParams,
     Params,
@@ -18,7 +25,7 @@ from components.config import (
     main,
     parse_params,
 )
-from components.errors import ConfigError
+from components.errors import MAX_FIX, MAX_PROBLEM, MAX_SUBJECT, ConfigError, DataError, stage_main
 from tests.conftest import REPO
 
 
@@ -125,6 +132,13 @@ BAD_VALUES = [  # (key path, value, what the error says)
     ("orchestration.notify_callback", "module_without_function", "should match pattern"),
     ("orchestration.tasks.distill.gpus", -1, "greater than or equal to 0"),
     ("orchestration.landing.poll_seconds", 0, "greater than 0"),
+    # Above what the code that reads them can hold (components/config.py's MAX_* say which code):
+    ("seed", 10**14, f"less than or equal to {MAX_SEED}"),
+    ("eval.num_negatives", 10**12, f"less than or equal to {MAX_COUNT - 1}"),
+    ("sasrec.threads", 2**40, f"less than or equal to {MAX_COUNT}"),
+    ("distill.kv_cache_mb", 2.0**60, "less than or equal to 8796093022208"),
+    ("orchestration.retry_delay_seconds", 10**15, f"less than or equal to {MAX_SECONDS}"),
+    ("orchestration.tasks.distill.execution_timeout_minutes", 1e300, f"less than or equal to {MAX_MINUTES}"),
 ]
 
 
@@ -214,3 +228,157 @@ def test_a_checkpoint_keeps_its_own_architecture(tmp_path):
     assert set(meta["config"]) == {f.name for f in fields(SASRecConfig)}
     loaded = load_checkpoint(tmp_path)
     assert loaded.config == model.config and loaded.config.loss == "bce"  # not today's default (ce)
+
+
+def _numeric_schemas(schema: dict, where: str):
+    """(key path, JSON Schema) of every integer or number a property can hold, through anyOf."""
+    for sub in schema.get("anyOf", [schema]):
+        if sub.get("type") in ("integer", "number"):
+            yield where, sub
+
+
+def test_every_number_in_the_schema_has_both_bounds():
+    """An unbounded number passes the schema and then overflows whatever reads it (a seed above ~1.8e13 in
+    torch.manual_seed, 10**12 negatives in prepare's allocation): each number is bounded on both sides."""
+    schema = Params.model_json_schema()
+    unbounded = []
+    for model in [schema, *schema["$defs"].values()]:
+        for key, prop in model.get("properties", {}).items():
+            for where, sub in _numeric_schemas(prop, f"{model['title']}.{key}"):
+                keys = set(sub)
+                if not ({"minimum", "exclusiveMinimum"} & keys and {"maximum", "exclusiveMaximum"} & keys):
+                    unbounded.append(where)
+    assert not unbounded, unbounded
+
+
+@pytest.mark.parametrize("key", ["seed", "sasrec.seed", "distill.seed", "evaluate.shuffle_seed"])
+def test_a_seed_the_code_cannot_hold_is_refused(key):
+    seed = 18_446_744_073_710  # just above (2**64 - 1) / 1_000_003, training's per-step seed factor
+    with pytest.raises(ConfigError) as e:
+        parse_params(_nest(key, seed))
+    msg = str(e.value)
+    assert f"{key} = {seed}: input should be less than or equal to {MAX_SEED}" in msg, msg
+    assert f"Fix: set {key} as documented" in msg, msg
+
+
+def test_the_largest_seed_trains(tmp_path):
+    """The seed bound is one the code holds: SASRec's real training loop runs with it (each step seeds its
+    dropout masks with seed * 1_000_003 + step)."""
+    from components.stages.pretrain_sasrec import train
+    from tests.model.conftest import make_prepared
+
+    prepared = make_prepared(tmp_path)  # the model tests' data: 400 users, 200 items
+    sasrec = {"hidden": 8, "num_blocks": 1, "max_len": 8, "batch_size": 32, "epochs": 1, "threads": 1}
+    _, result, summary = train(parse_params({"seed": MAX_SEED, "sasrec": sasrec}), prepared, None,
+                               log=lambda *_: None)
+    assert result.progress.step >= 1 and summary["epochs"] == 1
+
+
+def test_negatives_beyond_the_catalogue_are_refused_before_any_allocation():
+    """10**12 negatives is refused by the schema. One the schema allows (an int32 catalogue's worth) but the
+    catalogue cannot give is refused by prepare before it allocates [users, K] (858 TB here)."""
+    from components.stages.prepare import sample_candidates
+
+    with pytest.raises(ConfigError, match=r"eval\.num_negatives = 1000000000000: input should be less than"):
+        parse_params({"eval": {"num_negatives": 10**12}})
+    users = 100_000
+    seqs = [np.array([1, 2, 3])] * users
+    ids = np.array([f"u{i}" for i in range(users)])
+    with pytest.raises(ConfigError, match=r"eval.num_negatives=2147483646 but user 'u0' has only 47 never-"):
+        sample_candidates(seqs, 50, MAX_COUNT - 1, np.random.default_rng(0), ids)
+
+
+def _bomb(levels: int) -> str:
+    """The billion-laughs document: each anchor aliases the one before 10 times, 10**levels strings in all."""
+    lines = ['a0: &a0 "lol"']
+    lines += [f"a{n}: &a{n} [{', '.join([f'*a{n - 1}'] * 10)}]" for n in range(1, levels + 1)]
+    return "\n".join(lines) + f"\nseed: *a{levels}\n"
+
+
+@pytest.mark.parametrize("levels", [5, 9])
+def test_an_alias_bomb_is_refused_at_once_in_one_short_line(tmp_path, levels):
+    """Before: the bomb loaded (shared references cost nothing), then the error's repr of `seed` walked it:
+    10**5 values made a 700 KB line, 10**9 a hang and MemoryError."""
+    path = tmp_path / "params.yaml"
+    path.write_text(_bomb(levels))
+    with pytest.raises(ConfigError) as e:
+        load_params(path)
+    msg = str(e.value)
+    assert len(msg) < 600, msg[:600]
+    assert "is refused at 'a4' (line 5): aliases expand '&a4' to 11,111 values (more than 10,000" in msg, msg
+    assert "Fix: write the values out instead of aliasing them" in msg
+
+
+def test_a_few_aliases_still_load(tmp_path):
+    path = tmp_path / "params.yaml"
+    path.write_text("orchestration:\n  tasks:\n    distill: &gpu {queue: gpu, pool: gpu, gpus: 1}\n"
+                    "    evaluate: *gpu\n    gate:\n      <<: *gpu\n      retries: 0\n")
+    tasks = load_params(path).orchestration.tasks
+    assert tasks["evaluate"] == tasks["distill"]
+    assert tasks["gate"].queue == "gpu" and tasks["gate"].retries == 0
+
+
+@pytest.mark.parametrize("content, says", [
+    # Before: RecursionError, ValueError (Python's int digit limit), a pydantic error per key,
+    # a repr of a recursive list, UnicodeDecodeError, and a 1 MiB file read as valid.
+    ("seed: " + "[" * 5000 + "]" * 5000 + "\n", "[0][0]' (line 1): nested more than 32 levels deep"),
+    ("seed: " + "9" * 5000 + "\n", "is refused at 'seed' (line 1): a number of 5,000 characters"),
+    ("".join(f"k{i}: &k{i} {i}\n" for i in range(MAX_ALIASES + 1))
+     + "x: [" + ", ".join(f"*k{i}" for i in range(MAX_ALIASES + 1)) + "]\n",
+     f"at 'x[100]' (line 102): more than {MAX_ALIASES} aliases"),
+    ("a: &a [*a]\nseed: *a\n", "is refused at 'a' (line 1): '&a' contains an alias of itself"),
+    (b"seed: 1 # caf\xe9\n", "is not UTF-8 text (byte 0xe9 at offset 13)"),
+    ("seed: 1\n" + "#" * MAX_PARAMS_BYTES + "\n", f"is larger than {MAX_PARAMS_BYTES:,} bytes"),
+], ids=["deep", "long_number", "many_aliases", "recursive", "not_utf8", "too_large"])
+def test_reading_limits_refuse_with_the_file_the_line_and_the_fix(tmp_path, content, says):
+    path = tmp_path / "params.yaml"
+    path.write_bytes(content if isinstance(content, bytes) else content.encode())
+    with pytest.raises(ConfigError) as e:
+        load_params(path)
+    msg = str(e.value)
+    assert msg.startswith(f"{path}: ") and says in msg and "Fix: " in msg and len(msg) < 600, msg[:600]
+
+
+def test_a_huge_value_is_shown_cut_with_the_key_and_the_fix():
+    """Before: the whole value went into the message (1 MB here; 10**6 shared lists: 7 MB)."""
+    nested: object = "lol"
+    for _ in range(6):
+        nested = [nested] * 10
+    cases = [("x" * 10**6, "seed = 'xxxxxxxx"), (nested, "seed = [[[...], [...], [...], [...], ...], ")]
+    for value, shown in cases:
+        with pytest.raises(ConfigError) as e:
+            parse_params({"seed": value})
+        msg = str(e.value)
+        assert len(msg) < 400 and shown in msg and "Fix: set seed as documented" in msg, msg[:400]
+
+
+def test_every_error_is_capped_and_keeps_its_fix(capsys):
+    """Any value that reaches an error (a row, a file name) is cut, and the fix is never cut off."""
+    err = DataError("d" * 10**5, "p" * 10**6, "f" * 10**5)
+    assert len(err.subject) <= MAX_SUBJECT and len(err.problem) <= MAX_PROBLEM and len(err.fix) <= MAX_FIX
+    assert err.problem.endswith(" ... [cut: 1,000,000 characters in all]") and ". Fix: fff" in str(err)
+
+    @stage_main("demo")
+    def fails():
+        raise err
+
+    with pytest.raises(SystemExit):
+        fails()
+    line = capsys.readouterr().err
+    assert line.startswith("ERROR [demo] ddd") and line.count("\n") == 1
+    assert len(line) <= MAX_SUBJECT + MAX_PROBLEM + MAX_FIX + 30
+
+
+def test_the_bounds_are_values_the_code_holds():
+    """What each MAX_* comment claims of the code that reads it."""
+    import torch
+
+    from components.config import MAX_FLOAT32, MAX_RETRIES
+
+    torch.Generator().manual_seed(MAX_SEED * 1_000_003 + 10**12)  # training.py's step seed, 10**12 steps in
+    np.random.seed(MAX_SEED)
+    latest = dt.datetime.now(dt.UTC) + dt.timedelta(seconds=MAX_SECONDS)  # OverflowError past year 9999
+    assert latest.year < 9999
+    assert dt.timedelta(minutes=MAX_MINUTES) <= dt.timedelta(seconds=MAX_SECONDS)
+    assert float(torch.tensor(MAX_FLOAT32, dtype=torch.float32)) == MAX_FLOAT32
+    assert 2 * MAX_RETRIES + 1 <= MAX_COUNT == np.iinfo(np.int32).max
