@@ -376,7 +376,7 @@ def test_a_rejection_is_judged_anew_once_its_reason_is_gone(tmp_path, paths, ing
     batch(users=3, items=("N2", "A")).to_csv(late, index=False)
     batch(users=2, items=("N2",), t0=1_736_000_000, title="Nashi pear").to_csv(brings, index=False)
     drop([late], paths)
-    assert "no catalogue entry" in land(paths, PARAMS, ingested=ingested, log=QUIET).rejected[0]["reason"]
+    assert "in_set(item_id)" in land(paths, PARAMS, ingested=ingested, log=QUIET).rejected[0]["reason"]
     drop([brings], paths)
     assert land(paths, PARAMS, ingested=ingested, log=QUIET).accepted
     drop([late], paths)
@@ -401,10 +401,10 @@ def test_following_the_fix_message_loses_no_bytes(tmp_path, paths, ingested):
     (again,) = land(paths, PARAMS, ingested=ingested, log=QUIET).rejected
     land(paths, PARAMS, ingested=ingested, log=QUIET)  # the next run
 
+    assert {mine, digest(bad)} <= kept_bytes(paths) and not list(paths.claimed.iterdir())
     kept = paths.rejected / again["batch_id"]
     assert digest(kept / "raw" / "quarantine.parquet") == mine and Path(again["path"]) == kept / "raw" / "quarantine.parquet"
     assert "reason" in pd.read_parquet(kept / "quarantine.parquet").columns  # the new quarantine, beside it
-    assert {mine, digest(bad)} <= kept_bytes(paths) and not list(paths.claimed.iterdir())
 
 
 def test_drop_never_replaces_a_waiting_file_nor_takes_a_name_that_is_never_landed(tmp_path, paths):
