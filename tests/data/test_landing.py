@@ -452,3 +452,26 @@ def test_two_landing_runs_at_once_never_take_the_same_file(tmp_path, paths, inge
     taken = sorted(r["file"] for rec in records for r in rec["accepted"] + rec["duplicates"])
     assert taken == sorted(f"b{k}.csv" for k in range(8)), outs
     assert len(accepted_batches(paths.store)) == 8 and not list(paths.claimed.iterdir())
+
+
+def test_what_a_killed_run_leaves_half_done_is_undone_by_the_next(tmp_path, paths, ingested):
+    """Sibling of item 1 (a kill -9 instead of ENOSPC): a half-filled hidden batch folder is removed and
+    its file, still claimed, is landed once; a retraction killed after its first rename is undone, so
+    the batch is still accepted, bytes unchanged."""
+    a = tmp_path / "a.csv"
+    batch().to_csv(a, index=False)
+    drop([a], paths)
+    (rec,) = land(paths, PARAMS, ingested=ingested, log=QUIET).accepted
+    os.rename(paths.store / rec["batch_id"], paths.store / f".retracting-{rec['batch_id']}")  # retract's first step
+    paths.claimed.mkdir(parents=True, exist_ok=True)
+    claimed = paths.claimed / "00000000000000000001.abcdef-b.csv"
+    batch(users=2, t0=1_736_000_000).to_csv(claimed, index=False)
+    half = paths.store / ".placing-20250101T000000.000000Z-0123456789ab-abcdef"  # _place's hidden folder
+    half.mkdir()
+    os.link(claimed, half / "b.csv")
+
+    (b,) = land(paths, PARAMS, ingested=ingested, log=QUIET).accepted
+    assert b["file"] == "b.csv" and not half.exists() and not list(paths.claimed.iterdir())
+    assert [p.name for p in accepted_batches(paths.store)] == ["a.csv", "b.csv"]
+    assert digest(paths.store / rec["batch_id"] / "a.csv") == digest(a)
+    assert not [p for p in paths.store.iterdir() if p.name.startswith(".")]
