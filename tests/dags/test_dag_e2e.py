@@ -174,8 +174,8 @@ def test_retraining_dag_end_to_end(tmp_path, fresh_airflow_home, tiny_llm_dir):
     assert "week_2.csv" in summary["errors"]["ingest_batches"] and "failed validation" in summary["errors"]["ingest_batches"]
     assert [d["file"] for d in summary["landing"]["duplicates"]] == ["week_1_again.csv"]
     (rejected,) = summary["landing"]["rejected"]
-    rdir = Path(root / rejected["path"]).parent
-    assert (rdir / "week_2.csv").read_bytes() == (tmp_path / "week_2.csv").read_bytes()  # raw bytes kept
+    rdir = Path(root / rejected["path"]).parent.parent  # rejected/<batch>/raw/week_2.csv
+    assert (rdir / "raw" / "week_2.csv").read_bytes() == (tmp_path / "week_2.csv").read_bytes()  # raw bytes kept
     quarantined = pd.read_parquet(rdir / "quarantine.parquet")
     assert len(quarantined) == 20 and quarantined["reason"].str.len().gt(0).all()
     assert "ERROR [landing]" in r4["log"] and "week_2.csv" in r4["log"]  # the task log says why
