@@ -124,7 +124,10 @@ def stage_changed(repo: Path, stage: Stage) -> bool:
     dvcfile, _, name = stage.address.rpartition(":")
     target = f"{repo / (dvcfile or 'dvc.yaml')}:{name}"  # absolute: DVC resolves targets against the cwd
     with repo_lock(repo), Repo(str(repo)) as dvc:
-        return bool(dvc.status(targets=[target], with_deps=True))
+        status = dvc.status(targets=[target], with_deps=True)
+    # A stage that always runs (ingest_batches: files arrive outside DVC) is always listed; what it wrote,
+    # if anything, shows as a changed dependency of the stage after it.
+    return any(entry != ["always changed"] for entry in status.values())
 
 
 def gate_decision(repo: Path, report: str) -> dict[str, Any]:
@@ -217,9 +220,11 @@ def metrics_line(repo: Path) -> dict[str, float]:
     return {k: v["ndcg@10"] for k, v in read_json(path).items() if isinstance(v, dict) and "ndcg@10" in v}
 
 
-def outcome_of(states: dict[str, str], ran: dict[str, bool], decision: dict[str, Any] | None,
+def outcome_of(states: dict[str, str], changed: dict[str, bool], decision: dict[str, Any] | None,
                before: str | None, after: str | None) -> tuple[str, str]:
-    """(outcome, reason) of a run from its task states: failed | rejected | provisional | promoted | unchanged."""
+    """(outcome, reason) of a run from its task states: failed | rejected | provisional | promoted | unchanged.
+
+    `changed`: per DVC stage, whether it changed what dvc.lock records (runner.run_stage's `changed`)."""
     failed = sorted(t for t, s in states.items() if s in ("failed", "upstream_failed"))
     if failed:
         first = [t for t in failed if states[t] == "failed"] or failed
@@ -230,7 +235,7 @@ def outcome_of(states: dict[str, str], ran: dict[str, bool], decision: dict[str,
         return "provisional", f"{decision.get('reason')}; production is now {after}, flagged provisional"
     if after != before:
         return "promoted", f"production is now {after} (was {before or 'empty'})"
-    if not any(ran.values()):
+    if not any(changed.values()):
         return "unchanged", f"nothing changed since the last run; production stays {before or 'empty'}"
     return "unchanged", f"retrained, same package as production ({after or 'empty'})"
 

@@ -56,11 +56,16 @@ def repo_lock(repo: Path):
 
 
 def run_stage(repo: Path, address: str, log=print) -> dict:
-    """`dvc repro -s ADDRESS`; returns {stage, ran, seconds}. Raises StageInputError or StageFailed."""
+    """`dvc repro -s ADDRESS`; returns {stage, ran, changed, seconds}. Raises StageInputError or StageFailed.
+
+    `ran`: DVC ran the stage's command. `changed`: and what dvc.lock records for it changed (DVC writes the
+    lock only then): a stage that always runs (`always_changed`, as `ingest_batches`) and found nothing
+    new has ran but not changed."""
     with repo_lock(repo):
         out = run_module(repo, ["dvc", "repro", "-s", address], log)
-    return {"stage": address, "ran": any(line.startswith("Running stage") for line in out["lines"]),
-            "seconds": out["seconds"]}
+    ran = any(line.startswith("Running stage") for line in out["lines"])
+    locked = any(line.startswith(("Updating lock file", "Generating lock file")) for line in out["lines"])
+    return {"stage": address, "ran": ran, "changed": ran and locked, "seconds": out["seconds"]}
 
 
 def run_module(repo: Path, argv: list[str], log=print) -> dict:
