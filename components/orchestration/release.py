@@ -80,12 +80,18 @@ def stage_warm_start(repo: Path, stages: list[Stage], mode: str, log=print) -> d
         log(f"warm start: {source} is the model {trainer.address} trained last and nothing it reads changed; "
             f"{staged} stays as dvc.lock records it, so the stage is not re-run")
         return {"mode": mode, "source": None, "unchanged": True, "staged": staged}
-    clear_staged(dest)
+    from components.orchestration.runner import dvc_write_lock
+
+    # The folder is a dependency: a `dvc repro` by hand may be training from it right now, and dvc.lock
+    # records it only when that stage ends. DVC's own lock tells; the folder is left alone then.
+    with dvc_write_lock(repo, dest, f"llm_srec_retraining: prepare_warm_start into {staged}"):
+        clear_staged(dest)
+        if source is not None:
+            shutil.copytree(source, dest, dirs_exist_ok=True)
     if source is None:
         log("warm start: off (orchestration.warm_start: none)" if mode == "none" else
             "warm start: no checkpoint to continue from (first run); SASRec trains from scratch")
         return {"mode": mode, "source": None, "staged": staged}
-    shutil.copytree(source, dest, dirs_exist_ok=True)
     log(f"warm start: {trainer.address} will continue from {source}" + (f" (production {tag})" if tag else ""))
     return {"mode": mode, "source": str(source), "champion": tag, "staged": staged}
 

@@ -81,3 +81,41 @@ def test_the_staged_warm_start_is_pinned_in_dvc_lock(tmp_path):
     assert sorted(p.name for p in (ws / STAGED).iterdir()) == [WARM_START_MARKER]
     assert "Running stage 'pretrain_sasrec'" in repro(ws).stdout
     assert staged_hash(ws) == empty and warm_start_summary(ws) is None
+
+
+@pytest.mark.slow
+def test_the_warm_start_is_not_changed_under_a_running_training(tmp_path):
+    """A `dvc repro` by hand trains from the staged checkpoint while the DAG's prepare_warm_start wants to
+    change the folder: DVC records the folder only when training ends, so changing it now would make
+    dvc.lock pin a start the model never had. DVC's own lock says the folder is in use; it stays."""
+    import signal
+    import time
+
+    import psutil
+
+    from components.errors import DataError
+
+    ws = make_workspace(tmp_path / "ws", {**SMALL, "sasrec": {**SMALL["sasrec"], "epochs": 4}})
+    stages = graph.pipeline_stages(ws)
+    repro(ws)
+    stage_warm_start(ws, stages, "previous", log=lambda *_: None)
+    proc = subprocess.Popen([sys.executable, "-m", "dvc", "repro", "-s", "pretrain_sasrec"], cwd=ws, env=venv_env(),
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    state = ws / "models" / ".resume" / "pretrain_sasrec"
+    deadline = time.time() + 300
+    while not list(state.glob("*/state.json")) and proc.poll() is None and time.time() < deadline:
+        time.sleep(0.02)  # the resume state after epoch 1: the run has read the staged checkpoint
+    trainer = next(p for p in psutil.Process(proc.pid).children(recursive=True)
+                   if "components.stages.pretrain_sasrec" in p.cmdline())
+    trainer.send_signal(signal.SIGSTOP)
+    try:
+        with pytest.raises(DataError, match="in use by a running dvc command"):
+            stage_warm_start(ws, stages, "none", log=lambda *_: None)
+    finally:
+        trainer.send_signal(signal.SIGCONT)
+    out = proc.communicate(timeout=600)[0]
+    assert proc.returncode == 0, out[-3000:]
+    assert (ws / STAGED / "config.json").is_file() and warm_start_summary(ws)["staged"]  # what it trained from
+    status = subprocess.run([sys.executable, "-m", "dvc", "status", "--json", "pretrain_sasrec"], cwd=ws,
+                            env=venv_env(), capture_output=True, text=True, check=True)
+    assert "pretrain_sasrec" not in json.loads(status.stdout)  # and dvc.lock records that same folder
