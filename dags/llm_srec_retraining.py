@@ -19,9 +19,9 @@ lands: the Asset `llm_srec_landing_zone` is updated when the triggerer sees the 
    production model's SASRec (or the previous checkpoint) so `pretrain_sasrec` continues from it; known
    items keep their embeddings, new items start fresh. The staged folder is a dependency of
    `pretrain_sasrec`, so `dvc.lock` records what training started from.
-4. `check_gate`: reads `reports/gate.json`; passed → the stages after the gate (`package`: save to
+3. `check_gate`: reads `reports/gate.json`; passed → the stages after the gate (`package`: save to
    BentoML and promote) → `reload_serving`; failed → `mark_rejected` (log, registry, notify callback).
-5. `run_summary`: always runs; writes `reports/runs/<run>/summary.json`, notifies, and fails the run
+4. `run_summary`: always runs; writes `reports/runs/<run>/summary.json`, notifies, and fails the run
    if any task failed. A failed or rejected run leaves the production model as it was.
 
 Configuration: `params.yaml` → `orchestration`. Setup, pools and GPU workers: README → Airflow.
