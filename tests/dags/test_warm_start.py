@@ -98,15 +98,24 @@ def test_the_warm_start_is_not_changed_under_a_running_training(tmp_path):
     ws = make_workspace(tmp_path / "ws", {**SMALL, "sasrec": {**SMALL["sasrec"], "epochs": 4}})
     stages = graph.pipeline_stages(ws)
     repro(ws)
-    stage_warm_start(ws, stages, "previous", log=lambda *_: None)
+    params = yaml.safe_load((ws / "params.yaml").read_text())
+    params["sasrec"]["epochs"] = 5  # something changed, so the last checkpoint is staged and trained from
+    (ws / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    assert stage_warm_start(ws, stages, "previous", log=lambda *_: None)["source"]
     proc = subprocess.Popen([sys.executable, "-m", "dvc", "repro", "-s", "pretrain_sasrec"], cwd=ws, env=venv_env(),
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     state = ws / "models" / ".resume" / "pretrain_sasrec"
     deadline = time.time() + 300
     while not list(state.glob("*/state.json")) and proc.poll() is None and time.time() < deadline:
         time.sleep(0.02)  # the resume state after epoch 1: the run has read the staged checkpoint
-    trainer = next(p for p in psutil.Process(proc.pid).children(recursive=True)
-                   if "components.stages.pretrain_sasrec" in p.cmdline())
+    trainer = None
+    for p in psutil.Process(proc.pid).children(recursive=True) if proc.poll() is None else []:
+        try:
+            if "components.stages.pretrain_sasrec" in p.cmdline():
+                trainer = p
+        except psutil.NoSuchProcess:  # a shell between dvc and the stage may be gone
+            continue
+    assert trainer is not None, f"the training ended before it could be paused: {proc.communicate()[0][-2000:]}"
     trainer.send_signal(signal.SIGSTOP)
     try:
         with pytest.raises(DataError, match="in use by a running dvc command"):
