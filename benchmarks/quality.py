@@ -121,13 +121,13 @@ def stage_key(stage: dict[str, Any], params: dict[str, Any]) -> str:
     return hashlib.sha256(json.dumps([stage["cmd"], used], sort_keys=True, default=str).encode()).hexdigest()
 
 
-def median_epoch(workspace: Path, models: list[str]) -> dict[str, float]:
-    """SASRec's median epoch time from its curve: the mean (seconds_per_epoch) also counts any time the
-    process was paused or starved, which a run resumed across sessions on a shared machine has."""
-    curve = workspace / "reports" / "sasrec_curve.json"
-    if "sasrec" not in models or not curve.is_file():
+def median_epoch(workspace: Path, dvc: dict[str, Any], models: list[str]) -> dict[str, float]:
+    """SASRec's median epoch time from its run record's rounds: the mean (seconds_per_epoch) also counts any
+    time the process was paused or starved, which a run resumed across sessions on a shared machine has."""
+    if "sasrec" not in models:
         return {}
-    seconds = [row["seconds"] for row in json.loads(curve.read_text()) if row.get("seconds") is not None]
+    rounds = run_record(workspace, dvc["stages"]["pretrain_sasrec"]).get("rounds") or []
+    seconds = [row["seconds"] for row in rounds if row.get("seconds") is not None]
     return {"median_seconds_per_epoch": round(statistics.median(seconds), 2)} if seconds else {}
 
 
@@ -135,6 +135,17 @@ def stage_metrics_file(stage: dict[str, Any]) -> str | None:
     for entry in stage.get("metrics", []):
         return next(iter(entry)) if isinstance(entry, dict) else entry
     return None
+
+
+def run_record(workspace: Path, stage: dict[str, Any]) -> dict[str, Any]:
+    """The stage's run record (its `--timings` file: durations, threads, device; components/timings.py)."""
+    words = shlex.split(stage["cmd"])
+    path = words[words.index("--timings") + 1] if "--timings" in words[:-1] else None
+    return json.loads((workspace / path).read_text()) if path and (workspace / path).is_file() else {}
+
+
+#: a run record's entries that describe the record or the machine, not the training (kept elsewhere here)
+RECORD_ONLY = ("stage", "seconds", "finished_at", "host", "cpus", "python", "rounds", "landing")
 
 
 def run(args: argparse.Namespace, log=print) -> dict[str, Any]:
@@ -172,8 +183,11 @@ def run(args: argparse.Namespace, log=print) -> dict[str, Any]:
     training = {}
     for m in models:
         if MODEL_STAGES[m]:
-            path = stage_metrics_file(dvc["stages"][MODEL_STAGES[m][-1]])
-            training[m] = json.loads((workspace / path).read_text()) if path else {}
+            stage = dvc["stages"][MODEL_STAGES[m][-1]]
+            path = stage_metrics_file(stage)
+            # The summary metric holds what the data decides; durations and threads are in the run record.
+            facts = {k: v for k, v in run_record(workspace, stage).items() if k not in RECORD_ONLY}
+            training[m] = {**(json.loads((workspace / path).read_text()) if path else {}), **facts}
     if "sasrec" in models and len(models) > 1:
         result["paired_vs_sasrec"] = paired_vs(workspace / "reports" / "per_user.parquet", "sasrec",
                                                [m for m in models if m != "sasrec"])
@@ -182,7 +196,7 @@ def run(args: argparse.Namespace, log=print) -> dict[str, Any]:
         "seconds": {name: s["seconds"] for name, s in stages.items()},
         "epochs": training[main_model]["epochs"] if main_model else 0,
         "seconds_per_epoch": training[main_model]["seconds_per_epoch"] if main_model else 0.0,
-        **median_epoch(workspace, models),
+        **median_epoch(workspace, dvc, models),
         "peak_rss_mb": max(s["peak_rss_mb"] for s in stages.values()),
         "peak_rss_mb_per_stage": {name: s["peak_rss_mb"] for name, s in stages.items()},
         "machine_per_stage": {name: s["machine"] for name, s in stages.items()},

@@ -48,6 +48,28 @@ def fresh_dir(path: Path) -> Path:
     return path
 
 
+def visible_files(root: Path) -> dict[str, tuple[int, int]]:
+    """Every file under `root` whose path has no hidden part (a name starting with '.'), as
+    {relative path: (bytes, mtime in ns)}; {} when `root` does not exist.
+
+    Hidden entries are work in progress (a batch being placed is a hidden folder until it is renamed into
+    place), and .dvcignore keeps DVC from hashing them too, so this is the part of a folder that DVC
+    records. Comparing two calls tells whether the folder changed in between.
+    """
+    root = Path(root)
+    if not root.is_dir():
+        return {}
+    out = {}
+    for dirpath, dirnames, filenames in os.walk(root):
+        dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
+        for name in sorted(filenames):
+            if not name.startswith("."):
+                f = Path(dirpath) / name
+                st = f.stat()
+                out[f.relative_to(root).as_posix()] = (st.st_size, st.st_mtime_ns)
+    return out
+
+
 def sha256_of(path: Path) -> str:
     """Hex SHA-256 of a file, read in blocks (downloads, GGUF backbones)."""
     h = hashlib.sha256()

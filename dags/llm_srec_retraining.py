@@ -7,19 +7,21 @@ lands: the Asset `llm_srec_landing_zone` is updated when the triggerer sees the 
 
 **Tasks**
 
-1. `ingest_batches`: moves complete files from `data/incoming/` into the raw store `data/batches/`
-   (atomic rename, de-duplicated by SHA-256, validated on its own; a batch with too many bad rows is
-   rejected into `data/landing/rejected/` with its quarantined rows, and the run fails here).
-2. `prepare_warm_start`: stages the production model's SASRec (or the previous checkpoint) so
-   `pretrain_sasrec` continues from it; known items keep their embeddings, new items start fresh. The
-   staged folder is a dependency of `pretrain_sasrec`, so `dvc.lock` records what training started from.
-3. One task per DVC stage in `dvc.yaml`, wired by the stages' deps and outs, each running
+1. One task per DVC stage in `dvc.yaml`, wired by the stages' deps and outs, each running
    `dvc repro -s <stage>`: DVC skips what has not changed, so reruns and retries are idempotent.
    Adding a stage to `dvc.yaml` adds a task here. They share the 1-slot pool `dvc` (DVC's repo lock);
-   `distill` goes to queue `gpu` and pool `gpu` (`orchestration.tasks`).
-4. `check_gate`: reads `reports/gate.json`; passed → the stages after the gate (`package`: save to
+   `distill` goes to queue `gpu` and pool `gpu` (`orchestration.tasks`). The first is the stage that
+   writes the raw store `data/batches/`, `ingest_batches`: it moves complete files from
+   `data/incoming/` into the store (atomic rename, de-duplicated by SHA-256, validated on its own; a
+   batch with too many bad rows is rejected into `data/landing/rejected/` with its quarantined rows,
+   and the run fails here). As a DVC stage's output the store is versioned with the rest.
+2. `prepare_warm_start`, once the store is up to date and before the other stages: stages the
+   production model's SASRec (or the previous checkpoint) so `pretrain_sasrec` continues from it; known
+   items keep their embeddings, new items start fresh. The staged folder is a dependency of
+   `pretrain_sasrec`, so `dvc.lock` records what training started from.
+3. `check_gate`: reads `reports/gate.json`; passed → the stages after the gate (`package`: save to
    BentoML and promote) → `reload_serving`; failed → `mark_rejected` (log, registry, notify callback).
-5. `run_summary`: always runs; writes `reports/runs/<run>/summary.json`, notifies, and fails the run
+4. `run_summary`: always runs; writes `reports/runs/<run>/summary.json`, notifies, and fails the run
    if any task failed. A failed or rejected run leaves the production model as it was.
 
 Configuration: `params.yaml` → `orchestration`. Setup, pools and GPU workers: README → Airflow.
@@ -47,10 +49,8 @@ from airflow.sdk.exceptions import AirflowFailException
 
 from components.config import load_params
 from components.errors import ConfigError
-from components.io import read_json
 from components.orchestration import graph, release
 from components.orchestration.operators import DvcStageOperator
-from components.orchestration.runner import StageFailed, StageInputError, run_module
 from components.serving.registry import log_event
 
 # The repository this DAG drives: the folder above dags/, or $LLMSREC_REPO when the DAG file is
@@ -59,8 +59,7 @@ REPO = Path(os.environ.get("LLMSREC_REPO") or Path(__file__).resolve().parents[1
 CFG = load_params(REPO / "params.yaml").orchestration  # the whole file is checked: a typo anywhere fails here
 STAGES = graph.pipeline_stages(REPO)
 LANDING = CFG.landing
-ORCHESTRATION_TASKS = ("ingest_batches", "prepare_warm_start", "check_gate", "mark_rejected", "reload_serving",
-                       "run_summary")
+ORCHESTRATION_TASKS = ("prepare_warm_start", "check_gate", "mark_rejected", "reload_serving", "run_summary")
 
 if clash := sorted({s.task_id for s in STAGES} & set(ORCHESTRATION_TASKS)):
     raise ConfigError(REPO / "dvc.yaml", f"stage(s) {clash} share a name with the DAG's own tasks",
@@ -70,6 +69,11 @@ if not STORE_READERS:
     raise ConfigError(REPO / "params.yaml", f"orchestration.landing.store ({LANDING.store}) is not a dependency "
                       "of any dvc.yaml stage, so accepted batches would never reach training",
                       "add it to the ingest stage's deps and command (--batches), or fix the path")
+STORE_WRITER = graph.writer_of(STAGES, LANDING.store)
+if STORE_WRITER is None:
+    raise ConfigError(REPO / "params.yaml", f"orchestration.landing.store ({LANDING.store}) is the output of no "
+                      "dvc.yaml stage, so accepted batches would not be versioned (`dvc push` would not send them)",
+                      "restore the ingest_batches stage (its `--store` and `outs`), or fix the path")
 GATE_STAGE = graph.writer_of(STAGES, CFG.gate_report)
 if GATE_STAGE is None:
     raise ConfigError(REPO / "params.yaml", f"orchestration.gate_report ({CFG.gate_report}) is written by no "
@@ -135,18 +139,6 @@ with DAG(
 ) as dag:
 
     @task
-    def ingest_batches() -> dict:
-        """Landing zone → raw store. Runs the same CLI an operator would, in the repository."""
-        record = release.run_dir(REPO, _run_id()) / "landing.json"
-        try:
-            run_module(REPO, ["components.data.landing", "ingest", "--record", str(record)], log=print)
-        except StageInputError as e:  # a rejected batch: a data problem, retrying cannot fix it
-            raise AirflowFailException(str(e)) from None
-        except StageFailed as e:
-            raise RuntimeError(str(e)) from None
-        return read_json(record)
-
-    @task
     def prepare_warm_start() -> dict:
         info = release.stage_warm_start(REPO, STAGES, CFG.warm_start, log=print)
         return {**info, "production_before": release.production_tag()}
@@ -188,15 +180,16 @@ with DAG(
         states = {t: str(s) for t, s in (states.get(run_id, states) or {}).items() if t != ti.task_id}
         pulled = {s.task_id: ti.xcom_pull(task_ids=s.task_id) for s in STAGES}
         warm = ti.xcom_pull(task_ids="prepare_warm_start") or {}
-        rundir = release.run_dir(REPO, run_id)
-        landing = read_json(rundir / "landing.json") if (rundir / "landing.json").is_file() else {}
+        # The landing's outcome is in the store writer's run record, which its task passes on even when it fails.
+        landing = (ti.xcom_pull(task_ids=STORE_WRITER.task_id, key="record") or {}).get("landing") or {}
         decision = None
         if states.get("check_gate") == "success":
             decision = ti.xcom_pull(task_ids="check_gate", key="decision")
         before = warm.get("production_before")
         after = release.production_tag()
-        ran = {t: bool(r and r.get("ran")) for t, r in pulled.items()}
-        outcome, reason = release.outcome_of(states, ran, decision, before, after)
+        # Whether a stage changed what dvc.lock records, not whether it ran: ingest_batches runs every time.
+        changed = {t: bool(r and r.get("changed")) for t, r in pulled.items()}
+        outcome, reason = release.outcome_of(states, changed, decision, before, after)
         record = {
             "run_id": run_id, "outcome": outcome, "reason": reason,
             "production_before": before, "production_after": after,
@@ -218,13 +211,11 @@ with DAG(
             raise AirflowFailException(f"run failed: {reason}. Errors: {json.dumps(record['errors'])}")
         return record
 
-    landed = ingest_batches()
     warm = prepare_warm_start()
     gate = check_gate()
     rejected = mark_rejected()
     reload = reload_serving()
     summary = run_summary()
-    landed >> warm
 
     ops = {}
     for stage in STAGES:
@@ -234,16 +225,18 @@ with DAG(
         if gpus := opts.pop("gpus", None):
             opts["executor_config"] = _gpu_pod(int(gpus))
         ops[stage.address] = DvcStageOperator(
-            task_id=stage.task_id, stage=stage.address, repo=str(REPO),
+            task_id=stage.task_id, stage=stage.address, repo=str(REPO), record=graph.option_of(stage, "--timings"),
             pool=opts.pop("pool", CFG.dvc_pool),
             execution_timeout=timedelta(minutes=minutes) if minutes else None,
             doc_md=f"`dvc repro -s {stage.address}`\n\ndeps: {', '.join(stage.deps)}\n\nouts: {', '.join(stage.outs)}",
             **opts,
         )
+    # The store is brought up to date first, so the warm start sees whether anything new arrived.
+    ops[STORE_WRITER.address] >> warm
     for stage in STAGES:
         for up in stage.upstream:
             ops[up] >> ops[stage.address]
-        if not stage.upstream:
+        if stage is not STORE_WRITER and set(stage.upstream) <= {STORE_WRITER.address}:
             warm >> ops[stage.address]
 
     release_ids = {s.address for s in RELEASE_STAGES}

@@ -80,12 +80,18 @@ def stage_warm_start(repo: Path, stages: list[Stage], mode: str, log=print) -> d
         log(f"warm start: {source} is the model {trainer.address} trained last and nothing it reads changed; "
             f"{staged} stays as dvc.lock records it, so the stage is not re-run")
         return {"mode": mode, "source": None, "unchanged": True, "staged": staged}
-    clear_staged(dest)
+    from components.orchestration.runner import dvc_write_lock
+
+    # The folder is a dependency: a `dvc repro` by hand may be training from it right now, and dvc.lock
+    # records it only when that stage ends. DVC's own lock tells; the folder is left alone then.
+    with dvc_write_lock(repo, dest, f"llm_srec_retraining: prepare_warm_start into {staged}"):
+        clear_staged(dest)
+        if source is not None:
+            shutil.copytree(source, dest, dirs_exist_ok=True)
     if source is None:
         log("warm start: off (orchestration.warm_start: none)" if mode == "none" else
             "warm start: no checkpoint to continue from (first run); SASRec trains from scratch")
         return {"mode": mode, "source": None, "staged": staged}
-    shutil.copytree(source, dest, dirs_exist_ok=True)
     log(f"warm start: {trainer.address} will continue from {source}" + (f" (production {tag})" if tag else ""))
     return {"mode": mode, "source": str(source), "champion": tag, "staged": staged}
 
@@ -124,7 +130,10 @@ def stage_changed(repo: Path, stage: Stage) -> bool:
     dvcfile, _, name = stage.address.rpartition(":")
     target = f"{repo / (dvcfile or 'dvc.yaml')}:{name}"  # absolute: DVC resolves targets against the cwd
     with repo_lock(repo), Repo(str(repo)) as dvc:
-        return bool(dvc.status(targets=[target], with_deps=True))
+        status = dvc.status(targets=[target], with_deps=True)
+    # A stage that always runs (ingest_batches: files arrive outside DVC) is always listed; what it wrote,
+    # if anything, shows as a changed dependency of the stage after it.
+    return any(entry != ["always changed"] for entry in status.values())
 
 
 def gate_decision(repo: Path, report: str) -> dict[str, Any]:
@@ -217,9 +226,11 @@ def metrics_line(repo: Path) -> dict[str, float]:
     return {k: v["ndcg@10"] for k, v in read_json(path).items() if isinstance(v, dict) and "ndcg@10" in v}
 
 
-def outcome_of(states: dict[str, str], ran: dict[str, bool], decision: dict[str, Any] | None,
+def outcome_of(states: dict[str, str], changed: dict[str, bool], decision: dict[str, Any] | None,
                before: str | None, after: str | None) -> tuple[str, str]:
-    """(outcome, reason) of a run from its task states: failed | rejected | provisional | promoted | unchanged."""
+    """(outcome, reason) of a run from its task states: failed | rejected | provisional | promoted | unchanged.
+
+    `changed`: per DVC stage, whether it changed what dvc.lock records (runner.run_stage's `changed`)."""
     failed = sorted(t for t, s in states.items() if s in ("failed", "upstream_failed"))
     if failed:
         first = [t for t in failed if states[t] == "failed"] or failed
@@ -230,7 +241,7 @@ def outcome_of(states: dict[str, str], ran: dict[str, bool], decision: dict[str,
         return "provisional", f"{decision.get('reason')}; production is now {after}, flagged provisional"
     if after != before:
         return "promoted", f"production is now {after} (was {before or 'empty'})"
-    if not any(ran.values()):
+    if not any(changed.values()):
         return "unchanged", f"nothing changed since the last run; production stays {before or 'empty'}"
     return "unchanged", f"retrained, same package as production ({after or 'empty'})"
 

@@ -55,12 +55,47 @@ def repo_lock(repo: Path):
             fcntl.flock(f, fcntl.LOCK_UN)
 
 
+@contextmanager
+def dvc_write_lock(repo: Path, path: Path, what: str):
+    """Hold DVC's own write lock on `path` (the lock a running stage holds on its outputs, in
+    `.dvc/tmp/rwlock`) while changing it outside DVC. A `dvc` command that reads it meanwhile (a stage
+    with it as a dependency: DVC holds that from before the command until dvc.lock is written) stops
+    with "busy"; if one is reading it now, this raises DataError at once, naming it, and changes nothing.
+    `what`: who holds it, as `dvc` will report it."""
+    from dvc.fs import localfs
+    from dvc.lock import LockError
+    from dvc.rwlock import rwlock
+
+    tmp = Path(repo).resolve() / ".dvc" / "tmp"
+    tmp.mkdir(parents=True, exist_ok=True)
+    try:
+        lock = rwlock(str(tmp), localfs, what, [], [str(Path(path).resolve())], False)
+        lock.__enter__()
+    except LockError as e:
+        from components.errors import DataError
+
+        lines = [line.strip() for line in str(e).splitlines() if line.strip()]
+        who = next((line for line in lines if line.startswith("(PID")), lines[0] if lines else "DVC's lock")
+        raise DataError(path, f"is in use by a running dvc command ({who})",
+                        "let it finish, then run this again: changing it now would make dvc.lock record "
+                        "what the stage did not read") from None
+    try:
+        yield
+    finally:
+        lock.__exit__(None, None, None)
+
+
 def run_stage(repo: Path, address: str, log=print) -> dict:
-    """`dvc repro -s ADDRESS`; returns {stage, ran, seconds}. Raises StageInputError or StageFailed."""
+    """`dvc repro -s ADDRESS`; returns {stage, ran, changed, seconds}. Raises StageInputError or StageFailed.
+
+    `ran`: DVC ran the stage's command. `changed`: and what dvc.lock records for it changed (DVC writes the
+    lock only then): a stage that always runs (`always_changed`, as `ingest_batches`) and found nothing
+    new has ran but not changed."""
     with repo_lock(repo):
         out = run_module(repo, ["dvc", "repro", "-s", address], log)
-    return {"stage": address, "ran": any(line.startswith("Running stage") for line in out["lines"]),
-            "seconds": out["seconds"]}
+    ran = any(line.startswith("Running stage") for line in out["lines"])
+    locked = any(line.startswith(("Updating lock file", "Generating lock file")) for line in out["lines"])
+    return {"stage": address, "ran": ran, "changed": ran and locked, "seconds": out["seconds"]}
 
 
 def run_module(repo: Path, argv: list[str], log=print) -> dict:

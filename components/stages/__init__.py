@@ -1,8 +1,11 @@
 """The pipeline's stages: one module per stage of `dvc.yaml`, named as the stage is.
 
 Data flows through them in this order; each module's `main()` reads its own `params.yaml` section and
-takes every path from its command line (`python -m components.stages.<stage> --help`):
+takes every path from its command line (`python -m components.stages.<stage> --help`), and writes what
+differs between two runs on the same inputs (durations, host) only to its run record `--timings`
+(components/timings.py), never into a DVC output:
 
+- `ingest_batches`: the landing zone -> the raw batch store `data/batches/` (a DVC output, so versioned)
 - `ingest`: the configured source plus the raw batch store -> `data/ingested/` (canonical Parquet)
 - `validate`: Great Expectations on the ingested rows -> `data/validated/`, `data/quarantine/`
 - `prepare`: k-core, leave-last-out splits, fixed 1+99 candidates -> `data/prepared/`

@@ -11,6 +11,9 @@ only the trained parameters are saved: adapters, config, item table. Never the L
 
 Runs under `accelerate launch` for several GPUs: each process takes a slice of every batch and
 gradients are averaged across processes; only the main process validates and writes.
+
+Durations, throughput, the device and where a run resumed go to `--timings` (components/timings.py), not
+into the summary metric or the curve: they differ between two runs on the same inputs.
 """
 
 from __future__ import annotations
@@ -27,6 +30,11 @@ import torch
 from components.config import DistillParams, load_params
 from components.errors import stage_main
 from components.io import write_json
+from components.timings import split, split_curve, write_timings
+
+#: what `fit` and the stage report that two runs on the same inputs may disagree on: the run record's
+RUN_FACTS = ("resumed_from_step", "train_seconds", "seconds_per_epoch", "seconds_per_step", "examples_per_second",
+             "item_table_seconds", "item_table_items_per_second", "device")
 
 
 def build_model(prepared, sasrec, backbone, opts: DistillParams, titles: list[str], sasrec_path: str | None = None,
@@ -262,7 +270,9 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--plot", type=Path, required=True)
     ap.add_argument("--summary", type=Path, required=True)
     ap.add_argument("--state-dir", type=Path, help="where a killed run's state is kept for resuming (outside the outs)")
+    ap.add_argument("--timings", type=Path, help="run record (durations, device, resume point): not a DVC output")
     args = ap.parse_args(argv)
+    t_start = time.time()
     params = load_params(args.params)
     opts, llm = params.distill, params.llm
     seed = opts.seed if opts.seed is not None else params.seed
@@ -307,12 +317,14 @@ def main(argv: list[str] | None = None) -> None:
         result["item_table_seconds"] = round(time.time() - t0, 2)
         result["item_table_items_per_second"] = round(model.num_items / max(time.time() - t0, 1e-9), 2)
         model.save(fresh_dir(args.out))
-        curve = result.pop("curve")
+        curve, rounds = split_curve(result.pop("curve"))
         write_json(args.curve, curve)
         plot_curve(curve, args.plot)
         result.update(trainable_parameters=n_train, backbone=backbone.name, dtype=str(backbone.dtype).replace("torch.", ""),
                       device=str(backbone.device))
-        write_json(args.summary, result)
+        kept, facts = split(result, RUN_FACTS)
+        write_json(args.summary, kept)
+        write_timings(args.timings, "distill", time.time() - t_start, **facts, rounds=rounds)
         if args.state_dir is not None:
             ResumeState(args.state_dir, key).clear()  # finished: nothing left to resume
         print(f"distill: {result['steps']} steps ({result['seconds_per_step']:.1f}s/step), best valid NDCG@10 "

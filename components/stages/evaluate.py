@@ -30,6 +30,7 @@ from components.evaluation.metrics import per_user_metrics, relative_drop, summa
 from components.evaluation.runner import rank_split
 from components.io import write_json, write_parquet
 from components.models import Popularity, Recommender, load_checkpoint
+from components.timings import write_timings
 
 _DEFAULTS = EvaluateParams()
 #: models built from the prepared data at evaluation time (no training stage of their own)
@@ -116,6 +117,7 @@ def main(argv: list[str] | None = None) -> None:
                     help="a trained model's checkpoint directory (repeatable)")
     ap.add_argument("--metrics", type=Path, required=True, help="reports/metrics.json")
     ap.add_argument("--per-user", type=Path, required=True, help="per-user ranks and metrics (Parquet)")
+    ap.add_argument("--timings", type=Path, help="run record (duration, host): not a DVC output")
     args = ap.parse_args(argv)
     params = load_params(args.params)
     cfg = params.evaluate
@@ -130,6 +132,7 @@ def main(argv: list[str] | None = None) -> None:
                               batch_size=cfg.batch_size, valid_split=cfg.valid_split)
     write_parquet(table, args.per_user)
     write_json(args.metrics, metrics)
+    write_timings(args.timings, "evaluate", time.time() - t0, threads=torch.get_num_threads())
     print(f"evaluate: {len(models)} models on {len(data.candidates['test'].user_idx):,} test users "
           f"in {time.time() - t0:.1f}s -> {args.metrics}")
 

@@ -39,6 +39,7 @@ import pandas as pd
 from components.config import GateParams, LLMParams, load_params
 from components.errors import DataError, stage_main
 from components.io import metrics_digest, read_json, write_json
+from components.timings import write_timings
 
 
 def check(name: str, value: float | None, threshold: float | None, passed: bool | None = None,
@@ -179,6 +180,7 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--per-user", type=Path, required=True, help="reports/per_user.parquet from evaluate")
     ap.add_argument("--prepared", type=Path, required=True, help="the current prepared data (its test candidates)")
     ap.add_argument("--out", type=Path, required=True, help="reports/gate.json")
+    ap.add_argument("--timings", type=Path, help="run record (duration, host): not a DVC output")
     args = ap.parse_args(argv)
     params = load_params(args.params)
     opts = params.gate
@@ -209,6 +211,7 @@ def main(argv: list[str] | None = None) -> None:
     write_json(args.out, {"passed": passed, "model": opts.model, "champion": champion.tag if champion else None,
                           "first_model": opts.first_model, "metrics_sha256": metrics_digest(args.metrics),
                           "checks": checks})
+    write_timings(args.timings, "gate", time.time() - t0)
     failed = [c for c in checks if not c["passed"]]
     print(f"gate: {'PASSED' if passed else 'REJECTED'} in {time.time() - t0:.1f}s"
           + ("".join(f"\n  failed {c['name']}: {c['value']} < {c['threshold']}" for c in failed)))

@@ -59,6 +59,7 @@ from components.serving.registry import (
     production_tag,
     set_production,
 )
+from components.timings import write_timings
 
 #: the data version of a package built from a folder that DVC does not track
 UNVERSIONED = "unversioned"
@@ -279,6 +280,8 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--sasrec", type=Path, required=True)
     ap.add_argument("--llmsrec", type=Path, required=True)
     ap.add_argument("--out", type=Path, required=True, help="reports/package.json")
+    ap.add_argument("--timings", type=Path, help="run record (duration, host, whether the version was reused): "
+                    "not a DVC output")
     args = ap.parse_args(argv)
     params = load_params(args.params)
     t0 = time.time()
@@ -292,6 +295,7 @@ def main(argv: list[str] | None = None) -> None:
         log_event("reject", None, f"gate failed: {', '.join(failed)}")
         report.update(tag=None, production=production)
         write_json(args.out, report)
+        write_timings(args.timings, "package", time.time() - t0)
         print(f"package: REJECTED (failed {', '.join(failed)}); production stays {production or 'empty'}")
         return
 
@@ -304,8 +308,10 @@ def main(argv: list[str] | None = None) -> None:
     reason = ("gate passed" if decision == "promoted" else
               f"first model, gate failed ({', '.join(failed)}): provisional until a model passes")
     set_production(tag, "promote" if decision == "promoted" else "provisional", reason)
-    report.update(tag=tag, production=tag, reused=reused, status=status)
+    # Whether the version was already stored depends on the store's history, not on this run's inputs.
+    report.update(tag=tag, production=tag, status=status)
     write_json(args.out, report)
+    write_timings(args.timings, "package", time.time() - t0, reused=reused)
     print(f"package: {tag} {'(already stored) ' if reused else ''}is production"
           f"{' (PROVISIONAL: ' + reason + ')' if decision == 'provisional' else ''} in {time.time() - t0:.1f}s")
 

@@ -10,7 +10,8 @@ users that passed it, with their whole histories (no second k-core, so the sampl
   Leave-last-out: the last item is test, the second-to-last validation, the rest training.
 - `candidates.parquet`: split (valid/test), user_idx, positive, negatives (list): each evaluated
   user's positive plus `eval.num_negatives` items they never interacted with, sampled once.
-- `meta.json`: counts, the index-mapping hashes, and the params used.
+- `meta.json`: counts, the index-mapping hashes, and the params used (no duration: it would change the
+  output's hash on every re-run and make every model stale; that goes to `--timings`).
 """
 
 from __future__ import annotations
@@ -28,6 +29,7 @@ from components.config import DataParams, EvalParams, load_params
 from components.data.preprocess import chronological, kcore, subsample_users
 from components.errors import ConfigError, DataError, stage_main
 from components.io import fresh_dir, write_json, write_parquet
+from components.timings import write_timings
 
 
 def mapping_hash(ids: pd.Series) -> str:
@@ -134,6 +136,7 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--validation", type=Path, help="validate's JSON summary, for the quarantine count")
     ap.add_argument("--out", type=Path, required=True)
     ap.add_argument("--summary", type=Path, required=True)
+    ap.add_argument("--timings", type=Path, help="run record (duration, host): not a DVC output")
     args = ap.parse_args(argv)
     params = load_params(args.params)
     data_cfg, eval_cfg = params.data, params.eval
@@ -149,13 +152,14 @@ def main(argv: list[str] | None = None) -> None:
         from components.io import read_json
 
         summary["quarantined_rows"] = read_json(args.validation)["rows_quarantined"]["interactions"]
-    summary["seconds"] = round(time.time() - t0, 2)
     write_json(out / "meta.json", {**summary, "params": {"data": data_cfg.model_dump(mode="json"),
                                                          "eval": eval_cfg.model_dump(mode="json")}})
     write_json(args.summary, summary)
+    seconds = time.time() - t0
+    write_timings(args.timings, "prepare", seconds)
     print(f"prepare: {summary['users']:,} users, {summary['items']:,} items, {summary['interactions']:,} "
           f"interactions ({summary['kcore_passes']} k-core passes), {summary['evaluated_users']:,} evaluated users "
-          f"in {summary['seconds']:.1f}s")
+          f"in {seconds:.1f}s")
 
 
 if __name__ == "__main__":

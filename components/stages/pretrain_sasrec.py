@@ -21,6 +21,10 @@ checkpoint to continue from, normally the production model's SASRec. It is used 
 skipped (training starts fresh, and the summary says why) because nobody asked for it by name. DIR is
 one of the stage's deps in dvc.yaml, so dvc.lock records it; it always exists, holding only a README
 when nothing is staged (components/orchestration/release.py).
+
+Durations, threads and where a run resumed go to `--timings` (components/timings.py), not into the
+checkpoint's `training.json`, the summary metric or the curve: a re-run on the same data must leave those
+as they were, or `distill`, `evaluate` and `package` would go stale for nothing.
 """
 
 from __future__ import annotations
@@ -39,8 +43,11 @@ from components.io import fresh_dir, sha256_of, write_json
 from components.models.base import WEIGHTS, match_items, read_checkpoint_meta, read_weights
 from components.models.sasrec import SASRec, SASRecConfig
 from components.models.training import FitResult, TrainOptions, run_key, sasrec_fit
+from components.timings import split, split_curve, write_timings
 
 ARCHITECTURE = ("hidden", "num_blocks", "num_heads", "max_len")  # what must agree for weights to fit
+#: summary entries two runs on the same inputs may disagree on: the run record's, not the outputs'
+RUN_FACTS = ("seconds_per_epoch", "train_seconds", "resumed_after_epoch", "threads")
 
 
 def warm_start(model: SASRec, directory: Path, mismatch: str = "error") -> dict[str, Any]:
@@ -157,6 +164,7 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--state-dir", type=Path, help="resume state root; must not be a declared output")
     ap.add_argument("--warm-start-staged", type=Path,
                     help="checkpoint an orchestrator staged to continue from, used when sasrec.warm_start_from is null")
+    ap.add_argument("--timings", type=Path, help="run record (durations, threads, resume point): not a DVC output")
     args = ap.parse_args(argv)
 
     t0 = time.time()
@@ -164,19 +172,22 @@ def main(argv: list[str] | None = None) -> None:
                                    staged=args.warm_start_staged)
     out = fresh_dir(args.out)
     model.save(out)
-    write_json(out / "training.json", summary)
-    write_json(args.curve, result.progress.curve)
+    kept, facts = split(summary, RUN_FACTS)
+    curve, rounds = split_curve(result.progress.curve)
+    write_json(out / "training.json", kept)
+    write_json(args.curve, curve)
     if args.plot:
-        plot_curve(result.progress.curve, args.plot)
-    summary["seconds"] = round(time.time() - t0, 2)
-    write_json(args.summary, summary)
+        plot_curve(curve, args.plot)
+    write_json(args.summary, kept)
+    seconds = time.time() - t0
+    write_timings(args.timings, "pretrain_sasrec", seconds, **facts, rounds=rounds)
     if args.state_dir:
         from components.models.training import ResumeState
 
         ResumeState(args.state_dir, summary["run"]).clear()  # finished: nothing left to resume
     print(f"pretrain_sasrec: best valid NDCG@10 {summary['best_valid_ndcg@10']:.4f} at epoch {summary['best_epoch']} "
           f"of {summary['epochs']} ({summary['stopped']}), {summary['seconds_per_epoch']:.2f}s/epoch, "
-          f"{summary['seconds']:.1f}s in all")
+          f"{seconds:.1f}s in all")
 
 
 if __name__ == "__main__":

@@ -6,8 +6,7 @@ import pytest
 
 from tests.conftest import REPO
 
-ORCHESTRATION = {"ingest_batches", "prepare_warm_start", "check_gate", "mark_rejected", "reload_serving",
-                 "run_summary"}
+ORCHESTRATION = {"prepare_warm_start", "check_gate", "mark_rejected", "reload_serving", "run_summary"}
 
 
 @pytest.fixture(scope="module")
@@ -39,7 +38,10 @@ def test_tasks_are_the_dvc_stages_plus_orchestration(dag):
 
 def test_edges_follow_dvc_deps_and_outs(dag):
     up = {t.task_id: set(t.upstream_task_ids) for t in dag.tasks}
-    assert up["ingest"] == {"prepare_warm_start"} and up["prepare_warm_start"] == {"ingest_batches"}
+    # The landing (a DVC stage: it writes the raw store) comes first, then the warm start, which looks at
+    # whether anything new arrived, then the stages that read the store.
+    assert up["ingest_batches"] == set() and up["prepare_warm_start"] == {"ingest_batches"}
+    assert up["ingest"] == {"ingest_batches", "prepare_warm_start"}
     assert "ingest" in up["validate"] and "validate" in up["prepare"] and "prepare" in up["pretrain_sasrec"]
     assert {"pretrain_sasrec", "prepare"} <= up["distill"]
     assert {"distill", "pretrain_sasrec"} <= up["evaluate"]

@@ -10,6 +10,7 @@ model that was just trained, with nothing else changed, re-runs nothing; `none` 
 from __future__ import annotations
 
 import json
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -72,10 +73,58 @@ def test_the_staged_warm_start_is_pinned_in_dvc_lock(tmp_path):
     # dvc.lock records it and DVC re-runs nothing (else every run would retrain the model from itself).
     info = stage_warm_start(ws, stages, "previous", log=lambda *_: None)
     assert info["unchanged"] and info["source"] is None
-    assert "Running stage" not in repro(ws).stdout and staged_hash(ws) == warm
+    # (ingest_batches runs every time, files arriving outside DVC; with nothing new it changes nothing.)
+    assert re.findall(r"Running stage '(\w+)'", repro(ws).stdout) == ["ingest_batches"] and staged_hash(ws) == warm
 
     # `none`: the folder is emptied (its README stays), so the stage re-runs from scratch.
     stage_warm_start(ws, stages, "none", log=lambda *_: None)
     assert sorted(p.name for p in (ws / STAGED).iterdir()) == [WARM_START_MARKER]
     assert "Running stage 'pretrain_sasrec'" in repro(ws).stdout
     assert staged_hash(ws) == empty and warm_start_summary(ws) is None
+
+
+@pytest.mark.slow
+def test_the_warm_start_is_not_changed_under_a_running_training(tmp_path):
+    """A `dvc repro` by hand trains from the staged checkpoint while the DAG's prepare_warm_start wants to
+    change the folder: DVC records the folder only when training ends, so changing it now would make
+    dvc.lock pin a start the model never had. DVC's own lock says the folder is in use; it stays."""
+    import signal
+    import time
+
+    import psutil
+
+    from components.errors import DataError
+
+    ws = make_workspace(tmp_path / "ws", {**SMALL, "sasrec": {**SMALL["sasrec"], "epochs": 4}})
+    stages = graph.pipeline_stages(ws)
+    repro(ws)
+    params = yaml.safe_load((ws / "params.yaml").read_text())
+    params["sasrec"]["epochs"] = 5  # something changed, so the last checkpoint is staged and trained from
+    (ws / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    assert stage_warm_start(ws, stages, "previous", log=lambda *_: None)["source"]
+    proc = subprocess.Popen([sys.executable, "-m", "dvc", "repro", "-s", "pretrain_sasrec"], cwd=ws, env=venv_env(),
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    state = ws / "models" / ".resume" / "pretrain_sasrec"
+    deadline = time.time() + 300
+    while not list(state.glob("*/state.json")) and proc.poll() is None and time.time() < deadline:
+        time.sleep(0.02)  # the resume state after epoch 1: the run has read the staged checkpoint
+    trainer = None
+    for p in psutil.Process(proc.pid).children(recursive=True) if proc.poll() is None else []:
+        try:
+            if "components.stages.pretrain_sasrec" in p.cmdline():
+                trainer = p
+        except psutil.NoSuchProcess:  # a shell between dvc and the stage may be gone
+            continue
+    assert trainer is not None, f"the training ended before it could be paused: {proc.communicate()[0][-2000:]}"
+    trainer.send_signal(signal.SIGSTOP)
+    try:
+        with pytest.raises(DataError, match="in use by a running dvc command"):
+            stage_warm_start(ws, stages, "none", log=lambda *_: None)
+    finally:
+        trainer.send_signal(signal.SIGCONT)
+    out = proc.communicate(timeout=600)[0]
+    assert proc.returncode == 0, out[-3000:]
+    assert (ws / STAGED / "config.json").is_file() and warm_start_summary(ws)["staged"]  # what it trained from
+    status = subprocess.run([sys.executable, "-m", "dvc", "status", "--json", "pretrain_sasrec"], cwd=ws,
+                            env=venv_env(), capture_output=True, text=True, check=True)
+    assert "pretrain_sasrec" not in json.loads(status.stdout)  # and dvc.lock records that same folder
