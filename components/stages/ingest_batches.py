@@ -33,6 +33,7 @@ from typing import Any
 import yaml
 
 from components.config import load_params
+from components.data import landing
 from components.errors import ConfigError, DataError, stage_main
 from components.io import read_json, visible_files
 from components.timings import write_timings
@@ -50,10 +51,14 @@ def recorded_output(lock: Path, path: Path) -> dict[str, Any] | None:
     return None
 
 
-def check_not_lost(store: Path, lock: Path) -> None:
-    """Raise DataError when dvc.lock records files in `store` and the workspace has none of them."""
+def check_not_lost(store: Path, lock: Path, retracted: Path) -> None:
+    """Raise DataError when dvc.lock records files in `store` and the workspace has none of them.
+
+    A store emptied by `landing retract` (every batch it held moved to `retracted`, each with its
+    retraction record) is what the operator asked for, not a lost data version, so it passes."""
     recorded = recorded_output(lock, store)
-    if recorded and int(recorded.get("nfiles") or 0) > 0 and not visible_files(store):
+    retractions = retracted.is_dir() and any(retracted.glob(f"*/{landing.RETRACTION_META}"))
+    if recorded and int(recorded.get("nfiles") or 0) > 0 and not visible_files(store) and not retractions:
         raise DataError(store, f"holds none of the {recorded['nfiles']} files that {lock} records for it "
                         f"(version {recorded.get('md5')}): the accepted batches of this data version are not here, "
                         "and landing now would record a store without them",
@@ -77,10 +82,8 @@ def main(argv: list[str] | None = None) -> None:
     if Path(cfg.store) != args.store:
         raise ConfigError(args.params, f"orchestration.landing.store is {cfg.store}, but the ingest_batches stage "
                           f"writes --store {args.store}", "make dvc.yaml and params.yaml name the same folder")
-    check_not_lost(args.store, args.lock)
+    check_not_lost(args.store, args.lock, landing.Paths.from_config(cfg).retracted)
     args.store.mkdir(parents=True, exist_ok=True)  # DVC needs its output to exist, even before the first batch
-
-    from components.data import landing
 
     t0 = time.time()
     with tempfile.TemporaryDirectory() as tmp:

@@ -129,6 +129,23 @@ def test_accepted_batches_travel_with_dvc_push_and_come_back_with_dvc_pull(tmp_p
     assert not (bare / "data" / "ingested").exists()
 
 
+@pytest.mark.slow
+def test_retracting_the_only_batch_retrains_without_it_and_is_not_taken_for_a_lost_store(tmp_path):
+    """An operator empties the store on purpose (`retract` of its only batch): the next `dvc repro` trains
+    on the base data alone, where a store missing its batches without a retraction is still refused."""
+    ws = make_workspace(tmp_path / "ws", SMALL_DATA)
+    dvc(ws, "repro", "ingest")
+    drop_batch(ws, "week_1.csv", range(20))
+    dvc(ws, "repro", "ingest")
+    (batch,) = store_batches(ws)
+    subprocess.run([sys.executable, "-m", "components.data.landing", "retract", batch, "--reason", "wrong export"],
+                   cwd=ws, env=venv_env(), check=True, capture_output=True)
+    assert not store_batches(ws)
+    dvc(ws, "repro", "ingest")
+    assert not ingested_batches(ws)
+    assert (ws / "data" / "landing" / "retracted" / batch / "week_1.csv").is_file()  # kept, not lost
+
+
 # --- 8: ingest reads a snapshot, and dvc.lock records what it read --------------------------------------
 
 
