@@ -206,6 +206,9 @@ def json_lines(path: Path, opener=None) -> Iterator[tuple[int, dict | None, byte
             except json.JSONDecodeError as e:
                 yield n, None, raw, f"line {n} is not valid JSON ({e.msg})"
                 continue
+            except RecursionError:  # deeper than the parser recurses: one bad line, not a crash of the file
+                yield n, None, raw, f"line {n} is nested too deeply to parse"
+                continue
             if not isinstance(rec, dict):
                 yield n, None, raw, f"line {n} is a JSON {type(rec).__name__}, not an object"
                 continue
