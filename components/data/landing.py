@@ -268,8 +268,25 @@ def _records(paths: Paths) -> list[dict[str, Any]]:
             continue
         for d in sorted(root.iterdir()):
             if d.is_dir() and not d.name.startswith(".") and (d / meta).is_file():
-                out.append({**read_json(d / meta), "status": status, "_dir": str(d)})
+                out.append({**_read_record(d / meta), "status": status, "_dir": str(d)})
     return out
+
+
+def _read_record(path: Path) -> dict[str, Any]:
+    """One batch record, decoded; DataError naming the file when it is damaged (truncated, overwritten, not
+    an object), rather than a JSONDecodeError from deep inside a run that every later run would repeat."""
+    try:
+        rec = read_json(path)
+    except (OSError, ValueError, RecursionError) as e:  # UnicodeDecodeError and JSONDecodeError are ValueErrors
+        rec = e
+    if not isinstance(rec, dict):
+        why = f"{type(rec).__name__}: {str(rec)[:120]}" if isinstance(rec, BaseException) else f"a JSON {type(rec).__name__}"
+        raise DataError(path, f"is a damaged batch record ({why}); the landing zone cannot tell which bytes it "
+                        "stands for, so it judges nothing until it is repaired",
+                        "restore it: `dvc checkout data/batches` for an accepted batch (the store is in DVC's "
+                        "cache), or from a backup; a rejected or duplicate record may be removed with its folder "
+                        "once its raw file is saved elsewhere")
+    return rec
 
 
 def _seen(paths: Paths) -> dict[str, dict[str, Any]]:

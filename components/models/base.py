@@ -181,7 +181,7 @@ def read_checkpoint_json(path: Path, fix: str = RETRAIN) -> Any:
         return json.loads(path.read_bytes())
     except FileNotFoundError:
         raise CheckpointError(path, "checkpoint file not found", fix) from None
-    except (OSError, ValueError) as e:  # UnicodeDecodeError and JSONDecodeError are ValueErrors
+    except (OSError, ValueError, RecursionError) as e:  # Unicode/JSONDecodeError are ValueErrors; nesting too deep
         raise CheckpointError(path, f"is not valid JSON ({type(e).__name__}: {str(e)[:120]}); the file is "
                                     "damaged (truncated or overwritten)", fix) from None
 

@@ -475,3 +475,23 @@ def test_what_a_killed_run_leaves_half_done_is_undone_by_the_next(tmp_path, path
     assert [p.name for p in accepted_batches(paths.store)] == ["a.csv", "b.csv"]
     assert digest(paths.store / rec["batch_id"] / "a.csv") == digest(a)
     assert not [p for p in paths.store.iterdir() if p.name.startswith(".")]
+
+
+@pytest.mark.parametrize("damage", [b'{"batch_id": "x", "sha', b"\xff\xfe garbage", b"[1, 2]", b"[" * 5000 + b"]" * 5000])
+def test_a_damaged_batch_record_stops_the_run_with_its_name_and_loses_nothing(tmp_path, paths, ingested, damage):
+    """A batch.json damaged in the store (truncated, overwritten, nested past the parser's depth) is named
+    with the fix, as a DataError, before anything is claimed: the waiting file stays in incoming/."""
+    a, b = tmp_path / "a.csv", tmp_path / "b.csv"
+    batch().to_csv(a, index=False)
+    batch(users=2, t0=1_736_000_000).to_csv(b, index=False)
+    drop([a], paths)
+    first = land(paths, PARAMS, ingested=ingested, log=QUIET).accepted[0]
+    record = paths.store / first["batch_id"] / "batch.json"
+    record.chmod(0o644)
+    record.write_bytes(damage)
+    drop([b], paths)
+    with pytest.raises(DataError) as e:
+        land(paths, PARAMS, ingested=ingested, log=QUIET)
+    assert str(record) in str(e.value) and "damaged batch record" in str(e.value) and "dvc checkout" in str(e.value)
+    assert (paths.incoming / "b.csv").read_bytes() == b.read_bytes()
+    assert (paths.store / first["batch_id"] / "a.csv").read_bytes() == a.read_bytes()

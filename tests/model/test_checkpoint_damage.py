@@ -48,6 +48,8 @@ DAMAGE = {
     "config deleted": ("config.json", Path.unlink, "checkpoint file not found"),
     "config garbage": ("config.json", garble, "is not valid JSON"),
     "config truncated": ("config.json", truncate, "is not valid JSON"),
+    "config nested past the parser": ("config.json", lambda p: p.write_text("[" * 5000 + "]" * 5000),
+                                      "is not valid JSON"),
     "config not an object": ("config.json", lambda p: p.write_text("[1, 2]"), "unknown checkpoint format"),
     "config without num_items": ("config.json", edit_config(lambda m: m.pop("num_items")), "num_items"),
     "config with an unknown key": ("config.json", edit_config(lambda m: m["config"].update(width=3)),
