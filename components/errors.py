@@ -11,6 +11,8 @@ from pathlib import Path
 # rejected row, a file name): cut, one error stays one readable line, and the fix is never cut off by a
 # long problem. A longer part keeps its start and says how long it was.
 MAX_SUBJECT, MAX_PROBLEM, MAX_FIX = 1000, 2000, 1000
+#: a message that did not come from a PipelineError (a stage's output line, another exception's text)
+MAX_MESSAGE = MAX_SUBJECT + MAX_PROBLEM + MAX_FIX
 
 
 def clip(text: str, limit: int) -> str:

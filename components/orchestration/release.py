@@ -18,7 +18,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from components.errors import ConfigError, DataError
+from components.errors import MAX_MESSAGE, ConfigError, DataError, clip
 from components.io import read_json, write_json
 from components.orchestration.graph import Stage, option_of
 
@@ -208,7 +208,7 @@ def run_dir(repo: Path, run_id: str) -> Path:
 
 def record_error(repo: Path, run_id: str, task_id: str, error: BaseException | str | None) -> None:
     """Keep why a task failed, for the run summary (tasks may run on other workers)."""
-    text = str(error) if error is not None else "failed (no exception recorded)"
+    text = clip(str(error), MAX_MESSAGE) if error is not None else "failed (no exception recorded)"
     write_json(run_dir(repo, run_id) / "errors" / f"{task_id}.json",
                {"task": task_id, "error": text, "type": type(error).__name__ if error is not None else None,
                 "at": datetime.now(UTC).isoformat(timespec="seconds")})

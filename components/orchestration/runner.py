@@ -17,6 +17,8 @@ from collections import deque
 from contextlib import contextmanager
 from pathlib import Path
 
+from components.errors import MAX_MESSAGE, clip
+
 # What the stages print when the input, not the machine, is wrong (components.errors.stage_main):
 # retrying cannot help, so the task fails at once and shows this line.
 USER_ERROR = re.compile(r"^ERROR \[([\w.-]+)\] (.+)$")
@@ -110,7 +112,7 @@ def run_module(repo: Path, argv: list[str], log=print) -> dict:
                             text=True, bufsize=1)
     assert proc.stdout is not None
     for line in proc.stdout:
-        line = line.rstrip("\n")
+        line = clip(line.rstrip("\n"), MAX_MESSAGE)  # one 5 MB line must not fill the log, memory or the error
         log(line)
         lines.append(line)
         if USER_ERROR.match(line):

@@ -129,3 +129,21 @@ def test_run_outcome_reports_a_provisional_first_model_as_such():
         == "rejected"
     passed = {"release": True, "decision": "promoted", "reason": "gate passed"}
     assert outcome_of(done, {"gate": True}, passed, "llmsrec:v1", "llmsrec:v2")[0] == "promoted"
+
+
+def test_a_stage_that_prints_megabytes_on_one_line_fails_with_a_short_message(tmp_path):
+    """A stage whose last output line is 5 MB (a dumped array, a runaway print) fails with a message, a log
+    line and a recorded run error of a few thousand characters, each saying how long the cut text was."""
+    from components.errors import MAX_MESSAGE
+    from components.orchestration.release import read_errors, record_error
+    from components.orchestration.runner import StageFailed, run_module
+
+    (tmp_path / "runaway.py").write_text("print('x' * 5_000_000)\nraise SystemExit(1)\n")
+    logged: list[str] = []
+    with pytest.raises(StageFailed) as e:
+        run_module(tmp_path, ["runaway"], log=logged.append)
+    assert len(str(e.value)) < MAX_MESSAGE + 200 and "5,000,000 characters in all" in str(e.value)
+    assert max(map(len, logged)) <= MAX_MESSAGE
+    record_error(tmp_path, "run_1", "distill", e.value)
+    kept = read_errors(tmp_path, "run_1")["distill"]
+    assert len(kept) <= MAX_MESSAGE and "characters in all" in kept
