@@ -464,8 +464,8 @@ class LandingParams(Section):
 
     incoming: str = Field("data/incoming", description="producers write here")
     store: str = Field(
-        "data/batches", description="accepted raw batches; must be a dependency of a dvc.yaml stage")
-    landing: str = Field("data/landing", description="claimed/, rejected/ (+ quarantined rows), log.jsonl")
+        "data/batches", description="accepted raw batches: dvc.yaml's ingest_batches output, ingest's dependency")
+    landing: str = Field("data/landing", description="claimed/, rejected/, duplicates/, retracted/, log.jsonl, landing.lock")
     ready_file: str = Field("_READY", description="sentinel the Asset watcher consumes to start a run")
     poll_seconds: float = Field(
         30.0, gt=0, le=MAX_SECONDS, description="how often the triggerer checks for the sentinel")
@@ -475,7 +475,8 @@ class LandingParams(Section):
 
 
 class OrchestrationParams(Section):
-    """`orchestration`: the Airflow DAG `llm_srec_retraining` (dags/). No DVC stage reads this section."""
+    """`orchestration`: the Airflow DAG `llm_srec_retraining` (dags/). No DVC stage depends on this section
+    (`ingest_batches`, which runs every time, reads `landing`)."""
 
     schedule: str | None = Field(
         "0 3 * * *", description="cron, UTC; null = only when a batch lands or on a manual trigger")
