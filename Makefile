@@ -39,7 +39,11 @@ test: setup
 
 # Airflow for local use: scheduler, triggerer, dag processor and UI (http://localhost:8080) in one process,
 # LocalExecutor, metadata in .airflow/airflow.db. The login is printed and kept in .airflow/.
-AIRFLOW_ENV := AIRFLOW_HOME=$(abspath .airflow) AIRFLOW__CORE__DAGS_FOLDER=$(abspath dags) AIRFLOW__CORE__LOAD_EXAMPLES=False
+# The UI and API listen on this machine only (Airflow's default is every interface): `make airflow
+# AIRFLOW_HOST=0.0.0.0` exposes them, behind that login (README: Exposure).
+AIRFLOW_HOST ?= 127.0.0.1
+AIRFLOW_ENV := AIRFLOW_HOME=$(abspath .airflow) AIRFLOW__CORE__DAGS_FOLDER=$(abspath dags) AIRFLOW__CORE__LOAD_EXAMPLES=False \
+	AIRFLOW__API__HOST=$(AIRFLOW_HOST)
 airflow: setup
 	$(AIRFLOW_ENV) $(BIN)/airflow db migrate
 	$(AIRFLOW_ENV) $(BIN)/python -m components.orchestration pools --apply

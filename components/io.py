@@ -13,9 +13,42 @@ from typing import Any
 import pandas as pd
 
 
+def umask() -> int:
+    """This process's umask, read without changing it (Linux: /proc; elsewhere set and restored at once)."""
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("Umask:"):
+                return int(line.split()[1], 8)
+    except (OSError, ValueError):
+        pass
+    old = os.umask(0o022)
+    os.umask(old)
+    return old
+
+
+def file_mode() -> int:
+    """The mode `open()` gives a new file here (0644 under the usual umask 022, 0640 under 027). Atomic
+    writes go through mkstemp, which makes every file 0600: readable by its owner alone, so a service
+    running as another user (in the writer's group) could not read what the pipeline wrote."""
+    return 0o666 & ~umask()
+
+
+def share_tree(root: Path) -> None:
+    """Give every file and folder under `root` (itself included) the modes a new one gets under this
+    process's umask (files `file_mode()`, folders 0755 under umask 022), whatever modes they were
+    copied with: a tree assembled in a private temporary folder (0700) from files written 0600 would
+    otherwise stay readable by its owner alone."""
+    mask = umask()
+    root = Path(root)
+    for p in [root, *root.rglob("*")]:
+        if not p.is_symlink():
+            p.chmod((0o777 if p.is_dir() else 0o666) & ~mask)
+
+
 def write_json(path: Path, obj: Any) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
+    os.fchmod(fd, file_mode())  # as a plain open() would: mkstemp's 0600 would hide it from the service user
     with os.fdopen(fd, "w") as f:
         json.dump(obj, f, indent=2, sort_keys=False, default=_default)
         f.write("\n")

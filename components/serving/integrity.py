@@ -15,10 +15,12 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
+import stat
 from pathlib import Path
 from typing import Any
 
-from components.errors import CheckpointError
+from components.errors import CheckpointError, DataError
 
 SASREC_DIR, LLMSREC_DIR, CATALOGUE_DIR, BACKBONE_DIR = "sasrec", "llmsrec", "catalogue", "backbone"
 MANIFEST = "package.json"
@@ -33,6 +35,39 @@ REQUIRED = (MANIFEST, f"{LLMSREC_DIR}/config.json", f"{LLMSREC_DIR}/adapters.saf
 UNRECORDED = {MANIFEST, "model.yaml"}
 #: the SASRec folder's name in packages built before the CF model had one name everywhere
 LEGACY_SASREC_DIR = "cfsrec"
+
+
+#: what to do when the service's user cannot read the store (README: "Who can read the store")
+ACCESS_FIX = ("let the service's user read the store: put it in the group of the user that runs the pipeline, and "
+              "make the store group-readable (`chmod g+rX \"$BENTOML_HOME\"; chmod -R g+rX \"$BENTOML_HOME\"/models "
+              "\"$BENTOML_HOME\"/registry`); versions packaged from now on are, under the usual umask (README: Who "
+              "can read the store)")
+
+
+class StoreAccessError(DataError):
+    """A file of the store (or the registry's pointer) that this process is not allowed to read. Not damage:
+    nothing is wrong with the file, so serving does not fall back to another version over it."""
+
+    def __init__(self, path: str | Path, fix: str = ACCESS_FIX):
+        super().__init__(path, f"cannot be read by this process ({describe_access(Path(path))})", fix)
+
+
+def describe_access(path: Path) -> str:
+    """Who may read `path` and who is asking, for an error message: `mode 0600, owner uid 1001 gid 1001;
+    this process: uid 1002, groups 1002`. When a directory above it cannot be searched, that directory
+    is the one described (`blocked by /store/models/llmsrec/v1: mode 0700, ...`)."""
+    path = Path(path)
+    effective = os.access in os.supports_effective_ids
+    culprit = next((d for d in reversed(path.parents) if not os.access(d, os.X_OK, effective_ids=effective)), None)
+    shown = path if culprit is None else culprit
+    try:
+        st = shown.stat()
+        what = f"mode {stat.S_IMODE(st.st_mode):04o}, owner uid {st.st_uid} gid {st.st_gid}"
+    except OSError as e:
+        what = f"cannot be looked up ({e.strerror})"
+    groups = ", ".join(map(str, sorted({os.getegid(), *os.getgroups()})))
+    return (f"{'' if culprit is None else f'blocked by the directory {culprit}: '}{what}; "
+            f"this process: uid {os.geteuid()}, groups {groups}")
 
 
 def sasrec_dir(path: Path) -> Path:
@@ -66,6 +101,8 @@ def read_manifest(path: Path, tag: str) -> dict[str, Any]:
         manifest = json.loads(file.read_bytes())
     except FileNotFoundError:
         raise CheckpointError(file, f"package file missing in {tag}", FIX) from None
+    except PermissionError:  # an OSError, but the file is not damaged: say who may read it
+        raise StoreAccessError(file) from None
     except (OSError, ValueError) as e:
         raise CheckpointError(file, f"is not valid JSON in {tag} ({type(e).__name__}); the file is damaged", FIX) from None
     if not isinstance(manifest, dict):
@@ -80,8 +117,18 @@ def verify_package(path: Path, tag: str, deep: bool = True) -> dict[str, Any]:
     content than recorded (`deep`: sha256 of every file, ~0.1 s for the default package, seconds for one
     that includes a large backbone), or, in a package without a record, a JSON file that does not parse.
     `deep=False` (sizes only) is for hot paths that load nothing, like choosing which version to serve.
+    A file or folder this process may not read is a StoreAccessError naming it, its mode and owner, not
+    damage (nor "missing": a file in a folder that cannot be searched looks absent).
     """
-    path = Path(path)
+    try:
+        return _verify(Path(path), tag, deep)
+    except PermissionError as e:
+        raise StoreAccessError(e.filename or path) from None
+
+
+def _verify(path: Path, tag: str, deep: bool) -> dict[str, Any]:
+    if path.is_dir() and not os.access(path, os.R_OK | os.X_OK, effective_ids=os.access in os.supports_effective_ids):
+        raise StoreAccessError(path)
     manifest = read_manifest(path, tag)
     teacher = sasrec_dir(path).name
     required = [teacher + rel[len(SASREC_DIR):] if rel.startswith(SASREC_DIR + "/") else rel for rel in REQUIRED]

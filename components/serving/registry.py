@@ -23,6 +23,12 @@ Damage never takes the champion down with it (components/serving/integrity.py):
 - serving (`serving_candidates`, `resolve_serving_tag`) falls back from a damaged production version to
   the versions that were production before it, newest first, and says so in its log.
 
+Who may read it: the pipeline's user writes the store, the service may run as another user in its group.
+Every file written here or by `package` gets the modes a plain `open()` gives under the writer's umask
+(components/io.py `file_mode`, `share_tree`), not mkstemp's owner-only 0600. A file this process may not
+read is a StoreAccessError naming it, its mode and owner (components/serving/integrity.py): it is neither
+damaged nor absent, so it is never skipped over, listed as damaged or fallen back from.
+
 CLI (`python -m components.serving.registry ...`):
     list                 every packaged version, newest first, production marked
     show [TAG]           one version's metadata (default: production)
@@ -47,6 +53,7 @@ from filelock import FileLock, Timeout
 
 from components.errors import CheckpointError, ConfigError, DataError, PipelineError
 from components.io import read_json, write_json
+from components.serving.integrity import StoreAccessError
 
 MODEL_NAME = "llmsrec"
 #: set this to serve (or judge) a given version instead of the registry's production pointer
@@ -62,7 +69,10 @@ def bentoml_home(home: str | Path | None = None) -> Path:
         return Path(home)
     from bentoml._internal.configuration.containers import BentoMLContainer
 
-    return Path(BentoMLContainer.bentoml_home.get())
+    try:  # BentoML checks (and makes) its folders there on first use
+        return Path(BentoMLContainer.bentoml_home.get())
+    except PermissionError as e:
+        raise StoreAccessError(e.filename or os.environ.get("BENTOML_HOME", "~/bentoml")) from None
 
 
 def model_store(home: str | Path | None = None):
@@ -72,7 +82,10 @@ def model_store(home: str | Path | None = None):
     from bentoml._internal.models.model import ModelStore
 
     if home is None:
-        return BentoMLContainer.model_store.get()
+        try:
+            return BentoMLContainer.model_store.get()
+        except PermissionError as e:
+            raise StoreAccessError(e.filename or bentoml_home()) from None
     path = Path(home) / "models"
     path.mkdir(parents=True, exist_ok=True)
     return ModelStore(str(path))
@@ -106,10 +119,12 @@ def _locked(home: str | Path | None) -> Iterator[None]:
 
 def _state(home: str | Path | None) -> dict[str, Any]:
     path = pointer_path(home)
-    if not path.is_file():
-        return {"production": None, "events": []}
     try:
+        if not path.is_file():
+            return {"production": None, "events": []}
         state = read_json(path)
+    except PermissionError:  # the file, or a folder above it (the home itself): named, with its mode
+        raise StoreAccessError(path) from None
     except (OSError, ValueError) as e:
         raise DataError(path, f"unreadable registry file ({e})",
                         "restore it, or promote a version again: python -m components.serving.registry promote TAG") from None
@@ -123,24 +138,45 @@ def production_tag(home: str | Path | None = None) -> str | None:
     return _state(home)["production"]
 
 
-def _scan(home: str | Path | None) -> tuple[list, list[tuple[str, str]]]:
-    """(readable versions, newest first; [(tag, why)] of version directories BentoML cannot read).
+def _scan(home: str | Path | None) -> tuple[list, list[tuple[str, str]], dict[str, StoreAccessError]]:
+    """(readable versions, newest first; [(tag, why)] of version directories BentoML cannot read; {tag: error}
+    of version directories this process is not allowed to read).
 
     BentoML's own `list` reads every version's model.yaml and fails as a whole on the first it cannot
-    read, so one version left half-written would hide all the others (and the champion from serving)."""
+    read, so one version left half-written would hide all the others (and the champion from serving).
+    A version the process may not read is neither damaged nor absent: it is kept apart, so the error
+    that reaches the operator names its file and mode."""
     store = model_store(home)
     root = Path(store._path) / MODEL_NAME  # BentoML 1.4: <store>/<name>/<version>/model.yaml
-    if not root.is_dir():
-        return [], []
-    models, damaged = [], []
-    for d in sorted(root.iterdir()):
-        if not d.is_dir() or d.name.startswith("."):
+    try:
+        if not root.is_dir():
+            return [], [], {}
+        versions = sorted(d for d in root.iterdir() if d.is_dir() and not d.name.startswith("."))
+    except PermissionError as e:
+        raise StoreAccessError(e.filename or root) from None
+    models, damaged, unreadable = [], [], {}
+    for d in versions:
+        tag = f"{MODEL_NAME}:{d.name}"
+        if (denied := _access_denied(d)) is not None:
+            unreadable[tag] = denied
             continue
         try:
-            models.append(store.get(f"{MODEL_NAME}:{d.name}"))
+            models.append(store.get(tag))
         except Exception as e:  # BentoMLException (no/invalid model.yaml), YAML or attrs errors from a garbled one
-            damaged.append((f"{MODEL_NAME}:{d.name}", f"{type(e).__name__}: {str(e)[:200]}"))
-    return sorted(models, key=lambda m: m.info.creation_time, reverse=True), damaged
+            damaged.append((tag, f"{type(e).__name__}: {str(e)[:200]}"))
+    return sorted(models, key=lambda m: m.info.creation_time, reverse=True), damaged, unreadable
+
+
+def _access_denied(version_dir: Path) -> StoreAccessError | None:
+    """The StoreAccessError for a version directory whose model.yaml this process may not read, else None
+    (BentoML reports that as an unreadable version, which would pass for damage)."""
+    try:
+        (version_dir / "model.yaml").open("rb").close()
+    except PermissionError as e:
+        return StoreAccessError(e.filename or version_dir)
+    except OSError:  # missing or worse: damage, which BentoML's own read reports
+        pass
+    return None
 
 
 def list_models(home: str | Path | None = None) -> list:
@@ -160,8 +196,11 @@ def get_model(tag: str, home: str | Path | None = None):
         tag = f"{MODEL_NAME}:{tag}"
     if not tag.startswith(f"{MODEL_NAME}:"):
         raise ConfigError(tag, f"is not an {MODEL_NAME} package", "use a tag from `python -m components.serving.registry list`")
+    store = model_store(home)
+    if (denied := _access_denied(Path(store._path) / tag.replace(":", "/", 1))) is not None:
+        raise denied
     try:
-        return model_store(home).get(tag)
+        return store.get(tag)
     except NotFound:
         raise DataError(tag, f"no such model in the store at {bentoml_home(home)}",
                         "pick a tag from `python -m components.serving.registry list` (is BENTOML_HOME the same?)") from None
@@ -236,10 +275,19 @@ def serving_candidates(home: str | Path | None = None) -> list[str]:
     exactly the model it was built with), that one model. Only versions BentoML can read are listed.
     Raises DataError when there is nothing to serve."""
     if tag := os.environ.get(TAG_ENV):
-        return [str(get_model(tag, home).tag)]
-    state, models = _state(home), list_models(home)
+        try:
+            return [str(get_model(tag, home).tag)]
+        except StoreAccessError:
+            raise
+        except PipelineError as e:  # the variable is the input to fix, not the tag alone
+            raise type(e)(f"{TAG_ENV}={tag!r}", f"{e.subject}: {e.problem}" if e.subject != tag else e.problem,
+                          f"{e.fix}, or unset {TAG_ENV} to serve production") from None
+    state = _state(home)
+    models, _, unreadable = _scan(home)
     stored = {str(m.tag) for m in models}
     prod = state["production"]
+    if prod in unreadable:  # not damage: falling back would serve an older model for a permissions mistake
+        raise unreadable[prod]
     history = [prod] + [t for e in reversed(state["events"]) if e.get("action") in ("promote", "provisional", "rollback")
                         for t in (e.get("tag"), e.get("previous"))]
     candidates = list(dict.fromkeys(t for t in history if t in stored))
@@ -307,9 +355,9 @@ def main(argv: list[str] | None = None) -> None:
     try:
         if args.cmd == "list":
             prod = production_tag(args.home)
-            models, damaged = _scan(args.home)
+            models, damaged, unreadable = _scan(args.home)
             rows = [describe(m, prod) for m in models]
-            if not rows and not damaged:
+            if not rows and not damaged and not unreadable:
                 print(f"no {MODEL_NAME} models in {bentoml_home(args.home)}")
             for r in rows:
                 ndcg = f"{r['ndcg@10']:.4f}" if isinstance(r["ndcg@10"], float) else "-"
@@ -318,6 +366,8 @@ def main(argv: list[str] | None = None) -> None:
             for tag, why in damaged:
                 print(f"! {tag:<32} DAMAGED, BentoML cannot read it ({why}); never served. Fix: remove its "
                       "directory from the store, or re-package")
+            for tag, denied in unreadable.items():
+                print(f"! {tag:<32} NOT READABLE by this user: {denied.problem}. Fix: {denied.fix}")
         elif args.cmd == "show":
             tag = args.tag or production_tag(args.home)
             if tag is None:

@@ -6,9 +6,10 @@
   the fix (`_item_id`, `_timestamp`).
 - `Recommendation` and `ItemsPage` are the answers; `ScoreRequest`/`ScoreResult` are what the public
   service and the scorer send each other (components/serving/service.py).
-- `RequestGuard` is the public service's ASGI middleware for what BentoML would not classify: 413 for a
-  body over `LLMSREC_MAX_BODY_BYTES`, 415 for a Content-Type other than JSON, and 422 (instead of
-  BentoML's 400) for a well-formed body with wrong fields or values.
+- `RequestGuard` is the public service's ASGI middleware for what BentoML would not classify: 400 for a
+  repeated Content-Type (or Content-Length, ...) header, 413 for a body over `LLMSREC_MAX_BODY_BYTES`, 415
+  for a Content-Type other than JSON, and 422 (instead of BentoML's 400) for a well-formed body with wrong
+  fields or values.
 
 No BentoML and no model here: importing this module reads nothing.
 """
@@ -193,9 +194,14 @@ class ScoreResult(BaseModel):
     result: Recommendation | None = None
 
 
+#: headers a request may carry once: each is read by both RequestGuard and BentoML (or the HTTP server)
+SINGLE_HEADERS = (b"content-type", b"content-length", b"content-encoding", b"transfer-encoding")
+
+
 class RequestGuard:
     """ASGI middleware for the public service: client errors BentoML would not classify.
 
+    - 400 when a header that may appear once (SINGLE_HEADERS) is repeated;
     - 413 when the body is larger than `max_body` bytes (by Content-Length, or counted as it streams);
     - 415 when an API route is sent a Content-Type other than JSON (BentoML would read form data or pickles
       as other inputs; a request without the header is read as JSON, as BentoML does);
@@ -213,7 +219,10 @@ class RequestGuard:
     async def __call__(self, scope, receive, send):
         if scope["type"] != "http" or scope.get("method") != "POST":
             return await self.app(scope, receive, send)
-        headers = dict(scope.get("headers") or [])
+        raw = scope.get("headers") or []
+        if refused := self._repeated(raw):
+            return await self._send_json(send, 400, refused)
+        headers = dict(raw)
         if scope.get("path") in self.fields and (refused := self._media_type_refused(headers.get(b"content-type"))):
             return await self._send_json(send, 415, refused)
         length = headers.get(b"content-length")
@@ -259,6 +268,20 @@ class RequestGuard:
     def _too_large(self) -> dict[str, str]:
         return {"error": f"request body larger than {self.max_body} bytes. Fix: send at most the recent history "
                          "(the model reads only its last items), or raise LLMSREC_MAX_BODY_BYTES"}
+
+    @staticmethod
+    def _repeated(headers: list[tuple[bytes, bytes]]) -> dict[str, str] | None:
+        """The 400 body for a request that repeats a header that may appear once (SINGLE_HEADERS), else None.
+        This middleware and BentoML would each read one of the copies (a dict keeps the last, Starlette
+        returns the first): multipart first and JSON second passed the 415 check here, then BentoML parsed
+        the body as a form and answered 500."""
+        names = [k.lower() for k, _ in headers]
+        for name in SINGLE_HEADERS:
+            if (n := names.count(name)) > 1:
+                shown = name.decode().title()
+                return {"error": f"{n} {shown} headers; a request has at most one. Fix: send one {shown} header"
+                                 + (" (Content-Type: application/json)" if name == b"content-type" else "")}
+        return None
 
     @staticmethod
     def _media_type_refused(header: bytes | None) -> dict[str, str] | None:

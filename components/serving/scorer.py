@@ -57,14 +57,18 @@ class Scorer:
         run: the scorer service's model thread on a CPU). If it is refused (a damaged file: a PipelineError
         naming it), the versions that were production before it are tried, newest first
         (components/serving/registry.py `serving_candidates`), so a damaged production version leaves the
-        previous champion serving instead of no service. A pinned LLMSREC_MODEL_TAG has no fallback.
+        previous champion serving instead of no service. A pinned LLMSREC_MODEL_TAG has no fallback, and
+        a file this process may not read (StoreAccessError) is raised at once: it is not damage.
         Nothing loadable: the first refusal is raised."""
         from components.errors import PipelineError
+        from components.serving.integrity import StoreAccessError
         from components.serving.packaged import PackagedModel
         from components.serving.registry import get_model, serving_candidates
 
         try:
             return cls(run(PackagedModel.load, path, tag, device=device, dtype=dtype), on_call)
+        except StoreAccessError:  # a permissions mistake, not damage: an older version would hide it
+            raise
         except PipelineError as e:
             first = refused = e
         order = serving_candidates()
@@ -72,6 +76,8 @@ class Scorer:
             logger.error("not serving %s: %s. Trying %s, production before it", tag, refused, earlier)
             try:
                 packaged = run(PackagedModel.load, Path(get_model(earlier).path), earlier, device=device, dtype=dtype)
+            except StoreAccessError:
+                raise
             except PipelineError as e:
                 tag, refused = earlier, e
                 continue

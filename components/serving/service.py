@@ -11,8 +11,13 @@ Two services, the public one depending on the other (`bentoml.depends`):
   batcher (components/serving/batcher.py: a lone request goes straight to the model; requests that arrive
   while it is busy form the next batch).
 
-`/readyz` on the public port answers 200 only when the scorer is ready, i.e. after the LLM and the item
-table are loaded and one warm-up request has run.
+`/readyz` on the public port answers at once: 503 until the scorer is ready, i.e. until the LLM and the
+item table are loaded (in the background: the scorer's server is up meanwhile) and one warm-up request has
+run; 200 from then on.
+
+Who may call: `bentoml serve` binds 127.0.0.1 unless given a host; with a token set, every request but the
+open probes needs it (components/serving/auth.py). Before starting any service process, `bentoml serve`
+runs `LLMSRecService.preflight`: a bad setting or an unreadable store stops it there, with one line.
 
 Nothing happens at import: the settings (components/serving/settings.py) are read, and the model resolved
 and loaded, when BentoML creates each service (its `__init__`). `bentoml build` asks the scorer's
@@ -23,6 +28,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import sys
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
@@ -33,6 +39,7 @@ import bentoml
 # `bentoml build`, resolve for serving); bentoml is pinned below 1.5 in pyproject.toml.
 from _bentoml_sdk.models import Model
 
+from components.serving.auth import BearerAuth
 from components.serving.batcher import GreedyBatcher
 from components.serving.schema import (
     ItemsPage,
@@ -130,16 +137,10 @@ class LLMSRecScorer:
     model_ref = ProductionModel()
 
     def __init__(self) -> None:
-        import torch
-
-        from components.llm.backbone import resolve_device
-
         # `bentoml serve` leaves this package's loggers at the root's WARNING: the startup line is INFO.
         logging.getLogger("components.serving").setLevel(logging.INFO)
         settings = ServingSettings.from_env()
-        if settings.torch_threads is not None:
-            torch.set_num_threads(settings.torch_threads)
-        device = resolve_device(settings.device)
+        settings.check_device()  # a CUDA device on a host without one: a ConfigError naming LLMSREC_DEVICE
         # Where the model runs. On a GPU the LLM pass is bound by Python launching kernels, so it needs
         # the GIL nearly all the time; in a worker thread it fights the event loop for it, and an H200
         # took 169 ms per batch of 8 in the server against 44 ms bare. On the loop thread there is
@@ -150,18 +151,68 @@ class LLMSRecScorer:
         # two teams on few cores slow every pass (most likely libgomp giving up spin-waiting once its teams
         # outnumber the cores: OMP_WAIT_POLICY=PASSIVE is as slow). With BentoML's pool of worker threads a
         # 2-thread pass took 203 ms in the server against 153 ms bare on the 2-core dev VM; one thread
-        # matches bare (README, serving benchmark).
-        self.score_on_loop = device.type == "cuda"
-        self._model_thread = None if self.score_on_loop else ThreadPoolExecutor(1, thread_name_prefix="llmsrec-model")
+        # matches bare (README, serving benchmark). The device is known once torch is imported (`_load`).
+        self.score_on_loop = False
+        self._model_thread: ThreadPoolExecutor | None = ThreadPoolExecutor(1, thread_name_prefix="llmsrec-model")
+        self._batcher = GreedyBatcher(self._score_batch, settings.max_batch) if settings.batching else None
+        # Loading takes seconds to minutes. Done here, BentoML would start this server only after it: a
+        # /readyz sent meanwhile waited in the socket, and the public service's probe of it hung until
+        # BentoML's own timeout (121 s, then a 500). In the model thread, the server starts at once and
+        # /readyz answers 503 until the model is loaded and warmed up (`__is_ready__`).
+        self._loaded = self._model_thread.submit(self._load, settings)
+        self._loaded.add_done_callback(self._log_failure)
+
+    def _load(self, settings: ServingSettings) -> None:
+        """Load the serving version, warm it up and decide where it runs (see __init__); in the model thread."""
+        import torch
+
+        from components.llm.backbone import resolve_device
+
+        if settings.torch_threads is not None:
+            torch.set_num_threads(settings.torch_threads)
+        device = resolve_device(settings.device)
         stored = self.model_ref
         self._scorer = Scorer.load(Path(stored.path), str(stored.tag), device=str(device), dtype=settings.dtype,
-                                   run=self._in_model_thread, on_call=_ScorerMetrics.get().observe)
-        self._batcher = GreedyBatcher(self._score_batch, settings.max_batch) if settings.batching else None
+                                   on_call=_ScorerMetrics.get().observe)
+        on_loop = device.type == "cuda"
         logger.info("serving %s: model on %s, run on the %s; batching: %s", self.tag,
-                    self.packaged.model.backbone.device, "event loop" if self.score_on_loop else "model thread",
+                    self.packaged.model.backbone.device, "event loop" if on_loop else "model thread",
                     f"adaptive, up to {settings.max_batch}" if settings.batching else "off")
-        self._in_model_thread(self._scorer.warm_up)
+        self._scorer.warm_up()
         _freeze_startup_objects()
+        if on_loop:  # from now on the model runs on the event loop, and this thread is not needed
+            self.score_on_loop, pool, self._model_thread = True, self._model_thread, None
+            pool.shutdown(wait=False)
+
+    @staticmethod
+    def _log_failure(loaded) -> None:
+        if (e := loaded.exception()) is None:
+            return
+        from components.errors import PipelineError
+
+        # Not raised anywhere a human would see it: the server stays up, /readyz 503 and /livez 503 say so.
+        logger.error("the model did not load, this server will never be ready: %s", e,
+                     exc_info=None if isinstance(e, PipelineError) else e)
+
+    async def __is_ready__(self) -> bool:
+        """/readyz: 200 once the model is loaded and warmed up, 503 before (and forever if loading failed)."""
+        return self._loaded.done() and self._loaded.exception() is None
+
+    async def __is_alive__(self) -> bool:
+        """/livez: 503 once loading has failed (a restart is the only way on), else 200."""
+        return not (self._loaded.done() and self._loaded.exception() is not None)
+
+    def wait_until_loaded(self, timeout: float | None = None) -> None:
+        """Block until the model is loaded and warmed up, for in-process use (tests, scripts); raises the
+        load's error, or TimeoutError after `timeout` seconds."""
+        self._loaded.result(timeout)
+
+    async def _wait_loaded(self) -> None:
+        """Return once the model is loaded; a request sent meanwhile waits for it. Raises the load's error."""
+        if not self._loaded.done():
+            # shielded: a caller that gives up must not cancel the load for everyone
+            await asyncio.shield(asyncio.wrap_future(self._loaded))
+        self._loaded.result()
 
     @property
     def tag(self) -> str:
@@ -172,14 +223,9 @@ class LLMSRecScorer:
     def packaged(self):
         return self._scorer.packaged
 
-    def _in_model_thread(self, fn, *args, **kwargs):
-        """Call `fn` where the model runs (see __init__), blocking; for startup."""
-        if self._model_thread is None:
-            return fn(*args, **kwargs)
-        return self._model_thread.submit(fn, *args, **kwargs).result()
-
     @bentoml.api
     async def score(self, requests: list[ScoreRequest]) -> list[ScoreResult]:
+        await self._wait_loaded()
         if self._batcher is not None:  # each request joins whatever batch is forming (see batcher.py)
             return list(await asyncio.gather(*(self._batcher(r) for r in requests)))
         return await self._score_batch(requests)
@@ -192,6 +238,7 @@ class LLMSRecScorer:
 
     @bentoml.api
     def items(self, limit: int = 50, offset: int = 0) -> ItemsPage:
+        self._loaded.result()  # BentoML runs this in a worker thread: waiting for the load blocks no one
         return self._scorer.items(limit, offset)
 
 
@@ -216,7 +263,16 @@ class ClientErrorLogFilter(logging.Filter):
         return True
 
 
-@bentoml.service(name="llmsrec_service", workers=1, traffic={"timeout": 120})
+#: how long the public /readyz waits for the scorer's, in seconds: a scorer that is up answers in milliseconds
+READY_PROBE_S = 2
+
+
+# http.host: `bentoml serve` binds 127.0.0.1 unless told otherwise (`--host`, BENTOML_HOST; the Bento's image
+# sets 0.0.0.0): the API may run without a token (README: Exposure). runner_probe off: BentoML's own probe of
+# the scorer (in its /readyz) waits up to 5 s and answers 500 when the scorer's socket does not answer in
+# time; `__is_ready__` probes it instead, briefly, and says 503.
+@bentoml.service(name="llmsrec_service", workers=1, traffic={"timeout": 120}, http={"host": "127.0.0.1"},
+                 runner_probe={"enabled": False})
 class LLMSRecService:
     scorer = bentoml.depends(LLMSRecScorer)
 
@@ -225,6 +281,42 @@ class LLMSRecService:
         if not any(isinstance(f, ClientErrorLogFilter) for f in http_log.filters):
             http_log.addFilter(ClientErrorLogFilter())
         _freeze_startup_objects()
+
+    @bentoml.on_deployment
+    def preflight() -> None:
+        """Everything that can be checked before any server starts, once, in `bentoml serve`'s own process
+        (BentoML runs deployment hooks before it starts the service processes): every LLMSREC_* setting
+        (values, the device against this host, the token file) and the version to serve (it exists, its
+        files are there and this user may read them). A problem prints one line naming the variable or
+        the file, and `bentoml serve` exits 1. Found later, in a service process, it would only make
+        BentoML restart that process every few seconds while the public server looked up."""
+        from components.errors import PipelineError
+        from components.serving.registry import resolve_serving_tag
+
+        try:
+            settings = ServingSettings.from_env()
+            settings.check_device()
+            token = settings.token()
+            tag = resolve_serving_tag()
+        except PipelineError as e:
+            print(f"ERROR [serve] {e}", file=sys.stderr, flush=True)
+            raise SystemExit(1) from None
+        open_paths = ", ".join(settings.open_paths()) or "none"
+        print(f"[serve] {tag}; " + (f"bearer token required (open: {open_paths})" if token else
+                                    "no authentication (no LLMSREC_API_TOKEN or LLMSREC_API_TOKEN_FILE)"),
+              file=sys.stderr, flush=True)
+
+    async def __is_ready__(self) -> bool:
+        """/readyz: whether the scorer is ready, answered within READY_PROBE_S seconds whatever the scorer
+        is doing (starting, loading the model, gone)."""
+        from _bentoml_impl.client import RemoteProxy
+
+        if not isinstance(self.scorer, RemoteProxy):  # in-process (tests, `to_asgi`): a local instance
+            return await self.scorer.__is_ready__()
+        try:
+            return await asyncio.wait_for(self.scorer.is_ready(READY_PROBE_S), READY_PROBE_S + 1)
+        except Exception:  # not up yet, refused, reset, timed out: all mean "not ready"
+            return False
 
     async def _call(self, method: str, *args, **kwargs):
         """Served, `scorer` is a client of the scorer process (where concurrent calls are batched); in-process
@@ -287,5 +379,7 @@ def _fix_media_types(service) -> None:
 # route's fields for its messages (it reads its body limit when BentoML builds the app).
 _fix_media_types(LLMSRecScorer)
 _fix_media_types(LLMSRecService)
+# BearerAuth first: outermost, so a request without the token learns nothing else (no 413, 415 or 422).
+LLMSRecService.add_asgi_middleware(BearerAuth)
 LLMSRecService.add_asgi_middleware(RequestGuard, fields={
     api.route: list(api.input_spec.model_fields) for api in LLMSRecService.apis.values()})

@@ -41,7 +41,7 @@ from typing import Any
 
 from components.config import load_params
 from components.errors import CheckpointError, ConfigError, DataError, stage_main
-from components.io import metrics_digest, read_json, write_json
+from components.io import file_mode, metrics_digest, read_json, share_tree, write_json
 from components.serving.integrity import (
     BACKBONE_DIR,
     CATALOGUE_DIR,
@@ -249,6 +249,9 @@ def save_package(args, params: dict[str, Any], gate: dict[str, Any], status: str
                 shutil.copytree(backbone_src, root / BACKBONE_DIR)
             write_json(root / MANIFEST, {**manifest, "files": file_record(root)})
         version = m.tag.version
+        # Readable by the group (under the usual umask): the service may run as another user (README: Who
+        # can read the store). The copies kept the checkpoints' 0600, the version folder was private.
+        share_tree(work / MODEL_NAME / version)
         dest = Path(store._path) / MODEL_NAME / version
         dest.parent.mkdir(parents=True, exist_ok=True)
         os.rename(work / MODEL_NAME / version, dest)  # the whole version appears at once, or not at all
@@ -265,6 +268,7 @@ def save_package(args, params: dict[str, Any], gate: dict[str, Any], status: str
 
 def write_text_atomic(path: Path, text: str) -> None:
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
+    os.fchmod(fd, file_mode())
     with os.fdopen(fd, "w") as f:
         f.write(text)
     os.replace(tmp, path)

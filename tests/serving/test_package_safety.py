@@ -104,6 +104,7 @@ def champion_serves(home: Path, champion: str) -> None:
 
     with bentoml_store(home):
         scorer = LLMSRecScorer()
+        scorer.wait_until_loaded()  # it loads in the background
         assert scorer.tag == champion
         answer = asyncio.run(scorer.score([ScoreRequest(history=[HistoryItem(
             item_id=scorer.packaged.item_ids[0])], k=3)]))[0]

@@ -25,6 +25,11 @@ def client(promoted_home):
     from components.serving.service import LLMSRecService
 
     with bentoml_store(promoted_home), TestClient(LLMSRecService.to_asgi()) as c:
+        # The scorer loads in the background: /readyz says when (and no other load overlaps this one)
+        deadline = time.monotonic() + 300
+        while (status := c.get("/readyz").status_code) != 200:
+            assert status == 503 and time.monotonic() < deadline, status
+            time.sleep(0.2)
         yield c
 
 
@@ -85,7 +90,9 @@ def test_startup_objects_are_frozen_out_of_the_collector(client):
     for make in (LLMSRecScorer, LLMSRecService):
         gc.unfreeze()
         assert gc.get_freeze_count() == 0
-        make()
+        made = make()
+        if make is LLMSRecScorer:
+            made.wait_until_loaded()  # the scorer loads (and freezes) in its model thread
         assert gc.get_freeze_count() > 50_000, make  # the libraries alone are > 100k objects
 
 
@@ -244,6 +251,25 @@ def test_a_bad_timestamp_gets_one_message_naming_the_field_and_the_fix(client, c
     (b'{"history": ' + b"[" * 5000 + b"]" * 5000 + b"}", {"content-type": "application/json"}, 400, "malformed JSON"),
     (b'{"history": ["I00001"]}', {"content-type": "application/json; charset=utf-8"}, 200, None),
     (b'{"history": ["I00001"]}', {}, 200, None),  # no Content-Type: read as JSON, as BentoML does
+    # Headers BentoML reads another way than the guard (it takes the first copy, a dict the last)
+    (b'{"history": ["I00001"]}', [("content-type", "multipart/form-data; boundary=x"),
+                                  ("content-type", "application/json")], 400, "2 Content-Type headers; a request "
+                                                                              "has at most one. Fix:"),
+    (b'{"history": ["I00001"]}', [("content-type", "application/json"), ("content-type", "text/plain")], 400,
+     "2 Content-Type headers"),
+    (b'{"history": ["I00001"]}', {"content-type": "APPLICATION/JSON"}, 200, None),
+    (b'{"history": ["I00001"]}', {"content-type": "application/problem+json"}, 200, None),
+    (b'{"history": ["I00001"]}', {"content-type": "application/json; charset=latin-1"}, 200, None),
+    ('{"history": ["I00001"]}'.encode("utf-16"), {"content-type": "application/json; charset=utf-16"}, 400,
+     "malformed JSON body. Fix:"),
+    # What Python could hold but not write back into a reply (a lone surrogate; an integer past the 4300 digits
+    # Python turns into text) is refused by the JSON parser already: a 400, never a 500 while answering.
+    (b'{"history": ["\\ud800"]}', {"content-type": "application/json"}, 400, "malformed JSON body. Fix:"),
+    (b'{"user_id": "\\udfff"}', {"content-type": "application/json"}, 400, "malformed JSON body. Fix:"),
+    (b'{"history": [' + b"9" * 5000 + b"]}", {"content-type": "application/json"}, 400, "malformed JSON body. Fix:"),
+    (b'{"history": ["I00001"], "k": ' + b"9" * 5000 + b"}", {"content-type": "application/json"}, 400, "malformed JSON"),
+    (b'{"history": [{"item_id": "I00001", "timestamp": ' + b"9" * 4000 + b"}]}", {"content-type": "application/json"},
+     422, "history.0.timestamp: "),
 ])
 @pytest.mark.real_llm
 def test_malformed_bodies_get_4xx_with_a_message(client, content, headers, status, says):
@@ -271,6 +297,46 @@ def test_malformed_oversized_and_items(client, catalogue):
                       ({"page": 2}, "page: unknown field. Fix: use only limit, offset")):
         r = client.post("/items", json=bad)
         assert r.status_code == 422 and says in r.json()["error"], r.text
+    r = client.post("/items", content=b'{"offset": ' + b"9" * 5000 + b"}", headers={"content-type": "application/json"})
+    assert r.status_code == 400 and "malformed JSON" in r.json()["error"], r.text
+
+
+@pytest.mark.parametrize(("open_endpoints", "open_paths", "closed_paths"), [
+    (None, ["/livez", "/healthz", "/readyz"], ["/docs.json", "/", "/schema.json"]),
+    ("none", [], ["/livez", "/readyz", "/docs.json"]),
+    ("readyz,metrics", ["/readyz"], ["/livez", "/docs.json"]),
+    ("docs", ["/", "/docs.json", "/schema.json"], ["/readyz", "/livez"]),
+])
+@pytest.mark.real_llm
+def test_open_endpoints_are_configurable(client, catalogue, clean_env, monkeypatch, open_endpoints, open_paths,
+                                         closed_paths):
+    """The bearer token in front of the real app, as LLMSREC_OPEN_ENDPOINTS sets it up; the API is never
+    open. (/metrics is left to the served test, test_server_access.py: in-process BentoML's /metrics hangs.)"""
+    import secrets
+
+    from starlette.testclient import TestClient
+
+    from components.serving.auth import BearerAuth
+    from components.serving.settings import ServingSettings
+
+    token = secrets.token_urlsafe(24)
+    monkeypatch.setenv("LLMSREC_API_TOKEN", token)
+    if open_endpoints is not None:
+        monkeypatch.setenv("LLMSREC_OPEN_ENDPOINTS", open_endpoints)
+    settings = ServingSettings.from_env()
+    # the app is already started (the `client` fixture): this client shares it, behind its own BearerAuth
+    guarded, auth = TestClient(BearerAuth(client.app, settings.token(), settings.open_paths())), \
+        {"Authorization": f"Bearer {token}"}
+    for path in open_paths:
+        assert guarded.get(path).status_code == 200, path
+    for path in closed_paths:
+        assert guarded.get(path).status_code == 401, path
+        assert guarded.get(path, headers=auth).status_code == 200, path
+    body = {"history": catalogue[0][:3], "k": 2}
+    assert guarded.post("/recommend", json=body).status_code == 401
+    assert guarded.post("/items", json={}).status_code == 401
+    r = guarded.post("/recommend", json=body, headers=auth)
+    assert r.status_code == 200 and len(r.json()["items"]) == 2, r.text
 
 
 def wait_ready(url: str, proc: subprocess.Popen, timeout: float = 240) -> None:
@@ -377,6 +443,9 @@ def test_bentoml_build(promoted_home, bentofile, name, torch_pin):
     scorer = next(s for s in spec["services"] if s["name"] == "llmsrec_scorer")
     assert [m["tag"] for m in scorer["models"]] == [production(promoted_home)]
     assert spec["entry_service"] == "llmsrec_service"
+    # the image listens on its own interfaces (README: Exposure); `bentoml serve` from the repository does not
+    assert {"name": "BENTOML_HOST", "value": "0.0.0.0"} in [{k: e.get(k) for k in ("name", "value")}
+                                                          for e in spec.get("envs") or []], spec.get("envs")
     reqs = (bento / "env" / "python" / "requirements.txt").read_text().splitlines()
     assert torch_pin in reqs and not [r for r in reqs if r.startswith("torch") and r != torch_pin]
     # the CPU index only where the CPU build is pinned: from it, a GPU image would get a CPU torch
