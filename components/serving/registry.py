@@ -125,7 +125,7 @@ def _state(home: str | Path | None) -> dict[str, Any]:
         state = read_json(path)
     except PermissionError:  # the file, or a folder above it (the home itself): named, with its mode
         raise StoreAccessError(path) from None
-    except (OSError, ValueError) as e:
+    except (OSError, ValueError, RecursionError) as e:  # damaged: truncated, garbage, or nested past the parser
         raise DataError(path, f"unreadable registry file ({e})",
                         "restore it, or promote a version again: python -m components.serving.registry promote TAG") from None
     state.setdefault("production", None)

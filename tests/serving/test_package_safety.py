@@ -159,6 +159,8 @@ DAMAGE = {
     "config garbage": ("llmsrec/config.json", garble, "other content", False),
     "catalogue file deleted": ("catalogue/items.parquet", Path.unlink, "package file missing", True),
     "manifest garbage": ("package.json", garble, "package.json: is not valid JSON", True),
+    "manifest nested past the parser": ("package.json", lambda p: p.write_text("[" * 5000 + "]" * 5000),
+                                        "package.json: is not valid JSON", True),
 }
 
 
