@@ -7,10 +7,15 @@ import json
 import os
 import shutil
 import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
 import pandas as pd
+from filelock import FileLock, Timeout
+
+from components.errors import DataError
 
 
 def umask() -> int:
@@ -116,3 +121,23 @@ def metrics_digest(path: Path) -> str:
     """The first 16 hex digits of a metrics file's SHA-256: `gate` records it, `package` refuses a gate
     report written for other metrics."""
     return sha256_of(path)[:16]
+
+
+@contextmanager
+def held_lock(lock_file: Path, timeout: float, holder: str, fix: str, singleton: bool = False) -> Iterator[None]:
+    """Hold an inter-process lock on `lock_file` (flock through filelock: the kernel frees it when its holder
+    dies, so it is never stale). `singleton`: every caller in this process shares one re-entrant lock object.
+
+    Raises DataError naming `lock_file` when `holder` (e.g. "another landing run") has held it for more than
+    `timeout` seconds; `fix` says what to do."""
+    lock_file = Path(lock_file)
+    lock_file.parent.mkdir(parents=True, exist_ok=True)
+    lock = FileLock(lock_file, is_singleton=singleton)
+    try:
+        lock.acquire(timeout=timeout)
+    except Timeout:
+        raise DataError(lock_file, f"{holder} has held this lock for over {timeout:.0f} s", fix) from None
+    try:
+        yield
+    finally:
+        lock.release()

@@ -64,13 +64,11 @@ import sys
 import time
 import uuid
 from collections.abc import Callable
-from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import pandas as pd
-from filelock import FileLock, Timeout
 
 from components.config import LandingParams, Params, ValidateParams, load_params
 from components.data.batches import (
@@ -83,7 +81,7 @@ from components.data.batches import (
     row_keys,
 )
 from components.errors import DataError, PipelineError, stage_main
-from components.io import read_json, sha256_of, write_json, write_parquet
+from components.io import held_lock, read_json, sha256_of, write_json, write_parquet
 
 INCOMPLETE_SUFFIXES = (".part", ".tmp", ".partial", ".crdownload", ".filepart")
 LOCK_TIMEOUT_S = 900.0  # a second landing run waits this long for the first (the DAG retries after that)
@@ -170,22 +168,12 @@ def _utc_now() -> dt.datetime:
     return dt.datetime.now(dt.UTC)
 
 
-@contextmanager
 def landing_lock(paths: Paths, timeout: float = LOCK_TIMEOUT_S):
-    """Hold the landing zone's inter-process lock (flock through filelock; the kernel frees it when the
-    holder dies, so it is never stale). Raises DataError naming the lock file after `timeout` seconds."""
-    paths.landing.mkdir(parents=True, exist_ok=True)
-    lock = FileLock(paths.lock)
-    try:
-        lock.acquire(timeout=timeout)
-    except Timeout:
-        raise DataError(paths.lock, f"another landing run has held this lock for over {timeout:.0f} s",
-                        "let it finish (the DAG's ingest_batches task, or a `landing ingest`/`retract` by "
-                        "hand), then rerun; the lock is freed when its process exits") from None
-    try:
-        yield
-    finally:
-        lock.release()
+    """Hold the landing zone's inter-process lock (components.io.held_lock). Raises DataError naming the
+    lock file after `timeout` seconds."""
+    return held_lock(paths.lock, timeout, "another landing run",
+                     "let it finish (the DAG's ingest_batches task, or a `landing ingest`/`retract` by hand), then "
+                     "rerun; the lock is freed when its process exits")
 
 
 def _fsync(path: Path) -> None:

@@ -43,16 +43,12 @@ import argparse
 import json
 import os
 import sys
-from collections.abc import Iterator
-from contextlib import contextmanager
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from filelock import FileLock, Timeout
-
 from components.errors import CheckpointError, ConfigError, DataError, PipelineError
-from components.io import read_json, write_json
+from components.io import held_lock, read_json, write_json
 from components.serving.integrity import StoreAccessError
 
 MODEL_NAME = "llmsrec"
@@ -95,26 +91,16 @@ def pointer_path(home: str | Path | None = None) -> Path:
     return bentoml_home(home) / "registry" / f"{MODEL_NAME}.json"
 
 
-@contextmanager
-def _locked(home: str | Path | None) -> Iterator[None]:
+def _locked(home: str | Path | None):
     """Hold the registry's inter-process lock for one read-modify-write of the pointer file.
 
     Re-entrant within a thread (`rollback` holds it while `set_production` takes it again): filelock's
     singleton gives every caller in this process the same lock object for the path. Raises DataError
     naming the lock file when another writer holds it for more than `LOCK_TIMEOUT_S` seconds."""
     path = pointer_path(home)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    lock = FileLock(path.with_name(path.name + ".lock"), is_singleton=True)
-    try:
-        lock.acquire(timeout=LOCK_TIMEOUT_S)
-    except Timeout:
-        raise DataError(lock.lock_file, f"another registry write has held this lock for over {LOCK_TIMEOUT_S:.0f} s",
-                        "let the other promotion (a `package` stage or a registry command) finish, then retry; "
-                        "the lock is freed when its process exits") from None
-    try:
-        yield
-    finally:
-        lock.release()
+    return held_lock(path.with_name(path.name + ".lock"), LOCK_TIMEOUT_S, "another registry write",
+                     "let the other promotion (a `package` stage or a registry command) finish, then retry; "
+                     "the lock is freed when its process exits", singleton=True)
 
 
 def _state(home: str | Path | None) -> dict[str, Any]:
