@@ -48,7 +48,7 @@ def build_outputs(root: Path, backbone, *, num_users: int, num_items: int, num_t
     import torch
     import yaml
 
-    from components.config import DataParams, EvalParams, SyntheticParams
+    from components.config import DataParams, DistillParams, EvalParams, SyntheticParams
     from components.data.sequences import Prepared
     from components.data.sources.synthetic import generate
     from components.io import write_json, write_parquet
@@ -72,7 +72,10 @@ def build_outputs(root: Path, backbone, *, num_users: int, num_items: int, num_t
         sasrec = SASRec(SASRecConfig(hidden=16, max_len=20), data.item_ids, data.item_mapping_hash).eval()
         sasrec.save(root / "models" / "sasrec")
         titles = [""] + res["items"].sort_values("idx")["title"].tolist()
-        model = LLMSRec(LLMSRecConfig(backbone=backbone.name), sasrec, backbone, titles, data.item_ids,
+        # The paper's setting: token readout, no title states (nothing here is trained, so nothing to gain).
+        paper = DistillParams(prompt="paper", readout="token", negatives="sampled", num_negatives=3, text_layer=None,
+                              cf_dropout=0.0)
+        model = LLMSRec(LLMSRecConfig.from_params(paper, backbone), sasrec, backbone, titles, data.item_ids,
                         data.item_mapping_hash, sasrec_path="models/sasrec").eval()
         model.build_item_table(64)
         model.save(root / "models" / "llmsrec")

@@ -105,10 +105,26 @@ class Invalid(ValueError):
         self.key, self.problem, self.fix = key, problem, fix
 
 
+#: `json_schema_extra` of a training knob that never changes the weights step by step: it decides when to
+#: validate and stop, or how fast a step runs. Everything else in a model's section does, so it is part of a
+#: run's identity (the resume key): `Section.weight_knobs`. Shown in `--schema` as `"run_only": true`.
+RUN_ONLY = {"run_only": True}
+
+
 class Section(BaseModel):
     """Base of every params model: unknown keys refused, values typed strictly, frozen after checking."""
 
     model_config = ConfigDict(extra="forbid", strict=True, frozen=True, allow_inf_nan=False)
+
+    @classmethod
+    def run_only_knobs(cls) -> frozenset[str]:
+        """The fields marked RUN_ONLY: budgets, cadence and speed, never the weights."""
+        return frozenset(name for name, f in cls.model_fields.items() if f.json_schema_extra == RUN_ONLY)
+
+    def weight_knobs(self) -> dict[str, Any]:
+        """Every field but the RUN_ONLY ones, as JSON-able values: what decides the weights step by step, so
+        a run killed and restarted with another value must not resume the old one."""
+        return {k: v for k, v in self.model_dump(mode="json").items() if k not in self.run_only_knobs()}
 
     @model_validator(mode="before")
     @classmethod
@@ -224,23 +240,23 @@ class SASRecParams(Section):
         "ce", description="ce: full-softmax cross-entropy | bce: one sampled negative per position (the "
                           "reference)")
     epochs: int = Field(
-        200, ge=0, le=MAX_COUNT, description="upper bound; early stopping usually ends sooner")
+        200, ge=0, le=MAX_COUNT, description="upper bound; early stopping usually ends sooner", json_schema_extra=RUN_ONLY)
     eval_every: int = Field(
-        1, ge=1, le=MAX_COUNT, description="validate (NDCG@10 on the valid candidates) every N epochs")
+        1, ge=1, le=MAX_COUNT, description="validate (NDCG@10 on the valid candidates) every N epochs", json_schema_extra=RUN_ONLY)
     patience: int = Field(
         5, ge=1, le=MAX_COUNT, description="validations without a better NDCG@10 before stopping; the best "
-                                           "checkpoint is kept")
+                                           "checkpoint is kept", json_schema_extra=RUN_ONLY)
     max_minutes: float | None = Field(
         None, gt=0, le=MAX_MINUTES, description="wall-clock budget (validation included): validate, keep the "
-                                                "best, stop; null = none")
+                                                "best, stop; null = none", json_schema_extra=RUN_ONLY)
     warm_start_from: str | None = Field(
         None, description="a previous checkpoint dir: known items keep their embeddings by item_id")
     warm_start_mismatch: Literal["error", "fresh"] = Field(
         "error", description="incompatible warm-start checkpoint: error | fresh (train from scratch)")
     seed: int | None = Field(None, ge=0, le=MAX_SEED, description="null = the top-level seed")
     threads: int | None = Field(
-        None, ge=1, le=MAX_COUNT, description="torch CPU threads; null = torch's default")
-    eval_batch_size: int = Field(512, ge=1, le=MAX_COUNT, description="users per batch when validating")
+        None, ge=1, le=MAX_COUNT, description="torch CPU threads; null = torch's default", json_schema_extra=RUN_ONLY)
+    eval_batch_size: int = Field(512, ge=1, le=MAX_COUNT, description="users per batch when validating", json_schema_extra=RUN_ONLY)
 
     @model_validator(mode="after")
     def _heads_divide_hidden(self) -> SASRecParams:
@@ -289,18 +305,18 @@ class DistillParams(Section):
     lr: float = Field(0.0001, gt=0, le=MAX_FLOAT32, description="Adam learning rate (the paper's)")
     lr_decay: float = Field(
         1.0, gt=0, le=1, description="x this after every validation, in (0, 1] (the reference: 0.95)")
-    epochs: int = Field(10, ge=1, le=MAX_COUNT, description="upper bound (the paper's)")
-    max_steps: int | None = Field(None, ge=1, le=MAX_COUNT, description="step budget; null = epochs only")
+    epochs: int = Field(10, ge=1, le=MAX_COUNT, description="upper bound (the paper's)", json_schema_extra=RUN_ONLY)
+    max_steps: int | None = Field(None, ge=1, le=MAX_COUNT, description="step budget; null = epochs only", json_schema_extra=RUN_ONLY)
     max_minutes: float | None = Field(
         6.0, gt=0, le=MAX_MINUTES, description="wall-clock budget, validation included: validate, keep the "
-                                               "best, stop; null = none")
+                                               "best, stop; null = none", json_schema_extra=RUN_ONLY)
     eval_every: float = Field(
-        0.05, gt=0, le=10, description="validate every this fraction of an epoch (a whole number above 1)")
+        0.05, gt=0, le=10, description="validate every this fraction of an epoch (a whole number above 1)", json_schema_extra=RUN_ONLY)
     valid_users: int | None = Field(
-        500, ge=1, le=MAX_COUNT, description="validation users (seeded subset); null = all")
+        500, ge=1, le=MAX_COUNT, description="validation users (seeded subset); null = all", json_schema_extra=RUN_ONLY)
     patience: int = Field(
         5, ge=1, le=MAX_COUNT, description="validations without improvement before stopping; the best "
-                                           "adapters are kept")
+                                           "adapters are kept", json_schema_extra=RUN_ONLY)
     targets: Targets = Field(
         "all", description="all: every position of each training sequence | last: the paper")
     negatives: Negatives = Field(
@@ -352,17 +368,17 @@ class DistillParams(Section):
     gradient_checkpointing: bool = Field(
         False, description="recompute the LLM's activations in backward (needs kv_reuse: none)")
     item_batch_size: int = Field(
-        64, ge=1, le=MAX_COUNT, description="item prompts per LLM pass when building the item table")
+        64, ge=1, le=MAX_COUNT, description="item prompts per LLM pass when building the item table", json_schema_extra=RUN_ONLY)
     eval_batch_size: int = Field(
-        16, ge=1, le=MAX_COUNT, description="user prompts per LLM pass when validating")
+        16, ge=1, le=MAX_COUNT, description="user prompts per LLM pass when validating", json_schema_extra=RUN_ONLY)
     max_title_chars: int = Field(
         120, ge=1, le=MAX_COUNT, description="item titles are cut to this many characters")
     kv_reuse: KVReuse = Field(
         "frozen", description="none | opening | frozen: keys/values of prompt text before the first "
-                              "injected slot computed once, without gradients (exact)")
+                              "injected slot computed once, without gradients (exact)", json_schema_extra=RUN_ONLY)
     kv_cache_mb: float = Field(  # kv.py counts its bytes (mb * 2**20) against tensors' int64 byte counts
         2048.0, ge=0, le=2**43, description="bound of those keys/values kept across steps and validations "
-                                            "(0 = recompute every time)")
+                                            "(0 = recompute every time)", json_schema_extra=RUN_ONLY)
     seed: int | None = Field(None, ge=0, le=MAX_SEED, description="null = the top-level seed")
 
     @field_validator("eval_every")
@@ -551,6 +567,11 @@ class Params(Section):
     package: PackageParams = Field(default_factory=PackageParams, description="package")
     orchestration: OrchestrationParams = Field(
         default_factory=OrchestrationParams, description="the Airflow DAG")
+
+    def seed_of(self, section: str) -> int:
+        """The seed section `section` (sasrec, distill) trains with: its own `seed`, or the top-level one when null."""
+        own = getattr(self, section).seed
+        return self.seed if own is None else own
 
 
 M = TypeVar("M", bound=BaseModel)

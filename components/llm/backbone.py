@@ -48,6 +48,7 @@ class Backbone:
     hidden_size: int
     dtype: torch.dtype
     device: torch.device
+    cut_to: int | None = None  # the decoder layers `truncate_layers` kept; None: the LLM whole
 
     @property
     def embed_tokens(self) -> nn.Module:
@@ -72,7 +73,7 @@ def truncate_layers(backbone: Backbone, num_layers: int) -> Backbone:
         raise ConfigError("params.yaml", f"llm.num_layers={num_layers!r}, the backbone has {total} layers",
                           f"use an integer from 1 to {total}, or null for all of them")
     base = backbone.fingerprint.split("|layers=")[0]
-    if num_layers == total and "|layers=" not in backbone.fingerprint:
+    if num_layers == total and backbone.cut_to is None:
         return backbone
     model = copy.copy(backbone.model)
     model._modules = dict(model._modules)  # a shallow copy would otherwise share (and cut) the original's
@@ -83,7 +84,7 @@ def truncate_layers(backbone: Backbone, num_layers: int) -> Backbone:
         model.config.layer_types = model.config.layer_types[:num_layers]
     return Backbone(model=model, tokenizer=backbone.tokenizer, name=backbone.name,
                     fingerprint=f"{base}|layers={num_layers}", hidden_size=backbone.hidden_size,
-                    dtype=backbone.dtype, device=backbone.device)
+                    dtype=backbone.dtype, device=backbone.device, cut_to=num_layers)
 
 
 def cache_root() -> Path:

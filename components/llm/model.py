@@ -23,69 +23,98 @@ Loss = L_retrieval (softmax over positive + negatives of s = f_item(h_i) . f_use
 from __future__ import annotations
 
 import hashlib
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, fields
 from pathlib import Path
-from typing import Any, get_args
+from typing import Any
 
 import torch
 import torch.nn.functional as F
 from safetensors.torch import save_file
 from torch import Tensor, nn
 
-from components.config import Center, KVReuse, Negatives, Readout, UserSlot
-from components.errors import CheckpointError, DataError
+from components.config import DistillParams, parse
+from components.errors import CheckpointError, DataError, PipelineError
 from components.io import write_json
-from components.llm.backbone import Backbone
+from components.llm.backbone import Backbone, load_backbone, truncate_layers
 from components.llm.kv import FrozenKVCache
 from components.llm.prompts import Prompts, PromptTokenizer
-from components.models.base import Batch, Histories, Recommender, neg_inf_padding, register
+from components.models.base import (
+    Batch,
+    Histories,
+    Recommender,
+    check_shapes,
+    load_checkpoint,
+    neg_inf_padding,
+    read_checkpoint_json,
+    read_weights,
+    register,
+)
 
 ADAPTERS, ITEM_TABLE, TITLES = "adapters.safetensors", "item_table.safetensors", "titles.json"
 TEXT_STATES = "text_states.safetensors"
 
 
+#: What a checkpoint written before a config field existed was trained with: the paper's settings, and the
+#: switches that go beyond the paper (each measured in docs/benchmarks.md) off. Read only by `LLMSRec.load`,
+#: for the keys an older config.json lacks; new checkpoints record every field.
+CHECKPOINT_DEFAULTS: dict[str, Any] = {
+    "backbone": "smollm2-135m", "num_layers": None, "history_len": 10, "num_negatives": 3, "negatives": "sampled",
+    "logq_correction": False, "use_distill_loss": True, "use_uniform_loss": True,
+    "weights": {"retrieval": 1.0, "distill": 1.0, "uniform": 1.0}, "max_title_chars": 120, "prompt": "paper",
+    "kv_reuse": "frozen", "kv_cache_mb": 2048, "center": "none", "readout": "token", "match_token_norm": False,
+    "text_layer": None, "llm_pass": True, "cf_dropout": 0.0, "user_slot": None,
+}
+
+
 @dataclass
 class LLMSRecConfig:
-    """What an LLM-SRec checkpoint needs to be rebuilt (its config.json). `distill` fills every field from
-    params `distill` and `llm` (components.config); the defaults here are what a checkpoint written before
-    a field existed was trained with, so they stay the paper's settings, and the switches that go "beyond
-    the paper" (each measured in docs/benchmarks.md) default to off."""
+    """What an LLM-SRec checkpoint needs to be rebuilt (its config.json): params `distill`'s knobs of that
+    name (components.config.DistillParams says what each means and allows), the backbone, and the
+    adapters' widths. Built once by `from_params`; `LLMSRec.load` reads it back (`CHECKPOINT_DEFAULTS`)."""
 
-    backbone: str = "smollm2-135m"
-    num_layers: int | None = None  # beyond the paper: only the LLM's first L layers (None = all)
-    history_len: int = 10  # the prompt shows the last 10 items
+    backbone: str  # llm.backbone: what `load_backbone` reloads
+    num_layers: int | None  # llm.num_layers: the LLM's first L layers only, None = all (beyond the paper)
+    history_len: int
+    num_negatives: int
+    negatives: str
+    logq_correction: bool
+    use_distill_loss: bool
+    use_uniform_loss: bool
+    weights: dict[str, float]
+    max_title_chars: int
+    prompt: str
+    kv_reuse: str
+    kv_cache_mb: float
+    center: str
+    readout: str
+    match_token_norm: bool
+    text_layer: int | None  # resolved: `all` is recorded as the whole LLM's depth
+    llm_pass: bool
+    cf_dropout: float
+    user_slot: str | None
+    # The paper's adapter widths: architecture, not knobs.
     proj_hidden: int = 2048  # f_user / f_item inner width
     out_dim: int = 128  # d'
     cf_hidden: int = 128  # f_CF-user inner width
-    num_negatives: int = 3  # training candidates: positive + 3 random negatives
-    # sampled (the paper) | in_batch: + every other example's positive | shared: + every other example's
-    # sampled negatives | mixed: both (beyond the paper)
-    negatives: str = "sampled"
-    logq_correction: bool = False  # beyond the paper: logits minus log sampling probability (Yi et al. 2019)
-    use_distill_loss: bool = True
-    use_uniform_loss: bool = True
-    weights: dict[str, float] = field(default_factory=lambda: {"retrieval": 1.0, "distill": 1.0, "uniform": 1.0})
-    max_title_chars: int = 120
-    prompt: str = "paper"  # user-prompt layout (components/llm/prompts.py): paper | compact | text_first | ...
-    # none: one pass over the whole prompt; opening: the first sentence's keys/values computed once;
-    # frozen: also each row's text before its first injected slot, without gradients (exact, faster).
-    kv_reuse: str = "frozen"
-    kv_cache_mb: float = 2048  # bound of each cache (items; validation users) of frozen-text keys/values (0 = off)
-    center: str = "none"  # beyond the paper: batchnorm = BatchNorm (no affine) on the states before f_user/f_item
-    # token (the paper): read the state at [UserOut]/[ItemOut]; slot (beyond the paper): at the row's last
-    # [HistoryEmb] (the most recent item for a user, the item itself for an item), where the injected vector
-    # enters, so the states differ far more across inputs; the two token vectors are then unused.
-    readout: str = "token"
-    match_token_norm: bool = False  # beyond the paper: rescale f_I outputs to the LLM's mean token-embedding norm
-    # beyond the paper: each title's mean-pooled state after this many LLM layers (text_states.safetensors),
-    # added to every injected vector through f_T; None = off
-    text_layer: int | None = None
-    llm_pass: bool = True  # ablation (no-LLM control): False = the LLM replaced by the identity
-    # beyond the paper (with text_layer): while training, each injected vector loses f_I(E_i) with this probability
-    cf_dropout: float = 0.0
-    # beyond the paper: SASRec's user representation O_u enters through f_U as one more injected slot,
-    # before or after the history's; None = off
-    user_slot: str | None = None
+
+    @classmethod
+    def from_params(cls, distill: DistillParams, backbone: Backbone, full_depth: int | None = None) -> LLMSRecConfig:
+        """The config params `distill` describes, on `backbone` (the LLM the prompt pass runs on: its name,
+        and the layers `truncate_layers` kept, are recorded). `distill.text_layer: all` means `full_depth`,
+        the whole LLM's depth. Raises ValueError when `all` is given without `full_depth`."""
+        knobs = distill.model_dump()
+        if knobs["text_layer"] == "all":
+            if full_depth is None:
+                raise ValueError("distill.text_layer: 'all' must be resolved to the backbone's depth (pass full_depth=)")
+            knobs["text_layer"] = full_depth
+        return cls(backbone=backbone.name, num_layers=backbone.cut_to,
+                   **{f.name: knobs[f.name] for f in fields(cls) if f.name in knobs})
+
+    def check(self) -> None:
+        """Raises ConfigError naming `distill.<key>` when a value is outside what params `distill` allows (a
+        checkpoint's config was not read through params.yaml): one set of rules, the schema's."""
+        knobs = {k: v for k, v in asdict(self).items() if k in DistillParams.model_fields}
+        parse(DistillParams, knobs, source="config", at="distill")
 
 
 def _cache_kwarg(llm: nn.Module) -> str:
@@ -182,14 +211,7 @@ class LLMSRec(Recommender):
         if len(titles) != len(item_ids) + 1:
             raise DataError("titles", f"{len(titles)} titles for {len(item_ids)} items (+ padding)",
                             "pass one title per item idx 0..N")
-        for key, allowed in (("kv_reuse", get_args(KVReuse)), ("negatives", get_args(Negatives)),
-                             ("readout", get_args(Readout)), ("center", get_args(Center)),
-                             ("user_slot", (*get_args(UserSlot), None))):
-            if getattr(config, key) not in allowed:  # a checkpoint's config is not params-checked
-                raise ValueError(f"{key}={getattr(config, key)!r}: use one of {list(allowed)}")
-        if config.cf_dropout > 0 and config.text_layer is None:
-            raise ValueError(f"cf_dropout={config.cf_dropout} needs text_layer: without title states nothing is left "
-                             "in a slot whose SASRec part is dropped")
+        config.check()
         self.config = config
         # The prompt shows `history_len` items; with the user slot SASRec reads its whole window as well.
         self.max_history = (max(config.history_len, sasrec.max_history or 0) if config.user_slot is not None
@@ -583,89 +605,137 @@ class LLMSRec(Recommender):
 
     @classmethod
     def load(cls, directory: Path, sasrec: Recommender | None = None, backbone: Backbone | None = None,
-             sasrec_dir: Path | None = None, **backbone_kwargs) -> LLMSRec:
+             sasrec_dir: Path | None = None, backbone_dir: Path | None = None, **backbone_kwargs) -> LLMSRec:
         """Rebuild from adapters + config + item table, the SASRec teacher and the (re)loaded LLM.
 
-        The teacher and the backbone are checked against what the adapters were trained with: other
-        weights would feed the adapters inputs they have never seen. A missing, truncated or garbled file,
-        or adapters / an item table whose shapes differ from the config, is a CheckpointError naming the
-        file, raised before the LLM is loaded where it can be.
+        Every file of `directory` is read and checked first (`read_checkpoint`), so a damaged one is a
+        CheckpointError naming it before the LLM loads. The teacher (`sasrec`, else loaded from `sasrec_dir`,
+        else from the path the checkpoint recorded) and the backbone (`resolve_backbone`) are then checked
+        against what the adapters were trained with: other weights would feed the adapters inputs they have
+        never seen (DataError).
         """
-        from components.llm.backbone import load_backbone, truncate_layers
-        from components.models.base import check_shapes, load_checkpoint, read_checkpoint_json, read_weights
-
-        directory = Path(directory)
-        fix = ("the LLM-SRec checkpoint is damaged or from another version: re-run the distill stage "
-               "(`dvc repro -f -s distill`, or `dvc checkout models/llmsrec`)")
-        for name in ("config.json", ADAPTERS, "item_ids.json", TITLES):
-            if not (directory / name).is_file():
-                raise CheckpointError(directory / name, "LLM-SRec checkpoint file not found",
-                                      "point at a directory written by the distill stage")
-        meta = read_checkpoint_json(directory / "config.json", fix)
-        if isinstance(meta, dict) and "sasrec" not in meta and isinstance(meta.get("cfsrec"), dict):
-            meta["sasrec"] = meta.pop("cfsrec")  # written before the teacher had one name everywhere
-        if not isinstance(meta, dict) or not all(isinstance(meta.get(k), dict) for k in ("config", "sasrec", "backbone")) \
-                or "item_mapping_hash" not in meta:
-            raise CheckpointError(directory / "config.json", "is not an LLM-SRec checkpoint config (config, sasrec, "
-                                                             "backbone, item_mapping_hash)", fix)
-        raw = dict(meta["config"])
-        if raw.pop("item_prefix_cache", None) is not None:  # checkpoints from before kv_reuse: same math
-            raw.setdefault("kv_reuse", "opening")
-        try:
-            config = LLMSRecConfig(**raw)
-        except TypeError as e:  # a key this version does not know
-            raise CheckpointError(directory / "config.json", f"its config does not build LLM-SRec ({e})", fix) from None
-        titles = read_checkpoint_json(directory / TITLES, fix)
-        item_ids = read_checkpoint_json(directory / "item_ids.json", fix)
-        if not isinstance(item_ids, list) or not isinstance(titles, list) or len(titles) != len(item_ids) + 1:
-            raise CheckpointError(directory / TITLES, f"{len(titles) if isinstance(titles, list) else 'no'} titles for "
-                                                      f"{len(item_ids) if isinstance(item_ids, list) else 'no'} item "
-                                                      "ids (+ padding)", fix)
+        ck = read_checkpoint(directory)
+        teacher_dir = sasrec_dir if sasrec_dir is not None else ck.meta["sasrec"].get("path")
         if sasrec is None:
-            sasrec_dir = sasrec_dir or meta["sasrec"].get("path")
-            if sasrec_dir is None:
-                raise DataError(directory, "no SASRec teacher given", "pass sasrec_dir= the pretrain_sasrec checkpoint")
-            sasrec = load_checkpoint(sasrec_dir)
-        if state_hash(sasrec) != meta["sasrec"].get("weights_hash"):
+            if teacher_dir is None:
+                raise DataError(ck.directory, "no SASRec teacher given", "pass sasrec_dir= the pretrain_sasrec checkpoint")
+            sasrec = load_checkpoint(teacher_dir)
+        if state_hash(sasrec) != ck.meta["sasrec"].get("weights_hash"):
             raise DataError(sasrec_dir or "sasrec", "this SASRec checkpoint is not the one LLM-SRec was distilled from",
                             "use the SASRec checkpoint of the same pipeline run, or re-run the distill stage")
-        # The weights are read and checked before the LLM is loaded: a damaged file fails in a second, not
-        # after loading a backbone.
-        adapters = read_weights(directory / ADAPTERS, fix)
-        item_table = read_weights(directory / ITEM_TABLE, fix) if (directory / ITEM_TABLE).is_file() else None
-        text_states = None
-        if config.text_layer is not None:
-            if not (directory / TEXT_STATES).is_file():
-                raise CheckpointError(directory / TEXT_STATES, "LLM-SRec checkpoint file not found (text_layer is set)",
-                                      fix)
-            text_states = read_weights(directory / TEXT_STATES, fix).get("text_states")
-            if text_states is None or list(text_states.shape) != [len(item_ids) + 1, int(meta["backbone"].get(
-                    "hidden_size", -1))]:
-                raise CheckpointError(directory / TEXT_STATES, "text states of the wrong shape for this checkpoint", fix)
-        if backbone is None:
-            backbone = load_backbone(config.backbone, num_layers=config.num_layers, **backbone_kwargs)
-        elif config.num_layers is not None and backbone.num_layers != config.num_layers:
-            backbone = truncate_layers(backbone, config.num_layers)
-        if backbone.fingerprint != meta["backbone"].get("fingerprint"):
-            raise DataError(config.backbone, f"backbone weights differ from the ones used in training "
-                                             f"({backbone.fingerprint[:24]} vs {str(meta['backbone'].get('fingerprint'))[:24]})",
+        backbone = resolve_backbone(ck.config, backbone, backbone_dir, **backbone_kwargs)
+        if backbone.fingerprint != ck.meta["backbone"].get("fingerprint"):
+            raise DataError(ck.config.backbone, f"backbone weights differ from the ones used in training "
+                                                f"({backbone.fingerprint[:24]} vs "
+                                                f"{str(ck.meta['backbone'].get('fingerprint'))[:24]})",
                             "load the same backbone, or re-run the distill stage with this one")
-        try:
-            model = cls(config, sasrec, backbone, titles, item_ids, meta["item_mapping_hash"],
-                        sasrec_path=str(sasrec_dir) if sasrec_dir else meta["sasrec"].get("path"),
-                        text_states=text_states)
-        except ValueError as e:  # a config value this version does not know (kv_reuse, negatives, readout, center)
-            raise CheckpointError(directory / "config.json", f"its config does not build LLM-SRec ({e})", fix) from None
-        check_shapes(directory / ADAPTERS, adapters, model.adapters.state_dict(), fix)
-        model.adapters.load_state_dict(adapters)
-        if item_table is not None:
-            table = item_table.get("item_table")
-            want = [model.num_items + 1, config.out_dim]
-            if table is None or list(table.shape) != want:
-                raise CheckpointError(directory / ITEM_TABLE, f"item table of shape "
-                                                              f"{list(table.shape) if table is not None else 'none'}, "
-                                                              f"the checkpoint needs {want}", fix)
-            model.item_table = table
+        model = cls(ck.config, sasrec, backbone, ck.titles, ck.item_ids, ck.meta["item_mapping_hash"],
+                    sasrec_path=str(teacher_dir) if teacher_dir is not None else None, text_states=ck.text_states)
+        check_shapes(ck.directory / ADAPTERS, ck.adapters, model.adapters.state_dict(), ck.fix)
+        model.adapters.load_state_dict(ck.adapters)
+        model.item_table = ck.item_table
         model.eval()
         return model
 
+
+# -- reading a checkpoint back ----------------------------------------------------------------------------------
+def rename_cfsrec(meta: dict[str, Any]) -> None:
+    """Checkpoints written before the teacher had one name everywhere call it `cfsrec`."""
+    if "sasrec" not in meta and isinstance(meta.get("cfsrec"), dict):
+        meta["sasrec"] = meta.pop("cfsrec")
+
+
+def item_prefix_cache_to_kv_reuse(meta: dict[str, Any]) -> None:
+    """Checkpoints from before `kv_reuse` say `item_prefix_cache`: the same math as `kv_reuse: opening`."""
+    config = meta.get("config")
+    if isinstance(config, dict) and config.pop("item_prefix_cache", None) is not None:
+        config.setdefault("kv_reuse", "opening")
+
+
+#: config.json migrations of older checkpoints, applied in this order before the config is read
+MIGRATIONS = (rename_cfsrec, item_prefix_cache_to_kv_reuse)
+
+
+@dataclass
+class CheckpointFiles:
+    """Every file of an LLM-SRec checkpoint, read and checked (`read_checkpoint`); the LLM and the
+    teacher are not in it."""
+
+    directory: Path
+    fix: str  # what to do when a later check refuses it
+    meta: dict[str, Any]  # config.json, migrated
+    config: LLMSRecConfig
+    titles: list[str]  # [N+1], index 0 padding
+    item_ids: list[str]  # [N]
+    adapters: dict[str, Tensor]
+    item_table: Tensor | None  # [N+1, d']
+    text_states: Tensor | None  # [N+1, H], with text_layer
+
+
+def read_checkpoint(directory: Path) -> CheckpointFiles:
+    """Read every file of an LLM-SRec checkpoint and check them against each other, without the LLM.
+
+    Raises CheckpointError naming the file when one is missing, unreadable, of another version (a config
+    this version cannot build, `LLMSRecConfig.check`) or of the wrong shape."""
+    directory = Path(directory)
+    fix = ("the LLM-SRec checkpoint is damaged or from another version: re-run the distill stage "
+           "(`dvc repro -f -s distill`, or `dvc checkout models/llmsrec`)")
+    for name in ("config.json", ADAPTERS, "item_ids.json", TITLES):
+        if not (directory / name).is_file():
+            raise CheckpointError(directory / name, "LLM-SRec checkpoint file not found",
+                                  "point at a directory written by the distill stage")
+    meta = read_checkpoint_json(directory / "config.json", fix)
+    if isinstance(meta, dict):
+        for migrate in MIGRATIONS:
+            migrate(meta)
+    if not isinstance(meta, dict) or not all(isinstance(meta.get(k), dict) for k in ("config", "sasrec", "backbone")) \
+            or "item_mapping_hash" not in meta:
+        raise CheckpointError(directory / "config.json", "is not an LLM-SRec checkpoint config (config, sasrec, "
+                                                         "backbone, item_mapping_hash)", fix)
+    try:
+        config = LLMSRecConfig(**{**CHECKPOINT_DEFAULTS, **meta["config"]})
+        config.check()
+    except TypeError as e:  # a key this version does not know
+        raise CheckpointError(directory / "config.json", f"its config does not build LLM-SRec ({e})", fix) from None
+    except PipelineError as e:  # a value this version does not allow
+        raise CheckpointError(directory / "config.json", f"its config does not build LLM-SRec ({e.problem})",
+                              fix) from None
+    titles = read_checkpoint_json(directory / TITLES, fix)
+    item_ids = read_checkpoint_json(directory / "item_ids.json", fix)
+    if not isinstance(item_ids, list) or not isinstance(titles, list) or len(titles) != len(item_ids) + 1:
+        raise CheckpointError(directory / TITLES, f"{len(titles) if isinstance(titles, list) else 'no'} titles for "
+                                                  f"{len(item_ids) if isinstance(item_ids, list) else 'no'} item "
+                                                  "ids (+ padding)", fix)
+    adapters = read_weights(directory / ADAPTERS, fix)
+    item_table = None
+    if (directory / ITEM_TABLE).is_file():
+        item_table = read_weights(directory / ITEM_TABLE, fix).get("item_table")
+        want = [len(item_ids) + 1, config.out_dim]
+        if item_table is None or list(item_table.shape) != want:
+            raise CheckpointError(directory / ITEM_TABLE, f"item table of shape "
+                                                          f"{list(item_table.shape) if item_table is not None else 'none'}"
+                                                          f", the checkpoint needs {want}", fix)
+    text_states = None
+    if config.text_layer is not None:
+        if not (directory / TEXT_STATES).is_file():
+            raise CheckpointError(directory / TEXT_STATES, "LLM-SRec checkpoint file not found (text_layer is set)", fix)
+        text_states = read_weights(directory / TEXT_STATES, fix).get("text_states")
+        if text_states is None or list(text_states.shape) != [len(item_ids) + 1,
+                                                              int(meta["backbone"].get("hidden_size", -1))]:
+            raise CheckpointError(directory / TEXT_STATES, "text states of the wrong shape for this checkpoint", fix)
+    return CheckpointFiles(directory, fix, meta, config, titles, item_ids, adapters, item_table, text_states)
+
+
+def resolve_backbone(config: LLMSRecConfig, backbone: Backbone | None = None, backbone_dir: Path | None = None,
+                     **backbone_kwargs) -> Backbone:
+    """The LLM a checkpoint's prompt pass runs on, cut to `config.num_layers`: `backbone` when given (the
+    whole LLM or already cut), else loaded from `backbone_dir` (a package's own copy of a non-default LLM,
+    recorded under `config.backbone`'s name), else `config.backbone` itself; `backbone_kwargs` (`device`,
+    `dtype`) go to `load_backbone`."""
+    if backbone is None:
+        source = str(backbone_dir) if backbone_dir is not None else config.backbone
+        backbone = load_backbone(source, **backbone_kwargs)
+        backbone.name = config.backbone
+    if config.num_layers is not None and backbone.num_layers != config.num_layers:
+        backbone = truncate_layers(backbone, config.num_layers)
+    return backbone

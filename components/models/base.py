@@ -89,6 +89,8 @@ class Recommender(nn.Module, ABC):
     #: how many of the most recent items the shuffle diagnostic permutes (None = the whole `max_history`):
     #: the items whose order the model is meant to read, so shuffling never changes which items it sees
     shuffle_len: int | None = None
+    #: Adam's betas for this model's training: its reference implementation's, not a knob
+    adam_betas: ClassVar[tuple[float, float]] = (0.9, 0.999)
 
     def __init__(self, item_ids: list[str], item_mapping_hash: str):
         super().__init__()

@@ -80,6 +80,8 @@ class Block(nn.Module):
 
 @register("sasrec")
 class SASRec(Recommender):
+    adam_betas = (0.9, 0.98)  # the SASRec reference's
+
     def __init__(self, config: SASRecConfig, item_ids: list[str], item_mapping_hash: str):
         super().__init__(item_ids, item_mapping_hash)
         config.check()

@@ -22,7 +22,7 @@ import json
 import shutil
 import time
 from collections.abc import Callable, Iterator
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
@@ -31,7 +31,7 @@ import torch
 from safetensors.torch import load_file, save_file
 from tqdm import tqdm
 
-from components.config import Params, SASRecParams
+from components.config import DistillParams, SASRecParams
 from components.data.sequences import Prepared, flat_ranges, right_aligned
 from components.errors import ConfigError
 from components.evaluation.metrics import ndcg_at
@@ -40,26 +40,35 @@ from components.io import write_json
 from components.models.base import Batch, Histories, Recommender
 
 MAX_RESAMPLE_ROUNDS = 30
-_SASREC, _SEED = SASRecParams(), Params().seed
 
 
-@dataclass
+@dataclass(frozen=True)
 class TrainOptions:
-    """The loop's options. Defaults are params `sasrec`'s (and the top-level seed); `distill` passes its own."""
+    """The loop's options: a model's params section (`sasrec`, `distill`) as `fit` reads it. Built by
+    `from_params`; the values live in params.yaml alone."""
 
-    epochs: int = _SASREC.epochs
-    eval_every: float = _SASREC.eval_every  # epochs between validations; below 1 validates within an epoch
-    patience: int = _SASREC.patience
-    lr: float = _SASREC.lr
-    batch_size: int = _SASREC.batch_size
-    seed: int = _SEED
-    betas: tuple[float, float] = (0.9, 0.98)  # the SASRec reference's Adam betas
-    eval_batch_size: int = _SASREC.eval_batch_size
-    max_steps: int | None = None  # optimizer-step budget (None: epochs only)
-    max_minutes: float | None = _SASREC.max_minutes  # wall-clock budget, resumed runs included
-    lr_decay: float = 1.0  # learning rate multiplied by this after every validation (the LLM-SRec reference: 0.95)
-    validate_at_start: bool = True  # score the starting weights first (a warm start must be beaten to be replaced)
-    section: str = "sasrec"  # params section named in error messages
+    epochs: int
+    eval_every: float  # epochs between validations; below 1 validates within an epoch
+    patience: int
+    lr: float
+    batch_size: int
+    seed: int
+    eval_batch_size: int
+    max_minutes: float | None  # wall-clock budget, resumed runs included
+    betas: tuple[float, float]  # Adam's: the model's reference implementation's
+    validate_at_start: bool  # score the starting weights first (a warm start must be beaten to be replaced)
+    section: str  # params section named in error messages
+    max_steps: int | None = None  # optimizer-step budget (None: epochs only); `sasrec` has none
+    lr_decay: float = 1.0  # x this after every validation; `sasrec` has none (the LLM-SRec reference: 0.95)
+
+    @classmethod
+    def from_params(cls, knobs: SASRecParams | DistillParams, seed: int, *, section: str,
+                    betas: tuple[float, float], validate_at_start: bool) -> TrainOptions:
+        """The options params section `section` (`sasrec` | `distill`, given as `knobs`) sets, trained with
+        `seed` (`Params.seed_of(section)`); `betas` and `validate_at_start` are the model's, not knobs."""
+        taken = {f.name: getattr(knobs, f.name) for f in fields(cls) if f.name in type(knobs).model_fields}
+        return cls(**{**taken, "seed": seed, "betas": betas, "validate_at_start": validate_at_start,
+                      "section": section})
 
 
 class TrainingSet:

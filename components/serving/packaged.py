@@ -105,19 +105,12 @@ class PackagedModel:
         so a damaged package fails with a CheckpointError naming the file and the fix, before the LLM loads,
         instead of deep inside torch."""
         from components.llm.model import LLMSRec
-        from components.models.base import load_checkpoint
 
         path = Path(path)
-        manifest = verify_package(path, tag)
-        if backbone is None and (path / BACKBONE_DIR / "config.json").is_file():
-            from components.llm.backbone import load_backbone
-
-            backbone = load_backbone(str(path / BACKBONE_DIR), **backbone_kwargs)
-            backbone.name = (manifest.get("backbone") or {}).get("name", backbone.name)
-        sasrec = load_checkpoint(sasrec_dir(path))
-        model = LLMSRec.load(path / LLMSREC_DIR, sasrec=sasrec, backbone=backbone, sasrec_dir=sasrec_dir(path),
-                             **backbone_kwargs)
-        model.eval()
+        manifest = verify_package(path, tag)  # every file, once: the loads below read what was verified
+        own_llm = path / BACKBONE_DIR
+        model = LLMSRec.load(path / LLMSREC_DIR, backbone=backbone, sasrec_dir=sasrec_dir(path),
+                             backbone_dir=own_llm if (own_llm / "config.json").is_file() else None, **backbone_kwargs)
         return cls(path, tag, model, manifest)
 
     # -- requests -> idx ------------------------------------------------------------------------------

@@ -30,6 +30,10 @@ import torch
 from components.config import DistillParams, load_params
 from components.errors import stage_main
 from components.io import write_json
+from components.llm.backbone import truncate_layers
+from components.llm.model import LLMSRec, LLMSRecConfig
+from components.llm.text_states import cached_title_states
+from components.models.training import TrainOptions
 from components.timings import split, split_curve, write_timings
 
 #: what `fit` and the stage report that two runs on the same inputs may disagree on: the run record's
@@ -38,22 +42,11 @@ RUN_FACTS = ("resumed_from_step", "train_seconds", "seconds_per_epoch", "seconds
 
 
 def build_model(prepared, sasrec, backbone, opts: DistillParams, titles: list[str], sasrec_path: str | None = None,
-                text_states=None, text_layer: int | None = None):
-    """LLM-SRec on `backbone` (already cut to llm.num_layers) with every LLMSRecConfig field that params
-    `distill` also names taken from `opts`; `text_states` [N+1, H] when `opts.text_layer` is set, read after
-    `text_layer` layers (what `opts.text_layer: all` resolved to; default: `opts.text_layer`)."""
-    from dataclasses import fields
-
-    from components.llm.model import LLMSRec, LLMSRecConfig
-
-    shared = {f.name: getattr(opts, f.name) for f in fields(LLMSRecConfig) if f.name in DistillParams.model_fields}
-    shared["weights"] = opts.weights.model_dump()
-    if opts.text_layer is not None:
-        shared["text_layer"] = text_layer if text_layer is not None else opts.text_layer
-        if not isinstance(shared["text_layer"], int):
-            raise ValueError("distill.text_layer: 'all' must be resolved to the backbone's depth (pass text_layer=)")
-    cfg = LLMSRecConfig(backbone=backbone.name, num_layers=backbone.num_layers if "|layers=" in backbone.fingerprint
-                        else None, **shared)
+                text_states=None, full_depth: int | None = None):
+    """LLM-SRec on `backbone` (already cut to llm.num_layers), configured by `LLMSRecConfig.from_params`;
+    `text_states` [N+1, H] when `opts.text_layer` is set, read after that many layers (`all`: `full_depth`,
+    the whole LLM's). Raises DataError when `sasrec` was trained on other items than `prepared`."""
+    cfg = LLMSRecConfig.from_params(opts, backbone, full_depth)
     sasrec.check_data(prepared.num_items, prepared.item_mapping_hash, prepared.source,
                       "re-run pretrain_sasrec on this data (dvc repro) before distilling")
     return LLMSRec(cfg, sasrec, backbone, titles, prepared.item_ids, prepared.item_mapping_hash,
@@ -66,9 +59,6 @@ def build_from_params(prepared, sasrec, full, opts: DistillParams, titles: list[
     titles replaced by neutral text when `opts.neutral_titles`, each title's state after `opts.text_layer`
     layers of `full` (cached on disk, components/llm/text_states.py), and the prompt pass on its first
     `num_layers` (None = all)."""
-    from components.llm.backbone import truncate_layers
-    from components.llm.text_states import cached_title_states
-
     if opts.neutral_titles:
         titles = neutral_titles(prepared.item_ids)
     backbone = full if num_layers is None else truncate_layers(full, num_layers)
@@ -77,7 +67,7 @@ def build_from_params(prepared, sasrec, full, opts: DistillParams, titles: list[
         t0 = time.time()
         text = cached_title_states(full, titles, layer, opts.max_title_chars, opts.item_batch_size, progress=True)
         print(f"distill: title states after {layer} layers for {len(titles) - 1:,} items in {time.time() - t0:.1f}s")
-    return build_model(prepared, sasrec, backbone, opts, titles, sasrec_path, text, text_layer=layer)
+    return build_model(prepared, sasrec, backbone, opts, titles, sasrec_path, text, full_depth=full.num_layers)
 
 
 def neutral_titles(item_ids: list[str]) -> list[str]:
@@ -187,7 +177,6 @@ def fit(model, prepared, opts: DistillParams, seed: int, accelerator=None, log=p
     `state_root`, the run resumes after its last validation when killed and restarted (same `key`).
     Returns the curve and the figures `reports/distill_train.json` records.
     """
-    from components.models.training import TrainOptions
     from components.models.training import fit as train_loop
 
     if accelerator is None:
@@ -210,10 +199,8 @@ def fit(model, prepared, opts: DistillParams, seed: int, accelerator=None, log=p
     valid_n = len(prepared.candidates["valid"].user_idx)
     valid_rows = np.sort(np.random.default_rng(seed).choice(valid_n, min(valid_n, opts.valid_users or valid_n),
                                                             replace=False))
-    train_opts = TrainOptions(epochs=opts.epochs, eval_every=opts.eval_every, patience=opts.patience, lr=opts.lr,
-                              batch_size=opts.batch_size, seed=seed, betas=(0.9, 0.999), max_steps=opts.max_steps,
-                              max_minutes=opts.max_minutes, lr_decay=opts.lr_decay, validate_at_start=False,
-                              section="distill")
+    train_opts = TrainOptions.from_params(opts, seed, section="distill", betas=model.adam_betas,
+                                          validate_at_start=False)
     n_batches = math.ceil(len(examples) / opts.batch_size)
     result = train_loop(
         model, train_opts, n_batches=n_batches, params=model.trainable_parameters(), accelerator=accelerator,
@@ -275,7 +262,7 @@ def main(argv: list[str] | None = None) -> None:
     t_start = time.time()
     params = load_params(args.params)
     opts, llm = params.distill, params.llm
-    seed = opts.seed if opts.seed is not None else params.seed
+    seed = params.seed_of("distill")
 
     import pandas as pd
     from accelerate import Accelerator
@@ -302,14 +289,10 @@ def main(argv: list[str] | None = None) -> None:
     from components.llm.model import state_hash
     from components.models.training import ResumeState, run_key
 
-    # What shapes the adapters step by step; epochs, eval_every, patience and the budgets only decide when
-    # to validate and stop, so a run can be extended. The LLM enters through its fingerprint (layers included).
-    shaping = {k: v for k, v in opts.model_dump().items() if k not in
-               ("epochs", "eval_every", "patience", "max_steps", "max_minutes", "valid_users", "item_batch_size",
-                "eval_batch_size", "kv_cache_mb", "kv_reuse")}
-    config = {k: v for k, v in model.config_dict().items() if k not in ("kv_reuse", "kv_cache_mb")}  # speed only
-    key = run_key(config, shaping, seed, prepared.fingerprint(), state_hash(model.sasrec),
-                  backbone.fingerprint, str(backbone.dtype))
+    # What shapes the adapters step by step: params `distill` but its RUN_ONLY knobs (budgets, cadence, speed),
+    # so a run can be extended; the LLM enters through its fingerprint (layers included).
+    key = run_key(opts.weight_knobs(), seed, prepared.fingerprint(), state_hash(model.sasrec), backbone.fingerprint,
+                  str(backbone.dtype))
     result = fit(model, prepared, opts, seed, accelerator, state_root=args.state_dir, key=key)
     if accelerator.is_main_process:
         t0 = time.time()

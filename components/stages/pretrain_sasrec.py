@@ -113,17 +113,15 @@ def plot_curve(curve: list[dict[str, Any]], path: Path) -> None:
 def train(params: Params, prepared: Path, state_dir: Path | None, log=print,
           staged: Path | None = None) -> tuple[SASRec, FitResult, dict[str, Any]]:
     cfg = params.sasrec
-    seed = cfg.seed if cfg.seed is not None else params.seed
     model_cfg = SASRecConfig.from_params(cfg)
-    opts = TrainOptions(epochs=cfg.epochs, eval_every=cfg.eval_every, patience=cfg.patience, lr=cfg.lr,
-                        batch_size=cfg.batch_size, seed=seed, eval_batch_size=cfg.eval_batch_size,
-                        max_minutes=cfg.max_minutes)
+    opts = TrainOptions.from_params(cfg, params.seed_of("sasrec"), section="sasrec", betas=SASRec.adam_betas,
+                                    validate_at_start=True)
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
     threads = torch.get_num_threads()
     data = Prepared.load(prepared)
 
-    torch.manual_seed(seed)  # initial weights
+    torch.manual_seed(opts.seed)  # initial weights
     model = SASRec(model_cfg, data.item_ids, data.item_mapping_hash)
     warm: dict[str, Any] = {}
     if cfg.warm_start_from:
@@ -132,10 +130,9 @@ def train(params: Params, prepared: Path, state_dir: Path | None, log=print,
     elif staged is not None and (Path(staged) / "config.json").is_file():
         warm = warm_start(model, Path(staged), "fresh") | {"staged": True}
         log(f"warm start (staged by the orchestrator): {warm}")
-    # The key covers what determines the weights epoch by epoch. `epochs`, `eval_every` and `patience`
-    # only decide when to look and when to stop, so a run can be extended or cut short and still resume.
-    key = run_key(model.config_dict(), {"lr": opts.lr, "batch_size": opts.batch_size, "seed": opts.seed,
-                                        "betas": opts.betas}, data.fingerprint(),
+    # The key covers what determines the weights epoch by epoch (params `sasrec` but its RUN_ONLY knobs), so
+    # a run can be extended or cut short and still resume.
+    key = run_key(cfg.weight_knobs(), opts.seed, opts.betas, data.fingerprint(),
                   file_digest(Path(warm["from"]) / WEIGHTS) if warm and "skipped" not in warm else None)
     log(f"pretrain_sasrec: {len(data.user_idx):,} users, {data.num_items:,} items, loss {model_cfg.loss}, "
         f"{threads} threads, run {key}")

@@ -43,7 +43,8 @@ def test_code_defaults_come_from_the_params_models():
 
     sasrec = SASRecParams()
     assert {k: getattr(sasrec, k) for k in asdict(SASRecConfig())} == asdict(SASRecConfig())
-    train = TrainOptions()
+    train = TrainOptions.from_params(sasrec, Params().seed_of("sasrec"), section="sasrec", betas=(0.9, 0.98),
+                                     validate_at_start=True)
     assert (train.epochs, train.eval_every, train.patience, train.lr, train.batch_size, train.max_minutes,
             train.eval_batch_size, train.seed) == (sasrec.epochs, sasrec.eval_every, sasrec.patience, sasrec.lr,
                                                    sasrec.batch_size, sasrec.max_minutes, sasrec.eval_batch_size,

@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from components.data.sequences import Prepared
-from components.errors import DataError
+from components.errors import ConfigError, DataError
 from components.llm.model import LLMSRec
 from components.llm.text_states import standardise, title_states
 from components.stages.distill import Examples, build_model, neutral_titles
@@ -280,6 +280,6 @@ def test_cf_dropout_leaves_some_slots_the_title_alone_while_training_and_none_at
         paper(cf_dropout=0.3)  # text_layer: null leaves nothing once f_I(E_i) is dropped
     from dataclasses import replace
 
-    with pytest.raises(ValueError, match="cf_dropout=0.5 needs text_layer"):  # a config built by hand, unchecked
+    with pytest.raises(ConfigError, match="distill.cf_dropout: 0.5 drops SASRec.s part"):  # built by hand, unchecked
         LLMSRec(replace(m.config, text_layer=None), m.sasrec, tiny_backbone, titles, data.item_ids,
                 data.item_mapping_hash)

@@ -6,6 +6,7 @@ from __future__ import annotations
 import copy
 import json
 import shutil
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -14,7 +15,7 @@ from safetensors.torch import load_file, save_file
 
 from components.data.sequences import Prepared
 from components.errors import CheckpointError, DataError
-from components.llm.model import LLMSRec, LLMSRecConfig
+from components.llm.model import LLMSRec
 from components.stages.distill import build_model
 from tests.conftest import edit_config, garble, truncate
 from tests.llm.conftest import paper
@@ -34,7 +35,7 @@ def saved(prepared_dir, teacher, tiny_backbone, tmp_path_factory):
 def narrower_adapters(model: LLMSRec):
     """Adapters of the same model with another f_user/f_item width (proj_hidden 64, not 2048)."""
     def swap(path: Path) -> None:
-        other = LLMSRec(LLMSRecConfig(backbone=model.config.backbone, proj_hidden=64), model.sasrec, model.backbone,
+        other = LLMSRec(replace(model.config, proj_hidden=64), model.sasrec, model.backbone,
                         model.prompts.titles, model.item_ids, model.item_mapping_hash)
         save_file({k: v.contiguous() for k, v in other.adapters.state_dict().items()}, str(path))
     return swap
@@ -63,7 +64,7 @@ DAMAGE = {
     "config with an unknown key": ("config.json", edit_config(lambda m: m["config"].update(widht=3)),
                                    "does not build LLM-SRec.*widht"),
     "config with a bad value": ("config.json", edit_config(lambda m: m["config"].update(readout="middle")),
-                                "does not build LLM-SRec.*readout='middle'"),
+                                "does not build LLM-SRec.*readout = 'middle'"),
     "titles garbage": ("titles.json", garble, "is not valid JSON"),
     "titles short": ("titles.json", lambda p: p.write_text(json.dumps(["", "one"])), "2 titles for"),
     "item ids truncated": ("item_ids.json", truncate, "is not valid JSON"),
@@ -98,3 +99,47 @@ def test_the_undamaged_checkpoint_still_loads(saved):
     loaded = LLMSRec.load(original, sasrec=model.sasrec, backbone=model.backbone)
     torch.testing.assert_close(loaded.item_table, model.item_table)
     assert all(torch.equal(loaded.adapters.state_dict()[k], v) for k, v in model.adapters.state_dict().items())
+
+
+def test_an_older_checkpoint_loads_through_the_named_migrations(saved, tmp_path):
+    """A checkpoint written before the later config fields existed, with `item_prefix_cache` (before
+    `kv_reuse`) and the teacher recorded as `cfsrec`, loads as the model it was: each missing field takes
+    the value of CHECKPOINT_DEFAULTS, each renamed key goes through its migration."""
+    from components.llm.model import (
+        CHECKPOINT_DEFAULTS,
+        MIGRATIONS,
+        item_prefix_cache_to_kv_reuse,
+        rename_cfsrec,
+    )
+
+    model, original = saved
+    ckpt = Path(shutil.copytree(original, tmp_path / "ckpt"))
+    meta = json.loads((ckpt / "config.json").read_text())
+    old = {k: v for k, v in meta["config"].items() if CHECKPOINT_DEFAULTS.get(k, object()) != v or k == "backbone"}
+    dropped = set(meta["config"]) - set(old)
+    assert {"user_slot", "cf_dropout", "llm_pass", "center", "logq_correction"} <= dropped  # paper() is the paper
+    old.pop("kv_reuse", None)
+    old["item_prefix_cache"] = True
+    meta["config"] = old
+    meta["cfsrec"] = meta.pop("sasrec")
+    (ckpt / "config.json").write_text(json.dumps(meta))
+
+    loaded = LLMSRec.load(ckpt, sasrec=model.sasrec, backbone=model.backbone)
+    assert replace(loaded.config, kv_reuse=model.config.kv_reuse) == model.config
+    assert loaded.config.kv_reuse == "opening"  # the same math as item_prefix_cache did
+    torch.testing.assert_close(loaded.item_table, model.item_table)
+    assert MIGRATIONS == (rename_cfsrec, item_prefix_cache_to_kv_reuse)
+    untouched = {"sasrec": {"path": "x"}, "cfsrec": {"path": "y"}, "config": {"kv_reuse": "none"}}
+    for migrate in MIGRATIONS:  # a current config.json passes through unchanged
+        migrate(untouched)
+    assert untouched == {"sasrec": {"path": "x"}, "cfsrec": {"path": "y"}, "config": {"kv_reuse": "none"}}
+
+
+def test_a_checkpoint_value_outside_the_schema_is_refused_with_its_key(saved, tmp_path):
+    """The model's config is checked by params `distill`'s schema (one set of rules): a value no params file
+    could hold is a CheckpointError naming the key, before the LLM loads."""
+    model, original = saved
+    ckpt = Path(shutil.copytree(original, tmp_path / "ckpt"))
+    edit_config(lambda m: m["config"].update(kv_cache_mb=-1))(ckpt / "config.json")
+    with pytest.raises(CheckpointError, match=r"does not build LLM-SRec.*distill.kv_cache_mb = -1"):
+        LLMSRec.load(ckpt, sasrec=model.sasrec, backbone=model.backbone)

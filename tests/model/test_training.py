@@ -247,8 +247,9 @@ def test_one_loop_validates_within_an_epoch_and_resumes_mid_epoch_exactly(tmp_pa
     def run(max_steps: int, state_root):
         torch.manual_seed(0)
         model = SASRec(SASRecConfig(hidden=16, max_len=16, loss="bce"), prepared.item_ids, prepared.item_mapping_hash)
-        opts = TrainOptions(epochs=3, eval_every=0.5, patience=100, lr=0.005, batch_size=64, seed=5,
-                            max_steps=max_steps, section="sasrec")
+        opts = TrainOptions(epochs=3, eval_every=0.5, patience=100, lr=0.005, batch_size=64, seed=5, eval_batch_size=512,
+                            max_minutes=None, betas=SASRec.adam_betas, validate_at_start=True, max_steps=max_steps,
+                            section="sasrec")
         result = fit(model, opts, batches=lambda rng: train_set.batches(64, model.num_negatives, rng),
                      n_batches=n_batches, validate=lambda: validation_ndcg(model, prepared, 512),
                      state_root=state_root, key="k", log=quiet, progress_bar=False)
