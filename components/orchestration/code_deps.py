@@ -262,30 +262,34 @@ def _absolute(module: str | None, level: int, package: str) -> str | None:
     return ".".join(base + ([module] if module else []))
 
 
-def entry_files(project: Project, cmd: str | list[str]) -> list[Path]:
+def entry_files(project: Project, cmd: str | list[str]) -> tuple[list[Path], str | None]:
     """The files a stage's command starts by running with Python, its entry file last: for `python -m a.b`
     a/__init__.py, then a/b.py (or a/b/__init__.py and a/b/__main__.py); for `python path/x.py` that
-    file. Empty when the command runs no project Python."""
+    file. Empty when the command runs no project Python; then the second item names a project module or
+    file the command runs that does not exist (a module moved without updating dvc.yaml), else None."""
     for command in [cmd] if isinstance(cmd, str) else cmd:
         words = shlex.split(str(command))
         for i, word in enumerate(words):
             if word == "-m" and i + 1 < len(words):
                 found = project.files_of(words[i + 1])
                 if found is None:
-                    return []
+                    project_module = words[i + 1].split(".")[0] in project.packages
+                    return [], (f"runs {words[i + 1]}, which is not a file" if project_module else None)
                 files, folder = found
                 main = folder / "__main__.py" if folder is not None else None
-                return [*files, main] if main is not None and (project.root / main).is_file() else files
+                return ([*files, main] if main is not None and (project.root / main).is_file() else files), None
             if word.endswith(".py") and i > 0 and PurePosixPath(words[i - 1]).name.startswith("python"):
-                return [Path(word)] if (project.root / word).is_file() else []
-    return []
+                if (project.root / word).is_file():
+                    return [Path(word)], None
+                return [], f"runs {word}, which does not exist"
+    return [], None
 
 
 def stage_code(project: Project, stage: str, cmd: str | list[str]) -> StageCode:
     """The project files a stage's command runs, transitively (see the module docstring for the rules)."""
-    entry = entry_files(project, cmd)
+    entry, problem = entry_files(project, cmd)
     if not entry:
-        return StageCode(stage, (), ())
+        return StageCode(stage, (), (Unfollowed(f"dvc.yaml: stages.{stage}.cmd", problem),) if problem else ())
     entry_file = entry[-1]
     seen: dict[Path, None] = {}
     unfollowed: list[Unfollowed] = []

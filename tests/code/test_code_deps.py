@@ -121,6 +121,16 @@ def test_follows_every_kind_of_import(tmp_path):
     assert code.files == IMPORTED
     assert code.unfollowed == ()
     assert stage_code(Project(tmp_path), "shell", "cp a b").files == ()  # no Python: no code deps
+    assert stage_code(Project(tmp_path), "tool", "python -m yaml.tool x").files == ()  # not project code
+
+
+def test_a_command_running_a_module_that_is_gone_is_reported(tmp_path):
+    """A stage module renamed without its dvc.yaml command: no files to derive, so nothing else would fail."""
+    make_project(tmp_path, FILES, "stages: {}\n")
+    for cmd in ("python -m pkg.stages.renamed --out x", "python pkg/stages/renamed.py"):
+        code = stage_code(Project(tmp_path), "run", cmd)
+        assert code.files == () and len(code.unfollowed) == 1, cmd
+        assert code.unfollowed[0].where == "dvc.yaml: stages.run.cmd" and "renamed" in code.unfollowed[0].problem
 
 
 def test_a_module_name_computed_at_run_time_is_reported(tmp_path):
