@@ -49,7 +49,7 @@ def prepared_default(workdir: Path) -> Path:
 
     params = Params()  # params.yaml's defaults: the synthetic default data, its k-core and candidates
     inter, items = generate(params.data.synthetic, seed=params.seed)
-    res = prepare(inter, items, params.data, params.eval, seed=params.seed)
+    res = prepare(inter, items, params.data, params.candidates, seed=params.seed)
     for name in ("items", "users", "sequences", "candidates"):
         write_parquet(res[name], workdir / f"{name}.parquet")
     write_json(workdir / "meta.json", res["summary"])

@@ -202,7 +202,7 @@ def run(args: argparse.Namespace, log=print) -> dict[str, Any]:
         "machine_per_stage": {name: s["machine"] for name, s in stages.items()},
         "training": training,
         "data": json.loads((workspace / "reports" / "data_summary.json").read_text()),
-        "params": {k: params[k] for k in ("seed", "data", "eval", *(p for p in ("sasrec", "distill", "llm", "evaluate") if p in params))},
+        "params": {k: params[k] for k in ("seed", "data", "candidates", *(p for p in ("sasrec", "distill", "llm", "evaluate") if p in params))},
         "command": " ".join(["python -m benchmarks.quality", *(shlex.quote(a) for a in args.argv)]),
         "machine": {"platform": platform.platform(), "cpus": os.cpu_count(), "python": platform.python_version()},
         "finished_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),

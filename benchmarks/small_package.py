@@ -48,7 +48,7 @@ def build_outputs(root: Path, backbone, *, num_users: int, num_items: int, num_t
     import torch
     import yaml
 
-    from components.config import DataParams, DistillParams, EvalParams, SyntheticParams
+    from components.config import CandidateParams, DataParams, DistillParams, SyntheticParams
     from components.data.sequences import Prepared
     from components.data.sources.synthetic import generate
     from components.io import write_json, write_parquet
@@ -61,7 +61,7 @@ def build_outputs(root: Path, backbone, *, num_users: int, num_items: int, num_t
     with one_torch_thread():
         inter, items = generate(SyntheticParams(num_users=num_users, num_items=num_items, num_topics=num_topics,
                                                 max_length=max_length), seed=3)
-        res = prepare(inter, items, DataParams(), EvalParams(num_negatives=num_negatives, max_users=max_users), seed=3)
+        res = prepare(inter, items, DataParams(), CandidateParams(num_negatives=num_negatives, max_users=max_users), seed=3)
         prepared = root / "data" / "prepared"
         for name in ("items", "users", "sequences", "candidates"):
             write_parquet(res[name], prepared / f"{name}.parquet")

@@ -214,8 +214,9 @@ class ValidateParams(Section):
                                                 "future")
 
 
-class EvalParams(Section):
-    """`eval`: the candidate protocol `prepare` fixes once for every model."""
+class CandidateParams(Section):
+    """`candidates`: the candidate protocol `prepare` fixes once for every model (candidates.parquet);
+    `evaluate` and `gate` score those candidates and read none of this."""
 
     # Distinct items besides the positive, in a catalogue of at most MAX_COUNT: checked here, before prepare
     # allocates [users, num_negatives] (10**12 asked for 2 PiB before any check).
@@ -558,7 +559,7 @@ class Params(Section):
     data: DataParams = Field(default_factory=DataParams, description="ingest and prepare")
     validate_: ValidateParams = Field(
         default_factory=ValidateParams, alias="validate", description="validate")
-    eval: EvalParams = Field(default_factory=EvalParams, description="the candidate protocol (prepare)")
+    candidates: CandidateParams = Field(default_factory=CandidateParams, description="the candidate protocol (prepare)")
     sasrec: SASRecParams = Field(default_factory=SASRecParams, description="pretrain_sasrec")
     llm: LLMParams = Field(default_factory=LLMParams, description="distill, evaluate, gate")
     distill: DistillParams = Field(default_factory=DistillParams, description="distill")
@@ -758,10 +759,17 @@ def parse(model: type[M], data: Any, source: str | Path = DEFAULT_PARAMS, at: st
         raise ConfigError(source, "; ".join(problems), "; ".join(fixes)) from None
 
 
+# Old key path -> its new name, for a params file written before a rename: the generic "did you mean"
+# would point `eval` at `evaluate`, which is another stage's section.
+RENAMED = {"eval": "candidates"}
+
+
 def _explain(root: type[BaseModel], err: dict[str, Any], at: str) -> tuple[str, str]:
     """(problem, fix) for one pydantic error, in params.yaml's terms."""
     loc = tuple(p for p in err["loc"] if p != "[key]")
     path = _dotted(((at,) if at else ()) + loc)
+    if err["type"] == "extra_forbidden" and path in RENAMED:
+        return f"unknown key '{path}'", f"'{path}' is now '{RENAMED[path]}': rename it (same keys)"
     if err["type"] == "extra_forbidden":
         owner = _model_at(root, loc[:-1])
         allowed = [f.alias or name for name, f in owner.model_fields.items()] if owner else []

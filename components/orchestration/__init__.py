@@ -5,4 +5,7 @@ The DAG file stays thin; the logic lives here so it can be tested and run withou
 `runner` (one DVC stage, with the repository lock and an error a user can act on), `release`
 (warm start, the gate decision, rejection, serving reload, the run summary, notifications). Its
 settings are params.yaml's `orchestration:` section (`components.config.OrchestrationParams`).
+
+`code_deps` is for developers and CI, not the DAG: it derives each stage's code deps in dvc.yaml from
+the stage's imports (`python -m components.orchestration.code_deps --check | --write`).
 """

@@ -1,7 +1,7 @@
 """Stage `prepare`: filter, index, split, and fix the evaluation candidates once for every model.
 
 Reads params `data.min_user_interactions`, `data.min_item_interactions`, `data.max_users`,
-`eval` and `seed`. The k-core runs on all users; `data.max_users` then draws a seeded sample of the
+`candidates` and `seed`. The k-core runs on all users; `data.max_users` then draws a seeded sample of the
 users that passed it, with their whole histories (no second k-core, so the sample keeps its size). Writes to the output directory:
 
 - `items.parquet`: idx (1..N; 0 is padding), item_id, title, description: the catalogue.
@@ -9,7 +9,7 @@ users that passed it, with their whole histories (no second k-core, so the sampl
 - `sequences.parquet`: user_idx, items, timestamps (full chronological history, as lists).
   Leave-last-out: the last item is test, the second-to-last validation, the rest training.
 - `candidates.parquet`: split (valid/test), user_idx, positive, negatives (list): each evaluated
-  user's positive plus `eval.num_negatives` items they never interacted with, sampled once.
+  user's positive plus `candidates.num_negatives` items they never interacted with, sampled once.
 - `meta.json`: counts, the index-mapping hashes, and the params used (no duration: it would change the
   output's hash on every re-run and make every model stale; that goes to `--timings`).
 """
@@ -25,7 +25,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from components.config import DataParams, EvalParams, load_params
+from components.config import CandidateParams, DataParams, load_params
 from components.data.preprocess import chronological, kcore, subsample_users
 from components.errors import ConfigError, DataError, stage_main
 from components.io import fresh_dir, write_json, write_parquet
@@ -44,8 +44,9 @@ def sample_candidates(seqs: list[np.ndarray], n_items: int, num_negatives: int, 
     `user_ids` [len(seqs)]: the users' own ids, for the error when one has too few such items.
     """
     def too_few(r: int, free: int) -> ConfigError:
-        return ConfigError("params.yaml", f"eval.num_negatives={num_negatives} but user '{user_ids[r]}' has only "
-                           f"{free} never-interacted items", "lower eval.num_negatives or use a larger catalogue")
+        return ConfigError("params.yaml", f"candidates.num_negatives={num_negatives} but user '{user_ids[r]}' has "
+                           f"only {free} never-interacted items",
+                           "lower candidates.num_negatives or use a larger catalogue")
 
     if seqs and num_negatives >= n_items:  # no user has enough (each saw an item): before the [users, K] allocation
         raise too_few(0, n_items - len(np.unique(seqs[0])))
@@ -70,7 +71,7 @@ def sample_candidates(seqs: list[np.ndarray], n_items: int, num_negatives: int, 
     return out
 
 
-def prepare(interactions: pd.DataFrame, items: pd.DataFrame, data_cfg: DataParams, eval_cfg: EvalParams,
+def prepare(interactions: pd.DataFrame, items: pd.DataFrame, data_cfg: DataParams, cand_cfg: CandidateParams,
             seed: int) -> dict[str, Any]:
     """Pure function of the validated frames; returns the tables and the summary. The k-core keeps users
     with at least `data.min_user_interactions` (>= 3, checked by DataParams: train, valid and test need one)."""
@@ -101,7 +102,7 @@ def prepare(interactions: pd.DataFrame, items: pd.DataFrame, data_cfg: DataParam
     item_lists, ts_lists = np.split(i, bounds), np.split(ts, bounds)
     seq = pd.DataFrame({"user_idx": u[np.r_[0, bounds]].astype(np.int32), "items": item_lists, "timestamps": ts_lists})
 
-    num_neg, max_eval = eval_cfg.num_negatives, eval_cfg.max_users
+    num_neg, max_eval = cand_cfg.num_negatives, cand_cfg.max_users
     rng = np.random.default_rng(seed)
     chosen = np.arange(len(seq))
     if max_eval and len(seq) > max_eval:
@@ -139,11 +140,11 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--timings", type=Path, help="run record (duration, host): not a DVC output")
     args = ap.parse_args(argv)
     params = load_params(args.params)
-    data_cfg, eval_cfg = params.data, params.eval
+    data_cfg, cand_cfg = params.data, params.candidates
 
     t0 = time.time()
     result = prepare(pd.read_parquet(args.inp / "interactions.parquet"), pd.read_parquet(args.inp / "items.parquet"),
-                     data_cfg, eval_cfg, params.seed)
+                     data_cfg, cand_cfg, params.seed)
     out = fresh_dir(args.out)
     for name in ("items", "users", "sequences", "candidates"):
         write_parquet(result[name], out / f"{name}.parquet")
@@ -152,8 +153,10 @@ def main(argv: list[str] | None = None) -> None:
         from components.io import read_json
 
         summary["quarantined_rows"] = read_json(args.validation)["rows_quarantined"]["interactions"]
+    # "eval" is the section's old name, kept in this record: renaming it would change data/prepared's hash,
+    # and so retrain every model downstream of unchanged data.
     write_json(out / "meta.json", {**summary, "params": {"data": data_cfg.model_dump(mode="json"),
-                                                         "eval": eval_cfg.model_dump(mode="json")}})
+                                                         "eval": cand_cfg.model_dump(mode="json")}})
     write_json(args.summary, summary)
     seconds = time.time() - t0
     write_timings(args.timings, "prepare", seconds)

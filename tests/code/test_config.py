@@ -99,8 +99,18 @@ def test_every_section_refuses_an_unknown_key_and_lists_the_allowed_ones(path):
 
 def test_an_unknown_section_is_refused_with_the_sections_listed():
     with pytest.raises(ConfigError, match=r"unknown key 'distil'\. Fix: did you mean 'distill'\? the top level "
-                                          r"takes seed, data, validate, eval"):
+                                          r"takes seed, data, validate, candidates"):
         parse_params({"distil": {}})
+
+
+def test_the_old_eval_section_names_its_new_key():
+    """`eval` was renamed `candidates`: "did you mean 'evaluate'" would send an old params file to the
+    wrong stage's section."""
+    with pytest.raises(ConfigError) as e:
+        parse_params({"eval": {"num_negatives": 99, "max_users": 10000}})
+    assert str(e.value) == ("params.yaml: unknown key 'eval'. Fix: 'eval' is now 'candidates': rename it "
+                            "(same keys)")
+    assert parse_params({"candidates": {"num_negatives": 50}}).candidates.num_negatives == 50
 
 
 BAD_VALUES = [  # (key path, value, what the error says)
@@ -111,8 +121,8 @@ BAD_VALUES = [  # (key path, value, what the error says)
     ("data.sha256", "abc", "should match pattern"),
     ("data.synthetic.num_topics", SYNTHETIC_TOPICS + 1, f"less than or equal to {SYNTHETIC_TOPICS}"),
     ("validate.max_bad_fraction", 1.5, "less than or equal to 1"),
-    ("eval.num_negatives", 0, "greater than or equal to 1"),
-    ("eval.num_negatives", True, "valid integer"),
+    ("candidates.num_negatives", 0, "greater than or equal to 1"),
+    ("candidates.num_negatives", True, "valid integer"),
     ("sasrec.dropout", 1.0, "less than 1"),
     ("sasrec.loss", "mse", "input should be 'ce' or 'bce'"),
     ("sasrec.lr", "1e-3", "valid number"),
@@ -135,7 +145,7 @@ BAD_VALUES = [  # (key path, value, what the error says)
     ("orchestration.landing.poll_seconds", 0, "greater than 0"),
     # Above what the code that reads them can hold (components/config.py's MAX_* say which code):
     ("seed", 10**14, f"less than or equal to {MAX_SEED}"),
-    ("eval.num_negatives", 10**12, f"less than or equal to {MAX_COUNT - 1}"),
+    ("candidates.num_negatives", 10**12, f"less than or equal to {MAX_COUNT - 1}"),
     ("sasrec.threads", 2**40, f"less than or equal to {MAX_COUNT}"),
     ("distill.kv_cache_mb", 2.0**60, "less than or equal to 8796093022208"),
     ("orchestration.retry_delay_seconds", 10**15, f"less than or equal to {MAX_SECONDS}"),
@@ -280,12 +290,12 @@ def test_negatives_beyond_the_catalogue_are_refused_before_any_allocation():
     catalogue cannot give is refused by prepare before it allocates [users, K] (858 TB here)."""
     from components.stages.prepare import sample_candidates
 
-    with pytest.raises(ConfigError, match=r"eval\.num_negatives = 1000000000000: input should be less than"):
-        parse_params({"eval": {"num_negatives": 10**12}})
+    with pytest.raises(ConfigError, match=r"candidates\.num_negatives = 1000000000000: input should be less than"):
+        parse_params({"candidates": {"num_negatives": 10**12}})
     users = 100_000
     seqs = [np.array([1, 2, 3])] * users
     ids = np.array([f"u{i}" for i in range(users)])
-    with pytest.raises(ConfigError, match=r"eval.num_negatives=2147483646 but user 'u0' has only 47 never-"):
+    with pytest.raises(ConfigError, match=r"candidates.num_negatives=2147483646 but user 'u0' has only 47 never-"):
         sample_candidates(seqs, 50, MAX_COUNT - 1, np.random.default_rng(0), ids)
 
 

@@ -31,7 +31,7 @@ DVC_STAGES = ["ingest", "validate", "prepare", "pretrain_sasrec", "distill", "ev
 def small_params(llm_dir: Path) -> dict:
     return {
         "data": {"synthetic": {"num_users": 200, "num_items": 200, "num_topics": 12}},
-        "eval": {"max_users": 32},
+        "candidates": {"max_users": 32},
         "sasrec": {"epochs": 3, "hidden": 32, "num_blocks": 1, "threads": 1, "batch_size": 64},
         "llm": {"backbone": str(llm_dir), "dtype": "float32", "num_layers": None},  # the tiny LLM has 2 layers
         "distill": {"max_steps": 2, "batch_size": 8, "valid_users": 8, "eval_every": 1.0, "item_batch_size": 128},

@@ -25,7 +25,7 @@ from tests.conftest import make_workspace, venv_env
 STAGED = "models/warm_start/sasrec"
 SMALL = {
     "data": {"synthetic": {"num_users": 200, "num_items": 200, "num_topics": 12}},
-    "eval": {"max_users": 32},
+    "candidates": {"max_users": 32},
     "sasrec": {"epochs": 1, "hidden": 32, "num_blocks": 1, "threads": 1, "batch_size": 64},
 }
 

@@ -30,7 +30,7 @@ DVC = [sys.executable, "-m", "dvc"]
 DATA_STAGES = ["ingest_batches", "ingest", "validate", "prepare"]
 SMALL_DATA = {
     "data": {"synthetic": {"num_users": 300, "num_items": 200, "num_topics": 12}},
-    "eval": {"max_users": 40},
+    "candidates": {"max_users": 40},
     "orchestration": {"landing": {"settle_seconds": 0}},  # files dropped by the test are complete at once
 }
 #: keys that would make an output differ between two runs on the same inputs (components/timings.py)

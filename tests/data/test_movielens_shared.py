@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from components.config import DataParams, EvalParams, ValidateParams
+from components.config import CandidateParams, DataParams, ValidateParams
 from components.data.sources import load_source
 from components.data.validation import validate
 from components.stages.prepare import prepare
@@ -19,7 +19,7 @@ def test_ml1m_seqrec_published_counts(tmp_path):
     assert len(inter) == 999_611
     outcome = validate(inter, items, ValidateParams(max_bad_fraction=0.0))
     assert outcome.summary["rows_quarantined"] == {"interactions": 0, "items": 0}
-    out = prepare(outcome.interactions, outcome.items, data, EvalParams(num_negatives=99, max_users=10000), seed=42)
+    out = prepare(outcome.interactions, outcome.items, data, CandidateParams(num_negatives=99, max_users=10000), seed=42)
     s = out["summary"]
     assert (s["users"], s["items"], s["interactions"]) == (6040, 3416, 999_611)
     assert s["evaluated_users"] == 6040

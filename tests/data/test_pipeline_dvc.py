@@ -19,7 +19,7 @@ DVC = [sys.executable, "-m", "dvc"]
 # The default pipeline (real SmolLM2 backbone included), smaller so it stays quick in CI.
 SMALL = {
     "data": {"synthetic": {"num_users": 300, "num_items": 200, "num_topics": 12}},
-    "eval": {"max_users": 40},
+    "candidates": {"max_users": 40},
     "sasrec": {"epochs": 3},
     "distill": {"max_steps": 2, "batch_size": 8, "valid_users": 8, "eval_every": 1.0},
 }

@@ -6,7 +6,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from components.config import DataParams, EvalParams, SyntheticParams, parse_params
+from components.config import CandidateParams, DataParams, SyntheticParams, parse_params
 from components.data.preprocess import chronological, kcore
 from components.data.sources.synthetic import generate
 from components.errors import ConfigError
@@ -20,7 +20,7 @@ def synthetic():
 
 @pytest.fixture(scope="module")
 def prepared(synthetic):
-    return prepare(*synthetic, DataParams(), EvalParams(num_negatives=99), seed=7)
+    return prepare(*synthetic, DataParams(), CandidateParams(num_negatives=99), seed=7)
 
 
 def test_kcore_reaches_a_fixed_point():
@@ -44,7 +44,7 @@ def test_index_mapping_is_dense_and_deterministic(prepared, synthetic):
     assert items["idx"].tolist() == list(range(1, len(items) + 1))  # 0 stays padding
     assert users["idx"].tolist() == list(range(1, len(users) + 1))
     assert items["item_id"].is_unique and items["title"].str.len().gt(0).all()
-    again = prepare(*synthetic, DataParams(), EvalParams(num_negatives=99), seed=7)
+    again = prepare(*synthetic, DataParams(), CandidateParams(num_negatives=99), seed=7)
     assert again["summary"]["item_mapping_hash"] == prepared["summary"]["item_mapping_hash"]
     pd.testing.assert_frame_equal(again["items"], items)
 
@@ -86,15 +86,15 @@ def test_candidates_exclude_history_have_no_duplicates_and_include_the_positive(
 
 
 def test_candidates_are_deterministic_by_seed(synthetic):
-    a = prepare(*synthetic, DataParams(), EvalParams(), seed=1)["candidates"]
-    b = prepare(*synthetic, DataParams(), EvalParams(), seed=1)["candidates"]
-    c = prepare(*synthetic, DataParams(), EvalParams(), seed=2)["candidates"]
+    a = prepare(*synthetic, DataParams(), CandidateParams(), seed=1)["candidates"]
+    b = prepare(*synthetic, DataParams(), CandidateParams(), seed=1)["candidates"]
+    c = prepare(*synthetic, DataParams(), CandidateParams(), seed=2)["candidates"]
     assert all(np.array_equal(x, y) for x, y in zip(a["negatives"], b["negatives"], strict=True))
     assert not all(np.array_equal(x, y) for x, y in zip(a["negatives"], c["negatives"], strict=True))
 
 
 def test_eval_max_users_and_user_subsample(synthetic):
-    out = prepare(*synthetic, DataParams(max_users=120), EvalParams(max_users=50), seed=3)
+    out = prepare(*synthetic, DataParams(max_users=120), CandidateParams(max_users=50), seed=3)
     assert out["summary"]["users"] <= 120
     assert out["candidates"].groupby("split").size().to_dict() == {"test": 50, "valid": 50}
     assert (out["sequences"]["items"].map(len) >= 5).all()
@@ -110,7 +110,7 @@ def test_user_subsample_keeps_its_size_and_whole_histories_on_a_sparse_catalogue
                        "timestamp": rng.integers(0, 10**6, len(buyers))})
     items = pd.DataFrame({"item_id": [f"i{k}" for k in range(n_items)], "title": "t", "description": ""})
     full, _ = kcore(df, 5, 5)
-    out = prepare(df, items, DataParams(max_users=100), EvalParams(num_negatives=20), seed=1)
+    out = prepare(df, items, DataParams(max_users=100), CandidateParams(num_negatives=20), seed=1)
     assert out["summary"]["users"] == 100
     kept = out["users"]["user_id"]
     expected = full[full["user_id"].isin(kept)].groupby("user_id").size().sort_index()
@@ -119,12 +119,12 @@ def test_user_subsample_keeps_its_size_and_whole_histories_on_a_sparse_catalogue
 
 
 def test_too_many_negatives_for_the_catalogue(synthetic):
-    with pytest.raises(ConfigError, match="lower eval.num_negatives") as e:
-        prepare(*synthetic, DataParams(), EvalParams(num_negatives=250), seed=0)
+    with pytest.raises(ConfigError, match="lower candidates.num_negatives") as e:
+        prepare(*synthetic, DataParams(), CandidateParams(num_negatives=250), seed=0)
     assert "but user 'U0" in str(e.value)  # the user's own id, not an internal index
 
 
 @pytest.mark.parametrize("bad", [0, -3, 2.5, "99", True])
 def test_no_negatives_is_refused(bad):
-    with pytest.raises(ConfigError, match=r"eval\.num_negatives = .*negatives per evaluated user"):
-        parse_params({"eval": {"num_negatives": bad}})
+    with pytest.raises(ConfigError, match=r"candidates\.num_negatives = .*negatives per evaluated user"):
+        parse_params({"candidates": {"num_negatives": bad}})

@@ -172,7 +172,7 @@ def test_synthetic_order_matters():
 
     params = Params()  # the defaults are params.yaml's
     inter, items = generate(params.data.synthetic, seed=params.seed)
-    out = prepare(inter, items, params.data, params.eval, seed=params.seed)
+    out = prepare(inter, items, params.data, params.candidates, seed=params.seed)
     seqs, cand = out["sequences"], out["candidates"]
     n = out["summary"]["items"]
     trans, pop = np.zeros((n + 1, n + 1)), np.zeros(n + 1)

@@ -6,7 +6,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from components.config import DataParams, DistillParams, EvalParams, SyntheticParams
+from components.config import CandidateParams, DataParams, DistillParams, SyntheticParams
 from components.data.sources.synthetic import generate
 from components.io import write_json, write_parquet
 from components.stages.prepare import prepare
@@ -64,7 +64,7 @@ def tiny_backbone(smollm2_dir):
 def prepared_dir(tmp_path_factory):
     out = tmp_path_factory.mktemp("prepared")
     inter, items = generate(SyntheticParams(num_users=120, num_items=100, num_topics=6, max_length=40), seed=5)
-    res = prepare(inter, items, DataParams(), EvalParams(num_negatives=30), seed=5)
+    res = prepare(inter, items, DataParams(), CandidateParams(num_negatives=30), seed=5)
     for name in ("items", "users", "sequences", "candidates"):
         write_parquet(res[name], out / f"{name}.parquet")
     write_json(out / "meta.json", res["summary"])

@@ -47,7 +47,7 @@ def make_prepared(dest: Path, *, num_users: int = 400, num_items: int = 200, num
     params = dest / "prepare_params.yaml"
     params.write_text(yaml.safe_dump({"seed": seed, "data": {"min_user_interactions": 5, "min_item_interactions": 5,
                                                                "max_users": None},
-                                      "eval": {"num_negatives": 99, "max_users": 10000}}))
+                                      "candidates": {"num_negatives": 99, "max_users": 10000}}))
     out = dest / "prepared"
     prepare.main(["--params", str(params), "--in", str(dest / "validated"), "--out", str(out),
                   "--summary", str(dest / "data_summary.json")])
