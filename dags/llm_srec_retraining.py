@@ -19,8 +19,9 @@ lands: the Asset `llm_srec_landing_zone` is updated when the triggerer sees the 
    production model's SASRec (or the previous checkpoint) so `pretrain_sasrec` continues from it; known
    items keep their embeddings, new items start fresh. The staged folder is a dependency of
    `pretrain_sasrec`, so `dvc.lock` records what training started from.
-3. `check_gate`: reads `reports/gate.json`; passed → the stages after the gate (`package`: save to
-   BentoML and promote) → `reload_serving`; failed → `mark_rejected` (log, registry, notify callback).
+3. `check_gate`: reads the gate's decision in `reports/gate.json` (the gate stage decides, and logs a
+   rejection in the registry); promoted or provisional → the stages after the gate (`package`: save to
+   BentoML and promote) → `reload_serving`; rejected → `mark_rejected` (log, notify callback).
 4. `run_summary`: always runs; writes `reports/runs/<run>/summary.json`, notifies, and fails the run
    if any task failed. A failed or rejected run leaves the production model as it was.
 
@@ -51,7 +52,6 @@ from components.config import load_params
 from components.errors import ConfigError
 from components.orchestration import graph, release
 from components.orchestration.operators import DvcStageOperator
-from components.serving.registry import log_event
 
 # The repository this DAG drives: the folder above dags/, or $LLMSREC_REPO when the DAG file is
 # deployed elsewhere (e.g. a dags folder that only holds a copy).
@@ -146,7 +146,7 @@ with DAG(
     @task.branch
     def check_gate() -> list[str]:
         decision = release.gate_decision(REPO, CFG.gate_report)
-        # The summary reports this decision: recomputed after `package`, it would see the new production model.
+        # Read once per run: mark_rejected and the summary take it from here.
         get_current_context()["ti"].xcom_push(key="decision", value=decision)
         print(f"gate: {decision['reason']}")
         for c in decision.get("checks", []):
@@ -158,12 +158,11 @@ with DAG(
 
     @task
     def mark_rejected() -> dict:
-        decision = release.gate_decision(REPO, CFG.gate_report)
+        # The decision check_gate read; the gate stage already logged the rejection in the registry's history.
+        decision = get_current_context()["ti"].xcom_pull(task_ids="check_gate", key="decision")
         production = release.production_tag()
         record = {"outcome": "rejected", "run_id": _run_id(), "reason": decision["reason"],
                   "failed_checks": decision["failed_checks"], "production": production}
-        # The registry's history shows rejected runs next to promotions.
-        log_event("reject", None, f"airflow run {_run_id()}: {decision['reason']}")
         print(f"REJECTED: {decision['reason']}. Production stays {production or 'empty'}.")
         release.notify(CFG.notify_callback, record, log=print)
         return record

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import filecmp
 import importlib
-import json
 import os
 import re
 import shlex
@@ -18,9 +17,10 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from components.errors import MAX_MESSAGE, ConfigError, DataError, clip
+from components.errors import MAX_MESSAGE, ConfigError, clip
 from components.io import read_json, write_json
 from components.orchestration.graph import Stage, option_of
+from components.serving.decision import read_decision
 
 WARM_START_FLAG = "--warm-start-staged"
 #: the file that keeps the staged warm-start folder in every clone (see stage_warm_start)
@@ -137,32 +137,17 @@ def stage_changed(repo: Path, stage: Stage) -> bool:
 
 
 def gate_decision(repo: Path, report: str) -> dict[str, Any]:
-    """Read the gate's report and decide: release (package + promote) or reject.
+    """The gate's release decision, as its report records it (components/serving/decision.py): `release`
+    (package and promote: `promoted`, or `provisional` for a first model that failed) or not (`rejected`),
+    with the gate's `reason`, failed checks and checks. The decision is the gate's alone: never derived
+    again here from the checks or the registry.
 
-    A missing or malformed report is an error (the task fails, so nothing is promoted without a gate).
-    The first model may be released although it failed when the gate says so (`gate.first_model:
-    provisional`, decided by components.stages.package.decide), so that `bentoml serve` has something
-    to serve.
+    A missing report, or one without a valid decision, is a DataError naming it (the task fails, so
+    nothing is released without a gate).
     """
-    from components.stages.package import decide
-
-    path = repo / report
-    if not path.is_file():
-        raise DataError(path, "gate report not found", "run the gate stage: dvc repro -s gate")
-    try:
-        gate = read_json(path)
-        checks = gate["checks"]
-        passed = bool(gate["passed"])
-        failed = [c["name"] for c in checks if not c["passed"]]
-    except (ValueError, KeyError, TypeError) as e:
-        raise ConfigError(path, f"is not a gate report ({type(e).__name__}: {e})",
-                          "re-run the gate stage: dvc repro -f -s gate") from None
-    decision = "promoted" if passed else decide(gate, production_tag())
-    reason = ("gate passed" if passed else
-              f"gate failed: {', '.join(failed) or 'no check passed'}"
-              + (" (first model: released as provisional)" if decision == "provisional" else ""))
-    return {"release": decision != "rejected", "decision": decision, "passed": passed, "failed_checks": failed,
-            "checks": checks, "reason": reason}
+    gate = read_decision(repo / report)
+    return {"release": gate["decision"] != "rejected", "decision": gate["decision"], "passed": gate["passed"],
+            "failed_checks": gate["reasons"]["failed_checks"], "checks": gate["checks"], "reason": gate["reason"]}
 
 
 def notify(callback: str | None, record: dict[str, Any], log=print) -> None:
@@ -273,7 +258,3 @@ def summary_lines(record: dict[str, Any]) -> list[str]:
     for task, err in (record.get("errors") or {}).items():
         lines.append(f"error in {task}: {err}")
     return lines
-
-
-def dumps(obj: Any) -> str:
-    return json.dumps(obj, indent=2, default=str)

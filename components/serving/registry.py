@@ -50,10 +50,11 @@ from typing import Any
 from components.errors import CheckpointError, ConfigError, DataError, PipelineError
 from components.io import held_lock, read_json, write_json
 from components.serving.integrity import StoreAccessError
+from components.serving.settings import ServingSettings, env_name
 
 MODEL_NAME = "llmsrec"
-#: set this to serve (or judge) a given version instead of the registry's production pointer
-TAG_ENV = "LLMSREC_MODEL_TAG"
+#: the variable that pins the version to serve (the `model_tag` serving setting, read in settings.py)
+TAG_ENV = env_name("model_tag")
 #: how long a registry write waits for another one to finish, in seconds (a write takes milliseconds;
 #: a rollback also verifies the version it returns to)
 LOCK_TIMEOUT_S = 120.0
@@ -166,13 +167,8 @@ def _access_denied(version_dir: Path) -> StoreAccessError | None:
 
 
 def list_models(home: str | Path | None = None) -> list:
-    """Every packaged LLM-SRec version BentoML can read, newest first (see `damaged_versions` for the rest)."""
+    """Every packaged LLM-SRec version BentoML can read, newest first (`_scan` also lists the others)."""
     return _scan(home)[0]
-
-
-def damaged_versions(home: str | Path | None = None) -> list[tuple[str, str]]:
-    """[(tag, why)] of version directories in the store that BentoML cannot read (e.g. a copy cut short)."""
-    return _scan(home)[1]
 
 
 def get_model(tag: str, home: str | Path | None = None):
@@ -259,8 +255,9 @@ def serving_candidates(home: str | Path | None = None) -> list[str]:
     fallback); else production, then the versions that were production before it, newest first (what
     serving falls back to when production turns out damaged); else, inside a built Bento (whose store holds
     exactly the model it was built with), that one model. Only versions BentoML can read are listed.
-    Raises DataError when there is nothing to serve."""
-    if tag := os.environ.get(TAG_ENV):
+    Raises DataError when there is nothing to serve, ConfigError for a bad serving setting (the pin is
+    read with the others, components/serving/settings.py)."""
+    if tag := ServingSettings.from_env().model_tag:
         try:
             return [str(get_model(tag, home).tag)]
         except StoreAccessError:

@@ -35,10 +35,6 @@ from typing import Any
 
 import bentoml
 
-# The model-reference interface BentoML 1.4's own BentoModel and HuggingFaceModel implement (to_info for
-# `bentoml build`, resolve for serving); bentoml is pinned below 1.5 in pyproject.toml.
-from _bentoml_sdk.models import Model
-
 from components.serving.auth import BearerAuth
 from components.serving.batcher import GreedyBatcher
 from components.serving.schema import (
@@ -56,36 +52,41 @@ from components.serving.settings import ServingSettings
 logger = logging.getLogger(__name__)
 
 
-class ProductionModel(Model):
+class ProductionModel(bentoml.models.BentoModel):
     """The scorer's model, declared on the class for `bentoml build` (which packs it into the Bento) and
     for `bentoml serve` (which resolves it before starting), but resolved only when BentoML asks: the
     registry's serving version (`resolve_serving_tag`: production, or a pinned LLMSREC_MODEL_TAG, or inside
-    a Bento the model it was built with). A `bentoml.models.BentoModel(tag)` would need the tag, and so
-    the store, at import. Each access resolves afresh (BentoModel caches its first answer for the life of
-    the class, which would pin one store for the whole process)."""
+    a Bento the model it was built with).
 
-    @staticmethod
-    def _ref():
+    BentoML's public `BentoModel` with its tag looked up at each use instead of given at construction:
+    `BentoModel(tag)` would need the tag, and so the store, at import. Everything BentoML calls on it
+    (`to_info` for a build, `resolve` for serving, `to_create_schema`) goes through `tag`. Each access
+    resolves afresh (BentoModel caches its first answer for the life of the class, which would pin one
+    store for the whole process)."""
+
+    def __init__(self) -> None:  # no tag to take: see `tag`
+        pass
+
+    @property
+    def tag(self) -> bentoml.Tag:  # shadows BentoModel's field
         from components.serving.registry import resolve_serving_tag
 
-        return bentoml.models.BentoModel(resolve_serving_tag())
-
-    def to_info(self, alias: str | None = None):
-        return self._ref().to_info(alias)
+        return bentoml.Tag.from_taglike(resolve_serving_tag())
 
     @classmethod
-    def from_info(cls, info):
+    def from_info(cls, info) -> bentoml.models.BentoModel:
+        """A built Bento's model: the version it was built with, fixed."""
         return bentoml.models.BentoModel.from_info(info)
-
-    def to_create_schema(self):
-        return self._ref().to_create_schema()
-
-    def resolve(self, base_path=None):
-        """The stored model (bentoml.Model: `.tag`, `.path`) to serve now."""
-        return self._ref().resolve(base_path)
 
     def __get__(self, instance: Any, owner: type) -> Any:
         return self if instance is None else self.resolve()
+
+    # BentoModel's generated ones read `tag`: comparing or printing the reference would read the store.
+    __eq__ = object.__eq__
+    __hash__ = object.__hash__
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}()"
 
 
 class _ScorerMetrics:

@@ -9,9 +9,8 @@ all, and the device against the host, before it starts any service process (`LLM
 so a bad one ends it with that one line instead of a service process restarted every few seconds.
 The token (`LLMSREC_API_TOKEN`) is never shown, in an error or anywhere else.
 
-`LLMSREC_MODEL_TAG` is applied by components/serving/registry.py (`serving_candidates`), which owns the
-rule "a pinned version has no fallback"; it is declared here so that it is documented and checked with
-the others. Variables of the pipeline (`LLMSREC_CACHE`, `LLMSREC_SHARED_DATA`, ...) are not serving
+`LLMSREC_MODEL_TAG` too is read here only: components/serving/registry.py (`serving_candidates`), which
+owns the rule "a pinned version has no fallback", takes it from `ServingSettings.from_env()`. Variables of the pipeline (`LLMSREC_CACHE`, `LLMSREC_SHARED_DATA`, ...) are not serving
 settings and are not read here. What BentoML itself is told in the service decorators (workers, request
 timeout, `max_concurrency`, the scorer client's connection settings) is fixed in
 components/serving/service.py, not set here; `bentoml serve`'s own flags and BentoML's configuration file

@@ -12,8 +12,8 @@ differs between two runs on the same inputs (durations, host) only to its run re
 - `pretrain_sasrec`: the SASRec teacher -> `models/sasrec/`
 - `distill`: LLM-SRec's adapters on the frozen LLM and SASRec -> `models/llmsrec/`
 - `evaluate`: NDCG@10/HR@10 of every model -> `reports/metrics.json`
-- `gate`: release checks, champion/challenger -> `reports/gate.json`
-- `package`: a versioned BentoML model, promoted on a pass -> the model store
+- `gate`: release checks, champion/challenger, and the release decision -> `reports/gate.json`
+- `package`: carries out that decision: a versioned BentoML model, promoted (or provisional) -> the model store
 
 The rest of `components/` is libraries the stages share (config, data, models, llm, evaluation, serving),
 which never import a stage, and `orchestration/`, which drives the stages from Airflow.

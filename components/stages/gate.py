@@ -1,10 +1,17 @@
 """Stage `gate`: decide whether the model that `evaluate` just scored may replace production.
 
-Reads `reports/metrics.json`, `reports/per_user.parquet`, the prepared data and params `gate`, `seed` and
-`llm` (the device and dtype the champion is loaded with, as `evaluate` loads the challenger).
-Writes `reports/gate.json`:
+Reads `reports/metrics.json`, `reports/per_user.parquet`, the prepared data, the registry's production
+pointer and params `gate`, `seed` and `llm` (the device and dtype the champion is loaded with, as `evaluate`
+loads the challenger). Writes `reports/gate.json`:
 
-    {"passed": bool, "model": "llmsrec", "champion": tag | null, "checks": [{name, value, threshold, passed, ...}]}
+    {"decision": "promoted" | "provisional" | "rejected", "reason": str,
+     "reasons": {"failed_checks": [name], "first_model": bool, "production_before": tag | null},
+     "passed": bool, "model": "llmsrec", "champion": tag | null, "checks": [{name, value, threshold, passed, ...}]}
+
+The gate owns the release decision (`decide`): `package`, the Airflow DAG and the registry's history only
+read it (components/serving/decision.py). Every check passed -> `promoted`. A check failed -> `rejected`,
+except for the very first model (nothing in production) under `gate.first_model: provisional`, which is
+released `provisional`, so that `bentoml serve` has something to serve after the first run.
 
 Checks (every threshold configurable; `null` skips a check, and it is reported as skipped):
 - `ndcg@10_floor`: the model's test NDCG@10 >= `gate.min_ndcg_at_10`.
@@ -21,14 +28,16 @@ Checks (every threshold configurable; `null` skips a check, and it is reported a
   saw is in components/serving/packaged.py: unknown history items dropped, unknown candidates -inf,
   no known history -> popularity. With no production model yet the check passes (nothing to regress from).
 
-Failing is a normal outcome: the stage exits 0 with `passed: false`; `package` then leaves production alone.
-`gate.json` records a hash of the metrics it judged and the champion it compared with, so `package`
-can refuse a stale decision.
+Failing is a normal outcome: the stage exits 0 with `passed: false`. A rejection is logged in the
+registry's history here, the one place that logs it; `package` then leaves production alone, and the DAG
+skips it. `gate.json` records a hash of the metrics it judged and the production model it judged against,
+so `package` can refuse a stale decision.
 """
 
 from __future__ import annotations
 
 import argparse
+import os
 import time
 from pathlib import Path
 from typing import Any
@@ -39,6 +48,7 @@ import pandas as pd
 from components.config import GateParams, LLMParams, load_params
 from components.errors import DataError, stage_main
 from components.io import metrics_digest, read_json, write_json
+from components.serving.registry import get_model, log_event, production_tag
 from components.timings import write_timings
 
 
@@ -159,17 +169,32 @@ def champion_check(champion, data, per_user: pd.DataFrame, opts: GateParams, see
                  positives_unknown_to_champion=int(unknown_pos), **extra)
 
 
-def load_champion(llm: LLMParams):
-    """The production model from BentoML's store, on `llm.device` in `llm.dtype` (as `evaluate` loads the
-    challenger), or None when nothing is in production yet."""
+def load_champion(tag: str, llm: LLMParams):
+    """The production model `tag` from BentoML's store, on `llm.device` in `llm.dtype` (as `evaluate` loads
+    the challenger)."""
     from components.serving.packaged import PackagedModel
-    from components.serving.registry import get_model, production_tag
 
-    tag = production_tag()
-    if tag is None:
-        return None
     model = get_model(tag)
     return PackagedModel.load(Path(model.path), str(model.tag), device=llm.device, dtype=llm.dtype)
+
+
+def decide(checks: list[dict[str, Any]], production: str | None, first_model: str) -> dict[str, Any]:
+    """The release decision on this run's `checks`, `production` being the registry's production tag when
+    judged (None: nothing in production yet) and `first_model` the `gate.first_model` policy.
+
+    Returns the report's `decision`, `reason` (one line) and `reasons` (components/serving/decision.py)."""
+    failed = [c["name"] for c in checks if not c["passed"]]
+    first = production is None
+    if not failed:
+        decision, reason = "promoted", "gate passed"
+    elif first and first_model == "provisional":
+        decision = "provisional"
+        reason = f"gate failed: {', '.join(failed)} (first model: released as provisional until a model passes)"
+    else:
+        decision = "rejected"
+        reason = f"gate failed: {', '.join(failed)}" + (" (first model: gate.first_model is reject)" if first else "")
+    return {"decision": decision, "reason": reason,
+            "reasons": {"failed_checks": failed, "first_model": first, "production_before": production}}
 
 
 @stage_main("gate")
@@ -191,9 +216,8 @@ def main(argv: list[str] | None = None) -> None:
     per_user = pd.read_parquet(args.per_user) if args.per_user.is_file() else None
     checks = floor_checks(metrics, opts, args.metrics, per_user)
 
-    champion = None
-    if opts.max_regression is not None:
-        champion = load_champion(params.llm)
+    production = production_tag()  # the decision depends on it, whether or not the champion is re-scored
+    champion = load_champion(production, params.llm) if opts.max_regression is not None and production else None
     if opts.max_regression is None:
         checks.append(check("champion_regression", None, None))
     elif champion is None:
@@ -208,12 +232,17 @@ def main(argv: list[str] | None = None) -> None:
         checks.append(champion_check(champion, data, per_user, opts, params.seed))
 
     passed = all(c["passed"] for c in checks)
-    write_json(args.out, {"passed": passed, "model": opts.model, "champion": champion.tag if champion else None,
-                          "first_model": opts.first_model, "metrics_sha256": metrics_digest(args.metrics),
-                          "checks": checks})
+    decision = decide(checks, production, opts.first_model)
+    write_json(args.out, {**decision, "passed": passed, "model": opts.model,
+                          "champion": champion.tag if champion else None,
+                          "metrics_sha256": metrics_digest(args.metrics), "checks": checks})
+    if decision["decision"] == "rejected":
+        # The registry's history shows rejected runs next to promotions; under Airflow, which run it was.
+        run = os.environ.get("AIRFLOW_CTX_DAG_RUN_ID")
+        log_event("reject", None, f"airflow run {run}: {decision['reason']}" if run else decision["reason"])
     write_timings(args.timings, "gate", time.time() - t0)
     failed = [c for c in checks if not c["passed"]]
-    print(f"gate: {'PASSED' if passed else 'REJECTED'} in {time.time() - t0:.1f}s"
+    print(f"gate: {decision['decision'].upper()} ({decision['reason']}) in {time.time() - t0:.1f}s"
           + ("".join(f"\n  failed {c['name']}: {c['value']} < {c['threshold']}" for c in failed)))
 
 

@@ -1,16 +1,21 @@
-"""Stage `package`: put a model that passed the gate into BentoML's model store and make it production.
+"""Stage `package`: carry out the gate's release decision: put the model into BentoML's model store and make
+it production, or leave production alone.
 
 Reads `reports/gate.json` (from `gate`), `reports/metrics.json`, `data/prepared`, `models/sasrec`,
 `models/llmsrec`, params `package` (and all of params.yaml, recorded as metadata). Writes
-`reports/package.json`: `{decision, tag, production, ...}` with decision one of
+`reports/package.json`: `{decision, tag, production, ...}`. The decision is the gate's, read as it wrote it
+(components/serving/decision.py), never made again here:
 
-- `promoted`: the gate passed; the model is saved with `bentoml.models.create` and becomes production;
-- `provisional`: the gate failed, but nothing was in production yet and `gate.first_model` is
-  `provisional`: the model is saved and promoted, labelled `status: provisional` (the service reports
-  it in every response) so that `bentoml serve` has something to serve after the very first run.
-  The next model that passes the gate replaces it;
-- `rejected`: the gate failed and there is a production model (or `gate.first_model: reject`):
-  nothing is saved, production is untouched, the stage exits 0 and the registry logs the rejection.
+- `promoted`: the model is saved with `bentoml.models.create` and becomes production;
+- `provisional` (the gate failed the very first model, `gate.first_model: provisional`): the model is saved
+  and promoted, labelled `status: provisional` (the service reports it in every response) so that
+  `bentoml serve` has something to serve after the very first run. The next model that passes the gate
+  replaces it;
+- `rejected`: nothing is saved, production is untouched, the stage exits 0 (the gate logged the rejection
+  in the registry's history).
+
+A report without a valid decision (written before the gate recorded one, or edited by hand) is an error
+naming the file; so is a stale one (see `check_gate`).
 
 The package holds the SASRec checkpoint, the adapters, the item table, the index mapping, the item
 catalogue and every known user's history (see components/serving/packaged.py for the layout), and a
@@ -42,6 +47,7 @@ from typing import Any
 from components.config import load_params
 from components.errors import CheckpointError, ConfigError, DataError, stage_main
 from components.io import file_mode, metrics_digest, read_json, share_tree, write_json
+from components.serving.decision import read_decision
 from components.serving.integrity import (
     BACKBONE_DIR,
     CATALOGUE_DIR,
@@ -51,14 +57,7 @@ from components.serving.integrity import (
     SASREC_DIR,
     file_record,
 )
-from components.serving.registry import (
-    MODEL_NAME,
-    list_models,
-    log_event,
-    model_store,
-    production_tag,
-    set_production,
-)
+from components.serving.registry import MODEL_NAME, list_models, model_store, production_tag, set_production
 from components.timings import write_timings
 
 #: the data version of a package built from a folder that DVC does not track
@@ -177,27 +176,21 @@ def backbone_reference(llmsrec_dir: Path, include: bool) -> tuple[dict[str, Any]
     return {**ref, "included": True}, source
 
 
-def decide(gate: dict[str, Any], production: str | None) -> str:
-    if gate["passed"]:
-        return "promoted"
-    if production is None and gate.get("first_model", "provisional") == "provisional":
-        return "provisional"
-    return "rejected"
-
-
 def check_gate(gate_path: Path, metrics_path: Path, production: str | None) -> dict[str, Any]:
-    """The gate's decision must be about these metrics and today's production model."""
-
-    if not gate_path.is_file():
-        raise DataError(gate_path, "gate report not found", "run the gate first: `dvc repro gate`")
-    gate = read_json(gate_path)
-    if "passed" not in gate or "checks" not in gate:
-        raise DataError(gate_path, "is not a gate report (no passed/checks)", "re-run `dvc repro gate`")
+    """The gate's report with its decision (components/serving/decision.py `read_decision`), which must be
+    about these metrics and today's production model: refused (DataError naming the report) when the
+    metrics changed since, when the champion it compared with is no longer production, or when it released
+    a provisional first model and production has been filled since."""
+    gate = read_decision(gate_path)
     if gate.get("metrics_sha256") != metrics_digest(metrics_path):
         raise DataError(gate_path, f"was computed for other metrics than {metrics_path}",
                         "re-run the gate on the current metrics: `dvc repro gate`")
     if gate.get("champion") != production and not (gate.get("champion") is None and gate_skipped_champion(gate)):
         raise DataError(gate_path, f"compared against {gate.get('champion')} but production is now {production}",
+                        "re-run the gate against the current production model: `dvc repro -f -s gate`")
+    # With the champion check off, this is the one way the decision depends on production.
+    if gate["decision"] == "provisional" and production is not None:
+        raise DataError(gate_path, f"released a provisional first model, but production is now {production}",
                         "re-run the gate against the current production model: `dvc repro -f -s gate`")
     return gate
 
@@ -227,7 +220,8 @@ def save_package(args, params: dict[str, Any], gate: dict[str, Any], status: str
     manifest = {"format_version": 1, "model": model_name, "backbone": backbone, "data_version": data_version,
                 "content": content, "status": status, "gate": gate, "metrics": metrics, "params": params}
     metadata = {"model": model_name, "status": status, "data_version": data_version, "backbone": backbone,
-                "metrics": metrics, "gate": {"passed": gate["passed"], "checks": gate["checks"]}, "params": params}
+                "metrics": metrics, "params": params,
+                "gate": {k: gate[k] for k in ("decision", "reason", "passed", "checks")}}
     labels = {"status": status, "content": content, "data_version": data_version.removesuffix(".dir")[:12],
               "backbone": backbone["name"].replace("/", "_")[:60]}
     from bentoml._internal.models.model import ModelStore
@@ -291,16 +285,14 @@ def main(argv: list[str] | None = None) -> None:
     t0 = time.time()
     production = production_tag()
     gate = check_gate(args.gate, args.metrics, production)
-    decision = decide(gate, production)
-    failed = [c["name"] for c in gate["checks"] if not c["passed"]]
+    decision, reason, failed = gate["decision"], gate["reason"], gate["reasons"]["failed_checks"]
     report: dict[str, Any] = {"decision": decision, "gate_passed": gate["passed"], "failed_checks": failed}
 
     if decision == "rejected":
-        log_event("reject", None, f"gate failed: {', '.join(failed)}")
         report.update(tag=None, production=production)
         write_json(args.out, report)
         write_timings(args.timings, "package", time.time() - t0)
-        print(f"package: REJECTED (failed {', '.join(failed)}); production stays {production or 'empty'}")
+        print(f"package: REJECTED ({reason}); production stays {production or 'empty'}")
         return
 
     for d in (args.sasrec, args.llmsrec):
@@ -309,8 +301,6 @@ def main(argv: list[str] | None = None) -> None:
     status = "passed" if decision == "promoted" else "provisional"
     recorded = params.model_dump(mode="json", by_alias=True)  # every value the run used, defaults included
     tag, reused = save_package(args, recorded, gate, status, params.package.include_backbone)
-    reason = ("gate passed" if decision == "promoted" else
-              f"first model, gate failed ({', '.join(failed)}): provisional until a model passes")
     set_production(tag, "promote" if decision == "promoted" else "provisional", reason)
     # Whether the version was already stored depends on the store's history, not on this run's inputs.
     report.update(tag=tag, production=tag, status=status)

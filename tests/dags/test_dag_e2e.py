@@ -162,6 +162,9 @@ def test_retraining_dag_end_to_end(tmp_path, fresh_airflow_home, tiny_llm_dir):
     assert r3["summary"]["warm_start"]["unchanged"] and staged_hash(root) == warm_hash
     assert ws.registry()["production"] == new_champion
     assert ws.registry()["events"][-1]["action"] == "reject"
+    # Logged once, by the gate stage (package is skipped, mark_rejected only reads), naming the Airflow run.
+    (rejection,) = [e for e in ws.registry()["events"] if e["action"] == "reject"]
+    assert rejection["reason"].startswith(f"airflow run {r3['run_id']}: gate failed: ndcg@10_floor"), rejection
 
     # 4. A malformed batch and a re-sent copy of week_1: rejected at validation, duplicate dropped.
     weights = (root / "models" / "sasrec" / "model.safetensors").read_bytes()

@@ -131,6 +131,42 @@ def test_run_outcome_reports_a_provisional_first_model_as_such():
     assert outcome_of(done, {"gate": True}, passed, "llmsrec:v1", "llmsrec:v2")[0] == "promoted"
 
 
+def test_check_gate_follows_the_gate_s_decision_not_its_own(tmp_path):
+    """`check_gate` branches on the decision the gate wrote, never on one of its own: a first model the gate
+    released as provisional stays released although production has been filled since, a first model
+    rejected under `gate.first_model: reject` stays rejected, and a report without a decision fails the
+    task naming the file and the fix."""
+    import json
+
+    from components.errors import DataError
+    from components.orchestration.release import gate_decision
+    from tests.serving.conftest import bentoml_store
+
+    home = tmp_path / "home"
+    (home / "registry").mkdir(parents=True)
+    (home / "registry" / "llmsrec.json").write_text(json.dumps({"production": "llmsrec:v1", "events": []}))
+    report = tmp_path / "reports" / "gate.json"
+    report.parent.mkdir()
+    failed = {"name": "shuffle_drop", "value": 0.01, "threshold": 0.04, "passed": False}
+
+    def judged(decision: str, reason: str) -> dict:
+        content = {"decision": decision, "reason": reason, "passed": False, "checks": [failed],
+                   "reasons": {"failed_checks": ["shuffle_drop"], "first_model": True, "production_before": None}}
+        report.write_text(json.dumps(content))
+        return gate_decision(tmp_path, "reports/gate.json")
+
+    with bentoml_store(home):  # the registry now holds a production model
+        provisional = judged("provisional", "gate failed: shuffle_drop (first model: released as provisional)")
+        assert provisional == {"release": True, "decision": "provisional", "passed": False,
+                               "failed_checks": ["shuffle_drop"], "checks": [failed],
+                               "reason": "gate failed: shuffle_drop (first model: released as provisional)"}
+        rejected = judged("rejected", "gate failed: shuffle_drop (first model: gate.first_model is reject)")
+        assert not rejected["release"] and rejected["decision"] == "rejected"
+        report.write_text(json.dumps({"passed": False, "first_model": "provisional", "checks": [failed]}))
+        with pytest.raises(DataError, match=r"reports/gate\.json: holds no release decision .* Fix: re-run the gate"):
+            gate_decision(tmp_path, "reports/gate.json")
+
+
 def test_a_stage_that_prints_megabytes_on_one_line_fails_with_a_short_message(tmp_path):
     """A stage whose last output line is 5 MB (a dumped array, a runaway print) fails with a message, a log
     line and a recorded run error of a few thousand characters, each saying how long the cut text was."""

@@ -10,10 +10,13 @@ import pandas as pd
 import pytest
 import yaml
 
+from benchmarks.small_package import GATE_ARGS, PACKAGE_ARGS
 from components.config import parse_params
 from components.errors import ConfigError, DataError
+from components.stages import gate as gate_stage
+from components.stages import package as package_stage
 from components.stages.gate import floor_checks
-from tests.serving.conftest import gate, other_content, package, registry_state, run_stage
+from tests.serving.conftest import bentoml_store, gate, other_content, package, registry_state, run_stage
 
 METRICS = {
     "popularity": {"ndcg@10": 0.10},
@@ -100,6 +103,128 @@ def test_missing_metrics_name_the_fix():
 def test_bad_gate_params(cfg, match):
     with pytest.raises(ConfigError, match=match):
         options(cfg)
+
+
+def judged_workspace(tmp_path: Path, **gate_cfg) -> Path:
+    """A workspace with only what the gate reads when it re-scores no champion (`max_regression: null`):
+    evaluate's metrics and params. Enough for `package` too whenever the decision is to reject."""
+    ws = tmp_path / "ws"
+    (ws / "reports").mkdir(parents=True)
+    (ws / "reports" / "metrics.json").write_text(json.dumps(METRICS))
+    (ws / "params.yaml").write_text(yaml.safe_dump({"gate": {
+        "min_lift_over_popularity": None, "min_shuffle_drop": None, "max_regression": None, **gate_cfg}}))
+    return ws
+
+
+def put_in_production(home: Path, tag: str) -> None:
+    """The registry's pointer names `tag` (the gate only reads the pointer when it re-scores no champion)."""
+    (home / "registry").mkdir(parents=True, exist_ok=True)
+    (home / "registry" / "llmsrec.json").write_text(json.dumps({"production": tag, "events": []}))
+
+
+def run_in(ws: Path, home: Path, main, args: tuple[str, ...], monkeypatch) -> None:
+    """A stage's main() in this process, in `ws`, with BentoML's store (and the registry) at `home`."""
+    monkeypatch.chdir(ws)
+    with bentoml_store(home):
+        main(list(args))
+
+
+# (gate params, production before, decision, failed checks); METRICS' llmsrec NDCG@10 is 0.30
+DECISIONS = {
+    "pass, first model": ({}, None, "promoted", []),
+    "pass over a champion": ({}, "llmsrec:v1", "promoted", []),
+    "fail, first model, provisional": ({"min_ndcg_at_10": 0.5}, None, "provisional", ["ndcg@10_floor"]),
+    "fail, first model, reject": ({"min_ndcg_at_10": 0.5, "first_model": "reject"}, None, "rejected",
+                                  ["ndcg@10_floor"]),
+    "fail over a champion": ({"min_ndcg_at_10": 0.5}, "llmsrec:v1", "rejected", ["ndcg@10_floor"]),
+}
+
+
+@pytest.mark.parametrize("case", DECISIONS, ids=list(DECISIONS))
+def test_the_gate_writes_the_decision_and_alone_logs_a_rejection(case, tmp_path, monkeypatch):
+    """The gate decides promoted | provisional | rejected with its reasons; a rejection is logged in the
+    registry's history by the gate, once: `package` then only reads the decision (and the DAG skips it)."""
+    cfg, production, decision, failed = DECISIONS[case]
+    ws, home = judged_workspace(tmp_path, **cfg), tmp_path / "home"
+    if production:
+        put_in_production(home, production)
+    monkeypatch.setenv("AIRFLOW_CTX_DAG_RUN_ID", "manual__2025-01-01")  # as Airflow sets it for a task
+    run_in(ws, home, gate_stage.main, GATE_ARGS, monkeypatch)
+    report = json.loads((ws / "reports" / "gate.json").read_text())
+    assert report["decision"] == decision and report["passed"] == (not failed)
+    assert report["reasons"] == {"failed_checks": failed, "first_model": production is None,
+                                 "production_before": production}
+    assert ("ndcg@10_floor" in report["reason"]) == bool(failed)
+    assert ("provisional" in report["reason"]) == (decision == "provisional")
+    events = registry_state(home)["events"] if (home / "registry" / "llmsrec.json").is_file() else []
+    if decision != "rejected":
+        assert events == []
+        return
+    (event,) = events
+    assert event["action"] == "reject" and event["tag"] is None and event["previous"] == production
+    assert event["reason"] == f"airflow run manual__2025-01-01: {report['reason']}"
+    run_in(ws, home, package_stage.main, PACKAGE_ARGS, monkeypatch)
+    assert json.loads((ws / "reports" / "package.json").read_text()) == {
+        "decision": "rejected", "gate_passed": False, "failed_checks": failed, "tag": None, "production": production}
+    assert registry_state(home)["events"] == [event]  # not logged a second time
+
+
+def spoil(report: dict, change) -> dict:
+    change(report)
+    return report
+
+
+# What is done to a report the real gate wrote, and what the refusal says
+BAD_REPORTS = {
+    "written before the gate decided": (
+        lambda r: {k: v for k, v in r.items() if k not in ("decision", "reason", "reasons")},
+        "holds no release decision ('decision' is None, not one of promoted, provisional, rejected)"),
+    "unknown decision": (lambda r: {**r, "decision": "maybe"}, "holds no release decision ('decision' is 'maybe'"),
+    "decision without reasons": (lambda r: {k: v for k, v in r.items() if k != "reasons"},
+                                 "has the decision 'provisional' without its reasons"),
+    "promoted with a failed check": (lambda r: {**r, "decision": "promoted"},
+                                     "has the decision 'promoted', which its reasons contradict"),
+    "provisional over a champion": (
+        lambda r: spoil(r, lambda x: x["reasons"].update(first_model=False, production_before="llmsrec:v1")),
+        "has the decision 'provisional', which its reasons contradict"),
+    "not a JSON object": (lambda r: ["decision", "promoted"], "holds no release decision ('decision' is None"),
+    "not JSON": (None, "is not a readable gate report (JSONDecodeError"),
+}
+
+
+@pytest.mark.parametrize("bad", BAD_REPORTS, ids=list(BAD_REPORTS))
+def test_package_refuses_a_report_without_a_valid_decision(bad, tmp_path, monkeypatch, capsys):
+    """A gate report whose decision is missing or garbled stops `package` with one line naming the report
+    and the fix; nothing is packaged and the registry is not touched."""
+    ws, home = judged_workspace(tmp_path, min_ndcg_at_10=0.5), tmp_path / "home"
+    run_in(ws, home, gate_stage.main, GATE_ARGS, monkeypatch)  # a first model that failed: provisional
+    path = ws / "reports" / "gate.json"
+    change, says = BAD_REPORTS[bad]
+    if change is None:
+        path.write_text(path.read_text()[:40])
+    else:
+        path.write_text(json.dumps(change(json.loads(path.read_text()))))
+    capsys.readouterr()
+    with pytest.raises(SystemExit) as e:
+        run_in(ws, home, package_stage.main, PACKAGE_ARGS, monkeypatch)
+    err = capsys.readouterr().err
+    assert e.value.code == 1 and err.startswith("ERROR [package] reports/gate.json: ") and says in err, err
+    assert "Fix: re-run the gate so that it decides: `dvc repro -f -s gate`" in err and "Traceback" not in err
+    assert not (ws / "reports" / "package.json").exists() and not (home / "registry").exists()
+
+
+def test_package_refuses_a_provisional_release_once_production_is_filled(tmp_path, monkeypatch, capsys):
+    """A first model the gate released as provisional is not packaged over a model promoted since (with
+    the champion check off, nothing else in the report would notice): the decision is stale."""
+    ws, home = judged_workspace(tmp_path, min_ndcg_at_10=0.5), tmp_path / "home"
+    run_in(ws, home, gate_stage.main, GATE_ARGS, monkeypatch)
+    put_in_production(home, "llmsrec:v1")
+    with pytest.raises(SystemExit):
+        run_in(ws, home, package_stage.main, PACKAGE_ARGS, monkeypatch)
+    err = capsys.readouterr().err
+    assert "reports/gate.json: released a provisional first model, but production is now llmsrec:v1" in err
+    assert "re-run the gate against the current production model: `dvc repro -f -s gate`" in err
+    assert registry_state(home) == {"production": "llmsrec:v1", "events": []}
 
 
 def set_params(ws: Path, **gate_cfg) -> None:

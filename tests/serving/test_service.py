@@ -80,6 +80,21 @@ def test_importing_the_service_reads_nothing(tmp_path):
     assert not (tmp_path / "home").exists()
 
 
+def test_the_model_is_declared_with_bentoml_s_public_bentomodel_and_resolved_when_asked(tmp_path):
+    """The scorer declares its model with BentoML's public `bentoml.models.BentoModel` (no private base
+    class); the tag is the registry's, looked up each time BentoML asks, so an empty store is an error then
+    and not when the service class is made."""
+    import bentoml
+
+    from components.errors import DataError
+    from components.serving.service import LLMSRecScorer
+
+    (ref,) = LLMSRecScorer.models
+    assert isinstance(ref, bentoml.models.BentoModel) and ref is LLMSRecScorer.inner.model_ref
+    with bentoml_store(tmp_path / "empty"), pytest.raises(DataError, match="no production LLM-SRec model"):
+        ref.to_info()
+
+
 def test_startup_objects_are_frozen_out_of_the_collector(client):
     """Both services freeze what startup made (model, tokenizer, libraries), so a full garbage collection
     no longer walks them while requests wait (it took ~230 ms in the scorer on the 2-core VM)."""

@@ -42,6 +42,17 @@ def test_a_bad_value_names_the_variable_and_the_fix(clean_env, monkeypatch, name
     assert says in str(e.value) and "Fix: set it to " in str(e.value), str(e.value)
 
 
+def test_the_registry_takes_the_pinned_version_from_the_settings(clean_env, monkeypatch, tmp_path):
+    """LLMSREC_MODEL_TAG is read in one place, the settings: the registry's serving rule takes the pin from
+    them, so a pin they refuse is refused there too, with the same message (not looked up as a version)."""
+    from components.serving.registry import serving_candidates
+
+    monkeypatch.setenv("LLMSREC_MODEL_TAG", "abc123")
+    with pytest.raises(ConfigError, match=r"^LLMSREC_MODEL_TAG='abc123': string should match pattern .* Fix: set "
+                                          r"it to a version from `python -m components\.serving\.registry list`"):
+        serving_candidates(tmp_path / "home")
+
+
 def test_every_bad_variable_is_named(clean_env, monkeypatch):
     monkeypatch.setenv("LLMSREC_MAX_BATCH", "0")
     monkeypatch.setenv("LLMSREC_DEVICE", "tpu")
