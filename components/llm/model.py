@@ -33,12 +33,20 @@ from safetensors.torch import save_file
 from torch import Tensor, nn
 
 from components.config import Center, KVReuse, Negatives, Readout, UserSlot
+from components.data.histories import Batch, Histories
 from components.errors import CheckpointError, DataError
 from components.io import write_json
-from components.llm.backbone import Backbone
+from components.llm.backbone import Backbone, load_backbone, truncate_layers
 from components.llm.kv import FrozenKVCache
 from components.llm.prompts import Prompts, PromptTokenizer
-from components.models.base import Batch, Histories, Recommender, neg_inf_padding, register
+from components.models.base import (
+    Recommender,
+    check_shapes,
+    neg_inf_padding,
+    read_checkpoint_json,
+    read_weights,
+)
+from components.models.sasrec import SASRec
 
 ADAPTERS, ITEM_TABLE, TITLES = "adapters.safetensors", "item_table.safetensors", "titles.json"
 TEXT_STATES = "text_states.safetensors"
@@ -167,13 +175,14 @@ def _pad(rows: list[list[int]], pad_id: int) -> tuple[Tensor, Tensor]:
     return ids, mask
 
 
-@register("llmsrec")
 class LLMSRec(Recommender):
     """LLM-SRec (Kim et al., KDD 2025): a frozen SASRec distilled into a frozen LLM (module docstring).
 
     Histories in, scores out, through the `Recommender` interface: `score_candidates` [B, C],
     `score_all` [B, N+1]; `loss_terms` for training. Raises DataError on mismatched titles.
     """
+
+    name = "llmsrec"
 
     def __init__(self, config: LLMSRecConfig, sasrec: Recommender, backbone: Backbone, titles: list[str],
                  item_ids: list[str], item_mapping_hash: str, sasrec_path: str | None = None,
@@ -591,9 +600,6 @@ class LLMSRec(Recommender):
         or adapters / an item table whose shapes differ from the config, is a CheckpointError naming the
         file, raised before the LLM is loaded where it can be.
         """
-        from components.llm.backbone import load_backbone, truncate_layers
-        from components.models.base import check_shapes, load_checkpoint, read_checkpoint_json, read_weights
-
         directory = Path(directory)
         fix = ("the LLM-SRec checkpoint is damaged or from another version: re-run the distill stage "
                "(`dvc repro -f -s distill`, or `dvc checkout models/llmsrec`)")
@@ -625,7 +631,7 @@ class LLMSRec(Recommender):
             sasrec_dir = sasrec_dir or meta["sasrec"].get("path")
             if sasrec_dir is None:
                 raise DataError(directory, "no SASRec teacher given", "pass sasrec_dir= the pretrain_sasrec checkpoint")
-            sasrec = load_checkpoint(sasrec_dir)
+            sasrec = SASRec.load(sasrec_dir)
         if state_hash(sasrec) != meta["sasrec"].get("weights_hash"):
             raise DataError(sasrec_dir or "sasrec", "this SASRec checkpoint is not the one LLM-SRec was distilled from",
                             "use the SASRec checkpoint of the same pipeline run, or re-run the distill stage")
