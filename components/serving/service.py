@@ -39,8 +39,10 @@ import bentoml
 # `bentoml build`, resolve for serving); bentoml is pinned below 1.5 in pyproject.toml.
 from _bentoml_sdk.models import Model
 
+from components.errors import PipelineError
 from components.serving.auth import BearerAuth
 from components.serving.batcher import GreedyBatcher
+from components.serving.registry import resolve_serving_tag
 from components.serving.schema import (
     ItemsPage,
     ItemsRequest,
@@ -66,8 +68,6 @@ class ProductionModel(Model):
 
     @staticmethod
     def _ref():
-        from components.serving.registry import resolve_serving_tag
-
         return bentoml.models.BentoModel(resolve_serving_tag())
 
     def to_info(self, alias: str | None = None):
@@ -164,6 +164,7 @@ class LLMSRecScorer:
 
     def _load(self, settings: ServingSettings) -> None:
         """Load the serving version, warm it up and decide where it runs (see __init__); in the model thread."""
+        # Here, not at the top: torch (~1.7 s, ~180 MB) only in the scorer, never the public service.
         import torch
 
         from components.llm.backbone import resolve_device
@@ -188,8 +189,6 @@ class LLMSRecScorer:
     def _log_failure(loaded) -> None:
         if (e := loaded.exception()) is None:
             return
-        from components.errors import PipelineError
-
         # Not raised anywhere a human would see it: the server stays up, /readyz 503 and /livez 503 say so.
         logger.error("the model did not load, this server will never be ready: %s", e,
                      exc_info=None if isinstance(e, PipelineError) else e)
@@ -290,9 +289,6 @@ class LLMSRecService:
         files are there and this user may read them). A problem prints one line naming the variable or
         the file, and `bentoml serve` exits 1. Found later, in a service process, it would only make
         BentoML restart that process every few seconds while the public server looked up."""
-        from components.errors import PipelineError
-        from components.serving.registry import resolve_serving_tag
-
         try:
             settings = ServingSettings.from_env()
             settings.check_device()

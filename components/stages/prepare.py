@@ -28,7 +28,7 @@ import pandas as pd
 from components.config import DataParams, EvalParams, load_params
 from components.data.preprocess import chronological, kcore, subsample_users
 from components.errors import ConfigError, DataError, stage_main
-from components.io import fresh_dir, write_json, write_parquet
+from components.io import fresh_dir, read_json, write_json, write_parquet
 from components.timings import write_timings
 
 
@@ -149,8 +149,6 @@ def main(argv: list[str] | None = None) -> None:
         write_parquet(result[name], out / f"{name}.parquet")
     summary = result["summary"]
     if args.validation and args.validation.exists():
-        from components.io import read_json
-
         summary["quarantined_rows"] = read_json(args.validation)["rows_quarantined"]["interactions"]
     write_json(out / "meta.json", {**summary, "params": {"data": data_cfg.model_dump(mode="json"),
                                                          "eval": eval_cfg.model_dump(mode="json")}})
