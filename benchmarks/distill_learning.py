@@ -67,7 +67,7 @@ def state_spread(model, prepared, n: int = 64) -> dict[str, float]:
 def run_variant(name: str, overrides: dict, args, prepared, teacher, titles, backbones: dict) -> dict:
     from components.config import DistillParams, parse
     from components.llm.backbone import load_backbone
-    from components.stages.distill import build_from_params, fit
+    from components.stages.distill import build_from_params, train_adapters
 
     overrides = dict(overrides)
     layers = overrides.pop("num_layers", None)
@@ -83,13 +83,13 @@ def run_variant(name: str, overrides: dict, args, prepared, teacher, titles, bac
     before = state_spread(model, prepared)
     print(f"[{name}] {overrides} layers={backbone.num_layers}: state cosine before {before}", flush=True)
     t0 = time.time()
-    result = fit(model, prepared, opts, args.seed, log=lambda m: print(f"[{name}] {m}", flush=True))
+    result = train_adapters(model, prepared, opts, args.seed, log=lambda m: print(f"[{name}] {m}", flush=True))
     after = state_spread(model, prepared)
     from components.stages.distill import validate_ndcg
 
     valid_n = len(prepared.candidates["valid"].user_idx)
     rows = np.sort(np.random.default_rng(args.seed).choice(valid_n, min(valid_n, opts.valid_users or valid_n),
-                                                           replace=False))  # the rows fit validated on
+                                                           replace=False))  # the rows train_adapters validated on
     shuffled = validate_ndcg(model, prepared, rows, opts.eval_batch_size, opts.item_batch_size, shuffle_seed=args.seed)
     ev = [p for p in result["curve"] if p.get("valid_ndcg@10") is not None]
     if layers is not None:
@@ -144,7 +144,7 @@ def main(argv: list[str] | None = None) -> None:
     import pandas as pd
 
     from components.data.sequences import Prepared
-    from components.models.base import load_checkpoint
+    from components.llm.checkpoints import load_checkpoint
 
     prepared = Prepared.load(args.prepared)
     teacher = load_checkpoint(args.sasrec)

@@ -99,8 +99,9 @@ def profile_step(model, batch) -> dict[str, float]:
 
 def measure(name: str, cfg: dict, args, data, teacher, titles, full_backbone) -> dict:
     from components.config import DistillParams, parse
+    from components.data.examples import Examples
     from components.evaluation.metrics import candidate_ranks
-    from components.stages.distill import Examples, build_from_params
+    from components.stages.distill import build_from_params
 
     # min(): the tests' tiny model has fewer layers than a row asks for
     layers = None if cfg["num_layers"] is None else min(cfg["num_layers"], full_backbone.num_layers)
@@ -181,7 +182,7 @@ def main(argv: list[str] | None = None) -> None:
 
     from components.data.sequences import Prepared
     from components.llm.backbone import load_backbone
-    from components.models.base import load_checkpoint
+    from components.llm.checkpoints import load_checkpoint
     from components.models.sasrec import SASRec, SASRecConfig
 
     prepared_dir = args.prepared or prepared_default(Path(tempfile.mkdtemp(prefix="throughput-")))

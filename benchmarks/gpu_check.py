@@ -40,10 +40,11 @@ def main(argv: list[str] | None = None) -> None:
 
     from benchmarks.distill_throughput import prepared_default
     from components.config import DistillParams
+    from components.data.examples import Examples
     from components.data.sequences import Prepared
     from components.llm.backbone import load_backbone
     from components.models.sasrec import SASRec, SASRecConfig
-    from components.stages.distill import Examples, build_from_params
+    from components.stages.distill import build_from_params
 
     prepared_dir = prepared_default(Path(tempfile.mkdtemp(prefix="gpu-check-")))
     data = Prepared.load(prepared_dir)

@@ -80,6 +80,8 @@ from components.data.batches import (
     read_batch,
     row_keys,
 )
+from components.data.sources import load_source
+from components.data.validation import validate
 from components.errors import DataError, PipelineError, stage_main
 from components.io import held_lock, read_json, sha256_of, write_json, write_parquet
 
@@ -293,8 +295,6 @@ def _store_state(params: Params, paths: Paths, ingested: Path | None) -> tuple[p
         base_inter = _not_from(_read_columns(ingested / "interactions.parquet", [*ROW_KEY, "_source"]), paths.store) \
             if (ingested / "interactions.parquet").is_file() else pd.DataFrame(columns=ROW_KEY)
     else:
-        from components.data.sources import load_source
-
         base_inter, base_items = load_source(params.data, seed=params.seed, cache_dir=Path("data/downloads"))
     cols = ["item_id", "title", "description"]
     items, keys = [base_items.reindex(columns=cols, fill_value="")], [row_keys(base_inter)]
@@ -342,8 +342,6 @@ def check_batch(path: Path, catalogue: pd.DataFrame, validate_cfg: ValidateParam
     unusable: unreadable, wrong columns, or more bad rows than `validate.max_bad_fraction`. A batch
     whose rows are all in the store comes back with no interactions, unvalidated.
     """
-    from components.data.validation import validate
-
     inter, items = read_batch(path)
     again = already_present(inter, known) if known is not None else None
     n_again = int(again.sum()) if again is not None else 0

@@ -18,9 +18,9 @@ import numpy as np
 import pandas as pd
 import torch
 
+from components.data.histories import Histories
 from components.errors import DataError
 from components.io import read_json
-from components.models.base import Histories
 
 HELD_OUT = {"train": 2, "valid": 2, "test": 1}  # items cut from the end of a sequence for each split's history
 FIX = "run `dvc repro prepare` (or point --prepared at the prepare stage's output)"
@@ -119,11 +119,16 @@ class Prepared:
                          torch.from_numpy(self.user_idx[rows]))
 
 
+def flat_offsets(lengths: np.ndarray) -> np.ndarray:
+    """[sum(lengths)]: 0..n-1 for each n in lengths, concatenated (the position inside each range)."""
+    ends = np.cumsum(lengths)
+    return np.arange(int(ends[-1]) if len(ends) else 0) - np.repeat(ends - lengths, lengths)
+
+
 def flat_ranges(starts: np.ndarray, ends: np.ndarray) -> np.ndarray:
     """Concatenation of arange(starts[r], ends[r]) over r, without a Python loop."""
     lens = ends - starts
-    within = np.arange(lens.sum()) - np.repeat(np.cumsum(lens) - lens, lens)  # position inside each range
-    return np.repeat(starts, lens) + within
+    return np.repeat(starts, lens) + flat_offsets(lens)
 
 
 def right_aligned(flat: np.ndarray, starts: np.ndarray, ends: np.ndarray, length: int) -> np.ndarray:

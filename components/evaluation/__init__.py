@@ -8,10 +8,9 @@ from components.evaluation.metrics import (
     ndcg_at,
     per_user_metrics,
     relative_drop,
-    shuffle_window,
     summarize,
 )
 from components.evaluation.runner import rank_split
 
 __all__ = ["KS", "candidate_ranks", "full_ranks", "hr_at", "ndcg_at", "per_user_metrics", "rank_split",
-           "relative_drop", "shuffle_window", "summarize"]
+           "relative_drop", "summarize"]

@@ -78,18 +78,3 @@ def relative_drop(original: dict, shuffled: dict) -> dict[str, float | None]:
     return {k: (round((original[k] - shuffled[k]) / original[k], 6) if original[k] else None)
             for k in original if k != "n_users" and isinstance(original[k], float)}
 
-
-def shuffle_window(items: Tensor, window: int | None, generator: torch.Generator) -> Tensor:
-    """Permute, per row, the order of the real items among the last `window` columns of [B, L] histories.
-
-    Padding stays on the left and items older than the window stay where they are, so the model
-    sees the same items in a different order. Timestamps are deliberately not permuted with them:
-    the sequence of dates stays chronological, only which item sits at which date changes.
-    """
-    B, L = items.shape
-    w = L if window is None else min(window, L)
-    head, tail = items[:, : L - w], items[:, L - w:]  # [B, L-w], [B, w]
-    keys = torch.rand(B, w, generator=generator)  # [B, w]
-    keys[tail == 0] = -1.0  # padding sorts first, so it stays on the left
-    order = keys.argsort(dim=1)  # [B, w]
-    return torch.cat([head, tail.gather(1, order)], dim=1)  # [B, L]

@@ -11,8 +11,9 @@ import numpy as np
 import pandas as pd
 import torch
 
+from components.data.histories import shuffle_window
 from components.data.sequences import Prepared, flat_ranges
-from components.evaluation.metrics import candidate_ranks, full_ranks, shuffle_window
+from components.evaluation.metrics import candidate_ranks, full_ranks
 from components.models.base import Recommender
 
 

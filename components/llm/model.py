@@ -33,22 +33,20 @@ from safetensors.torch import save_file
 from torch import Tensor, nn
 
 from components.config import DistillParams, parse
+from components.data.histories import Batch, Histories
 from components.errors import CheckpointError, DataError, PipelineError
 from components.io import write_json
 from components.llm.backbone import Backbone, load_backbone, truncate_layers
 from components.llm.kv import FrozenKVCache
 from components.llm.prompts import Prompts, PromptTokenizer
 from components.models.base import (
-    Batch,
-    Histories,
     Recommender,
     check_shapes,
-    load_checkpoint,
     neg_inf_padding,
     read_checkpoint_json,
     read_weights,
-    register,
 )
+from components.models.sasrec import SASRec
 
 ADAPTERS, ITEM_TABLE, TITLES = "adapters.safetensors", "item_table.safetensors", "titles.json"
 TEXT_STATES = "text_states.safetensors"
@@ -196,13 +194,14 @@ def _pad(rows: list[list[int]], pad_id: int) -> tuple[Tensor, Tensor]:
     return ids, mask
 
 
-@register("llmsrec")
 class LLMSRec(Recommender):
     """LLM-SRec (Kim et al., KDD 2025): a frozen SASRec distilled into a frozen LLM (module docstring).
 
     Histories in, scores out, through the `Recommender` interface: `score_candidates` [B, C],
     `score_all` [B, N+1]; `loss_terms` for training. Raises DataError on mismatched titles.
     """
+
+    name = "llmsrec"
 
     def __init__(self, config: LLMSRecConfig, sasrec: Recommender, backbone: Backbone, titles: list[str],
                  item_ids: list[str], item_mapping_hash: str, sasrec_path: str | None = None,
@@ -619,7 +618,7 @@ class LLMSRec(Recommender):
         if sasrec is None:
             if teacher_dir is None:
                 raise DataError(ck.directory, "no SASRec teacher given", "pass sasrec_dir= the pretrain_sasrec checkpoint")
-            sasrec = load_checkpoint(teacher_dir)
+            sasrec = SASRec.load(teacher_dir)
         if state_hash(sasrec) != ck.meta["sasrec"].get("weights_hash"):
             raise DataError(sasrec_dir or "sasrec", "this SASRec checkpoint is not the one LLM-SRec was distilled from",
                             "use the SASRec checkpoint of the same pipeline run, or re-run the distill stage")

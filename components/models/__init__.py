@@ -1,8 +1,11 @@
-"""Recommenders behind one interface (see base.py). Importing this package registers the built-in models."""
+"""Recommenders behind one interface (see base.py): the popularity baseline and SASRec.
 
-from components.models.base import Batch, Histories, Recommender, load_checkpoint, read_checkpoint_meta
+LLM-SRec, built on an LLM, lives in components/llm/; a checkpoint of any of them loads with
+components.llm.checkpoints.load_checkpoint.
+"""
+
+from components.models.base import Recommender, read_checkpoint_meta
 from components.models.popularity import Popularity
 from components.models.sasrec import SASRec, SASRecConfig
 
-__all__ = ["Batch", "Histories", "Recommender", "load_checkpoint", "read_checkpoint_meta", "Popularity", "SASRec",
-           "SASRecConfig"]
+__all__ = ["Recommender", "read_checkpoint_meta", "Popularity", "SASRec", "SASRecConfig"]

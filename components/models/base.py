@@ -1,14 +1,8 @@
 """The one recommender interface: every model (popularity, SASRec, LLM-SRec) implements it.
 
 The trainer, the evaluator and the service hold a `Recommender` and call only what is defined
-here; none of them asks which model it is. A model reads a user's history as `Histories`:
-
-- `items` [B, L] int64 item idx, **right-aligned**: the last column is the most recent item and
-  shorter histories are left-padded with 0. A model that reads fewer items than L (SASRec's
-  `max_len`, LLM-SRec's last 10) keeps the last columns, so callers may pass any L.
-- `timestamps` [B, L] int64 Unix seconds aligned with `items` (0 at padding), for models that put
-  dates in a prompt. Titles are not carried: a model that needs them owns its item table.
-- `users` [B] int64 user idx.
+here; none of them asks which model it is. A model reads a user's history as `Histories` and trains on
+`Batch`es (components/data/histories.py: right-aligned item idx, dates, users).
 
 A checkpoint is a directory: `model.safetensors` (weights/buffers), `config.json` (which model, its
 config, the item count and the item-mapping hash of the data it was trained on) and `item_ids.json`
@@ -16,14 +10,15 @@ config, the item count and the item-mapping hash of the data it was trained on) 
 
 Loading a checkpoint never ends in a torch, safetensors or JSON traceback: a missing, truncated or
 garbled file, or weights whose shapes differ from the config, is a `CheckpointError` naming the file
-and the fix (`read_checkpoint_json`, `read_weights`, `check_shapes`).
+and the fix (`read_checkpoint_json`, `read_weights`, `check_shapes`). Each model class loads its own
+checkpoints (`SASRec.load`); a checkpoint of any model loads with components/llm/checkpoints.py, which
+imports every model class.
 """
 
 from __future__ import annotations
 
 import json
 from abc import ABC, abstractmethod
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, ClassVar
 
@@ -31,56 +26,18 @@ import torch
 from safetensors.torch import load_file, save_file
 from torch import Tensor, nn
 
+from components.data.histories import Batch, Histories
 from components.errors import CheckpointError, DataError, PipelineError
 from components.io import write_json
 
 FORMAT_VERSION = 1
 WEIGHTS, CONFIG, ITEM_IDS = "model.safetensors", "config.json", "item_ids.json"
 
-_REGISTRY: dict[str, type[Recommender]] = {}
-#: models whose module is imported on first load: name -> module that registers it
-_LAZY = {"llmsrec": "components.llm.model"}
-
-
-@dataclass
-class Histories:
-    items: Tensor  # [B, L] item idx, right-aligned, 0 = padding
-    timestamps: Tensor  # [B, L] Unix seconds, 0 = padding
-    users: Tensor  # [B] user idx
-
-    def __len__(self) -> int:
-        return self.items.shape[0]
-
-    def last(self, n: int | None) -> Histories:
-        """The `n` most recent columns (all when n is None or L <= n)."""
-        if n is None or self.items.shape[1] <= n:
-            return self
-        return Histories(self.items[:, -n:], self.timestamps[:, -n:], self.users)
-
-
-@dataclass
-class Batch:
-    """One training batch: for every history position, the item that came next and sampled negatives."""
-
-    histories: Histories
-    targets: Tensor  # [B, L] item that followed each position, 0 = no target (padding)
-    negatives: Tensor  # [B, L, K] items the user never interacted with in training (K = model.num_negatives)
-
-
-def register(name: str):
-    """Class decorator: makes `load_checkpoint` able to rebuild the model from its config.json alone."""
-
-    def deco(cls: type[Recommender]) -> type[Recommender]:
-        cls.name = name
-        _REGISTRY[name] = cls
-        return cls
-
-    return deco
-
 
 class Recommender(nn.Module, ABC):
     """Scores items for users. Item idx 0 is padding and never recommended."""
 
+    #: the `model` of its checkpoints' config.json: which class rebuilds them
     name: ClassVar[str] = "recommender"
     #: negatives per position the trainer must sample into `Batch.negatives` (0: none)
     num_negatives: int = 0
@@ -147,7 +104,8 @@ class Recommender(nn.Module, ABC):
         meta, item_ids = read_checkpoint_meta(directory)
         if meta["model"] != cls.name:
             raise CheckpointError(directory, f"holds a '{meta['model']}' checkpoint, not '{cls.name}'",
-                                  f"point at a {cls.name} checkpoint, or load it with components.models.load_checkpoint")
+                                  f"point at a {cls.name} checkpoint, or load it with "
+                                  "components.llm.checkpoints.load_checkpoint")
         try:
             model = cls.from_config(meta["config"], item_ids, meta["item_mapping_hash"])
         except (TypeError, ValueError, KeyError, PipelineError) as e:  # unknown keys, bad values (config.check)
@@ -239,28 +197,6 @@ def read_checkpoint_meta(directory: Path) -> tuple[dict[str, Any], list[str]]:
         raise CheckpointError(directory / ITEM_IDS, f"{len(item_ids)} item ids for {meta['num_items']} items",
                               "the checkpoint is damaged: retrain it")
     return meta, item_ids
-
-
-def load_checkpoint(directory: Path, **backbone_kwargs) -> Recommender:
-    """Rebuild whichever model a checkpoint holds, from the checkpoint alone; `backbone_kwargs` (`device`,
-    `dtype`) go to the model's `load` (see `Recommender.load`)."""
-    import importlib
-
-    import components.models  # noqa: F401  (registers the built-in models)
-
-    config_path = Path(directory) / CONFIG
-    meta = read_checkpoint_json(config_path, "point at a directory written by a training stage (it holds config.json)")
-    if not isinstance(meta, dict):
-        raise CheckpointError(config_path, f"unknown checkpoint format (a JSON {type(meta).__name__}, not an object)",
-                              "retrain the model with this version of the pipeline")
-    name = meta.get("model")
-    if name in _LAZY and name not in _REGISTRY:
-        importlib.import_module(_LAZY[name])  # heavy (transformers): imported only when needed
-    cls = _REGISTRY.get(name)
-    if cls is None:  # each model's own load() checks the rest of its files
-        raise CheckpointError(config_path, f"unknown model {name!r}",
-                              f"use one of {sorted(_REGISTRY)} or install the package that defines it")
-    return cls.load(directory, **backbone_kwargs)
 
 
 def neg_inf_padding(scores: Tensor) -> Tensor:

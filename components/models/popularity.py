@@ -8,11 +8,13 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from components.models.base import Batch, Histories, Recommender, neg_inf_padding, register
+from components.data.histories import Batch, Histories
+from components.models.base import Recommender, neg_inf_padding
 
 
-@register("popularity")
 class Popularity(Recommender):
+    name = "popularity"
+
     def __init__(self, item_ids: list[str], item_mapping_hash: str):
         super().__init__(item_ids, item_mapping_hash)
         self.register_buffer("counts", torch.zeros(self.num_items + 1))  # [N+1], counts[0] = padding

@@ -18,7 +18,8 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from components.config import SASRecParams, parse
-from components.models.base import Batch, Histories, Recommender, neg_inf_padding, register
+from components.data.histories import Batch, Histories
+from components.models.base import Recommender, neg_inf_padding
 
 _DEFAULTS = SASRecParams()
 
@@ -78,8 +79,8 @@ class Block(nn.Module):
         return x * keep  # padding positions stay exactly zero, as in the reference
 
 
-@register("sasrec")
 class SASRec(Recommender):
+    name = "sasrec"
     adam_betas = (0.9, 0.98)  # the SASRec reference's
 
     def __init__(self, config: SASRecConfig, item_ids: list[str], item_mapping_hash: str):

@@ -1,7 +1,7 @@
 """The one training loop, shared by SASRec (`pretrain_sasrec`) and LLM-SRec (`distill`).
 
 `fit` calls only the `Recommender` interface (`loss` / `loss_terms`), a batch source and a validation
-function, so any model trains with it: validation every `eval_every` epochs (a fraction validates
+function (each stage's own; the batches come from components/data/examples.py), so any model trains with it: validation every `eval_every` epochs (a fraction validates
 within an epoch), early stopping with patience on validation NDCG@10, the best weights kept, budgets in
 epochs, steps (`max_steps`) and wall-clock minutes (`max_minutes`), an optional learning-rate decay per
 validation, the curve (one row per validation round), and resume.
@@ -32,14 +32,10 @@ from safetensors.torch import load_file, save_file
 from tqdm import tqdm
 
 from components.config import DistillParams, SASRecParams
-from components.data.sequences import Prepared, flat_ranges, right_aligned
+from components.data.histories import Batch
 from components.errors import ConfigError
-from components.evaluation.metrics import ndcg_at
-from components.evaluation.runner import rank_split
 from components.io import write_json
-from components.models.base import Batch, Histories, Recommender
-
-MAX_RESAMPLE_ROUNDS = 30
+from components.models.base import Recommender
 
 
 @dataclass(frozen=True)
@@ -69,60 +65,6 @@ class TrainOptions:
         taken = {f.name: getattr(knobs, f.name) for f in fields(cls) if f.name in type(knobs).model_fields}
         return cls(**{**taken, "seed": seed, "betas": betas, "validate_at_start": validate_at_start,
                       "section": section})
-
-
-class TrainingSet:
-    """Each user's training sequence as one right-aligned window: inputs [U, W] and next items [U, W].
-
-    Negatives are drawn uniformly from 1..N and rejected, all at once, when the (user, item) pair
-    occurs in the user's training sequence: a sorted array of pair keys makes that one searchsorted.
-    """
-
-    def __init__(self, data: Prepared, window: int | None):
-        rows = np.arange(len(data.user_idx))
-        starts, ends = data.bounds("train", rows)
-        lens = ends - starts
-        rows, starts, ends, lens = rows[lens >= 2], starts[lens >= 2], ends[lens >= 2], lens[lens >= 2]
-        window = int(lens.max()) - 1 if window is None else window
-        seq = right_aligned(data.flat_items, starts, ends, window + 1)  # [U, W+1]
-        self.inputs = seq[:, :-1]  # [U, W]
-        self.targets = np.where(self.inputs != 0, seq[:, 1:], 0)  # [U, W]: the first item is never a target
-        self.timestamps = right_aligned(data.flat_ts, starts, ends, window + 1)[:, :-1]  # [U, W]
-        self.users = data.user_idx[rows]  # [U]
-        self.lengths = np.minimum(lens - 1, window)  # [U] real positions in the window
-        self.num_items = data.num_items
-        # Keys (set row, item) of every training interaction, for rejection of sampled negatives.
-        set_row = np.repeat(np.arange(len(rows)), lens)
-        self.seen = np.unique(set_row * (self.num_items + 1) + data.flat_items[flat_ranges(starts, ends)])
-
-    def __len__(self) -> int:
-        return len(self.users)
-
-    def sample_negatives(self, set_rows: np.ndarray, shape: tuple[int, ...], rng: np.random.Generator) -> np.ndarray:
-        """[len(set_rows), *shape] items each user never interacted with in training."""
-        neg = rng.integers(1, self.num_items + 1, size=(len(set_rows), *shape))
-        row_key = (set_rows * (self.num_items + 1)).reshape(-1, *([1] * len(shape)))
-        for _ in range(MAX_RESAMPLE_ROUNDS):
-            keys = row_key + neg
-            pos = np.minimum(np.searchsorted(self.seen, keys), len(self.seen) - 1)
-            hit = self.seen[pos] == keys
-            if not hit.any():
-                break
-            neg[hit] = rng.integers(1, self.num_items + 1, size=int(hit.sum()))
-        # A user who interacted with nearly the whole catalogue may keep a few hits: rare, and harmless.
-        return neg
-
-    def batches(self, batch_size: int, num_negatives: int, rng: np.random.Generator) -> Iterator[Batch]:
-        order = rng.permutation(len(self))
-        for lo in range(0, len(order), batch_size):
-            rows = order[lo: lo + batch_size]
-            width = int(self.lengths[rows].max())  # trim columns that are padding for the whole batch
-            inputs = self.inputs[rows, -width:]  # [B, L]
-            negatives = self.sample_negatives(rows, (width, num_negatives), rng)  # [B, L, K]
-            yield Batch(Histories(torch.from_numpy(inputs), torch.from_numpy(self.timestamps[rows, -width:]),
-                                  torch.from_numpy(self.users[rows])),
-                        targets=torch.from_numpy(self.targets[rows, -width:]),
-                        negatives=torch.from_numpy(negatives))
 
 
 @dataclass
@@ -221,11 +163,6 @@ def _optimizer_from(tensors: dict[str, torch.Tensor], meta: dict) -> dict:
         pid, k = name.split(".", 1)
         state.setdefault(int(pid), {})[k] = v
     return {"state": state, "param_groups": meta["param_groups"]}
-
-
-def validation_ndcg(model: Recommender, data: Prepared, batch_size: int) -> float:
-    ranks = rank_split(model, data, "valid", batch_size=batch_size)["rank"].to_numpy()
-    return float(ndcg_at(ranks, 10).mean())
 
 
 def _number(x: float) -> float | int:
@@ -368,12 +305,3 @@ def fit(model: Recommender, opts: TrainOptions, *, batches: Callable[[np.random.
         progress.stopped, progress.stopped_by = f"reached {opts.section}.epochs={opts.epochs}", "epochs"
     return FitResult(progress, best_state, resumed_from, resumed_step)
 
-
-def sasrec_fit(model: Recommender, data: Prepared, opts: TrainOptions, *, state_root: Path | None, key: str,
-               log: Callable[[str], None] = print) -> FitResult:
-    """`fit` for a model trained on every position of each training sequence (SASRec)."""
-    train = TrainingSet(data, model.max_history)
-    return fit(model, opts, batches=lambda rng: train.batches(opts.batch_size, model.num_negatives, rng),
-               n_batches=-(-len(train) // opts.batch_size),
-               validate=lambda: validation_ndcg(model, data, opts.eval_batch_size), state_root=state_root, key=key,
-               log=log)

@@ -20,7 +20,10 @@ from typing import Any
 from components.errors import MAX_MESSAGE, ConfigError, clip
 from components.io import read_json, write_json
 from components.orchestration.graph import Stage, option_of
+from components.orchestration.runner import dvc_write_lock, repo_lock
+from components.serving import registry
 from components.serving.decision import read_decision
+from components.serving.integrity import sasrec_dir
 
 WARM_START_FLAG = "--warm-start-staged"
 #: the file that keeps the staged warm-start folder in every clone (see stage_warm_start)
@@ -29,17 +32,12 @@ WARM_START_MARKER = "README.md"
 
 def production_tag() -> str | None:
     """The registry's production tag, None when there is none yet."""
-    from components.serving.registry import production_tag as tag
-
-    return tag()
+    return registry.production_tag()
 
 
 def champion_sasrec(tag: str) -> Path | None:
     """The SASRec checkpoint inside the production package."""
-    from components.serving.integrity import sasrec_dir
-    from components.serving.registry import get_model
-
-    path = sasrec_dir(Path(get_model(tag).path))
+    path = sasrec_dir(Path(registry.get_model(tag).path))
     return path if (path / "config.json").is_file() else None
 
 
@@ -80,8 +78,6 @@ def stage_warm_start(repo: Path, stages: list[Stage], mode: str, log=print) -> d
         log(f"warm start: {source} is the model {trainer.address} trained last and nothing it reads changed; "
             f"{staged} stays as dvc.lock records it, so the stage is not re-run")
         return {"mode": mode, "source": None, "unchanged": True, "staged": staged}
-    from components.orchestration.runner import dvc_write_lock
-
     # The folder is a dependency: a `dvc repro` by hand may be training from it right now, and dvc.lock
     # records it only when that stage ends. DVC's own lock tells; the folder is left alone then.
     with dvc_write_lock(repo, dest, f"llm_srec_retraining: prepare_warm_start into {staged}"):
@@ -124,8 +120,6 @@ def stage_changed(repo: Path, stage: Stage) -> bool:
     """Whether `dvc status` reports anything for `stage` or the stages upstream of it (DVC's own check of
     deps, params, command and outs against dvc.lock), under the DAG's repository lock."""
     from dvc.repo import Repo
-
-    from components.orchestration.runner import repo_lock
 
     dvcfile, _, name = stage.address.rpartition(":")
     target = f"{repo / (dvcfile or 'dvc.yaml')}:{name}"  # absolute: DVC resolves targets against the cwd

@@ -17,7 +17,7 @@ from collections import deque
 from contextlib import contextmanager
 from pathlib import Path
 
-from components.errors import MAX_MESSAGE, clip
+from components.errors import MAX_MESSAGE, DataError, clip
 
 # What the stages print when the input, not the machine, is wrong (components.errors.stage_main):
 # retrying cannot help, so the task fails at once and shows this line.
@@ -74,8 +74,6 @@ def dvc_write_lock(repo: Path, path: Path, what: str):
         lock = rwlock(str(tmp), localfs, what, [], [str(Path(path).resolve())], False)
         lock.__enter__()
     except LockError as e:
-        from components.errors import DataError
-
         lines = [line.strip() for line in str(e).splitlines() if line.strip()]
         who = next((line for line in lines if line.startswith("(PID")), lines[0] if lines else "DVC's lock")
         raise DataError(path, f"is in use by a running dvc command ({who})",

@@ -33,7 +33,9 @@ import numpy as np
 import pandas as pd
 import torch
 
+from components.data.histories import Histories
 from components.errors import CheckpointError, DataError
+from components.llm.model import LLMSRec
 from components.serving.integrity import (
     BACKBONE_DIR,
     CATALOGUE_DIR,
@@ -104,8 +106,6 @@ class PackagedModel:
         Checks every file first (`verify_package`: present, and the size and sha256 recorded at packaging),
         so a damaged package fails with a CheckpointError naming the file and the fix, before the LLM loads,
         instead of deep inside torch."""
-        from components.llm.model import LLMSRec
-
         path = Path(path)
         manifest = verify_package(path, tag)  # every file, once: the loads below read what was verified
         own_llm = path / BACKBONE_DIR
@@ -145,8 +145,6 @@ class PackagedModel:
     # -- scoring ------------------------------------------------------------------------------------------
     def _histories(self, items: list[np.ndarray], stamps: list[np.ndarray]):
         """Right-aligned [B, W] histories of the last `window` items of each row (0 = padding)."""
-        from components.models.base import Histories
-
         W = max(1, min(self.window, max((len(r) for r in items), default=1)))
         it = np.zeros((len(items), W), dtype=np.int64)
         ts = np.zeros((len(items), W), dtype=np.int64)

@@ -49,7 +49,7 @@ from typing import Any
 
 from components.errors import CheckpointError, ConfigError, DataError, PipelineError
 from components.io import held_lock, read_json, write_json
-from components.serving.integrity import StoreAccessError
+from components.serving.integrity import StoreAccessError, verify_package
 from components.serving.settings import ServingSettings, env_name
 
 MODEL_NAME = "llmsrec"
@@ -195,8 +195,6 @@ def get_model(tag: str, home: str | Path | None = None):
 def verify(tag: str, home: str | Path | None = None, deep: bool = True) -> str:
     """Check a stored version's files against what was packaged (components/serving/integrity.py); return
     its full tag. Raises CheckpointError naming the bad file, DataError when the tag is not in the store."""
-    from components.serving.integrity import verify_package
-
     model = get_model(tag, home)
     verify_package(Path(model.path), str(model.tag), deep=deep)
     return str(model.tag)
@@ -293,8 +291,6 @@ def resolve_serving_tag(home: str | Path | None = None) -> str:
     (present, sizes as packaged; the service checks the content when it loads, and falls back further if
     that fails). Production damaged -> the previous production version, with a warning on stderr; a pinned
     `$LLMSREC_MODEL_TAG` that is damaged, or no intact version at all -> CheckpointError naming the file."""
-    from components.serving.integrity import verify_package
-
     refused: list[CheckpointError] = []
     for tag in serving_candidates(home):
         try:

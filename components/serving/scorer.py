@@ -22,6 +22,9 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from components.errors import PipelineError
+from components.serving.integrity import StoreAccessError
+from components.serving.registry import get_model, serving_candidates
 from components.serving.schema import (
     CatalogueItem,
     HistoryItem,
@@ -60,10 +63,9 @@ class Scorer:
         previous champion serving instead of no service. A pinned LLMSREC_MODEL_TAG has no fallback, and
         a file this process may not read (StoreAccessError) is raised at once: it is not damage.
         Nothing loadable: the first refusal is raised."""
-        from components.errors import PipelineError
-        from components.serving.integrity import StoreAccessError
+        # Here, not at the top: packaged.py imports torch and the LLM code (~1.7 s, ~180 MB), which the
+        # public service's processes import this module without ever needing.
         from components.serving.packaged import PackagedModel
-        from components.serving.registry import get_model, serving_candidates
 
         try:
             return cls(run(PackagedModel.load, path, tag, device=device, dtype=dtype), on_call)
@@ -87,7 +89,7 @@ class Scorer:
 
     def score(self, requests: list[ScoreRequest]) -> list[ScoreResult]:
         """One model call over every request that has something to score, answers in request order."""
-        from components.serving.packaged import Query
+        from components.serving.packaged import Query  # not at the top: see load()
 
         pm = self.packaged
         results: list[ScoreResult | None] = [None] * len(requests)

@@ -35,8 +35,10 @@ from typing import Any
 
 import bentoml
 
+from components.errors import PipelineError
 from components.serving.auth import BearerAuth
 from components.serving.batcher import GreedyBatcher
+from components.serving.registry import resolve_serving_tag
 from components.serving.schema import (
     ItemsPage,
     ItemsRequest,
@@ -69,8 +71,6 @@ class ProductionModel(bentoml.models.BentoModel):
 
     @property
     def tag(self) -> bentoml.Tag:  # shadows BentoModel's field
-        from components.serving.registry import resolve_serving_tag
-
         return bentoml.Tag.from_taglike(resolve_serving_tag())
 
     @classmethod
@@ -165,6 +165,7 @@ class LLMSRecScorer:
 
     def _load(self, settings: ServingSettings) -> None:
         """Load the serving version, warm it up and decide where it runs (see __init__); in the model thread."""
+        # Here, not at the top: torch (~1.7 s, ~180 MB) only in the scorer, never the public service.
         import torch
 
         from components.llm.backbone import resolve_device
@@ -189,8 +190,6 @@ class LLMSRecScorer:
     def _log_failure(loaded) -> None:
         if (e := loaded.exception()) is None:
             return
-        from components.errors import PipelineError
-
         # Not raised anywhere a human would see it: the server stays up, /readyz 503 and /livez 503 say so.
         logger.error("the model did not load, this server will never be ready: %s", e,
                      exc_info=None if isinstance(e, PipelineError) else e)
@@ -291,9 +290,6 @@ class LLMSRecService:
         files are there and this user may read them). A problem prints one line naming the variable or
         the file, and `bentoml serve` exits 1. Found later, in a service process, it would only make
         BentoML restart that process every few seconds while the public server looked up."""
-        from components.errors import PipelineError
-        from components.serving.registry import resolve_serving_tag
-
         try:
             settings = ServingSettings.from_env()
             settings.check_device()

@@ -25,18 +25,25 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import pandas as pd
 import torch
+from accelerate import Accelerator
 
 from components.config import DistillParams, load_params
+from components.data.examples import Examples
+from components.data.histories import shuffle_window
+from components.data.sequences import Prepared
 from components.errors import stage_main
-from components.io import write_json
-from components.llm.backbone import truncate_layers
-from components.llm.model import LLMSRec, LLMSRecConfig
+from components.evaluation.metrics import candidate_ranks, ndcg_at
+from components.io import fresh_dir, write_json
+from components.llm.backbone import load_backbone, truncate_layers
+from components.llm.model import LLMSRec, LLMSRecConfig, state_hash
 from components.llm.text_states import cached_title_states
-from components.models.training import TrainOptions
+from components.models.sasrec import SASRec
+from components.models.training import ResumeState, TrainOptions, fit, run_key
 from components.timings import split, split_curve, write_timings
 
-#: what `fit` and the stage report that two runs on the same inputs may disagree on: the run record's
+#: what `train_adapters` and the stage report that two runs on the same inputs may disagree on: the run record's
 RUN_FACTS = ("resumed_from_step", "train_seconds", "seconds_per_epoch", "seconds_per_step", "examples_per_second",
              "item_table_seconds", "item_table_items_per_second", "device")
 
@@ -75,82 +82,11 @@ def neutral_titles(item_ids: list[str]) -> list[str]:
     return [""] + [f"Product {i}" for i in item_ids]
 
 
-class Examples:
-    """Training examples (history -> next item) from each user's training sequence.
-
-    `targets="last"` (the paper): one per user, the history is the training sequence without its last
-    item and the target that item. `targets="all"`: one per position, each with its own history window
-    (the `window` most recent items before it, dates included); positions older than the window that
-    `TrainingSet` keeps are not used.
-    """
-
-    def __init__(self, prepared, window: int, seed: int, targets: str = "last", history_len: int = 10):
-        from components.models.training import TrainingSet
-
-        self.history_len = history_len  # the prompt's window: what `shuffle` permutes
-        self.set = TrainingSet(prepared, window)
-        self.rng = np.random.default_rng(seed)
-        W = self.set.inputs.shape[1]
-        if targets == "last":
-            self.rows, self.pos = np.arange(len(self.set)), np.full(len(self.set), W - 1)
-        else:
-            self.rows = np.repeat(np.arange(len(self.set)), self.set.lengths)
-            self.pos = W - 1 - flat_offsets(self.set.lengths)  # every real input position of each row
-
-    def __len__(self) -> int:
-        return len(self.rows)
-
-    def batch(self, examples: np.ndarray, num_negatives: int, shuffle: bool, rng: np.random.Generator | None = None):
-        """A `Batch` for example indices [B]: right-aligned histories, targets [B, 1], negatives [B, 1, K].
-
-        Negatives and the shuffle draw from `rng` (default: the set's own generator)."""
-        from components.evaluation.metrics import shuffle_window
-        from components.models.base import Batch, Histories
-
-        rng = self.rng if rng is None else rng
-        s = self.set
-        rows, pos = self.rows[examples], self.pos[examples]
-        W = s.inputs.shape[1]
-        src = np.arange(W)[None] - (W - 1 - pos)[:, None]  # [B, W]: column of the row's window at each slot
-        ok = src >= 0
-        src = np.where(ok, src, 0)
-        items = np.where(ok, np.take_along_axis(s.inputs[rows], src, 1), 0)  # [B, W]
-        ts = np.where(ok, np.take_along_axis(s.timestamps[rows], src, 1), 0)  # [B, W]
-        width = int((items != 0).sum(1).max())
-        items, ts = torch.from_numpy(items[:, -width:]), torch.from_numpy(ts[:, -width:])  # [B, L]
-        target = torch.from_numpy(s.targets[rows, pos][:, None])  # [B, 1] the item that followed
-        if shuffle:  # items move, dates and "Item No." stay: the paper's shuffled training
-            # Only the prompt's window moves, as in the shuffled evaluation: the LLM sees the same items, reordered.
-            k = min(self.history_len, items.shape[1])
-            items = items.clone()
-            items[:, -k:] = shuffle_window(items[:, -k:], None, torch.Generator().manual_seed(int(rng.integers(2**31))))
-        neg = s.sample_negatives(rows, (1, num_negatives), rng)  # [B, 1, K]
-        return Batch(Histories(items, ts, torch.from_numpy(s.users[rows])), targets=target,
-                     negatives=torch.from_numpy(neg))
-
-    def batches(self, batch_size: int, num_negatives: int, shuffle: bool, rng: np.random.Generator,
-                rank: int = 0, world: int = 1):
-        """One epoch: the examples in `rng`'s order, `batch_size` per step; this process's share of each."""
-        order = rng.permutation(len(self))
-        for lo in range(0, len(order), batch_size):
-            if len(order[lo: lo + batch_size]) < world:  # a last batch too small to give every process a share
-                break
-            yield self.batch(order[lo: lo + batch_size][rank::world], num_negatives, shuffle, rng)
-
-
-def flat_offsets(lengths: np.ndarray) -> np.ndarray:
-    """[sum(lengths)]: 0..n-1 for each n in lengths, concatenated."""
-    ends = np.cumsum(lengths)
-    return np.arange(int(ends[-1]) if len(ends) else 0) - np.repeat(ends - lengths, lengths)
-
-
 @torch.no_grad()
 def validate_ndcg(model, prepared, rows_subset: np.ndarray, batch_size: int, item_batch_size: int,
                   shuffle_seed: int | None = None) -> float:
     """Mean NDCG@10 of the valid split's users `rows_subset` [U] on their fixed 1+99 candidates; with
     `shuffle_seed`, each history's window is permuted first (the shuffle diagnostic, for reading only)."""
-    from components.evaluation.metrics import candidate_ranks, ndcg_at, shuffle_window
-
     model.eval()
     model.cache_users = shuffle_seed is None  # the same users at every validation: their text's keys/values are kept
     model.build_item_table(item_batch_size)
@@ -169,19 +105,15 @@ def validate_ndcg(model, prepared, rows_subset: np.ndarray, batch_size: int, ite
     return float(ndcg_at(np.concatenate(ranks), 10).mean())
 
 
-def fit(model, prepared, opts: DistillParams, seed: int, accelerator=None, log=print,
-        state_root: Path | None = None, key: str = "") -> dict[str, Any]:
+def train_adapters(model, prepared, opts: DistillParams, seed: int, accelerator=None, log=print,
+                   state_root: Path | None = None, key: str = "") -> dict[str, Any]:
     """Train the adapters in place with the shared loop (components/models/training.py); restores the best adapters.
 
     Validation: NDCG@10 on a seeded subset of `valid_users` of the valid split (all when null). With
     `state_root`, the run resumes after its last validation when killed and restarted (same `key`).
     Returns the curve and the figures `reports/distill_train.json` records.
     """
-    from components.models.training import fit as train_loop
-
     if accelerator is None:
-        from accelerate import Accelerator
-
         accelerator = Accelerator(cpu=model.backbone.device.type == "cpu")
     rank, world = accelerator.process_index, accelerator.num_processes
     torch.manual_seed(seed)
@@ -202,7 +134,7 @@ def fit(model, prepared, opts: DistillParams, seed: int, accelerator=None, log=p
     train_opts = TrainOptions.from_params(opts, seed, section="distill", betas=model.adam_betas,
                                           validate_at_start=False)
     n_batches = math.ceil(len(examples) / opts.batch_size)
-    result = train_loop(
+    result = fit(
         model, train_opts, n_batches=n_batches, params=model.trainable_parameters(), accelerator=accelerator,
         batches=lambda rng: examples.batches(opts.batch_size, opts.num_negatives, opts.shuffle_train, rng, rank, world),
         validate=lambda: validate_ndcg(model, prepared, valid_rows, opts.eval_batch_size, opts.item_batch_size),
@@ -226,7 +158,7 @@ def fit(model, prepared, opts: DistillParams, seed: int, accelerator=None, log=p
 
 
 def plot_curve(curve: list[dict[str, Any]], path: Path) -> None:
-    import matplotlib
+    import matplotlib  # ~0.4 s to import (with pyplot), for the one figure a finished run draws
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
@@ -264,14 +196,6 @@ def main(argv: list[str] | None = None) -> None:
     opts, llm = params.distill, params.llm
     seed = params.seed_of("distill")
 
-    import pandas as pd
-    from accelerate import Accelerator
-
-    from components.data.sequences import Prepared
-    from components.io import fresh_dir
-    from components.llm.backbone import load_backbone
-    from components.models.base import load_checkpoint
-
     accelerator = Accelerator(cpu=not torch.cuda.is_available() or llm.device == "cpu")
     device = str(accelerator.device) if llm.device == "auto" else llm.device
     # Loaded whole: title states may read deeper than the prompt pass, which then runs on the first layers.
@@ -279,21 +203,18 @@ def main(argv: list[str] | None = None) -> None:
     prepared = Prepared.load(args.prepared)
     titles = [""] + pd.read_parquet(args.prepared / "items.parquet").sort_values("idx")["title"].astype(str).tolist()
     torch.manual_seed(seed)  # the adapters' initial weights
-    model = build_from_params(prepared, load_checkpoint(args.sasrec), full, opts, titles, llm.num_layers,
+    model = build_from_params(prepared, SASRec.load(args.sasrec), full, opts, titles, llm.num_layers,
                               str(args.sasrec))
     backbone = model.backbone
     n_train = sum(p.numel() for p in model.trainable_parameters())
     print(f"distill: backbone {backbone.name} ({backbone.dtype}, {backbone.device}), "
           f"{n_train:,} trainable parameters, LLM frozen")
 
-    from components.llm.model import state_hash
-    from components.models.training import ResumeState, run_key
-
     # What shapes the adapters step by step: params `distill` but its RUN_ONLY knobs (budgets, cadence, speed),
     # so a run can be extended; the LLM enters through its fingerprint (layers included).
     key = run_key(opts.weight_knobs(), seed, prepared.fingerprint(), state_hash(model.sasrec), backbone.fingerprint,
                   str(backbone.dtype))
-    result = fit(model, prepared, opts, seed, accelerator, state_root=args.state_dir, key=key)
+    result = train_adapters(model, prepared, opts, seed, accelerator, state_root=args.state_dir, key=key)
     if accelerator.is_main_process:
         t0 = time.time()
         model.build_item_table(opts.item_batch_size, progress=True)

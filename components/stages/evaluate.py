@@ -8,7 +8,7 @@ excluded). For each model listed in `evaluate.shuffle`, `<name>_shuffled` holds 
 with each history's order permuted (seeded), and its `shuffle_drop` the relative drop.
 
 Adding a model is one registry entry: a checkpoint (`--checkpoint NAME=DIR`, any model that
-`components.models.load_checkpoint` knows) or a builder in `BUILDERS`, and its name in
+`components.llm.checkpoints.load_checkpoint` knows) or a builder in `BUILDERS`, and its name in
 `evaluate.models`. The evaluator never asks which model it holds.
 """
 
@@ -29,7 +29,8 @@ from components.errors import ConfigError, stage_main
 from components.evaluation.metrics import per_user_metrics, relative_drop, summarize
 from components.evaluation.runner import rank_split
 from components.io import write_json, write_parquet
-from components.models import Popularity, Recommender, load_checkpoint
+from components.llm.checkpoints import load_checkpoint
+from components.models import Popularity, Recommender
 from components.timings import write_timings
 
 _DEFAULTS = EvaluateParams()
@@ -49,7 +50,7 @@ def parse_checkpoints(specs: list[str]) -> dict[str, Path]:
     return out
 
 
-def get_model(name: str, data: Prepared, checkpoints: dict[str, Path], llm: LLMParams) -> Recommender:
+def load_model(name: str, data: Prepared, checkpoints: dict[str, Path], llm: LLMParams) -> Recommender:
     """Model `name` from its checkpoint or its builder; a model on an LLM loads it on `llm.device` in `llm.dtype`
     (as `gate` loads the champion, so both are scored at the same precision)."""
     if name in checkpoints:
@@ -66,7 +67,7 @@ def get_model(name: str, data: Prepared, checkpoints: dict[str, Path], llm: LLMP
 
 def load_models(params: Params, data: Prepared, checkpoints: dict[str, Path]) -> dict[str, Recommender]:
     """Every model in `evaluate.models`, in order."""
-    return {name: get_model(name, data, checkpoints, params.llm) for name in params.evaluate.models}
+    return {name: load_model(name, data, checkpoints, params.llm) for name in params.evaluate.models}
 
 
 def evaluate(data: Prepared, models: dict[str, Recommender], shuffle: list[str], *, seed: int,

@@ -46,8 +46,12 @@ import numpy as np
 import pandas as pd
 
 from components.config import GateParams, LLMParams, load_params
+from components.data.sequences import Prepared
 from components.errors import DataError, stage_main
+from components.evaluation.metrics import candidate_ranks, ndcg_at
+from components.evaluation.paired import paired_by_user, paired_comparison
 from components.io import metrics_digest, read_json, write_json
+from components.serving.packaged import PackagedModel
 from components.serving.registry import get_model, log_event, production_tag
 from components.timings import write_timings
 
@@ -116,8 +120,6 @@ def _relative(ratio_ci: list[float | None]) -> list[float | None]:
 
 def paired(per_user: pd.DataFrame, model: str, reference: str) -> dict[str, Any]:
     """`model` against `reference` on NDCG@10 over the test users both were scored on (paired bootstrap)."""
-    from components.evaluation.paired import paired_by_user
-
     comp = paired_by_user(*(per_user[per_user["model"] == m].set_index("user_idx")["ndcg@10"] for m in (model, reference)))
     if comp is None:
         raise DataError("reports/per_user.parquet", f"has fewer than 2 test users scored by both {model} and "
@@ -127,9 +129,6 @@ def paired(per_user: pd.DataFrame, model: str, reference: str) -> dict[str, Any]
 
 def champion_check(champion, data, per_user: pd.DataFrame, opts: GateParams, seed: int) -> dict[str, Any]:
     """Re-score the production model on today's test candidates; compare on the same users."""
-    from components.evaluation.metrics import candidate_ranks, ndcg_at
-    from components.evaluation.paired import paired_comparison
-
     cand = data.candidates["test"]
     users = cand.user_idx
     pick = np.arange(len(users))
@@ -172,8 +171,6 @@ def champion_check(champion, data, per_user: pd.DataFrame, opts: GateParams, see
 def load_champion(tag: str, llm: LLMParams):
     """The production model `tag` from BentoML's store, on `llm.device` in `llm.dtype` (as `evaluate` loads
     the challenger)."""
-    from components.serving.packaged import PackagedModel
-
     model = get_model(tag)
     return PackagedModel.load(Path(model.path), str(model.tag), device=llm.device, dtype=llm.dtype)
 
@@ -224,8 +221,6 @@ def main(argv: list[str] | None = None) -> None:
         checks.append({"name": "champion_regression", "value": None, "threshold": -float(opts.max_regression),
                        "passed": True, "champion": None, "note": "no production model yet: nothing to regress from"})
     else:
-        from components.data.sequences import Prepared
-
         data = Prepared.load(args.prepared)
         if per_user is None:
             raise DataError(args.per_user, "per-user results not found", "run `dvc repro evaluate` first")

@@ -56,6 +56,7 @@ from components.serving.integrity import (
     MANIFEST,
     SASREC_DIR,
     file_record,
+    verify_package,
 )
 from components.serving.registry import MODEL_NAME, list_models, model_store, production_tag, set_production
 from components.timings import write_timings
@@ -149,8 +150,6 @@ def _alive(pid: int) -> bool:
 
 def intact(model) -> bool:
     """Whether a stored version's files are all as packaged (a reused version must be)."""
-    from components.serving.integrity import verify_package
-
     try:
         verify_package(Path(model.path), str(model.tag))
     except CheckpointError as e:
@@ -161,6 +160,7 @@ def intact(model) -> bool:
 
 def backbone_reference(llmsrec_dir: Path, include: bool) -> tuple[dict[str, Any], Path | None]:
     """Name + fingerprint of the LLM; the directory to copy only for a non-default local backbone."""
+    # Here, not at the top: llm.backbone imports torch (~1.7 s), which nothing else in packaging needs.
     from components.llm.backbone import PACKAGED_BACKBONES
 
     meta = read_json(llmsrec_dir / "config.json")["backbone"]

@@ -28,7 +28,7 @@ import pandas as pd
 from components.config import CandidateParams, DataParams, load_params
 from components.data.preprocess import chronological, kcore, subsample_users
 from components.errors import ConfigError, DataError, stage_main
-from components.io import fresh_dir, write_json, write_parquet
+from components.io import fresh_dir, read_json, write_json, write_parquet
 from components.timings import write_timings
 
 
@@ -150,8 +150,6 @@ def main(argv: list[str] | None = None) -> None:
         write_parquet(result[name], out / f"{name}.parquet")
     summary = result["summary"]
     if args.validation and args.validation.exists():
-        from components.io import read_json
-
         summary["quarantined_rows"] = read_json(args.validation)["rows_quarantined"]["interactions"]
     # "eval" is the section's old name, kept in this record: renaming it would change data/prepared's hash,
     # and so retrain every model downstream of unchanged data.

@@ -231,7 +231,8 @@ def test_a_checkpoint_keeps_its_own_architecture(tmp_path):
     """A SASRec checkpoint stores every architecture key, so it loads as trained whatever params.yaml says now."""
     import json
 
-    from components.models import SASRec, SASRecConfig, load_checkpoint
+    from components.llm.checkpoints import load_checkpoint
+    from components.models import SASRec, SASRecConfig
 
     model = SASRec(SASRecConfig(hidden=8, max_len=4, loss="bce"), ["a", "b", "c"], "h")
     model.save(tmp_path)

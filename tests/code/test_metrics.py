@@ -8,13 +8,13 @@ import numpy as np
 import pytest
 import torch
 
+from components.data.histories import shuffle_window
 from components.evaluation.metrics import (
     candidate_ranks,
     full_ranks,
     hr_at,
     ndcg_at,
     relative_drop,
-    shuffle_window,
     summarize,
 )
 

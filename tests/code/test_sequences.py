@@ -7,11 +7,11 @@ import pandas as pd
 import pytest
 import torch
 
-from components.data.sequences import Prepared, right_aligned
+from components.data.examples import TrainingSet
+from components.data.sequences import Prepared, flat_offsets, flat_ranges, right_aligned
 from components.errors import DataError
 from components.io import write_json, write_parquet
 from components.models import Popularity
-from components.models.training import TrainingSet
 from components.stages.prepare import mapping_hash
 
 SEQS = {1: [1, 2, 3, 4, 5], 2: [6, 5, 4], 3: [2, 4, 6, 1, 3]}
@@ -40,6 +40,14 @@ def test_right_aligned_pads_left_and_keeps_the_most_recent():
     flat = np.array([1, 2, 3, 4, 5, 6])
     out = right_aligned(flat, np.array([0, 3, 5]), np.array([3, 5, 5]), 2)
     assert out.tolist() == [[2, 3], [4, 5], [0, 0]]
+
+
+def test_flat_ranges_and_offsets_concatenate_each_range():
+    """One formula for both: the position inside each range, and the range itself (empty ranges vanish)."""
+    assert flat_offsets(np.array([3, 0, 2])).tolist() == [0, 1, 2, 0, 1]
+    assert flat_ranges(np.array([5, 9, 0]), np.array([8, 9, 2])).tolist() == [5, 6, 7, 0, 1]
+    assert flat_offsets(np.array([], dtype=np.int64)).tolist() == []
+    assert flat_ranges(np.array([], dtype=np.int64), np.array([], dtype=np.int64)).tolist() == []
 
 
 def test_split_histories_cut_the_right_items(tiny):

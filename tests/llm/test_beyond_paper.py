@@ -9,11 +9,13 @@ import numpy as np
 import pytest
 import torch
 
+from components.data.examples import Examples
+from components.data.histories import Histories
 from components.data.sequences import Prepared
 from components.errors import ConfigError, DataError
 from components.llm.model import LLMSRec
 from components.llm.text_states import standardise, title_states
-from components.stages.distill import Examples, build_model, neutral_titles
+from components.stages.distill import build_model, neutral_titles
 from tests.llm.conftest import paper
 
 QUIET = {"use_distill_loss": False, "use_uniform_loss": False}
@@ -212,7 +214,6 @@ def test_the_user_slot_carries_sasrecs_whole_window(where, data, teacher, tiny_b
         u = m.user_vectors(hist)
         older = hist.items.clone()
         older[:, -5] = torch.where(older[:, -5] == 1, 2, 1)  # outside the prompt, inside SASRec's window
-        from components.models.base import Histories
         moved = m.user_vectors(Histories(older, hist.timestamps, hist.users))
     assert not torch.allclose(u, moved)  # O_u reached the state read
     terms = m.loss_terms(Examples(data, window=20, seed=0, history_len=3).batch(np.arange(6), 3, shuffle=False))

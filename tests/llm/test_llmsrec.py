@@ -9,11 +9,12 @@ import pytest
 import torch
 
 from components.config import parse_params
+from components.data.examples import Examples
 from components.data.sequences import Prepared
 from components.errors import ConfigError
 from components.llm.model import LLMSRec
 from components.llm.prompts import LAYOUTS
-from components.stages.distill import Examples, build_model, fit
+from components.stages.distill import build_model, train_adapters
 from tests.llm.conftest import paper
 
 
@@ -80,7 +81,7 @@ def test_gradients_reach_only_adapters_and_llm_stays_bit_identical(model, data):
     assert model.adapters.f_I[0].weight.grad.abs().sum() > 0  # through the LLM back to the injection
     assert all(p.grad is None for p in model.backbone.model.parameters())
     assert all(p.grad is None for p in model.sasrec.parameters())
-    fit(model, data, paper(max_steps=3, eval_every=1.0, valid_users=10, epochs=1), seed=0, log=lambda *_: None)
+    train_adapters(model, data, paper(max_steps=3, eval_every=1.0, valid_users=10, epochs=1), seed=0, log=lambda *_: None)
     for k, v in model.backbone.model.state_dict().items():
         assert torch.equal(v, llm_before[k]), k
     for k, v in model.sasrec.state_dict().items():
@@ -117,7 +118,7 @@ def test_shuffle_train_moves_items_but_not_dates(data):
 
 
 def test_checkpoint_round_trip_saves_only_trained_parts(model, data, tmp_path):
-    fit(model, data, paper(max_steps=2, eval_every=1.0, valid_users=10, epochs=1), seed=0, log=lambda *_: None)
+    train_adapters(model, data, paper(max_steps=2, eval_every=1.0, valid_users=10, epochs=1), seed=0, log=lambda *_: None)
     model.build_item_table(16)
     model.save(tmp_path / "ckpt")
     files = {p.name for p in (tmp_path / "ckpt").iterdir()}
@@ -169,7 +170,7 @@ def test_nan_loss_names_the_step(model, data):
     with torch.no_grad():
         model.adapters.f_user[3].weight.fill_(float("nan"))
     with pytest.raises(PipelineError, match=r"distill.lr: .*step 1 of"):
-        fit(model, data, paper(max_steps=2, valid_users=5), seed=0, log=lambda *_: None)
+        train_adapters(model, data, paper(max_steps=2, valid_users=5), seed=0, log=lambda *_: None)
 
 
 @pytest.fixture(scope="module")
@@ -247,7 +248,7 @@ def test_teacher_stays_in_eval_mode_while_training(model, data):
 
 
 def test_wall_clock_budget_validates_keeps_the_best_and_stops(model, data):
-    result = fit(model, data, paper(max_minutes=1e-6, epochs=5, eval_every=1.0, valid_users=5), seed=0,
+    result = train_adapters(model, data, paper(max_minutes=1e-6, epochs=5, eval_every=1.0, valid_users=5), seed=0,
                  log=lambda *_: None)
     assert result["steps"] == 1 and result["stopped_by"] == "max_minutes"
     assert result["curve"][-1]["valid_ndcg@10"] is not None and result["best_step"] == 1
@@ -361,7 +362,7 @@ def test_no_title_can_produce_a_special_token(data, teacher, tiny_backbone, titl
 
 
 def test_the_reference_schedule_decays_the_learning_rate_at_each_validation(model, data):
-    result = fit(model, data, paper(max_steps=3, epochs=1, eval_every=0.01, valid_users=5, lr=1e-3,
+    result = train_adapters(model, data, paper(max_steps=3, epochs=1, eval_every=0.01, valid_users=5, lr=1e-3,
                                              lr_decay=0.5), seed=0, log=lambda *_: None)
     assert [r["lr"] for r in result["curve"]] == pytest.approx([1e-3, 5e-4, 2.5e-4])  # lr used in each round
     assert all(r["valid_ndcg@10"] is not None for r in result["curve"])

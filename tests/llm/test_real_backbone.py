@@ -11,7 +11,7 @@ import torch
 from components.data.sequences import Prepared
 from components.errors import ConfigError
 from components.llm.backbone import load_backbone
-from components.stages.distill import build_model, fit
+from components.stages.distill import build_model, train_adapters
 from tests.llm.conftest import paper
 
 
@@ -27,7 +27,7 @@ def test_smollm2_two_steps_finite_losses_and_an_item_table(prepared_dir, teacher
     # a handful of users: 2 steps of 4 users each
     sub = copy.copy(data)
     opts = paper(batch_size=4, max_steps=2, eval_every=10.0, valid_users=4, epochs=1, item_batch_size=32)
-    result = fit(model, sub, opts, seed=0, log=lambda *_: None)
+    result = train_adapters(model, sub, opts, seed=0, log=lambda *_: None)
     losses = [p["loss"] for p in result["curve"]]  # one row per validation round: here the budget's end
     assert result["steps"] == 2 and len(losses) == 1 and all(np.isfinite(losses))
     table = model.build_item_table(32)

@@ -11,7 +11,8 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from components.errors import CheckpointError, DataError
-from components.models import SASRec, SASRecConfig, load_checkpoint
+from components.llm.checkpoints import load_checkpoint
+from components.models import SASRec, SASRecConfig
 from tests.conftest import edit_config, garble, truncate
 
 IDS = [f"item{i}" for i in range(1, 31)]

@@ -8,8 +8,10 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from components.data.histories import Batch, Histories
 from components.errors import ConfigError, DataError
-from components.models import Batch, Histories, Popularity, SASRec, SASRecConfig, load_checkpoint
+from components.llm.checkpoints import load_checkpoint
+from components.models import Popularity, SASRec, SASRecConfig
 
 IDS = [f"item{i}" for i in range(1, 31)]
 

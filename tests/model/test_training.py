@@ -12,14 +12,16 @@ import torch
 from safetensors.torch import load_file
 
 from components.config import SASRecParams, parse_params
+from components.data.examples import TrainingSet
 from components.data.sequences import Prepared
 from components.errors import ConfigError
-from components.models import SASRec, SASRecConfig, load_checkpoint
-from components.models.training import TrainOptions
+from components.llm.checkpoints import load_checkpoint
+from components.models import SASRec, SASRecConfig
+from components.models.training import TrainOptions, fit
 from components.stages import evaluate as evaluate_stage
 from components.stages import pretrain_sasrec
 from components.stages.evaluate import BUILDERS, evaluate
-from components.stages.pretrain_sasrec import train, warm_start
+from components.stages.pretrain_sasrec import train, validation_ndcg, warm_start
 from tests.model.conftest import (
     TINY_SASREC,
     kill_stage_when,
@@ -57,8 +59,6 @@ def test_sasrec_beats_popularity_and_needs_the_order(trained, prepared):
 
 
 def test_best_checkpoint_is_kept(trained, prepared):
-    from components.models.training import validation_ndcg
-
     model, result, summary = trained
     curve = result.progress.curve
     best = max(curve, key=lambda r: r["valid_ndcg@10"])
@@ -239,8 +239,6 @@ def test_resume_key_allows_extending_a_run_but_not_changing_what_shapes_the_weig
 def test_one_loop_validates_within_an_epoch_and_resumes_mid_epoch_exactly(tmp_path, prepared):
     """The shared loop (SASRec and LLM-SRec): eval_every < 1 validates inside an epoch, and a run stopped
     after such a validation continues from that step to the same weights as a run never stopped."""
-    from components.models.training import TrainingSet, fit, validation_ndcg
-
     train_set = TrainingSet(prepared, 16)
     n_batches = -(-len(train_set) // 64)
 

@@ -7,6 +7,11 @@ from pathlib import Path
 import pandas as pd
 
 from components.config import DataParams
+from components.data.download import fetch
+from components.data.sources.amazon import load_amazon
+from components.data.sources.files import load_files
+from components.data.sources.movielens import load_movielens
+from components.data.sources.synthetic import generate
 from components.errors import ConfigError
 
 
@@ -14,20 +19,12 @@ def load_source(cfg: DataParams, seed: int, cache_dir: Path) -> tuple[pd.DataFra
     """Read the source named by params `data.source`; return canonical (interactions, items)."""
     name = cfg.source
     if name == "synthetic":
-        from components.data.sources.synthetic import generate
-
         return generate(cfg.synthetic, seed=seed)
     if name == "movielens":
-        from components.data.sources.movielens import load_movielens
-
         return load_movielens(_local(cfg, cache_dir, name))
     if name == "amazon2023":
-        from components.data.sources.amazon import load_amazon
-
         return load_amazon(cfg, cache_dir)
     if name == "files":
-        from components.data.sources.files import load_files
-
         if not cfg.path:
             raise ConfigError("params.yaml", "data.source is 'files' but data.path is empty",
                               "set data.path to a directory with interactions.* and items.*")
@@ -40,8 +37,6 @@ def _local(cfg: DataParams, cache_dir: Path, name: str) -> Path:
     if cfg.path:
         return Path(cfg.path)
     if cfg.url:
-        from components.data.download import fetch
-
         return fetch(cfg.url, cache_dir, cfg.sha256)
     raise ConfigError("params.yaml", f"data.source is '{name}' but neither data.path nor data.url is set",
                       "set data.path to the local files, or data.url to download them")

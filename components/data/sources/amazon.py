@@ -14,6 +14,7 @@ from typing import Any
 import pandas as pd
 
 from components.config import DataParams
+from components.data.download import fetch
 from components.data.readers import check_file, json_lines
 from components.data.schema import canonical_interactions, canonical_items
 from components.errors import ConfigError, DataError
@@ -44,8 +45,6 @@ def _paths(cfg: DataParams, cache_dir: Path) -> tuple[Path, Path]:
                                 f"put {n} or {n}.gz in {directory}, or set data.url to download it")
         return found[0], found[1]
     if cfg.url:
-        from components.data.download import fetch
-
         base = cfg.url.rstrip("/")
         return (fetch(f"{base}/{REVIEWS_DIR}/{names[0]}", cache_dir),
                 fetch(f"{base}/{META_DIR}/{names[1]}", cache_dir))
