@@ -66,7 +66,14 @@ def _default(o: Any):
     raise TypeError(f"{type(o).__name__} is not JSON serializable")
 
 
+#: What reading a JSON file raises when the file is damaged: unreadable (OSError), truncated or garbage
+#: (JSONDecodeError and UnicodeDecodeError are ValueErrors), or nested past the parser (RecursionError).
+#: Every reader that turns a damaged file into an error naming it catches exactly these.
+JSON_DAMAGE = (OSError, ValueError, RecursionError)
+
+
 def read_json(path: Path) -> Any:
+    """The decoded JSON file; raises one of JSON_DAMAGE when it is missing or damaged."""
     with Path(path).open() as f:
         return json.load(f)
 

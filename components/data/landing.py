@@ -83,7 +83,7 @@ from components.data.batches import (
 from components.data.sources import load_source
 from components.data.validation import validate
 from components.errors import DataError, PipelineError, stage_main
-from components.io import held_lock, read_json, sha256_of, write_json, write_parquet
+from components.io import JSON_DAMAGE, held_lock, read_json, sha256_of, write_json, write_parquet
 
 INCOMPLETE_SUFFIXES = (".part", ".tmp", ".partial", ".crdownload", ".filepart")
 LOCK_TIMEOUT_S = 900.0  # a second landing run waits this long for the first (the DAG retries after that)
@@ -267,7 +267,7 @@ def _read_record(path: Path) -> dict[str, Any]:
     an object), rather than a JSONDecodeError from deep inside a run that every later run would repeat."""
     try:
         rec = read_json(path)
-    except (OSError, ValueError, RecursionError) as e:  # UnicodeDecodeError and JSONDecodeError are ValueErrors
+    except JSON_DAMAGE as e:
         rec = e
     if not isinstance(rec, dict):
         why = f"{type(rec).__name__}: {str(rec)[:120]}" if isinstance(rec, BaseException) else f"a JSON {type(rec).__name__}"

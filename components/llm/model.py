@@ -54,13 +54,14 @@ TEXT_STATES = "text_states.safetensors"
 
 #: What a checkpoint written before a config field existed was trained with: the paper's settings, and the
 #: switches that go beyond the paper (each measured in docs/benchmarks.md) off. Read only by `LLMSRec.load`,
-#: for the keys an older config.json lacks; new checkpoints record every field.
+#: for the keys an older config.json lacks; new checkpoints record every field. A run-only knob (`RUN_ONLY`
+#: in components.config: the key/value cache's) never changed the weights, so it takes params' default instead.
 CHECKPOINT_DEFAULTS: dict[str, Any] = {
     "backbone": "smollm2-135m", "num_layers": None, "history_len": 10, "num_negatives": 3, "negatives": "sampled",
     "logq_correction": False, "use_distill_loss": True, "use_uniform_loss": True,
     "weights": {"retrieval": 1.0, "distill": 1.0, "uniform": 1.0}, "max_title_chars": 120, "prompt": "paper",
-    "kv_reuse": "frozen", "kv_cache_mb": 2048, "center": "none", "readout": "token", "match_token_norm": False,
-    "text_layer": None, "llm_pass": True, "cf_dropout": 0.0, "user_slot": None,
+    "center": "none", "readout": "token", "match_token_norm": False, "text_layer": None, "llm_pass": True,
+    "cf_dropout": 0.0, "user_slot": None,
 }
 
 
@@ -692,7 +693,9 @@ def read_checkpoint(directory: Path) -> CheckpointFiles:
         raise CheckpointError(directory / "config.json", "is not an LLM-SRec checkpoint config (config, sasrec, "
                                                          "backbone, item_mapping_hash)", fix)
     try:
-        config = LLMSRecConfig(**{**CHECKPOINT_DEFAULTS, **meta["config"]})
+        speed = {k: getattr(DistillParams(), k) for k in DistillParams.run_only_knobs()
+                 if k in LLMSRecConfig.__dataclass_fields__}
+        config = LLMSRecConfig(**{**CHECKPOINT_DEFAULTS, **speed, **meta["config"]})
         config.check()
     except TypeError as e:  # a key this version does not know
         raise CheckpointError(directory / "config.json", f"its config does not build LLM-SRec ({e})", fix) from None

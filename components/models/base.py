@@ -28,7 +28,7 @@ from torch import Tensor, nn
 
 from components.data.histories import Batch, Histories
 from components.errors import CheckpointError, DataError, PipelineError
-from components.io import write_json
+from components.io import JSON_DAMAGE, write_json
 
 FORMAT_VERSION = 1
 WEIGHTS, CONFIG, ITEM_IDS = "model.safetensors", "config.json", "item_ids.json"
@@ -141,7 +141,7 @@ def read_checkpoint_json(path: Path, fix: str = RETRAIN) -> Any:
         return json.loads(path.read_bytes())
     except FileNotFoundError:
         raise CheckpointError(path, "checkpoint file not found", fix) from None
-    except (OSError, ValueError, RecursionError) as e:  # Unicode/JSONDecodeError are ValueErrors; nesting too deep
+    except JSON_DAMAGE as e:
         raise CheckpointError(path, f"is not valid JSON ({type(e).__name__}: {str(e)[:120]}); the file is "
                                     "damaged (truncated or overwritten)", fix) from None
 

@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from components.errors import DataError
-from components.io import read_json
+from components.io import JSON_DAMAGE, read_json
 
 DECISIONS = ("promoted", "provisional", "rejected")
 #: the fix for a report that holds no usable decision
@@ -39,7 +39,7 @@ def read_decision(path: Path) -> dict[str, Any]:
         raise DataError(path, "gate report not found", "run the gate first: `dvc repro gate`")
     try:
         report = read_json(path)
-    except (OSError, ValueError, RecursionError) as e:  # unreadable, not JSON (or not UTF-8), nested past the parser
+    except JSON_DAMAGE as e:
         raise DataError(path, f"is not a readable gate report ({type(e).__name__}: {e})", REJUDGE) from None
     decision = report.get("decision") if isinstance(report, dict) else None
     if decision not in DECISIONS:

@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from components.errors import CheckpointError, DataError
+from components.io import JSON_DAMAGE
 
 SASREC_DIR, LLMSREC_DIR, CATALOGUE_DIR, BACKBONE_DIR = "sasrec", "llmsrec", "catalogue", "backbone"
 MANIFEST = "package.json"
@@ -103,7 +104,7 @@ def read_manifest(path: Path, tag: str) -> dict[str, Any]:
         raise CheckpointError(file, f"package file missing in {tag}", FIX) from None
     except PermissionError:  # an OSError, but the file is not damaged: say who may read it
         raise StoreAccessError(file) from None
-    except (OSError, ValueError, RecursionError) as e:  # damaged: truncated, garbage, or nested past the parser
+    except JSON_DAMAGE as e:
         raise CheckpointError(file, f"is not valid JSON in {tag} ({type(e).__name__}); the file is damaged", FIX) from None
     if not isinstance(manifest, dict):
         raise CheckpointError(file, f"is not a package manifest in {tag} (a JSON {type(manifest).__name__})", FIX)
@@ -141,7 +142,7 @@ def _verify(path: Path, tag: str, deep: bool) -> dict[str, Any]:
             if rel.endswith(".json") and rel != MANIFEST:
                 try:
                     json.loads((path / rel).read_bytes())
-                except (OSError, ValueError, RecursionError) as e:
+                except JSON_DAMAGE as e:
                     raise CheckpointError(path / rel, f"is not valid JSON in {tag} ({type(e).__name__}); the file is "
                                                       "damaged", FIX) from None
         return manifest

@@ -48,7 +48,7 @@ from pathlib import Path
 from typing import Any
 
 from components.errors import CheckpointError, ConfigError, DataError, PipelineError
-from components.io import held_lock, read_json, write_json
+from components.io import JSON_DAMAGE, held_lock, read_json, write_json
 from components.serving.integrity import StoreAccessError, verify_package
 from components.serving.settings import ServingSettings, env_name
 
@@ -112,7 +112,7 @@ def _state(home: str | Path | None) -> dict[str, Any]:
         state = read_json(path)
     except PermissionError:  # the file, or a folder above it (the home itself): named, with its mode
         raise StoreAccessError(path) from None
-    except (OSError, ValueError, RecursionError) as e:  # damaged: truncated, garbage, or nested past the parser
+    except JSON_DAMAGE as e:
         raise DataError(path, f"unreadable registry file ({e})",
                         "restore it, or promote a version again: python -m components.serving.registry promote TAG") from None
     state.setdefault("production", None)

@@ -13,6 +13,7 @@ import pytest
 import torch
 from safetensors.torch import load_file, save_file
 
+from components.config import DistillParams
 from components.data.sequences import Prepared
 from components.errors import CheckpointError, DataError
 from components.llm.model import LLMSRec
@@ -119,6 +120,7 @@ def test_an_older_checkpoint_loads_through_the_named_migrations(saved, tmp_path)
     dropped = set(meta["config"]) - set(old)
     assert {"user_slot", "cf_dropout", "llm_pass", "center", "logq_correction"} <= dropped  # paper() is the paper
     old.pop("kv_reuse", None)
+    old.pop("kv_cache_mb")  # a run-only knob: params' default stands in for it
     old["item_prefix_cache"] = True
     meta["config"] = old
     meta["cfsrec"] = meta.pop("sasrec")
@@ -127,6 +129,7 @@ def test_an_older_checkpoint_loads_through_the_named_migrations(saved, tmp_path)
     loaded = LLMSRec.load(ckpt, sasrec=model.sasrec, backbone=model.backbone)
     assert replace(loaded.config, kv_reuse=model.config.kv_reuse) == model.config
     assert loaded.config.kv_reuse == "opening"  # the same math as item_prefix_cache did
+    assert loaded.config.kv_cache_mb == DistillParams().kv_cache_mb
     torch.testing.assert_close(loaded.item_table, model.item_table)
     assert MIGRATIONS == (rename_cfsrec, item_prefix_cache_to_kv_reuse)
     untouched = {"sasrec": {"path": "x"}, "cfsrec": {"path": "y"}, "config": {"kv_reuse": "none"}}
