@@ -30,9 +30,9 @@ def main(argv: list[str] | None = None) -> None:
         print("test NDCG@10 on the fixed candidates: " + ", ".join(parts))
     gate_path, package_path = args.reports / "gate.json", args.reports / "package.json"
     if gate_path.is_file():  # written by the gate and package stages
-        gate = read_json(gate_path)
+        gate = read_json(gate_path)  # the gate decides (components/stages/gate.py); this only shows it
         failed = [f"{c['name']} {c['value']} < {c['threshold']}" for c in gate["checks"] if not c["passed"]]
-        print(f"gate: {'passed' if gate['passed'] else 'REJECTED (' + '; '.join(failed) + ')'}")
+        print(f"gate: {gate['decision']}" + (f" ({'; '.join(failed)})" if failed else ""))
     if package_path.is_file():
         pkg = read_json(package_path)
         if pkg["decision"] == "rejected":
