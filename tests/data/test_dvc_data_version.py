@@ -28,15 +28,10 @@ import pytest
 import yaml
 
 from tests.conftest import copy_workspace, make_workspace, venv_env
-from tests.dags.conftest import tiny_llm_dir  # noqa: F401  (a fixture: the DAG tests' tiny random LLM)
+from tests.data.conftest import SMALL_DATA
 
 DVC = [sys.executable, "-m", "dvc"]
 DATA_STAGES = ["ingest_batches", "ingest", "validate", "prepare"]
-SMALL_DATA = {
-    "data": {"synthetic": {"num_users": 300, "num_items": 200, "num_topics": 12}},
-    "candidates": {"max_users": 40},
-    "orchestration": {"landing": {"settle_seconds": 0}},  # files dropped by the test are complete at once
-}
 #: keys that would make an output differ between two runs on the same inputs (components/timings.py)
 RUN_ONLY_KEYS = {"seconds", "minutes", "train_seconds", "seconds_per_epoch", "seconds_per_step",
                  "examples_per_second", "item_table_seconds", "item_table_items_per_second", "threads", "device",
@@ -284,18 +279,11 @@ def test_forcing_any_data_stage_again_leaves_everything_downstream_up_to_date(on
 
 
 @pytest.mark.slow
-def test_no_stage_output_holds_wall_clock_host_or_run_history(tmp_path, tiny_llm_dir):  # noqa: F811
-    """The whole pipeline on a tiny SASRec and a tiny random LLM; then the training and scoring stages are
-    forced again, and nothing after them goes stale."""
-    params = {**SMALL_DATA,
-              "sasrec": {"epochs": 2, "hidden": 32, "num_blocks": 1, "threads": 1, "batch_size": 64},
-              "llm": {"backbone": str(tiny_llm_dir), "dtype": "float32", "num_layers": None},
-              "distill": {"max_steps": 2, "batch_size": 8, "valid_users": 8, "eval_every": 1.0, "item_batch_size": 128,
-                          "max_minutes": None},
-              "evaluate": {"threads": 1}}
-    ws = make_workspace(tmp_path / "ws", params)
-    env = {**venv_env(), "BENTOML_HOME": str(tmp_path / "bentoml"), "OMP_NUM_THREADS": "1"}
-    dvc(ws, "repro", env=env, timeout=1800)
+def test_no_stage_output_holds_wall_clock_host_or_run_history(reproduced, tmp_path):
+    """The whole pipeline on a tiny SASRec and the real LLM (tests/data/conftest.py `reproduced`); then the
+    training and scoring stages are forced again, on a copy, and nothing after them goes stale."""
+    ws = copy_workspace(reproduced.ws, tmp_path / "ws")
+    env = reproduced.env  # its BentoML store, one OpenMP thread
     outputs = dvc_output_jsons(ws)
     assert {p.name for p in outputs} >= {"ingest.json", "meta.json", "training.json", "validation.json",
                                           "sasrec_train.json", "distill_train.json", "sasrec_curve.json",

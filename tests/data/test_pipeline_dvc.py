@@ -1,6 +1,7 @@
-"""`dvc repro` with DVC's own CLI in a temporary clone, on the synthetic default.
+"""`dvc repro` with DVC's own CLI in a temporary clone, on small synthetic data and the real SmolLM2.
 
-The whole pipeline runs once per module (`reproduced`); each test runs DVC again on its own copy.
+The whole pipeline runs once per session (tests/data/conftest.py `reproduced`, SMALL_PIPELINE); each
+test runs DVC again on its own copy.
 """
 
 from __future__ import annotations
@@ -10,43 +11,20 @@ import re
 import subprocess
 import sys
 from pathlib import Path
-from types import SimpleNamespace
 
 import pandas as pd
 import pytest
 import yaml
 
-from tests.conftest import copy_workspace, make_workspace, venv_env
+from tests.conftest import copy_workspace, venv_env
 
 DVC = [sys.executable, "-m", "dvc"]
-
-# The default pipeline (real SmolLM2 backbone included), smaller so it stays quick in CI.
-SMALL = {
-    "data": {"synthetic": {"num_users": 300, "num_items": 200, "num_topics": 12}},
-    "candidates": {"max_users": 40},
-    "sasrec": {"epochs": 3},
-    "distill": {"max_steps": 2, "batch_size": 8, "valid_users": 8, "eval_every": 1.0},
-}
-
-
-@pytest.fixture(scope="module")
-def reproduced(tmp_path_factory) -> SimpleNamespace:
-    """A fresh clone on SMALL after its first `dvc repro`, the whole pipeline: `ws` (tests copy it before
-    running DVC again), `home` (the BentoML store it packaged into, empty before) and `first` (the run)."""
-    root = tmp_path_factory.mktemp("reproduced")
-    ws = make_workspace(root / "ws", SMALL)
-    env = venv_env()
-    env["BENTOML_HOME"] = str(root / "bentoml")  # an empty store: this run's model is the first
-    first = subprocess.run(DVC + ["repro"], cwd=ws, env=env, capture_output=True, text=True, timeout=1200)
-    assert first.returncode == 0, first.stdout + first.stderr
-    return SimpleNamespace(ws=ws, home=root / "bentoml", first=first)
 
 
 @pytest.mark.slow
 def test_dvc_repro_fresh_clone_then_noop(reproduced, tmp_path):
     ws = copy_workspace(reproduced.ws, tmp_path / "ws")  # the second run writes its run record
-    env = venv_env()
-    env["BENTOML_HOME"] = str(reproduced.home)
+    env = reproduced.env  # an empty store before the first run: its model is the first
     first = reproduced.first
     assert first.returncode == 0, first.stdout + first.stderr
     for stage in ("ingest_batches", "ingest", "validate", "prepare", "pretrain_sasrec", "distill", "evaluate", "gate",
