@@ -117,6 +117,17 @@ def make_workspace(dest: Path, params_overrides: dict | None = None) -> Path:
     return dest
 
 
+def copy_workspace(src: Path, dest: Path) -> Path:
+    """A private copy of a workspace a fixture shares (made by `make_workspace`, git repository and DVC
+    cache included), for a test that changes it: one pipeline run serves several tests, none sees another's
+    changes. DVC hashes the copied files again on first use (new inodes), so the copy is as good as a clone
+    that ran the same stages itself. Returns `dest`."""
+    import shutil
+
+    shutil.copytree(src, dest, symlinks=True)
+    return dest
+
+
 def venv_env() -> dict:
     """Environment for subprocesses: the project's interpreter first on PATH (dvc.yaml calls `python`)."""
     import sys

@@ -5,6 +5,8 @@ with DVC's own CLI, the stages up to `pretrain_sasrec` on small synthetic data: 
 nothing staged; `previous` stages the last checkpoint and changes the dep's hash in dvc.lock; staging the
 model that was just trained, with nothing else changed, re-runs nothing; `none` empties the folder again.
 (`champion` is the same copy from the production package: tests/dags/test_dag_e2e.py.)
+
+The data stages run once per module (`prepared`); each test trains on its own copy.
 """
 
 from __future__ import annotations
@@ -20,7 +22,7 @@ import yaml
 
 from components.orchestration import graph
 from components.orchestration.release import WARM_START_MARKER, stage_warm_start
-from tests.conftest import make_workspace, venv_env
+from tests.conftest import copy_workspace, deep_update, make_workspace, venv_env
 
 STAGED = "models/warm_start/sasrec"
 SMALL = {
@@ -37,6 +39,17 @@ def repro(ws: Path) -> subprocess.CompletedProcess:
     return out
 
 
+@pytest.fixture(scope="module")
+def prepared(tmp_path_factory) -> Path:
+    """A fresh clone on SMALL after `dvc repro prepare`: the data stages done, nothing trained or staged.
+    Tests copy it (`copy_workspace`)."""
+    ws = make_workspace(tmp_path_factory.mktemp("prepared") / "ws", SMALL)
+    out = subprocess.run([sys.executable, "-m", "dvc", "repro", "prepare"], cwd=ws, env=venv_env(),
+                         capture_output=True, text=True, timeout=900)
+    assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
+    return ws
+
+
 def staged_hash(ws: Path) -> str:
     lock = yaml.safe_load((ws / "dvc.lock").read_text())
     return next(d["md5"] for d in lock["stages"]["pretrain_sasrec"]["deps"] if d["path"] == STAGED)
@@ -47,8 +60,8 @@ def warm_start_summary(ws: Path) -> dict | None:
 
 
 @pytest.mark.slow
-def test_the_staged_warm_start_is_pinned_in_dvc_lock(tmp_path):
-    ws = make_workspace(tmp_path / "ws", SMALL)
+def test_the_staged_warm_start_is_pinned_in_dvc_lock(prepared, tmp_path):
+    ws = copy_workspace(prepared, tmp_path / "ws")
     assert sorted(p.name for p in (ws / STAGED).iterdir()) == [WARM_START_MARKER]  # in git: every clone has it
     stages = graph.pipeline_stages(ws)
     assert STAGED in next(s for s in stages if s.address == "pretrain_sasrec").deps
@@ -84,7 +97,7 @@ def test_the_staged_warm_start_is_pinned_in_dvc_lock(tmp_path):
 
 
 @pytest.mark.slow
-def test_the_warm_start_is_not_changed_under_a_running_training(tmp_path):
+def test_the_warm_start_is_not_changed_under_a_running_training(prepared, tmp_path):
     """A `dvc repro` by hand trains from the staged checkpoint while the DAG's prepare_warm_start wants to
     change the folder: DVC records the folder only when training ends, so changing it now would make
     dvc.lock pin a start the model never had. DVC's own lock says the folder is in use; it stays."""
@@ -95,7 +108,9 @@ def test_the_warm_start_is_not_changed_under_a_running_training(tmp_path):
 
     from components.errors import DataError
 
-    ws = make_workspace(tmp_path / "ws", {**SMALL, "sasrec": {**SMALL["sasrec"], "epochs": 4}})
+    ws = copy_workspace(prepared, tmp_path / "ws")
+    params = yaml.safe_load((ws / "params.yaml").read_text())
+    (ws / "params.yaml").write_text(yaml.safe_dump(deep_update(params, {"sasrec": {"epochs": 4}}), sort_keys=False))
     stages = graph.pipeline_stages(ws)
     repro(ws)
     params = yaml.safe_load((ws / "params.yaml").read_text())

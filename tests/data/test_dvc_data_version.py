@@ -8,6 +8,9 @@
   way, when `dvc status` says `ingest` is up to date, `ingest` read exactly the batches dvc.lock records.
 - Every stage re-run with `-f` on unchanged inputs leaves dvc.lock as it was and nothing downstream
   stale; no DVC output of any stage holds a duration, the host, threads, the device or a resume point.
+
+The data tests start from the same clone, ingested (and, for most, with one batch accepted): it is made
+once per module and each test works on its own copy, git repository and DVC cache included.
 """
 
 from __future__ import annotations
@@ -18,21 +21,17 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from types import SimpleNamespace
 
 import pandas as pd
 import pytest
 import yaml
 
-from tests.conftest import make_workspace, venv_env
-from tests.dags.conftest import tiny_llm_dir  # noqa: F401  (a fixture: the DAG tests' tiny random LLM)
+from tests.conftest import copy_workspace, make_workspace, venv_env
+from tests.data.conftest import SMALL_DATA
 
 DVC = [sys.executable, "-m", "dvc"]
 DATA_STAGES = ["ingest_batches", "ingest", "validate", "prepare"]
-SMALL_DATA = {
-    "data": {"synthetic": {"num_users": 300, "num_items": 200, "num_topics": 12}},
-    "candidates": {"max_users": 40},
-    "orchestration": {"landing": {"settle_seconds": 0}},  # files dropped by the test are complete at once
-}
 #: keys that would make an output differ between two runs on the same inputs (components/timings.py)
 RUN_ONLY_KEYS = {"seconds", "minutes", "train_seconds", "seconds_per_epoch", "seconds_per_step",
                  "examples_per_second", "item_table_seconds", "item_table_items_per_second", "threads", "device",
@@ -82,6 +81,24 @@ def ingested_batches(ws: Path) -> set[str]:
     return {Path(s).parent.name for s in sources.unique() if "data/batches/" in s}
 
 
+@pytest.fixture(scope="module")
+def ingested(tmp_path_factory) -> Path:
+    """A fresh clone on the small synthetic data after `dvc repro ingest`: no batch yet. Tests copy it."""
+    ws = make_workspace(tmp_path_factory.mktemp("ingested") / "ws", SMALL_DATA)
+    dvc(ws, "repro", "ingest")
+    return ws
+
+
+@pytest.fixture(scope="module")
+def one_batch(ingested, tmp_path_factory) -> SimpleNamespace:
+    """`ingested` after one batch (`week_1.csv`, 20 new users) landed and `dvc repro ingest` read it:
+    `ws` (tests copy it) and `src`, the producer's file."""
+    ws = copy_workspace(ingested, tmp_path_factory.mktemp("one_batch") / "ws")
+    src = drop_batch(ws, "week_1.csv", range(20))
+    dvc(ws, "repro", "ingest")
+    return SimpleNamespace(ws=ws, src=src)
+
+
 def assert_lock_is_what_ingest_read(ws: Path) -> None:
     """The kind: when DVC says `ingest` is up to date, it read every batch of the store dvc.lock records."""
     if "ingest" not in status(ws, "ingest"):
@@ -92,11 +109,8 @@ def assert_lock_is_what_ingest_read(ws: Path) -> None:
 
 
 @pytest.mark.slow
-def test_accepted_batches_travel_with_dvc_push_and_come_back_with_dvc_pull(tmp_path):
-    ws = make_workspace(tmp_path / "ws", SMALL_DATA)
-    dvc(ws, "repro", "ingest")
-    src = drop_batch(ws, "week_1.csv", range(20))
-    dvc(ws, "repro", "ingest")
+def test_accepted_batches_travel_with_dvc_push_and_come_back_with_dvc_pull(one_batch, tmp_path):
+    ws, src = copy_workspace(one_batch.ws, tmp_path / "ws"), one_batch.src
     (batch,) = store_batches(ws)
     assert (ws / "data" / "batches" / batch / "week_1.csv").read_bytes() == src.read_bytes()
     assert ingested_batches(ws) == {batch}
@@ -130,13 +144,10 @@ def test_accepted_batches_travel_with_dvc_push_and_come_back_with_dvc_pull(tmp_p
 
 
 @pytest.mark.slow
-def test_retracting_the_only_batch_retrains_without_it_and_is_not_taken_for_a_lost_store(tmp_path):
+def test_retracting_the_only_batch_retrains_without_it_and_is_not_taken_for_a_lost_store(one_batch, tmp_path):
     """An operator empties the store on purpose (`retract` of its only batch): the next `dvc repro` trains
     on the base data alone, where a store missing its batches without a retraction is still refused."""
-    ws = make_workspace(tmp_path / "ws", SMALL_DATA)
-    dvc(ws, "repro", "ingest")
-    drop_batch(ws, "week_1.csv", range(20))
-    dvc(ws, "repro", "ingest")
+    ws = copy_workspace(one_batch.ws, tmp_path / "ws")
     (batch,) = store_batches(ws)
     subprocess.run([sys.executable, "-m", "components.data.landing", "retract", batch, "--reason", "wrong export"],
                    cwd=ws, env=venv_env(), check=True, capture_output=True)
@@ -182,9 +193,8 @@ def start_ingest(ws: Path, *flags: str) -> subprocess.Popen:
 
 
 @pytest.mark.slow
-def test_a_batch_landing_while_ingest_runs_is_never_recorded_unread(tmp_path):
-    ws = make_workspace(tmp_path / "ws", SMALL_DATA)
-    dvc(ws, "repro", "ingest")
+def test_a_batch_landing_while_ingest_runs_is_never_recorded_unread(ingested, tmp_path):
+    ws = copy_workspace(ingested, tmp_path / "ws")
     # A large first batch, so that ingest spends long enough reading the store to be caught doing it.
     drop_batch(ws, "big.csv", range(2000), per_user=40)
     dvc(ws, "repro", "ingest")
@@ -251,10 +261,8 @@ def run_only_keys(obj) -> set[str]:
 
 
 @pytest.mark.slow
-def test_forcing_any_data_stage_again_leaves_everything_downstream_up_to_date(tmp_path):
-    ws = make_workspace(tmp_path / "ws", SMALL_DATA)
-    dvc(ws, "repro", "ingest")
-    drop_batch(ws, "week_1.csv", range(20))
+def test_forcing_any_data_stage_again_leaves_everything_downstream_up_to_date(one_batch, tmp_path):
+    ws = copy_workspace(one_batch.ws, tmp_path / "ws")
     dvc(ws, "repro", "prepare")
     lock = (ws / "dvc.lock").read_text()
     for stage in DATA_STAGES:  # what the README advises after editing files under data.path in place
@@ -271,18 +279,11 @@ def test_forcing_any_data_stage_again_leaves_everything_downstream_up_to_date(tm
 
 
 @pytest.mark.slow
-def test_no_stage_output_holds_wall_clock_host_or_run_history(tmp_path, tiny_llm_dir):  # noqa: F811
-    """The whole pipeline on a tiny SASRec and a tiny random LLM; then the training and scoring stages are
-    forced again, and nothing after them goes stale."""
-    params = {**SMALL_DATA,
-              "sasrec": {"epochs": 2, "hidden": 32, "num_blocks": 1, "threads": 1, "batch_size": 64},
-              "llm": {"backbone": str(tiny_llm_dir), "dtype": "float32", "num_layers": None},
-              "distill": {"max_steps": 2, "batch_size": 8, "valid_users": 8, "eval_every": 1.0, "item_batch_size": 128,
-                          "max_minutes": None},
-              "evaluate": {"threads": 1}}
-    ws = make_workspace(tmp_path / "ws", params)
-    env = {**venv_env(), "BENTOML_HOME": str(tmp_path / "bentoml"), "OMP_NUM_THREADS": "1"}
-    dvc(ws, "repro", env=env, timeout=1800)
+def test_no_stage_output_holds_wall_clock_host_or_run_history(reproduced, tmp_path):
+    """The whole pipeline on a tiny SASRec and the real LLM (tests/data/conftest.py `reproduced`); then the
+    training and scoring stages are forced again, on a copy, and nothing after them goes stale."""
+    ws = copy_workspace(reproduced.ws, tmp_path / "ws")
+    env = reproduced.env  # its BentoML store, one OpenMP thread
     outputs = dvc_output_jsons(ws)
     assert {p.name for p in outputs} >= {"ingest.json", "meta.json", "training.json", "validation.json",
                                           "sasrec_train.json", "distill_train.json", "sasrec_curve.json",

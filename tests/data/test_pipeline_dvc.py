@@ -1,4 +1,8 @@
-"""`dvc repro` with DVC's own CLI in a temporary clone, on the synthetic default."""
+"""`dvc repro` with DVC's own CLI in a temporary clone, on small synthetic data and the real SmolLM2.
+
+The whole pipeline runs once per session (tests/data/conftest.py `reproduced`, SMALL_PIPELINE); each
+test runs DVC again on its own copy.
+"""
 
 from __future__ import annotations
 
@@ -12,25 +16,16 @@ import pandas as pd
 import pytest
 import yaml
 
-from tests.conftest import make_workspace, venv_env
+from tests.conftest import copy_workspace, venv_env
 
 DVC = [sys.executable, "-m", "dvc"]
 
-# The default pipeline (real SmolLM2 backbone included), smaller so it stays quick in CI.
-SMALL = {
-    "data": {"synthetic": {"num_users": 300, "num_items": 200, "num_topics": 12}},
-    "candidates": {"max_users": 40},
-    "sasrec": {"epochs": 3},
-    "distill": {"max_steps": 2, "batch_size": 8, "valid_users": 8, "eval_every": 1.0},
-}
-
 
 @pytest.mark.slow
-def test_dvc_repro_fresh_clone_then_noop(tmp_path):
-    ws = make_workspace(tmp_path / "ws", SMALL)
-    env = venv_env()
-    env["BENTOML_HOME"] = str(tmp_path / "bentoml")  # an empty store: this run's model is the first
-    first = subprocess.run(DVC + ["repro"], cwd=ws, env=env, capture_output=True, text=True, timeout=1200)
+def test_dvc_repro_fresh_clone_then_noop(reproduced, tmp_path):
+    ws = copy_workspace(reproduced.ws, tmp_path / "ws")  # the second run writes its run record
+    env = reproduced.env  # an empty store before the first run: its model is the first
+    first = reproduced.first
     assert first.returncode == 0, first.stdout + first.stderr
     for stage in ("ingest_batches", "ingest", "validate", "prepare", "pretrain_sasrec", "distill", "evaluate", "gate",
                   "package"):
@@ -48,7 +43,7 @@ def test_dvc_repro_fresh_clone_then_noop(tmp_path):
     prepared_md5 = next(o["md5"] for o in lock["stages"]["prepare"]["outs"] if o["path"] == "data/prepared")
     from components.serving.registry import get_model
 
-    assert get_model(package["tag"], tmp_path / "bentoml").info.metadata["data_version"] == prepared_md5
+    assert get_model(package["tag"], reproduced.home).info.metadata["data_version"] == prepared_md5
 
     summary = json.loads((ws / "reports" / "data_summary.json").read_text())
     assert summary["users"] == 300 and summary["items"] <= 200 and summary["interactions"] > 300 * 5
@@ -74,10 +69,9 @@ def test_dvc_repro_fresh_clone_then_noop(tmp_path):
 
 
 @pytest.mark.slow
-def test_dvc_repro_reruns_only_what_a_param_change_touches(tmp_path):
-    ws = make_workspace(tmp_path / "ws", SMALL)
+def test_dvc_repro_reruns_only_what_a_param_change_touches(reproduced, tmp_path):
+    ws = copy_workspace(reproduced.ws, tmp_path / "ws")  # every stage up to date, `prepare` included
     env = venv_env()
-    subprocess.run(DVC + ["repro", "prepare"], cwd=ws, env=env, check=True, capture_output=True, timeout=600)
     params = (ws / "params.yaml").read_text().replace("num_negatives: 99", "num_negatives: 50")
     Path(ws / "params.yaml").write_text(params)
     out = subprocess.run(DVC + ["repro", "prepare"], cwd=ws, env=env, capture_output=True, text=True, timeout=600)

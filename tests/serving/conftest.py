@@ -6,6 +6,8 @@ name, so a toy LLM would not do) and real `evaluate` reports. The adapters are u
 is claimed here); the 1 + 9 candidate protocol puts every positive in the top 10, so any model's
 NDCG@10 is > 0 and the champion comparison can always fail. Every test uses its own BENTOML_HOME.
 `pipeline_outputs` and `promoted_home` live in tests/conftest.py: the bad-input corpus uses them too.
+`two_versions` (a champion and a challenger packaged into one home) is built once for the registry and
+package-safety tests.
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ import socket
 import subprocess
 from contextlib import contextmanager
 from pathlib import Path
+from types import SimpleNamespace
 
 import pandas as pd
 import pytest
@@ -55,6 +58,32 @@ def workspace(pipeline_outputs, tmp_path) -> Path:
     ws = tmp_path / "ws"
     shutil.copytree(pipeline_outputs, ws)
     return ws
+
+
+@pytest.fixture(scope="session")
+def two_versions(pipeline_outputs, tmp_path_factory) -> SimpleNamespace:
+    """Two packaged versions of the fixture model, as a retrain on re-written data files leaves them (another
+    content hash, so another version), made once per session; tests copy what they change.
+
+    `home`, `ws`: the BentoML home after both `package` runs, the `challenger` in production and the
+    `champion` (packaged first) before it, and the workspace the challenger was packaged from.
+    `before_home`, `before_ws`: the same just before the challenger's `package`, its gate already run
+    against the champion."""
+    root = tmp_path_factory.mktemp("two_versions")
+    ws, home = root / "ws", root / "home"
+    shutil.copytree(pipeline_outputs, ws)
+    gate(ws, home)
+    package(ws, home)
+    champion = registry_state(home)["production"]
+    other_content(ws)
+    gate(ws, home)
+    shutil.copytree(home, root / "before" / "home")
+    shutil.copytree(ws, root / "before" / "ws")
+    package(ws, home)
+    challenger = registry_state(home)["production"]
+    assert challenger != champion
+    return SimpleNamespace(before_home=root / "before" / "home", before_ws=root / "before" / "ws", home=home, ws=ws,
+                           champion=champion, challenger=challenger)
 
 
 @contextmanager

@@ -10,7 +10,6 @@ import shutil
 import subprocess
 import sys
 from pathlib import Path
-from types import SimpleNamespace
 
 import pytest
 
@@ -21,7 +20,6 @@ from tests.model.conftest import stage_argv
 from tests.serving.conftest import (
     bentoml_store,
     gate,
-    other_content,
     package,
     registry_state,
     run_stage,
@@ -74,25 +72,12 @@ def tree_digest(root: Path) -> dict[str, str]:
 
 
 @pytest.fixture(scope="module")
-def stores(pipeline_outputs, tmp_path_factory):
-    """`before`: a home whose production is the champion, and a workspace whose challenger the gate has
-    judged against it (package not yet run). `home`: the same after that package run, with two versions
-    (the challenger in production, the champion before it)."""
-    root = tmp_path_factory.mktemp("stores")
-    ws, home = root / "ws", root / "home"
-    shutil.copytree(pipeline_outputs, ws)
-    gate(ws, home)
-    package(ws, home)
-    champion = registry_state(home)["production"]
-    other_content(ws)
-    gate(ws, home)
-    shutil.copytree(home, root / "before" / "home")
-    shutil.copytree(ws, root / "before" / "ws")
-    package(ws, home)
-    challenger = registry_state(home)["production"]
-    assert challenger != champion
-    return SimpleNamespace(before_home=root / "before" / "home", before_ws=root / "before" / "ws", home=home, ws=ws,
-                           champion=champion, challenger=challenger)
+def stores(two_versions):
+    """`before_home`, `before_ws`: a home whose production is the champion, and a workspace whose challenger
+    the gate has judged against it (package not yet run). `home`, `ws`: the same after that package run,
+    with two versions (the challenger in production, the champion before it). Built once per session
+    (tests/serving/conftest.py `two_versions`): tests copy what they change."""
+    return two_versions
 
 
 def champion_serves(home: Path, champion: str) -> None:

@@ -18,29 +18,20 @@ from pathlib import Path
 import pytest
 
 from components.errors import DataError
-from tests.serving.conftest import gate, other_content, package, registry_state
+from tests.serving.conftest import registry_state
 
 pytestmark = [pytest.mark.slow, pytest.mark.real_llm]
 
 ROUNDS = 20
 
 
-@pytest.fixture(scope="module")
-def two_versions(pipeline_outputs, tmp_path_factory) -> tuple[Path, str, str]:
-    """A BentoML home holding two packaged versions of the fixture model (the second on re-written data
-    files, so another content hash), and their tags."""
-    root = tmp_path_factory.mktemp("registry_lock")
-    ws, home = root / "ws", root / "home"
-    shutil.copytree(pipeline_outputs, ws)
-    gate(ws, home)
-    package(ws, home)
-    first = registry_state(home)["production"]
-    other_content(ws)
-    gate(ws, home)
-    package(ws, home)
-    second = registry_state(home)["production"]
-    assert first != second
-    return home, first, second
+@pytest.fixture
+def two_tags(two_versions, tmp_path) -> tuple[Path, str, str]:
+    """A private copy of a BentoML home holding two packaged versions of the fixture model (the second on
+    re-written data files, so another content hash: tests/serving/conftest.py `two_versions`), and their tags."""
+    home = tmp_path / "home"
+    shutil.copytree(two_versions.home, home)
+    return home, two_versions.champion, two_versions.challenger
 
 
 def promote_in_rounds(home: str, tag: str, name: str, barrier) -> None:
@@ -52,8 +43,8 @@ def promote_in_rounds(home: str, tag: str, name: str, barrier) -> None:
         set_production(tag, "promote", f"{name} round {r}", home)
 
 
-def test_concurrent_promotions_are_all_recorded_and_one_ends_in_production(two_versions):
-    home, a, b = two_versions
+def test_concurrent_promotions_are_all_recorded_and_one_ends_in_production(two_tags):
+    home, a, b = two_tags
     before = registry_state(home)["events"]
     ctx = multiprocessing.get_context("spawn")  # fresh interpreters, as two `package` runs would be
     barrier = ctx.Barrier(2)
@@ -76,10 +67,10 @@ def test_concurrent_promotions_are_all_recorded_and_one_ends_in_production(two_v
     assert state["production"] == new[-1]["tag"] and state["production"] in (a, b)
 
 
-def test_a_held_lock_makes_a_promotion_wait_then_fail_naming_the_lock(two_versions, monkeypatch):
+def test_a_held_lock_makes_a_promotion_wait_then_fail_naming_the_lock(two_tags, monkeypatch):
     from components.serving import registry
 
-    home, a, _ = two_versions
+    home, a, _ = two_tags
     lock_file = registry.pointer_path(home).with_name("llmsrec.json.lock")
     holder = subprocess.Popen([sys.executable, "-c", (
         "import sys, time; from filelock import FileLock; lock = FileLock(sys.argv[1]); lock.acquire(); "
