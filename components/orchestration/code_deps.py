@@ -15,7 +15,7 @@ second and needs neither torch nor DVC):
 - the module a stage's command runs (`python -m components.stages.X` or `python path/to/file.py`), and
   every project module it imports, transitively: `import a.b`, `from a import b` (b a submodule or a
   name), relative imports, and `importlib.import_module(...)` / `__import__(...)` when the name is a
-  string literal or one of the literal strings a module-level constant holds (`_LAZY[name]`);
+  string literal or one of the literal strings a module-level constant holds (`TABLE[name]`);
 - imports inside functions and `try` blocks: a stage may call the function, so the code may run;
 - every package `__init__.py` an import runs (`import a.b.c` runs a/__init__.py and a/b/__init__.py).
 
