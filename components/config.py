@@ -49,6 +49,7 @@ Readout = Literal["token", "slot"]
 Center = Literal["none", "batchnorm"]
 UserSlot = Literal["before", "after"]  # where distill.user_slot puts SASRec's user vector (or null)
 KVReuse = Literal["none", "opening", "frozen"]
+FirstModel = Literal["provisional", "reject"]  # gate.first_model: a first model that fails the gate
 SYNTHETIC_TOPICS = 24  # topics in components/data/sources/synthetic.py's TOPICS
 
 # Upper bounds: the largest value the code that reads a key can hold.
@@ -378,8 +379,9 @@ class DistillParams(Section):
         "frozen", description="none | opening | frozen: keys/values of prompt text before the first "
                               "injected slot computed once, without gradients (exact)", json_schema_extra=RUN_ONLY)
     kv_cache_mb: float = Field(  # kv.py counts its bytes (mb * 2**20) against tensors' int64 byte counts
-        2048.0, ge=0, le=2**43, description="bound of those keys/values kept across steps and validations "
-                                            "(0 = recompute every time)", json_schema_extra=RUN_ONLY)
+        2048.0, ge=0, le=2**43, description="bound of each of the two caches (item titles; validation users) "
+                                            "of those keys/values kept across steps and validations (0 = "
+                                            "recompute every time)", json_schema_extra=RUN_ONLY)
     seed: int | None = Field(None, ge=0, le=MAX_SEED, description="null = the top-level seed")
 
     @field_validator("eval_every")
@@ -451,7 +453,7 @@ class GateParams(Section):
     champion_users: int | None = Field(
         None, ge=1, le=MAX_COUNT, description="test users to re-score the production model on (seeded); null "
                                               "= all")
-    first_model: Literal["provisional", "reject"] = Field(
+    first_model: FirstModel = Field(
         "provisional", description="nothing in production and the gate fails: provisional (promote, "
                                    "flagged) | reject")
 

@@ -44,7 +44,7 @@ class Backbone:
     model: nn.Module  # the base transformer (e.g. LlamaModel): inputs_embeds -> last_hidden_state
     tokenizer: object
     name: str
-    fingerprint: str  # identifies the exact weights: packages record it instead of the weights
+    fingerprint: str  # what packages record instead of the weights: the GGUF's sha256, a folder's files, or a hub id
     hidden_size: int
     dtype: torch.dtype
     device: torch.device

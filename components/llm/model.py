@@ -55,7 +55,7 @@ TEXT_STATES = "text_states.safetensors"
 #: What a checkpoint written before a config field existed was trained with: the paper's settings, and the
 #: switches that go beyond the paper (each measured in docs/benchmarks.md) off. Read only by `LLMSRec.load`,
 #: for the keys an older config.json lacks; new checkpoints record every field. A run-only knob (`RUN_ONLY`
-#: in components.config: the key/value cache's) never changed the weights, so it takes params' default instead.
+#: in components.config: the key/value cache's) never changed the weights, so it takes the schema's default.
 CHECKPOINT_DEFAULTS: dict[str, Any] = {
     "backbone": "smollm2-135m", "num_layers": None, "history_len": 10, "num_negatives": 3, "negatives": "sampled",
     "logq_correction": False, "use_distill_loss": True, "use_uniform_loss": True,
@@ -608,8 +608,10 @@ class LLMSRec(Recommender):
              sasrec_dir: Path | None = None, backbone_dir: Path | None = None, **backbone_kwargs) -> LLMSRec:
         """Rebuild from adapters + config + item table, the SASRec teacher and the (re)loaded LLM.
 
-        Every file of `directory` is read and checked first (`read_checkpoint`), so a damaged one is a
-        CheckpointError naming it before the LLM loads. The teacher (`sasrec`, else loaded from `sasrec_dir`,
+        Every file of `directory` is read and checked first (`read_checkpoint`: present, readable, config
+        within the schema, item table and text states of the right shape), so a damaged one is a
+        CheckpointError naming it before the LLM loads; the adapters' shapes need the LLM's width and the
+        teacher's, so they are checked once the model is built. The teacher (`sasrec`, else loaded from `sasrec_dir`,
         else from the path the checkpoint recorded) and the backbone (`resolve_backbone`) are then checked
         against what the adapters were trained with: other weights would feed the adapters inputs they have
         never seen (DataError).

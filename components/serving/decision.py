@@ -6,7 +6,8 @@ never derives it again from the checks, the registry or params, so no two reader
 
     {"decision": "promoted" | "provisional" | "rejected",
      "reason": "gate failed: shuffle_drop (first model: released as provisional until a model passes)",
-     "reasons": {"failed_checks": ["shuffle_drop"], "first_model": true, "production_before": null},
+     "reasons": {"failed_checks": ["shuffle_drop"], "nothing_in_production": true,
+                 "first_model_policy": "provisional", "production_before": null},
      "passed": false, "checks": [{"name": ..., "passed": ...}, ...], ...}
 
 - `promoted`: every check passed;
@@ -18,12 +19,14 @@ never derives it again from the checks, the registry or params, so no two reader
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
+from typing import Any, get_args
 
+from components.config import FirstModel
 from components.errors import DataError
 from components.io import JSON_DAMAGE, read_json
 
 DECISIONS = ("promoted", "provisional", "rejected")
+FIRST_MODEL_POLICIES = get_args(FirstModel)
 #: the fix for a report that holds no usable decision
 REJUDGE = ("re-run the gate so that it decides: `dvc repro -f -s gate` (a report written before the gate "
            "recorded its decision, or edited by hand, has none)")
@@ -31,7 +34,8 @@ REJUDGE = ("re-run the gate so that it decides: `dvc repro -f -s gate` (a report
 
 def read_decision(path: Path) -> dict[str, Any]:
     """The gate's report at `path`, its decision checked: `decision` one of DECISIONS, with its `reason`
-    (one line), `reasons` (`failed_checks`: names, `first_model`: bool, `production_before`: tag or None),
+    (one line), `reasons` (`failed_checks`: names, `nothing_in_production`: bool, `first_model_policy`: the
+    `gate.first_model` it was judged under, `production_before`: tag or None),
     `passed` and `checks` consistent with it. Raises DataError naming `path`: missing (run the gate), not
     JSON, or no valid decision (re-run the gate)."""
     path = Path(path)
@@ -47,15 +51,19 @@ def read_decision(path: Path) -> dict[str, Any]:
                               f"{', '.join(DECISIONS)})", REJUDGE)
     reasons, checks = report.get("reasons"), report.get("checks")
     failed = reasons.get("failed_checks") if isinstance(reasons, dict) else None
-    if not (isinstance(failed, list) and isinstance(reasons.get("first_model"), bool)
+    if not (isinstance(failed, list) and isinstance(reasons.get("nothing_in_production"), bool)
+            and reasons.get("first_model_policy") in FIRST_MODEL_POLICIES
             and "production_before" in reasons and isinstance(report.get("reason"), str)
             and isinstance(checks, list) and all(isinstance(c, dict) and "name" in c for c in checks)):
         raise DataError(path, f"has the decision '{decision}' without its reasons (reason, reasons.failed_checks, "
-                              "reasons.first_model, reasons.production_before, checks)", REJUDGE)
+                              "reasons.nothing_in_production, reasons.first_model_policy, reasons.production_before, "
+                              "checks)", REJUDGE)
     passed = not failed
     if report.get("passed") is not passed or (decision == "promoted") != passed \
-            or (decision == "provisional" and not reasons["first_model"]):
+            or (decision == "provisional" and not (reasons["nothing_in_production"]
+                                                   and reasons["first_model_policy"] == "provisional")):
         raise DataError(path, f"has the decision '{decision}', which its reasons contradict (failed checks: "
-                              f"{', '.join(map(str, failed)) or 'none'}; first model: {reasons['first_model']})",
+                              f"{', '.join(map(str, failed)) or 'none'}; nothing in production: "
+                              f"{reasons['nothing_in_production']}; gate.first_model: {reasons['first_model_policy']})",
                         REJUDGE)
     return report

@@ -107,7 +107,7 @@ class PackagedModel:
         so a damaged package fails with a CheckpointError naming the file and the fix, before the LLM loads,
         instead of deep inside torch."""
         path = Path(path)
-        manifest = verify_package(path, tag)  # every file, once: the loads below read what was verified
+        manifest = verify_package(path, tag)  # every file's size and sha256, before anything is loaded
         own_llm = path / BACKBONE_DIR
         model = LLMSRec.load(path / LLMSREC_DIR, backbone=backbone, sasrec_dir=sasrec_dir(path),
                              backbone_dir=own_llm if (own_llm / "config.json").is_file() else None, **backbone_kwargs)

@@ -5,7 +5,8 @@ pointer and params `gate`, `seed` and `llm` (the device and dtype the champion i
 loads the challenger). Writes `reports/gate.json`:
 
     {"decision": "promoted" | "provisional" | "rejected", "reason": str,
-     "reasons": {"failed_checks": [name], "first_model": bool, "production_before": tag | null},
+     "reasons": {"failed_checks": [name], "nothing_in_production": bool, "first_model_policy": gate.first_model,
+                 "production_before": tag | null},
      "passed": bool, "model": "llmsrec", "champion": tag | null, "checks": [{name, value, threshold, passed, ...}]}
 
 The gate owns the release decision (`decide`): `package`, the Airflow DAG and the registry's history only
@@ -191,7 +192,8 @@ def decide(checks: list[dict[str, Any]], production: str | None, first_model: st
         decision = "rejected"
         reason = f"gate failed: {', '.join(failed)}" + (" (first model: gate.first_model is reject)" if first else "")
     return {"decision": decision, "reason": reason,
-            "reasons": {"failed_checks": failed, "first_model": first, "production_before": production}}
+            "reasons": {"failed_checks": failed, "nothing_in_production": first, "first_model_policy": first_model,
+                        "production_before": production}}
 
 
 @stage_main("gate")

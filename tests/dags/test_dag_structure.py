@@ -151,7 +151,8 @@ def test_check_gate_follows_the_gate_s_decision_not_its_own(tmp_path):
 
     def judged(decision: str, reason: str) -> dict:
         content = {"decision": decision, "reason": reason, "passed": False, "checks": [failed],
-                   "reasons": {"failed_checks": ["shuffle_drop"], "first_model": True, "production_before": None}}
+                   "reasons": {"failed_checks": ["shuffle_drop"], "nothing_in_production": True,
+                               "first_model_policy": "provisional", "production_before": None}}
         report.write_text(json.dumps(content))
         return gate_decision(tmp_path, "reports/gate.json")
 

@@ -11,7 +11,7 @@ import pytest
 import yaml
 
 from benchmarks.small_package import GATE_ARGS, PACKAGE_ARGS
-from components.config import parse_params
+from components.config import GateParams, parse_params
 from components.errors import ConfigError, DataError
 from components.stages import gate as gate_stage
 from components.stages import package as package_stage
@@ -152,7 +152,8 @@ def test_the_gate_writes_the_decision_and_alone_logs_a_rejection(case, tmp_path,
     run_in(ws, home, gate_stage.main, GATE_ARGS, monkeypatch)
     report = json.loads((ws / "reports" / "gate.json").read_text())
     assert report["decision"] == decision and report["passed"] == (not failed)
-    assert report["reasons"] == {"failed_checks": failed, "first_model": production is None,
+    assert report["reasons"] == {"failed_checks": failed, "nothing_in_production": production is None,
+                                 "first_model_policy": cfg.get("first_model", GateParams().first_model),
                                  "production_before": production}
     assert ("ndcg@10_floor" in report["reason"]) == bool(failed)
     assert ("provisional" in report["reason"]) == (decision == "provisional")
@@ -185,8 +186,12 @@ BAD_REPORTS = {
     "promoted with a failed check": (lambda r: {**r, "decision": "promoted"},
                                      "has the decision 'promoted', which its reasons contradict"),
     "provisional over a champion": (
-        lambda r: spoil(r, lambda x: x["reasons"].update(first_model=False, production_before="llmsrec:v1")),
+        lambda r: spoil(r, lambda x: x["reasons"].update(nothing_in_production=False, production_before="llmsrec:v1")),
         "has the decision 'provisional', which its reasons contradict"),
+    "provisional under first_model: reject": (
+        lambda r: spoil(r, lambda x: x["reasons"].update(first_model_policy="reject")),
+        "has the decision 'provisional', which its reasons contradict (failed checks: ndcg@10_floor; nothing in "
+        "production: True; gate.first_model: reject)"),
     "not a JSON object": (lambda r: ["decision", "promoted"], "holds no release decision ('decision' is None"),
     "not JSON": (None, "is not a readable gate report (JSONDecodeError"),
 }
