@@ -228,9 +228,8 @@ def main(argv: list[str] | None = None) -> None:
             raise DataError(args.per_user, "per-user results not found", "run `dvc repro evaluate` first")
         checks.append(champion_check(champion, data, per_user, opts, params.seed))
 
-    passed = all(c["passed"] for c in checks)
     decision = decide(checks, production, opts.first_model)
-    write_json(args.out, {**decision, "passed": passed, "model": opts.model,
+    write_json(args.out, {**decision, "passed": not decision["reasons"]["failed_checks"], "model": opts.model,
                           "champion": champion.tag if champion else None,
                           "metrics_sha256": metrics_digest(args.metrics), "checks": checks})
     if decision["decision"] == "rejected":
