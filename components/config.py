@@ -475,7 +475,15 @@ class TaskParams(Section):
     execution_timeout_minutes: float | None = Field(
         None, gt=0, le=MAX_MINUTES, description="the task fails after this long")
     gpus: int | None = Field(
-        None, ge=0, le=MAX_COUNT, description="the KubernetesExecutor pod's nvidia.com/gpu limit")
+        None, ge=0, le=MAX_COUNT, description="GPUs the task asks for: the Kubernetes pod's limit of `accelerator`, "
+                                              "Kubeflow's accelerator limit")
+    accelerator: str = Field(
+        "nvidia.com/gpu", min_length=1, description="the resource name `gpus` counts (Kubernetes limit key, "
+                                                    "Kubeflow accelerator type)")
+    node_selector: dict[str, str] = Field(
+        {}, description="Kubernetes node labels the task's pod must run on (e.g. a GPU model)")
+    tolerations: list[dict[str, str]] = Field(
+        [], description="Kubernetes tolerations of the task's pod (keys: key, operator, value, effect)")
 
 
 class LandingParams(Section):
@@ -491,6 +499,17 @@ class LandingParams(Section):
     settle_seconds: float = Field(
         5.0, ge=0, le=MAX_SECONDS, description="a file must be this old before it is taken (for producers "
                                                "that cannot rename)")
+
+
+class ExchangeParams(Section):
+    """`orchestration.exchange`: how stages on workers that share no folder (Celery on several machines,
+    Kubernetes pods, Kubeflow) pass data: DVC outputs through a DVC remote, `dvc.lock` through a git branch."""
+
+    dvc_remote: str | None = Field(
+        None, description="a remote in .dvc/config; null = every worker runs in the one repository folder")
+    git_remote: str = Field("origin", min_length=1, description="the git remote that carries dvc.lock")
+    git_branch: str = Field(
+        "pipeline", min_length=1, description="the branch each task's dvc.lock is committed to")
 
 
 class OrchestrationParams(Section):
@@ -511,7 +530,8 @@ class OrchestrationParams(Section):
         1800, ge=0, le=MAX_SECONDS, description="longest wait between retries")
     dvc_pool: str = Field("dvc", description="the 1-slot pool DVC stages share (one DVC lock per repository)")
     tasks: dict[str, TaskParams] = Field(
-        {"distill": TaskParams(queue="gpu", pool="gpu", gpus=1)}, description="per-stage routing; a stage "
+        {"distill": TaskParams(queue="gpu", pool="gpu", gpus=1, tolerations=[
+            {"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"}])}, description="per-stage routing; a stage "
                                                                               "not named here runs on the "
                                                                               "default queue in dvc_pool")
     warm_start: Literal["champion", "previous", "none"] = Field(
@@ -524,6 +544,11 @@ class OrchestrationParams(Section):
     serving_reload_command: str | None = Field(
         None, description="run after a promotion, e.g. 'systemctl restart llmsrec-serve'")
     landing: LandingParams = Field(default_factory=LandingParams, description="the landing zone")
+    image: str = Field(
+        "llm-srec-pipeline:0.1.0", min_length=1, description="the container image of Kubernetes pods and Kubeflow "
+                                                            "components (this repository, `make setup` done)")
+    exchange: ExchangeParams = Field(
+        default_factory=ExchangeParams, description="workers that share no folder: DVC remote and git branch")
 
     @field_validator("start_date", mode="before")
     @classmethod

@@ -97,16 +97,17 @@ def _schedule():
     return AssetOrTimeSchedule(timetable=cron, assets=landing) if cron else landing
 
 
-def _gpu_pod(gpus: int) -> dict:
-    """KubernetesExecutor: the task's pod asks for `gpus` GPUs. Other executors ignore executor_config,
+def _gpu_pod(gpus: int, accelerator: str, node_selector: dict, tolerations: list) -> dict:
+    """KubernetesExecutor: the task's pod asks for `gpus` of `accelerator`. Other executors ignore executor_config,
     and without the kubernetes client (a LocalExecutor or Celery install) there is nothing to build."""
     try:
         from kubernetes.client import models as k8s
     except ImportError:
         return {}
-    limits = {"nvidia.com/gpu": str(gpus)}
-    return {"pod_override": k8s.V1Pod(spec=k8s.V1PodSpec(containers=[
-        k8s.V1Container(name="base", resources=k8s.V1ResourceRequirements(limits=limits))]))}
+    limits = {accelerator: str(gpus)}
+    return {"pod_override": k8s.V1Pod(spec=k8s.V1PodSpec(
+        node_selector=node_selector or None, tolerations=[k8s.V1Toleration(**t) for t in tolerations] or None,
+        containers=[k8s.V1Container(name="base", resources=k8s.V1ResourceRequirements(limits=limits))]))}
 
 
 def _run_id() -> str:
@@ -221,8 +222,9 @@ with DAG(
         routing = CFG.tasks.get(stage.address) or CFG.tasks.get(stage.task_id)
         opts = routing.model_dump(exclude_none=True) if routing else {}
         minutes = opts.pop("execution_timeout_minutes", None)
+        pod = {k: opts.pop(k, None) for k in ("accelerator", "node_selector", "tolerations")}
         if gpus := opts.pop("gpus", None):
-            opts["executor_config"] = _gpu_pod(int(gpus))
+            opts["executor_config"] = _gpu_pod(int(gpus), **pod)
         ops[stage.address] = DvcStageOperator(
             task_id=stage.task_id, stage=stage.address, repo=str(REPO), record=graph.option_of(stage, "--timings"),
             pool=opts.pop("pool", CFG.dvc_pool),

@@ -143,6 +143,7 @@ BAD_VALUES = [  # (key path, value, what the error says)
     ("orchestration.notify_callback", "module_without_function", "should match pattern"),
     ("orchestration.tasks.distill.gpus", -1, "greater than or equal to 0"),
     ("orchestration.landing.poll_seconds", 0, "greater than 0"),
+    ("orchestration.exchange.git_branch", "", "at least 1 character"),
     # Above what the code that reads them can hold (components/config.py's MAX_* say which code):
     ("seed", 10**14, f"less than or equal to {MAX_SEED}"),
     ("candidates.num_negatives", 10**12, f"less than or equal to {MAX_COUNT - 1}"),
