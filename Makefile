@@ -13,7 +13,7 @@ export HF_HUB_OFFLINE := 1
 # Stage commands in dvc.yaml call `python`: make it the project's.
 export PATH := $(abspath $(BIN)):$(PATH)
 
-.PHONY: setup run test lint clean airflow
+.PHONY: setup run test lint clean airflow celery-setup
 .DEFAULT_GOAL := run
 
 setup: $(STAMP)
@@ -48,6 +48,13 @@ airflow: setup
 	$(AIRFLOW_ENV) $(BIN)/airflow db migrate
 	$(AIRFLOW_ENV) $(BIN)/python -m components.orchestration pools --apply
 	$(AIRFLOW_ENV) $(BIN)/airflow standalone
+
+# The CeleryExecutor's broker is Debian's Redis (docs/deploy.md); the Celery test starts its own on 127.0.0.1.
+# apt-get needs root; nothing is installed when redis-server is already there.
+celery-setup:
+	@command -v redis-server >/dev/null || { SUDO=$$([ "$$(id -u)" = 0 ] || echo sudo); \
+		$$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq redis-server; }
+	@redis-server --version
 
 lint: setup
 	$(BIN)/ruff check components tests benchmarks dags

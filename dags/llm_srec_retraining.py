@@ -80,6 +80,10 @@ if GATE_STAGE is None:
                       "dvc.yaml stage, so no run could ever be judged or released",
                       "point it at the gate stage's report (reports/gate.json), or restore the gate stage")
 RELEASE_STAGES = graph.downstream(STAGES, GATE_STAGE)
+# Workers that share no folder (orchestration.exchange): each stage's task syncs its own checkout, pulls
+# from and pushes to the DVC remote; the stage that trains from the staged warm start stages it itself.
+EXCHANGE = CFG.exchange.model_dump() if CFG.exchange.dvc_remote else None
+TRAINER = next((s for s in STAGES if graph.option_of(s, release.WARM_START_FLAG)), None)
 
 
 def _schedule():
@@ -141,7 +145,12 @@ with DAG(
 
     @task
     def prepare_warm_start() -> dict:
-        info = release.stage_warm_start(REPO, STAGES, CFG.warm_start, log=print)
+        if EXCHANGE is not None and TRAINER is not None:
+            # This worker's checkout is not the one the trainer runs in: it stages there, after its pull.
+            print(f"warm start: staged by {TRAINER.task_id} in its own checkout (orchestration.exchange)")
+            info = {"mode": CFG.warm_start, "staged_by": TRAINER.task_id}
+        else:
+            info = release.stage_warm_start(REPO, STAGES, CFG.warm_start, log=print)
         return {**info, "production_before": release.production_tag()}
 
     @task.branch
@@ -180,6 +189,8 @@ with DAG(
         states = {t: str(s) for t, s in (states.get(run_id, states) or {}).items() if t != ti.task_id}
         pulled = {s.task_id: ti.xcom_pull(task_ids=s.task_id) for s in STAGES}
         warm = ti.xcom_pull(task_ids="prepare_warm_start") or {}
+        if warm.get("staged_by"):
+            warm.update(ti.xcom_pull(task_ids=warm["staged_by"], key="warm_start") or {})
         # The landing's outcome is in the store writer's run record, which its task passes on even when it fails.
         landing = (ti.xcom_pull(task_ids=STORE_WRITER.task_id, key="record") or {}).get("landing") or {}
         decision = None
@@ -198,7 +209,9 @@ with DAG(
             "tasks": states,
             "gate": {k: decision[k] for k in ("passed", "decision", "failed_checks", "reason")} if decision else None,
             "metrics": release.metrics_line(REPO),
-            "errors": release.read_errors(REPO, run_id),
+            # A stage's own account of its failure travels with the run (its worker may be another machine).
+            "errors": {**{s.task_id: e for s in STAGES if (e := ti.xcom_pull(task_ids=s.task_id, key="error"))},
+                       **release.read_errors(REPO, run_id)},
         }
         path = release.write_summary(REPO, run_id, record)
         for line in release.summary_lines(record):
@@ -227,6 +240,7 @@ with DAG(
             opts["executor_config"] = _gpu_pod(int(gpus), **pod)
         ops[stage.address] = DvcStageOperator(
             task_id=stage.task_id, stage=stage.address, repo=str(REPO), record=graph.option_of(stage, "--timings"),
+            exchange=EXCHANGE, warm_start=CFG.warm_start if EXCHANGE is not None and stage is TRAINER else None,
             pool=opts.pop("pool", CFG.dvc_pool),
             execution_timeout=timedelta(minutes=minutes) if minutes else None,
             doc_md=f"`dvc repro -s {stage.address}`\n\ndeps: {', '.join(stage.deps)}\n\nouts: {', '.join(stage.outs)}",

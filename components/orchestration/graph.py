@@ -22,6 +22,7 @@ class Stage:
     deps: tuple[str, ...]      # repo-relative paths
     outs: tuple[str, ...]      # repo-relative paths: outs, metrics and plots
     cmd: str = ""
+    uncached: tuple[str, ...] = ()  # outs with `cache: false` (metrics, plot data): git carries them, not DVC
 
 
 def task_id_for(address: str) -> str:
@@ -44,7 +45,8 @@ def pipeline_stages(repo: Path) -> list[Stage]:
             ups = tuple(_address(u, repo) for u in graph.successors(s) if isinstance(u, PipelineStage))
             out.append(Stage(address=_address(s, repo), task_id=task_id_for(_address(s, repo)), upstream=ups,
                              deps=tuple(_rel(d, repo) for d in s.deps), outs=tuple(_rel(o, repo) for o in s.outs),
-                             cmd=" ".join(s.cmd) if isinstance(s.cmd, list) else str(s.cmd or "")))
+                             cmd=" ".join(s.cmd) if isinstance(s.cmd, list) else str(s.cmd or ""),
+                             uncached=tuple(_rel(o, repo) for o in s.outs if not o.use_cache)))
     ids = [s.task_id for s in out]
     if dup := sorted({i for i in ids if ids.count(i) > 1}):
         raise ConfigError(repo / "dvc.yaml", f"stages {dup} map to the same Airflow task id",

@@ -92,7 +92,13 @@ def run_stage(repo: Path, address: str, log=print) -> dict:
     lock only then): a stage that always runs (`always_changed`, as `ingest_batches`) and found nothing
     new has ran but not changed."""
     with repo_lock(repo):
-        out = run_module(repo, ["dvc", "repro", "-s", address], log)
+        return repro(repo, address, log)
+
+
+def repro(repo: Path, address: str, log=print) -> dict:
+    """`run_stage` without taking the repository lock: for a caller that holds it around more steps
+    (components/orchestration/exchange.py pulls and pushes in the same hold)."""
+    out = run_module(repo, ["dvc", "repro", "-s", address], log)
     ran = any(line.startswith("Running stage") for line in out["lines"])
     locked = any(line.startswith(("Updating lock file", "Generating lock file")) for line in out["lines"])
     return {"stage": address, "ran": ran, "changed": ran and locked, "seconds": out["seconds"]}

@@ -1,0 +1,161 @@
+"""The DAG on real engines: the CeleryExecutor with a `gpu` queue, against the LocalExecutor, on this machine.
+
+One repository (a bare git remote, branches `local` and `pipeline`), one DVC remote (a folder), one batch:
+1. the LocalExecutor: a scheduler runs every task in one checkout (exchange off);
+2. the CeleryExecutor: Redis, a scheduler, DAG processor and API server, and two Celery workers, `default` and
+   `gpu`, each in its own checkout with its own Airflow and BentoML homes: they share no folder, stages pass
+   data through the DVC remote and dvc.lock through the `pipeline` branch. The `gpu` worker is killed with
+   SIGKILL (with everything it started) while `distill` trains; the scheduler fails the task for its lost
+   heartbeat, the restarted worker takes the retry, and distill resumes from its checkpoint.
+
+Both runs promote a model, and the `pipeline` branch's dvc.lock matches the LocalExecutor's, stage for stage:
+same data, same SASRec, same adapters, same metrics, the kill notwithstanding.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import yaml
+
+from components.orchestration.stack import AirflowStack
+from tests.conftest import make_workspace, venv_env
+from tests.dags.test_dag_e2e import DVC_STAGES, new_batch, small_params
+
+def _git(cwd: Path, *args: str) -> str:
+    return subprocess.run(["git", "-c", "user.name=test", "-c", "user.email=test@example.com", *args], cwd=cwd,
+                          check=True, capture_output=True, text=True).stdout
+
+
+def _params(llm_dir: Path) -> dict:
+    p = small_params(llm_dir)
+    # Long enough to be killed mid-way with a checkpoint behind it; kv_cache_mb 0 so a resumed run computes every
+    # step exactly as an uninterrupted one (tests/llm/test_distill_resume.py).
+    # (~10 s of training at 25 steps/s on this CPU, a checkpoint every 8 steps.)
+    p["distill"].update(max_steps=160, eval_every=0.02, valid_users=32, patience=1000, kv_cache_mb=0)
+    p["orchestration"] = {"retries": 1, "retry_delay_seconds": 0, "schedule": None, "trigger_on_batch": False,
+                          "landing": {"settle_seconds": 0}}
+    return p
+
+
+def _state_step(checkout: Path) -> int:
+    steps = [json.loads(p.read_text())["progress"]["step"]
+             for p in (checkout / "models" / ".resume" / "distill").glob("*/state.json")]
+    return max(steps, default=0)
+
+
+def _drop_batch(checkout: Path, batch, tmp: Path) -> None:
+    src = tmp / "week_1.csv"
+    batch.to_csv(src, index=False)
+    subprocess.run([sys.executable, "-m", "components.data.landing", "drop", str(src)], cwd=checkout, env=venv_env(),
+                   check=True, capture_output=True)
+
+
+def _processes_in(folder: Path) -> list[str]:
+    """Command lines of the live processes whose working directory is inside `folder`."""
+    found = []
+    for proc in Path("/proc").iterdir():
+        try:
+            cwd = Path(proc / "cwd").readlink()
+            if cwd == folder or folder in cwd.parents:
+                found.append((proc / "cmdline").read_bytes().replace(b"\0", b" ").decode())
+        except (OSError, ValueError):
+            continue
+    return found
+
+
+def _stages(lock_text: str) -> dict:
+    return yaml.safe_load(lock_text)["stages"]
+
+
+@pytest.mark.slow
+def test_celery_workers_that_share_no_folder_match_the_local_executor(tmp_path, tiny_llm_dir):
+    src = make_workspace(tmp_path / "src", _params(tiny_llm_dir))
+    remote = tmp_path / "dvc-remote"
+    subprocess.run([sys.executable, "-m", "dvc", "remote", "add", "storage", str(remote)], cwd=src, check=True,
+                   env=venv_env(), capture_output=True)
+    _git(src, "add", ".dvc/config")
+    _git(src, "commit", "-qm", "DVC remote")
+    _git(src, "branch", "local")
+    params = yaml.safe_load((src / "params.yaml").read_text())
+    params["orchestration"]["exchange"] = {"dvc_remote": "storage", "git_remote": "origin", "git_branch": "pipeline"}
+    (src / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    _git(src, "checkout", "-qb", "pipeline")
+    _git(src, "commit", "-qam", "exchange through the DVC remote and this branch")
+    origin = tmp_path / "origin.git"
+    _git(tmp_path, "clone", "--quiet", "--bare", str(src), str(origin))
+    threads = {"OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
+    batch = new_batch_for(src, tiny_llm_dir, tmp_path)
+
+    # 1. The LocalExecutor, one checkout.
+    with AirflowStack(tmp_path / "local", str(origin), "local", executor="LocalExecutor",
+                      env={**threads, "BENTOML_HOME": str(tmp_path / "local-bentoml")}) as local:
+        _drop_batch(local.control, batch, tmp_path)
+        run = local.trigger()
+        assert local.wait_run(run, timeout=900) == "success", local.task_instances(run)
+    local_lock = (local.control / "dvc.lock").read_text()
+    local_summary = json.loads((local.control / "reports" / "runs" / "latest.json").read_text())
+    assert local_summary["outcome"] in ("promoted", "provisional")
+
+    # 2. The CeleryExecutor, two workers in their own checkouts; the gpu worker dies during distill.
+    with AirflowStack(tmp_path / "celery", str(origin), "pipeline", queues=("default", "gpu"), env=threads,
+                      heartbeat_timeout=15) as stack:
+        default, gpu = stack.workers["default"], stack.workers["gpu"]
+        _drop_batch(default, batch, tmp_path)
+        run = stack.trigger()
+        stack.wait_for(lambda: _state_step(gpu) >= 8, 600, "distill to save a checkpoint on the gpu worker", every=0.2)
+        killed_at = _state_step(gpu)
+        stack.kill("worker-gpu")
+        assert not _processes_in(gpu), "the gpu worker's task processes outlived it"
+        stack.wait_for(lambda: stack.task_instances(run)["distill"]["state"] in ("up_for_retry", "queued", "failed"),
+                       180, "the scheduler to notice the lost gpu worker")
+        stack.start_worker("gpu")
+        assert stack.wait_run(run, timeout=900) == "success", stack.task_instances(run)
+        tis = stack.task_instances(run)
+        summary = json.loads((default / "reports" / "runs" / "latest.json").read_text())
+
+    # The run succeeds and a model is promoted, from the default worker's BentoML store.
+    assert summary["outcome"] in ("promoted", "provisional"), summary
+    assert summary["production_after"] and not summary["production_before"]
+    assert (default.parent / "default.bentoml" / "registry" / "llmsrec.json").is_file()
+    assert not (gpu.parent / "gpu.bentoml" / "registry").exists()  # the gpu worker never touched a registry
+    # distill ran on the gpu worker, every other task on the default one, as the task instances record.
+    assert tis["distill"]["queue"] == "gpu" and tis["distill"]["hostname"].startswith("gpu@"), tis["distill"]
+    assert tis["distill"]["try_number"] == 2  # the killed attempt, then the retry
+    others = {t: ti for t, ti in tis.items() if t != "distill" and ti["state"] == "success"}
+    assert set(DVC_STAGES) - {"distill"} <= set(others)
+    assert all(ti["queue"] == "default" and ti["hostname"].startswith("default@") for ti in others.values()), others
+    # The retry resumed from the checkpoint the killed attempt left.
+    record = json.loads((gpu / "reports" / "timings" / "distill.json").read_text())
+    assert record["resumed_from_step"] >= killed_at > 0, (record["resumed_from_step"], killed_at)
+    # The workers shared no folder: the gpu worker pulled distill's inputs and pushed its output.
+    assert (gpu / "models" / "sasrec" / "config.json").is_file() and not (gpu / "data" / "batches").exists()
+    assert not (default / "models" / ".resume" / "distill").exists()
+    # dvc.lock on the branch matches the LocalExecutor's, stage for stage (and so do the metrics it pins).
+    lock = _git(origin, "show", "pipeline:dvc.lock")
+    assert _stages(lock) == _stages(local_lock)
+    assert json.loads(_git(origin, "show", "pipeline:reports/metrics.json")) == \
+        json.loads((local.control / "reports" / "metrics.json").read_text())
+    log = _git(origin, "log", "--format=%s", "pipeline")
+    assert "distill: " in log and "(try 2)" in log  # the retry published distill, not the killed attempt
+
+
+def new_batch_for(src: Path, llm_dir: Path, tmp: Path):
+    """The e2e test's batch (30 new users, 3 new items), built against the default data's item ids."""
+    probe = tmp / "probe"
+    shutil.copytree(src, probe)
+    subprocess.run([sys.executable, "-m", "dvc", "repro", "ingest"], cwd=probe, env=venv_env(), check=True,
+                   capture_output=True, timeout=300)
+    batch = new_batch(probe)
+    shutil.rmtree(probe)
+    return batch
+
+
+if __name__ == "__main__":  # pragma: no cover - for running the stack by hand while debugging
+    sys.exit(pytest.main([__file__, "-x", "-q"]))
