@@ -105,9 +105,9 @@ def check_exchange(repo: Path, cfg: OrchestrationParams) -> None:
 
 def base_pod(path: Path) -> k8s.V1Pod:
     """The pod of a pod template file, read as the executor reads it (`PodGenerator.deserialize_model_dict`).
-    ConfigError: the file is missing or not YAML, is not a Pod, its first container is not `base` (the executor
-    puts the task into the first container, and the pod_override into the one of that name), or a volume
-    shares a folder (`check_pod`)."""
+    ConfigError: the file is missing or not YAML, is not a Pod, has a key the executor would ignore (a
+    misspelled field), its first container is not `base` (the executor puts the task into the first container,
+    and the pod_override into the one of that name), or a volume shares a folder (`check_pod`)."""
     from airflow.providers.cncf.kubernetes.pod_generator import PodGenerator
 
     if not path.is_file():
@@ -121,12 +121,29 @@ def base_pod(path: Path) -> k8s.V1Pod:
     if not isinstance(data, dict) or data.get("kind") != "Pod":
         raise ConfigError(path, "is not a Kubernetes Pod (kind: Pod)", f"restore it from git ({POD_TEMPLATE})")
     pod = PodGenerator.deserialize_model_dict(data)
+    # The executor reads the template with the client's models, which drop what they do not know, silently.
+    if lost := ignored_keys(data, as_dict(pod)):
+        raise ConfigError(path, f"the executor would ignore {', '.join(lost)}: not fields of a Kubernetes Pod",
+                          "spell them as Kubernetes does (camelCase: nodeSelector, envFrom, ...) or remove them")
     containers = pod.spec.containers if pod.spec else None
     if not containers or containers[0].name != BASE:
         raise ConfigError(path, f"its first container is {containers[0].name if containers else None!r}, not "
                                 f"{BASE!r}", f"name the task's container {BASE!r} and put it first")
     check_pod(pod, path)
     return pod
+
+
+def ignored_keys(data: Any, kept: Any, at: str = "") -> list[str]:
+    """Dotted paths of the keys of `data` (YAML as written) that `kept` (the same read into the client's models
+    and written back) lacks; keys whose value is null are not counted (the models leave them out too)."""
+    if isinstance(data, dict):
+        kept = kept if isinstance(kept, dict) else {}
+        return [path for key, value in data.items() if value is not None
+                for path in ([f"{at}{key}"] if key not in kept else ignored_keys(value, kept[key], f"{at}{key}."))]
+    if isinstance(data, list) and isinstance(kept, list):
+        return [path for i, (d, k) in enumerate(zip(data, kept, strict=False))
+                for path in ignored_keys(d, k, f"{at[:-1]}[{i}].")]
+    return []
 
 
 def check_pod(pod: k8s.V1Pod, source: str | Path) -> None:

@@ -145,6 +145,7 @@ def bare_repo(root, orchestration: dict, remotes: tuple[str, ...] = ()):
     ("unknown remote", "'store', which is not a remote of"),
     ("hostPath", "volume 'checkout' is a host_path"),
     ("no base container", "its first container is 'main', not 'base'"),
+    ("misspelled field", "the executor would ignore spec.containers[0].envFrm, spec.nodeSelecter"),
 ])
 def test_a_setup_whose_pods_could_not_work_is_refused(tmp_path, airflow_home, capsys, case, expected):
     remote = {"no remote": None}.get(case, "store")
@@ -155,6 +156,9 @@ def test_a_setup_whose_pods_could_not_work_is_refused(tmp_path, airflow_home, ca
         template["spec"]["volumes"] = [{"name": "checkout", "hostPath": {"path": "/srv/llm-srec"}}]
     if case == "no base container":
         template["spec"]["containers"][0]["name"] = "main"
+    if case == "misspelled field":  # the client's models would drop both without a word
+        template["spec"]["nodeSelecter"] = {"pool": "cpu"}
+        template["spec"]["containers"][0]["envFrm"] = template["spec"]["containers"][0].pop("envFrom")
     (tmp_path / "template.yaml").write_text(yaml.safe_dump(template))
     with pytest.raises(SystemExit):
         main(["render", "--out", str(tmp_path / "pods"), "--repo", str(repo),
