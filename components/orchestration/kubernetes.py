@@ -3,7 +3,8 @@ params.yaml `orchestration`, and a renderer that builds them without a cluster, 
 
     python -m components.orchestration.kubernetes render --out DIR [--repo .] [--pod-template FILE]
 
-writes DIR/<task_id>.yaml for every task of the DAG and prints one line per pod. Run it with the Airflow
+writes DIR/<task_id>.yaml for every task of the DAG and prints one line per pod, with a note where a task's
+pod_override replaces a field of the template whole (the provider merges field by field). Run it with the Airflow
 configuration of the scheduler (AIRFLOW_HOME or AIRFLOW__* variables): the namespace, the pod template and
 `pod_mutation_hook` come from there, as they do for the executor.
 
@@ -224,6 +225,20 @@ def render(dag: Any, template: Path, run_id: str | None = None) -> dict[str, k8s
     return pods
 
 
+def replaced(template: k8s.V1Pod, override: k8s.V1Pod | None) -> list[str]:
+    """Paths of the template's fields that a task's pod_override replaces whole (`PodGenerator.reconcile_pods`
+    merges field by field and joins only the lists below): e.g. a template's cpu requests are gone from a pod
+    whose override sets a GPU limit. In Kubernetes' spelling: `spec.tolerations`, `spec.containers[0].resources`."""
+    if override is None or override.spec is None or template.spec is None:
+        return []
+    pairs = [("spec.", template.spec, override.spec, {"containers", "init_containers", "volumes"})]
+    if template.spec.containers and override.spec.containers:
+        pairs.append(("spec.containers[0].", template.spec.containers[0], override.spec.containers[0],
+                      {"name", "env", "env_from", "volume_mounts", "ports", "volume_devices"}))
+    return [at + type(base).attribute_map[f] for at, base, over, joined in pairs for f in type(base).openapi_types
+            if f not in joined and getattr(base, f) and getattr(over, f)]
+
+
 def as_dict(pod: k8s.V1Pod) -> dict:
     """The pod as Kubernetes' own YAML/JSON has it (camelCase keys, unset fields left out)."""
     from kubernetes.client import ApiClient
@@ -263,14 +278,18 @@ def main(argv: list[str] | None = None) -> None:
     cfg = load_params(repo / "params.yaml").orchestration
     check_exchange(repo, cfg)
     template = args.pod_template or configured_template() or repo / POD_TEMPLATE
-    base_pod(template)  # a bad template fails before the DAG is parsed
-    pods = render(load_dag(repo), template, run_id=args.run_id)
+    base = base_pod(template)  # a bad template fails before the DAG is parsed
+    dag = load_dag(repo)
+    pods = render(dag, template, run_id=args.run_id)
     args.out.mkdir(parents=True, exist_ok=True)
     print(f"pod template: {template}")
     for task_id, pod in pods.items():
         data = as_dict(pod)
         (args.out / f"{task_id}.yaml").write_text(yaml.safe_dump(data, sort_keys=False))
         print(f"{task_id:<20} {summary(data)}")
+        config = dag.get_task(task_id).executor_config or {}
+        if "pod_template_file" not in config and (lost := replaced(base, config.get("pod_override"))):
+            print(f"{'':<20} note: its pod_override replaces the template's {', '.join(lost)}")
     print(f"{len(pods)} pods in {args.out}/")
 
 

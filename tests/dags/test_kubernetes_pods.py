@@ -5,6 +5,8 @@ the pods with no code change."""
 
 from __future__ import annotations
 
+import contextlib
+import io
 import json
 import subprocess
 import sys
@@ -26,10 +28,12 @@ def add_remote(ws, name: str) -> None:
                    cwd=ws, env=venv_env(), check=True, capture_output=True)
 
 
-def render(ws, out) -> dict[str, dict]:
-    """task_id -> the pod in the file the CLI wrote, read back as an operator would read it."""
-    main(["render", "--out", str(out), "--repo", str(ws)])
-    return {p.stem: yaml.safe_load(p.read_text()) for p in sorted(out.glob("*.yaml"))}
+def render(ws, out, *options: str) -> tuple[dict[str, dict], str]:
+    """(task_id -> the pod in the file the CLI wrote, read back as an operator would read it; what it printed)."""
+    printed = io.StringIO()
+    with contextlib.redirect_stdout(printed):
+        main(["render", "--out", str(out), "--repo", str(ws), *options])
+    return {p.stem: yaml.safe_load(p.read_text()) for p in sorted(out.glob("*.yaml"))}, printed.getvalue()
 
 
 def base(pod: dict) -> dict:
@@ -46,13 +50,13 @@ def default(tmp_path_factory, airflow_home):
     root = tmp_path_factory.mktemp("k8s_default")
     ws = make_workspace(root / "ws", {"orchestration": {"exchange": {"dvc_remote": "store"}}})
     add_remote(ws, "store")
-    return load_params(ws / "params.yaml").orchestration, render(ws, root / "pods")
+    return load_params(ws / "params.yaml").orchestration, render(ws, root / "pods")[0]
 
 
 @pytest.fixture(scope="module")
 def changed(tmp_path_factory, airflow_home):
-    """Other params (two GPUs on an H100 node pool with a dedicated taint, another image and remote) and a
-    stage appended to dvc.yaml."""
+    """Other params (two GPUs on an H100 node pool with a dedicated taint, another image and remote), a stage
+    appended to dvc.yaml, and a pod template that asks for CPU and tolerates a batch pool."""
     root = tmp_path_factory.mktemp("k8s_changed")
     ws = make_workspace(root / "ws", {"orchestration": {
         "image": "registry.example.com/llm-srec:2.0.1",
@@ -65,7 +69,12 @@ def changed(tmp_path_factory, airflow_home):
     spec["stages"]["report"] = {"cmd": "python -c 'print(1)' > reports/extra.txt",
                                 "deps": ["reports/metrics.json"], "outs": ["reports/extra.txt"]}
     (ws / "dvc.yaml").write_text(yaml.safe_dump(spec, sort_keys=False))
-    return load_params(ws / "params.yaml").orchestration, render(ws, root / "pods"), set(spec["stages"])
+    template = yaml.safe_load((REPO / "deploy/kubernetes/pod_template.yaml").read_text())
+    template["spec"]["containers"][0]["resources"] = {"requests": {"cpu": "2"}}
+    template["spec"]["tolerations"] = [{"key": "pool", "operator": "Equal", "value": "batch", "effect": "NoSchedule"}]
+    (root / "template.yaml").write_text(yaml.safe_dump(template))
+    pods, printed = render(ws, root / "pods", "--pod-template", str(root / "template.yaml"))
+    return load_params(ws / "params.yaml").orchestration, pods, set(spec["stages"]), printed
 
 
 def test_the_gpu_stage_pod_asks_for_what_params_name(default):
@@ -111,7 +120,7 @@ def test_every_pod_runs_the_params_image_with_the_dvc_remote_and_nothing_from_th
 
 
 def test_params_change_the_pods(changed):
-    cfg, pods, _ = changed
+    cfg, pods, _, _ = changed
     gpu = base(pods[GPU_STAGE])
     assert gpu["resources"] == {"limits": {"nvidia.com/gpu": "2"}}
     assert pods[GPU_STAGE]["spec"]["nodeSelector"] == {"cloud.google.com/gke-accelerator": "nvidia-h100-80gb"}
@@ -122,12 +131,27 @@ def test_params_change_the_pods(changed):
 
 
 def test_a_stage_added_to_dvc_yaml_gets_a_pod(changed):
-    _, pods, stages = changed
+    _, pods, stages, _ = changed
     assert set(pods) == stages | ORCHESTRATION
     report = pods["report"]
     assert base(report)["image"] == "registry.example.com/llm-srec:2.0.1"
-    assert "resources" not in base(report) and "tolerations" not in report["spec"]
+    # The template's CPU request and batch-pool toleration; nothing of the GPU stage's.
+    assert base(report)["resources"] == {"requests": {"cpu": "2"}}
+    assert [t["key"] for t in report["spec"]["tolerations"]] == ["pool"] and "nodeSelector" not in report["spec"]
     assert json.loads(base(report)["args"][4])["ti"]["task_id"] == "report"
+
+
+def test_the_template_fields_the_gpu_override_replaces_are_named(changed):
+    """The provider merges a pod_override field by field: the GPU pod loses the template's CPU request and
+    tolerations (a trap when editing the template); the render says so, and the other pods keep both."""
+    _, pods, _, printed = changed
+    assert base(pods[GPU_STAGE])["resources"] == {"limits": {"nvidia.com/gpu": "2"}}
+    assert [t["key"] for t in pods[GPU_STAGE]["spec"]["tolerations"]] == ["dedicated"]
+    assert base(pods["ingest"])["resources"] == {"requests": {"cpu": "2"}}
+    assert [t["key"] for t in pods["ingest"]["spec"]["tolerations"]] == ["pool"]
+    lines = printed.splitlines()
+    assert [lines[i - 1].split()[0] for i, line in enumerate(lines) if "note:" in line] == [GPU_STAGE]
+    assert "replaces the template's spec.tolerations, spec.containers[0].resources" in printed
 
 
 def bare_repo(root, orchestration: dict, remotes: tuple[str, ...] = ()):
