@@ -485,6 +485,16 @@ class TaskParams(Section):
     tolerations: list[dict[str, str]] = Field(
         [], description="Kubernetes tolerations of the task's pod (keys: key, operator, value, effect)")
 
+    @field_validator("tolerations")
+    @classmethod
+    def _toleration_keys(cls, value: list[dict[str, str]]) -> list[dict[str, str]]:
+        # The pod's V1Toleration takes these four (tolerationSeconds is not a str); anything else would fail the
+        # DAG's import with a TypeError that names neither the key nor this file.
+        for toleration in value:
+            if unknown := sorted(set(toleration) - {"key", "operator", "value", "effect"}):
+                raise ValueError(f"unknown toleration key(s) {unknown}: a toleration has key, operator, value, effect")
+        return value
+
 
 class LandingParams(Section):
     """`orchestration.landing`: the landing zone for new interaction batches (components/data/landing.py)."""

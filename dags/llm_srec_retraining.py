@@ -25,7 +25,8 @@ lands: the Asset `llm_srec_landing_zone` is updated when the triggerer sees the 
 4. `run_summary`: always runs; writes `reports/runs/<run>/summary.json`, notifies, and fails the run
    if any task failed. A failed or rejected run leaves the production model as it was.
 
-Configuration: `params.yaml` → `orchestration`. Setup, pools and GPU workers: README → Airflow.
+Configuration: `params.yaml` → `orchestration`. Setup, pools and GPU workers: README → Airflow. Under the
+KubernetesExecutor each task is a pod of `orchestration.image` (components/orchestration/kubernetes.py).
 """
 
 from __future__ import annotations
@@ -51,6 +52,7 @@ from airflow.sdk.exceptions import AirflowFailException
 from components.config import load_params
 from components.errors import ConfigError
 from components.orchestration import graph, release
+from components.orchestration.kubernetes import POD_FIELDS, executor_config
 from components.orchestration.operators import DvcStageOperator
 
 # The repository this DAG drives: the folder above dags/, or $LLMSREC_REPO when the DAG file is
@@ -101,19 +103,6 @@ def _schedule():
     return AssetOrTimeSchedule(timetable=cron, assets=landing) if cron else landing
 
 
-def _gpu_pod(gpus: int, accelerator: str, node_selector: dict, tolerations: list) -> dict:
-    """KubernetesExecutor: the task's pod asks for `gpus` of `accelerator`. Other executors ignore executor_config,
-    and without the kubernetes client (a LocalExecutor or Celery install) there is nothing to build."""
-    try:
-        from kubernetes.client import models as k8s
-    except ImportError:
-        return {}
-    limits = {accelerator: str(gpus)}
-    return {"pod_override": k8s.V1Pod(spec=k8s.V1PodSpec(
-        node_selector=node_selector or None, tolerations=[k8s.V1Toleration(**t) for t in tolerations] or None,
-        containers=[k8s.V1Container(name="base", resources=k8s.V1ResourceRequirements(limits=limits))]))}
-
-
 def _run_id() -> str:
     return get_current_context()["run_id"]
 
@@ -140,6 +129,8 @@ with DAG(
         "retry_exponential_backoff": 2.0,
         "max_retry_delay": timedelta(seconds=CFG.max_retry_delay_seconds),
         "on_failure_callback": _record_failure,
+        # KubernetesExecutor: every task's pod runs orchestration.image with the DVC remote; other executors ignore it.
+        "executor_config": executor_config(CFG),
     },
 ) as dag:
 
@@ -233,15 +224,12 @@ with DAG(
     ops = {}
     for stage in STAGES:
         routing = CFG.tasks.get(stage.address) or CFG.tasks.get(stage.task_id)
-        opts = routing.model_dump(exclude_none=True) if routing else {}
+        opts = routing.model_dump(exclude_none=True, exclude=set(POD_FIELDS)) if routing else {}
         minutes = opts.pop("execution_timeout_minutes", None)
-        pod = {k: opts.pop(k, None) for k in ("accelerator", "node_selector", "tolerations")}
-        if gpus := opts.pop("gpus", None):
-            opts["executor_config"] = _gpu_pod(int(gpus), **pod)
         ops[stage.address] = DvcStageOperator(
             task_id=stage.task_id, stage=stage.address, repo=str(REPO), record=graph.option_of(stage, "--timings"),
             exchange=EXCHANGE, warm_start=CFG.warm_start if EXCHANGE is not None and stage is TRAINER else None,
-            pool=opts.pop("pool", CFG.dvc_pool),
+            pool=opts.pop("pool", CFG.dvc_pool), executor_config=executor_config(CFG, routing),
             execution_timeout=timedelta(minutes=minutes) if minutes else None,
             doc_md=f"`dvc repro -s {stage.address}`\n\ndeps: {', '.join(stage.deps)}\n\nouts: {', '.join(stage.outs)}",
             **opts,

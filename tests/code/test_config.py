@@ -142,6 +142,8 @@ BAD_VALUES = [  # (key path, value, what the error says)
     ("orchestration.start_date", "someday", "isoformat"),
     ("orchestration.notify_callback", "module_without_function", "should match pattern"),
     ("orchestration.tasks.distill.gpus", -1, "greater than or equal to 0"),
+    ("orchestration.tasks.distill.tolerations", [{"key": "a", "tolerationSeconds": "60"}],
+     "unknown toleration key(s) ['tolerationSeconds']"),
     ("orchestration.landing.poll_seconds", 0, "greater than 0"),
     ("orchestration.exchange.git_branch", "", "at least 1 character"),
     # Above what the code that reads them can hold (components/config.py's MAX_* say which code):
