@@ -142,7 +142,7 @@ class AirflowStack:
                               "run `make celery-setup` (apt-get install redis-server) as root")
         self.root.mkdir(parents=True, exist_ok=True)
         git_clone(self.origin, self.branch, self.control)
-        for q, checkout in self.workers.items():
+        for checkout in self.workers.values():
             checkout.parent.mkdir(parents=True, exist_ok=True)
             git_clone(self.origin, self.branch, checkout)
         self.home.mkdir(parents=True, exist_ok=True)
@@ -200,7 +200,7 @@ class AirflowStack:
                 below += psutil.Process(proc.pid).children(recursive=True)
             except psutil.NoSuchProcess:
                 pass
-        for name, proc in list(self.procs.items()):
+        for proc in list(self.procs.values()):
             if proc.poll() is None:
                 try:
                     os.killpg(proc.pid, signal.SIGTERM)
