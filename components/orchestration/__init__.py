@@ -6,6 +6,9 @@ The DAG file stays thin; the logic lives here so it can be tested and run withou
 (warm start, the gate decision, rejection, serving reload, the run summary, notifications). Its
 settings are params.yaml's `orchestration:` section (`components.config.OrchestrationParams`).
 
+`kfp` builds the same stages as a Kubeflow Pipelines v2 pipeline (`python -m components.orchestration.kfp`),
+whose components run `kfp_step` in a workspace of their own.
+
 `code_deps` is for developers and CI, not the DAG: it derives each stage's code deps in dvc.yaml from
 the stage's imports (`python -m components.orchestration.code_deps --check | --write`).
 """

@@ -30,14 +30,15 @@ def task_id_for(address: str) -> str:
     return re.sub(r"[^A-Za-z0-9_.-]", "_", address.replace("dvc.yaml:", ""))
 
 
-def pipeline_stages(repo: Path) -> list[Stage]:
-    """The pipeline stages (not `.dvc` files) in topological order, upstream first."""
+def pipeline_stages(repo: Path, scm: bool = True) -> list[Stage]:
+    """The pipeline stages (not `.dvc` files) in topological order, upstream first. `scm=False` reads a
+    folder that is not a git work tree (a container's copy of the code: DVC refuses one otherwise)."""
     import networkx as nx
     from dvc.repo import Repo
     from dvc.stage import PipelineStage
 
     repo = Path(repo).resolve()
-    with Repo(str(repo)) as dvc:
+    with Repo(str(repo), config=None if scm else {"core": {"no_scm": True}}) as dvc:
         graph = dvc.index.graph  # edges point from a stage to the stages it depends on
         stages = [s for s in nx.topological_sort(graph.reverse(copy=False)) if isinstance(s, PipelineStage)]
         out = []
