@@ -18,7 +18,6 @@ import json
 import shutil
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
@@ -27,6 +26,7 @@ import yaml
 from components.orchestration.stack import AirflowStack
 from tests.conftest import make_workspace, venv_env
 from tests.dags.test_dag_e2e import DVC_STAGES, new_batch, small_params
+
 
 def _git(cwd: Path, *args: str) -> str:
     return subprocess.run(["git", "-c", "user.name=test", "-c", "user.email=test@example.com", *args], cwd=cwd,
