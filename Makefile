@@ -34,7 +34,7 @@ run: setup
 	$(BIN)/dvc repro
 	@$(BIN)/python -m components.summary
 
-test: setup
+test: setup celery-setup
 	$(BIN)/python -m pytest -q
 
 # Airflow for local use: scheduler, triggerer, dag processor and UI (http://localhost:8080) in one process,

@@ -25,7 +25,12 @@ lands: the Asset `llm_srec_landing_zone` is updated when the triggerer sees the 
 4. `run_summary`: always runs; writes `reports/runs/<run>/summary.json`, notifies, and fails the run
    if any task failed. A failed or rejected run leaves the production model as it was.
 
-Configuration: `params.yaml` → `orchestration`. Setup, pools and GPU workers: README → Airflow. Under the
+**Workers that share no folder** (`orchestration.exchange.dvc_remote` set: Celery workers on several machines,
+Kubernetes pods): each stage's task syncs its own checkout from the git branch `exchange.git_branch`, pulls
+what it reads from the DVC remote, runs, then pushes its outputs and commits its dvc.lock entry to the branch
+(components/orchestration/exchange.py); the training stage stages its own warm start.
+
+Configuration: `params.yaml` → `orchestration`. Setup, pools and engines: README → Airflow, docs/deploy.md. Under the
 KubernetesExecutor each task is a pod of `orchestration.image` (components/orchestration/kubernetes.py).
 """
 

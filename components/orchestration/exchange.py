@@ -28,6 +28,8 @@ from components.errors import MAX_MESSAGE, clip
 from components.orchestration.graph import Stage
 from components.orchestration.runner import StageFailed, StageInputError, repo_lock, repro, run_module
 
+#: the DVC remote the KubernetesExecutor's pod was started for (components/orchestration/kubernetes.py)
+DVC_REMOTE_ENV = "LLMSREC_DVC_REMOTE"
 #: who commits a stage's dvc.lock when the worker's git has no identity of its own
 COMMITTER = ("llm_srec_retraining", "llm-srec-pipeline@localhost")
 
@@ -111,6 +113,14 @@ def run_exchanged(repo: Path, stage: Stage, cfg: ExchangeParams, message: str, b
     after the pull and before the stage (the warm start stages its checkpoint there). Returns runner.repro's
     record with `commit` (the branch's commit after this stage) and `checkout` (this worker's folder).
     Raises StageInputError or StageFailed as runner.run_stage does."""
+    pod_remote = os.environ.get(DVC_REMOTE_ENV)
+    if pod_remote and pod_remote != cfg.dvc_remote:
+        # The scheduler named the remote in the pod (components/orchestration/kubernetes.py) from its params.yaml;
+        # this worker parsed another: the image and the scheduler run different commits.
+        raise StageInputError(
+            f"ERROR [exchange] this pod was started for DVC remote {pod_remote!r} ({DVC_REMOTE_ENV}), but {repo}/"
+            f"params.yaml says orchestration.exchange.dvc_remote: {cfg.dvc_remote!r}. Fix: deploy the scheduler's "
+            "commit in the image (orchestration.image)")
     with repo_lock(repo):
         sync(repo, cfg, log)
         pull(repo, stage, cfg, log)

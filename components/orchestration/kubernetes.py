@@ -38,12 +38,12 @@ import yaml
 
 from components.config import OrchestrationParams, TaskParams, load_params
 from components.errors import ConfigError, stage_main
+from components.orchestration.exchange import DVC_REMOTE_ENV
 
 if TYPE_CHECKING:
     from kubernetes.client import models as k8s
 
 DAG_ID = "llm_srec_retraining"
-DVC_REMOTE_ENV = "LLMSREC_DVC_REMOTE"
 #: the repository's pod template, relative to its root
 POD_TEMPLATE = Path("deploy/kubernetes/pod_template.yaml")
 #: the container the executor runs a task in; its pod_override must name the same one

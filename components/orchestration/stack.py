@@ -15,6 +15,7 @@ deployment puts it on PostgreSQL (docs/deploy.md).
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import secrets
 import shutil
@@ -26,7 +27,9 @@ import sys
 import time
 from pathlib import Path
 
+from components.config import load_params
 from components.errors import ConfigError, stage_main
+from components.orchestration.__main__ import DESCRIPTIONS, pools
 
 DAG_ID = "llm_srec_retraining"
 QUIET_ENV = {"DVC_NO_ANALYTICS": "1", "GX_ANALYTICS_ENABLED": "False", "BENTOML_DO_NOT_TRACK": "True",
@@ -59,18 +62,20 @@ class AirflowStack:
     "LocalExecutor" (the scheduler runs tasks in the control checkout; `queues` is ignored). `origin` and
     `branch`: the git repository every checkout is cloned from. `env`: added to every process's environment
     (e.g. BENTOML_HOME for the LocalExecutor, thread limits). `heartbeat_timeout`: seconds after which the
-    scheduler fails a task whose worker stopped answering (Airflow's default is 300).
+    scheduler fails a task whose worker stopped answering (Airflow's default is 300). `db_template`: an
+    `airflow db migrate`d SQLite file of this Airflow version to start from (saves the migration).
     Raises ConfigError when `redis-server` is missing.
     """
 
     def __init__(self, root: Path, origin: str, branch: str, executor: str = "CeleryExecutor",
                  queues: tuple[str, ...] = ("default", "gpu"), env: dict[str, str] | None = None,
-                 heartbeat_timeout: int = 300, log=print):
+                 heartbeat_timeout: int = 300, db_template: Path | None = None, log=print):
         self.root = Path(root).resolve()
         self.origin, self.branch, self.executor = origin, branch, executor
         self.queues = tuple(queues) if executor == "CeleryExecutor" else ()
         self.extra_env = dict(env or {})
         self.heartbeat_timeout = heartbeat_timeout
+        self.db_template = db_template
         self.log = log
         self.procs: dict[str, subprocess.Popen] = {}
         self.api_port = free_port()
@@ -89,6 +94,7 @@ class AirflowStack:
                "AIRFLOW_HOME": str(home),
                "AIRFLOW__CORE__DAGS_FOLDER": str(checkout / "dags"),
                "AIRFLOW__CORE__LOAD_EXAMPLES": "False",
+               "AIRFLOW__CORE__DAGS_ARE_PAUSED_AT_CREATION": "False",
                "AIRFLOW__CORE__EXECUTOR": self.executor,
                "AIRFLOW__CORE__HOSTNAME_CALLABLE": "components.orchestration.stack.worker_hostname",
                "AIRFLOW__DATABASE__SQL_ALCHEMY_CONN": f"sqlite:///{self.home / 'airflow.db'}",
@@ -150,9 +156,16 @@ class AirflowStack:
             self._spawn("redis", ["redis-server", "--port", str(self.redis_port), "--bind", "127.0.0.1",
                                   "--save", "", "--appendonly", "no"], os.environ.copy(), self.root)
         env = self.control_env
-        self._airflow("db", "migrate", env=env)
-        self._airflow("pools", "set", "dvc", "1", "DVC stages", env=env)
-        self._airflow("pools", "set", "gpu", "1", "GPU slots", env=env)
+        if self.db_template is not None:  # a migrated DB of this Airflow version: a copy skips the migration
+            shutil.copy2(self.db_template, self.home / "airflow.db")
+        else:
+            self._airflow("db", "migrate", env=env)
+        # The pools the DAG names (orchestration.dvc_pool, orchestration.tasks.*.pool), in one CLI call.
+        cfg = load_params(self.control / "params.yaml").orchestration
+        pools_file = self.home / "pools.json"
+        pools_file.write_text(json.dumps({name: {"slots": slots, "description": DESCRIPTIONS.get(name, DAG_ID),
+                                                 "include_deferred": False} for name, slots in pools(cfg).items()}))
+        self._airflow("pools", "import", str(pools_file), env=env)
         self._spawn("api-server", [sys.executable, "-m", "airflow", "api-server", "--port", str(self.api_port)],
                     env, self.control)
         self._spawn("dag-processor", [sys.executable, "-m", "airflow", "dag-processor"], env, self.control)
@@ -161,7 +174,6 @@ class AirflowStack:
             self.start_worker(q)
         self.wait_for(lambda: self._query("select count(*) from dag where dag_id=?", DAG_ID)[0][0] == 1, 180,
                       "the DAG to be parsed")
-        self._airflow("dags", "unpause", DAG_ID, env=env)
         return self
 
     def start_worker(self, queue: str) -> subprocess.Popen:

@@ -1,12 +1,15 @@
 """The DAG on real engines: the CeleryExecutor with a `gpu` queue, against the LocalExecutor, on this machine.
 
 One repository (a bare git remote, branches `local` and `pipeline`), one DVC remote (a folder), one batch:
-1. the LocalExecutor: a scheduler runs every task in one checkout (exchange off);
-2. the CeleryExecutor: Redis, a scheduler, DAG processor and API server, and two Celery workers, `default` and
+1. the CeleryExecutor: Redis, a scheduler, DAG processor and API server, and two Celery workers, `default` and
    `gpu`, each in its own checkout with its own Airflow and BentoML homes: they share no folder, stages pass
-   data through the DVC remote and dvc.lock through the `pipeline` branch. The `gpu` worker is killed with
-   SIGKILL (with everything it started) while `distill` trains; the scheduler fails the task for its lost
-   heartbeat, the restarted worker takes the retry, and distill resumes from its checkpoint.
+   data through the DVC remote and dvc.lock through the `pipeline` branch. A batch lands on the default
+   worker. The `gpu` worker is killed with SIGKILL (with every process below it) while `distill` trains; the
+   scheduler fails the task for its lost heartbeat, the restarted worker takes the retry, and distill resumes
+   from its checkpoint;
+2. the LocalExecutor: a scheduler runs every task in one checkout (exchange off), on the store of accepted
+   batches the Celery run landed (the landing zone records each batch's arrival time, in its id and
+   batch.json, so landing the same file again would be a different input).
 
 Both runs promote a model, and the `pipeline` branch's dvc.lock matches the LocalExecutor's, stage for stage:
 same data, same SASRec, same adapters, same metrics, the kill notwithstanding.
@@ -75,7 +78,7 @@ def _stages(lock_text: str) -> dict:
 
 
 @pytest.mark.slow
-def test_celery_workers_that_share_no_folder_match_the_local_executor(tmp_path, tiny_llm_dir):
+def test_celery_workers_that_share_no_folder_match_the_local_executor(tmp_path, tiny_llm_dir, airflow_home):
     src = make_workspace(tmp_path / "src", _params(tiny_llm_dir))
     remote = tmp_path / "dvc-remote"
     subprocess.run([sys.executable, "-m", "dvc", "remote", "add", "storage", str(remote)], cwd=src, check=True,
@@ -85,6 +88,11 @@ def test_celery_workers_that_share_no_folder_match_the_local_executor(tmp_path, 
     _git(src, "branch", "local")
     params = yaml.safe_load((src / "params.yaml").read_text())
     params["orchestration"]["exchange"] = {"dvc_remote": "storage", "git_remote": "origin", "git_branch": "pipeline"}
+    # No folder is shared with serving either: a promotion is exported (a bucket in production), and the serving
+    # host imports it.
+    exports = tmp_path / "model-exports"
+    params["orchestration"]["serving_reload_command"] = \
+        f"sh -c 'mkdir -p {exports} && bentoml models export \"$LLMSREC_PROMOTED_TAG\" {exports}/'"
     (src / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
     _git(src, "checkout", "-qb", "pipeline")
     _git(src, "commit", "-qam", "exchange through the DVC remote and this branch")
@@ -93,19 +101,9 @@ def test_celery_workers_that_share_no_folder_match_the_local_executor(tmp_path, 
     threads = {"OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
     batch = new_batch_for(src, tiny_llm_dir, tmp_path)
 
-    # 1. The LocalExecutor, one checkout.
-    with AirflowStack(tmp_path / "local", str(origin), "local", executor="LocalExecutor",
-                      env={**threads, "BENTOML_HOME": str(tmp_path / "local-bentoml")}) as local:
-        _drop_batch(local.control, batch, tmp_path)
-        run = local.trigger()
-        assert local.wait_run(run, timeout=900) == "success", local.task_instances(run)
-    local_lock = (local.control / "dvc.lock").read_text()
-    local_summary = json.loads((local.control / "reports" / "runs" / "latest.json").read_text())
-    assert local_summary["outcome"] in ("promoted", "provisional")
-
-    # 2. The CeleryExecutor, two workers in their own checkouts; the gpu worker dies during distill.
+    # 1. The CeleryExecutor, two workers in their own checkouts; the gpu worker dies during distill.
     with AirflowStack(tmp_path / "celery", str(origin), "pipeline", queues=("default", "gpu"), env=threads,
-                      heartbeat_timeout=15) as stack:
+                      heartbeat_timeout=15, db_template=airflow_home / "airflow.db") as stack:
         default, gpu = stack.workers["default"], stack.workers["gpu"]
         _drop_batch(default, batch, tmp_path)
         run = stack.trigger()
@@ -119,6 +117,19 @@ def test_celery_workers_that_share_no_folder_match_the_local_executor(tmp_path, 
         assert stack.wait_run(run, timeout=900) == "success", stack.task_instances(run)
         tis = stack.task_instances(run)
         summary = json.loads((default / "reports" / "runs" / "latest.json").read_text())
+
+    # 2. The LocalExecutor, one checkout, on the same store of accepted batches: a batch's arrival time is part
+    # of what the landing zone records (its id, batch.json), so landing the file again would be another input.
+    with AirflowStack(tmp_path / "local", str(origin), "local", executor="LocalExecutor",
+                      env={**threads, "BENTOML_HOME": str(tmp_path / "local-bentoml")},
+                      db_template=airflow_home / "airflow.db") as local:
+        shutil.copytree(default / "data" / "batches", local.control / "data" / "batches")
+        run = local.trigger()
+        assert local.wait_run(run, timeout=900) == "success", local.task_instances(run)
+    local_lock = (local.control / "dvc.lock").read_text()
+    local_summary = json.loads((local.control / "reports" / "runs" / "latest.json").read_text())
+    assert local_summary["outcome"] in ("promoted", "provisional")
+    assert local_summary["landing"]["accepted"] == [] and len(summary["landing"]["accepted"]) == 1
 
     # The run succeeds and a model is promoted, from the default worker's BentoML store.
     assert summary["outcome"] in ("promoted", "provisional"), summary
@@ -137,13 +148,35 @@ def test_celery_workers_that_share_no_folder_match_the_local_executor(tmp_path, 
     # The workers shared no folder: the gpu worker pulled distill's inputs and pushed its output.
     assert (gpu / "models" / "sasrec" / "config.json").is_file() and not (gpu / "data" / "batches").exists()
     assert not (default / "models" / ".resume" / "distill").exists()
-    # dvc.lock on the branch matches the LocalExecutor's, stage for stage (and so do the metrics it pins).
-    lock = _git(origin, "show", "pipeline:dvc.lock")
-    assert _stages(lock) == _stages(local_lock)
+    # dvc.lock on the branch matches the LocalExecutor's, stage for stage (and so do the metrics it pins). One
+    # field differs by design: package's report names the version its BentoML store gave the model, and each
+    # store draws its own version id; the same stage read the same inputs and wrote the same decision.
+    lock, ref = _stages(_git(origin, "show", "pipeline:dvc.lock")), _stages(local_lock)
+    assert set(lock) == set(ref) == set(DVC_STAGES) | {"ingest_batches"}
+    for stage in set(lock) - {"package"}:
+        assert lock[stage] == ref[stage], stage
+    assert {k: v for k, v in lock["package"].items() if k != "outs"} == \
+        {k: v for k, v in ref["package"].items() if k != "outs"}
+    versions = ("tag", "production")
+    ours = json.loads(_git(origin, "show", "pipeline:reports/package.json"))
+    theirs = json.loads((local.control / "reports" / "package.json").read_text())
+    assert {k: v for k, v in ours.items() if k not in versions} == {k: v for k, v in theirs.items() if k not in versions}
+    assert ours["tag"] == summary["production_after"] and theirs["tag"] == local_summary["production_after"]
     assert json.loads(_git(origin, "show", "pipeline:reports/metrics.json")) == \
         json.loads((local.control / "reports" / "metrics.json").read_text())
     log = _git(origin, "log", "--format=%s", "pipeline")
     assert "distill: " in log and "(try 2)" in log  # the retry published distill, not the killed attempt
+
+    # Serving, on a host of its own, picks the promotion up from the export: import, promote, verify.
+    tag = summary["production_after"]
+    (exported,) = exports.glob("*.bentomodel")
+    serving = {**venv_env(), "BENTOML_HOME": str(tmp_path / "serving.bentoml")}
+    for argv in (["bentoml", "models", "import", str(exported)],
+                 [sys.executable, "-m", "components.serving.registry", "promote", tag],
+                 [sys.executable, "-m", "components.serving.registry", "verify", tag]):
+        done = subprocess.run(argv, env=serving, capture_output=True, text=True, cwd=default)
+        assert done.returncode == 0, done.stdout + done.stderr
+    assert "every file as packaged" in done.stdout
 
 
 def new_batch_for(src: Path, llm_dir: Path, tmp: Path):
