@@ -56,9 +56,10 @@ from airflow.sdk.exceptions import AirflowFailException
 
 from components.config import load_params
 from components.errors import ConfigError
-from components.orchestration import graph, release
+from components.orchestration import exchange, graph, release
 from components.orchestration.kubernetes import POD_FIELDS, executor_config
 from components.orchestration.operators import DvcStageOperator
+from components.orchestration.runner import repo_lock
 
 # The repository this DAG drives: the folder above dags/, or $LLMSREC_REPO when the DAG file is
 # deployed elsewhere (e.g. a dags folder that only holds a copy).
@@ -108,6 +109,22 @@ def _schedule():
     return AssetOrTimeSchedule(timetable=cron, assets=landing) if cron else landing
 
 
+def _sync_checkout(best_effort: bool = False) -> None:
+    """Under orchestration.exchange, bring this worker's checkout to the branch's tip before reading what the
+    stages wrote (the gate's report, the metrics): the stage may have run on another machine. `best_effort`:
+    a failure is printed, not raised (the run summary must be written even when git is unreachable)."""
+    if EXCHANGE is None:
+        return
+    try:
+        with repo_lock(REPO):
+            exchange.sync(REPO, CFG.exchange, log=print)
+    except Exception as e:  # noqa: BLE001 - StageFailed, StageInputError, OSError: reported, then the local copy
+        if not best_effort:
+            raise
+        print(f"summary: could not sync {REPO} with {CFG.exchange.git_remote}/{CFG.exchange.git_branch} ({e}); "
+              "the metrics below are this checkout's")
+
+
 def _run_id() -> str:
     return get_current_context()["run_id"]
 
@@ -151,6 +168,7 @@ with DAG(
 
     @task.branch
     def check_gate() -> list[str]:
+        _sync_checkout()
         decision = release.gate_decision(REPO, CFG.gate_report)
         # Read once per run: mark_rejected and the summary take it from here.
         get_current_context()["ti"].xcom_push(key="decision", value=decision)
@@ -179,6 +197,7 @@ with DAG(
 
     @task(trigger_rule=TriggerRule.ALL_DONE, retries=0)
     def run_summary() -> dict:
+        _sync_checkout(best_effort=True)
         ctx = get_current_context()
         ti, run_id = ctx["ti"], ctx["run_id"]
         states = ti.get_task_states(dag_id=ti.dag_id, run_ids=[run_id])

@@ -102,30 +102,33 @@ def test_celery_workers_that_share_no_folder_match_the_local_executor(tmp_path, 
     batch = new_batch_for(src, tiny_llm_dir, tmp_path)
 
     # 1. The CeleryExecutor, two workers in their own checkouts; the gpu worker dies during distill.
-    with AirflowStack(tmp_path / "celery", str(origin), "pipeline", queues=("default", "gpu"), env=threads,
-                      heartbeat_timeout=15, db_template=airflow_home / "airflow.db") as stack:
-        default, gpu = stack.workers["default"], stack.workers["gpu"]
-        _drop_batch(default, batch, tmp_path)
-        run = stack.trigger()
-        stack.wait_for(lambda: _state_step(gpu) >= 8, 600, "distill to save a checkpoint on the gpu worker", every=0.2)
-        killed_at = _state_step(gpu)
-        stack.kill("worker-gpu")
-        assert not _processes_in(gpu), "the gpu worker's task processes outlived it"
-        stack.wait_for(lambda: stack.task_instances(run)["distill"]["state"] in ("up_for_retry", "queued", "failed"),
-                       180, "the scheduler to notice the lost gpu worker")
-        stack.start_worker("gpu")
-        assert stack.wait_run(run, timeout=900) == "success", stack.task_instances(run)
-        tis = stack.task_instances(run)
-        summary = json.loads((default / "reports" / "runs" / "latest.json").read_text())
-
     # 2. The LocalExecutor, one checkout, on the same store of accepted batches: a batch's arrival time is part
     # of what the landing zone records (its id, batch.json), so landing the file again would be another input.
-    with AirflowStack(tmp_path / "local", str(origin), "local", executor="LocalExecutor",
-                      env={**threads, "BENTOML_HOME": str(tmp_path / "local-bentoml")},
-                      db_template=airflow_home / "airflow.db") as local:
+    # It starts as soon as the Celery run has landed the batch: the two runs overlap, which halves the wait.
+    celery = AirflowStack(tmp_path / "celery", str(origin), "pipeline", queues=("default", "gpu"), env=threads,
+                          heartbeat_timeout=15, db_template=airflow_home / "airflow.db")
+    local = AirflowStack(tmp_path / "local", str(origin), "local", executor="LocalExecutor",
+                         env={**threads, "BENTOML_HOME": str(tmp_path / "local-bentoml")},
+                         db_template=airflow_home / "airflow.db")
+    with celery, local:
+        default, gpu = celery.workers["default"], celery.workers["gpu"]
+        _drop_batch(default, batch, tmp_path)
+        run = celery.trigger()
+        celery.wait_for(lambda: celery.task_instances(run)["ingest_batches"]["state"] == "success", 300,
+                        "the Celery run to land the batch")
         shutil.copytree(default / "data" / "batches", local.control / "data" / "batches")
-        run = local.trigger()
-        assert local.wait_run(run, timeout=900) == "success", local.task_instances(run)
+        local_run = local.trigger()
+        celery.wait_for(lambda: _state_step(gpu) >= 8, 600, "distill to save a checkpoint on the gpu worker", every=0.2)
+        killed_at = _state_step(gpu)
+        celery.kill("worker-gpu")
+        assert not _processes_in(gpu), "the gpu worker's task processes outlived it"
+        celery.wait_for(lambda: celery.task_instances(run)["distill"]["state"] in ("up_for_retry", "queued", "failed"),
+                        180, "the scheduler to notice the lost gpu worker")
+        celery.start_worker("gpu")
+        assert celery.wait_run(run, timeout=900) == "success", celery.task_instances(run)
+        tis = celery.task_instances(run)
+        summary = json.loads((default / "reports" / "runs" / "latest.json").read_text())
+        assert local.wait_run(local_run, timeout=900) == "success", local.task_instances(local_run)
     local_lock = (local.control / "dvc.lock").read_text()
     local_summary = json.loads((local.control / "reports" / "runs" / "latest.json").read_text())
     assert local_summary["outcome"] in ("promoted", "provisional")
