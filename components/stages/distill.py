@@ -37,11 +37,11 @@ import torch
 from accelerate import Accelerator
 from accelerate.utils import InitProcessGroupKwargs
 
-from components.config import DistillParams, load_params
+from components.config import DistillParams, LLMParams, load_params
 from components.data.examples import Examples
 from components.data.histories import shuffle_window
 from components.data.sequences import Prepared
-from components.errors import stage_main
+from components.errors import ConfigError, stage_main
 from components.evaluation.metrics import candidate_ranks, ndcg_at
 from components.io import fresh_dir, write_json
 from components.llm.backbone import load_backbone, truncate_layers
@@ -215,7 +215,7 @@ def main(argv: list[str] | None = None) -> None:
     opts, llm = params.distill, params.llm
     seed = params.seed_of("distill")
     if opts.num_processes > 1 and not launched():
-        raise SystemExit(launch(opts, sys.argv[1:] if argv is None else argv))
+        raise SystemExit(launch(opts, llm, sys.argv[1:] if argv is None else argv))
 
     # A peer that stops answering (a hung process, a lost node) fails the run after this long at one
     # collective, instead of gloo's or NCCL's own default; a peer that dies is caught sooner, by the launcher.
@@ -275,15 +275,20 @@ def launched() -> bool:
     return any(name in os.environ for name in ("LOCAL_RANK", "WORLD_SIZE", "PMI_SIZE", "OMPI_COMM_WORLD_SIZE"))
 
 
-def launch(opts: DistillParams, argv: list[str]) -> int:
+def launch(opts: DistillParams, llm: LLMParams, argv: list[str]) -> int:
     """Run this stage with `argv` in `opts.num_processes` processes on this machine, under accelerate's launcher
     (torchrun's agent, in this process), and wait for them. Returns the exit status: 0, or 1 after printing
     which process failed and how. The agent stops the others as soon as one fails (a crash, kill -9), and
-    stops them all when this process is terminated (SIGTERM, as Airflow does)."""
+    stops them all when this process is terminated (SIGTERM, as Airflow does). Raises ConfigError when the
+    processes would run on GPUs and there are fewer GPUs than processes."""
     from accelerate.commands.launch import launch_command, launch_command_parser
     from torch.distributed.elastic.multiprocessing.errors import ChildFailedError
 
     n = opts.num_processes
+    gpus = torch.cuda.device_count() if llm.device != "cpu" and torch.cuda.is_available() else 0
+    if 0 < gpus < n:  # NCCL takes one GPU per process: process `gpus` would find no device
+        raise ConfigError("distill.num_processes", f"{n} processes on GPUs, this machine has {gpus}",
+                          f"set distill.num_processes to at most {gpus}, or llm.device: cpu to train on CPU processes")
     # `--multi_gpu` is accelerate's name for torchrun's N local processes; each rank then picks gloo on CPU
     # or NCCL on its GPU itself. (`--cpu` alone would start one process: CPU ranks need mpirun there.)
     args = launch_command_parser().parse_args([
