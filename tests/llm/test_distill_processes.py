@@ -133,10 +133,10 @@ def runs(tmp_path_factory, prepared_dir, teacher, tiny_llama_dir) -> dict:
     state_root = two / "models" / ".resume" / "distill"
     proc = subprocess.Popen(stage_argv("distill"), cwd=two, env=_env(two, out["audit"]["two"]),
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    launcher, deadline, victim = psutil.Process(proc.pid), time.time() + 240, None
+    launcher, deadline, victim, survivor = psutil.Process(proc.pid), time.time() + 240, None, None
     while proc.poll() is None and time.time() < deadline:
         if _state_step(state_root) >= KILL_AFTER:  # polling the state file: the condition itself
-            victim = _rank_pid(launcher, "1")
+            victim, survivor = _rank_pid(launcher, "1"), _rank_pid(launcher, "0")
             break
         time.sleep(0.02)
     assert victim is not None, f"no rank 1 to kill at step {_state_step(state_root)} (exit {proc.poll()})"
@@ -147,6 +147,7 @@ def runs(tmp_path_factory, prepared_dir, teacher, tiny_llama_dir) -> dict:
     stdout, stderr = proc.communicate(timeout=120)
     out.update(killed_rc=proc.returncode, killed_after=time.time() - t_kill, killed_stderr=stderr,
                killed_stdout=stdout, killed_step=_state_step(state_root), victim=victim,
+               survivor_left=survivor is not None and psutil.pid_exists(survivor),
                killed_wrote_outputs=(two / "models" / "llmsrec" / "config.json").exists())
     for o in stage_outs("distill"):  # what DVC does before re-running the stage
         shutil.rmtree(two / o, ignore_errors=True)
@@ -220,6 +221,7 @@ def test_a_rank_killed_with_9_fails_the_run_and_a_rerun_resumes(runs):
     # The launcher stops rank 0 and exits non-zero at once, saying which process died and how.
     assert runs["killed_rc"] != 0
     assert runs["killed_after"] < 60, f"the launcher took {runs['killed_after']:.0f}s to give up"
+    assert not runs["survivor_left"]  # rank 0 was stopped with it, not left waiting on the dead peer
     err = runs["killed_stderr"]
     assert f"training process 1 of 2 (pid {runs['victim']}) ended with signal SIGKILL" in err, err[-3000:]
     assert "ERROR [distill]" not in err + runs["killed_stdout"]  # not an input error: Airflow retries it
