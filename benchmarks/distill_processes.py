@@ -104,6 +104,7 @@ def run(root: Path, prepared: Path, sasrec: Path, params: dict, processes: int) 
     if proc.returncode != 0:
         raise SystemExit(f"the stage failed with {processes} process(es):\n{proc.stderr[-4000:]}")
     record = json.loads((ws / "reports" / "timings" / "distill.json").read_text())
+    summary = json.loads((ws / "reports" / "distill_train.json").read_text())
     curve = json.loads((ws / "reports" / "distill_curve.json").read_text())
     rounds = record["rounds"]
     batch = params["distill"]["batch_size"]
@@ -113,6 +114,7 @@ def run(root: Path, prepared: Path, sasrec: Path, params: dict, processes: int) 
            "train_seconds": round(train_s, 2), "examples_per_second": round(steps * batch / max(train_s, 1e-9), 2),
            "validation_and_item_table_seconds": round(record["train_seconds"] - train_s, 2),
            "final_item_table_seconds": record.get("item_table_seconds"), "device": record["device"],
+           "dtype": summary["dtype"],
            "last_row": {k: curve[-1][k] for k in ("step", "loss", "valid_ndcg@10")},
            "load_average_before": [round(x, 2) for x in load_before],
            "load_average_after": [round(x, 2) for x in load_after], "workspace": str(ws)}
