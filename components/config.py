@@ -382,6 +382,17 @@ class DistillParams(Section):
         2048.0, ge=0, le=2**43, description="bound of each of the two caches (item titles; validation users) "
                                             "of those keys/values kept across steps and validations (0 = "
                                             "recompute every time)", json_schema_extra=RUN_ONLY)
+    # Run-only: every process draws the whole batch and the gradients are summed, so a step is one process's
+    # step (components/models/parallel.py): a run killed with 2 processes resumes with 1, and the reverse.
+    num_processes: int = Field(
+        1, ge=1, le=1024, description="training processes on this machine (one per GPU, or CPU processes on "
+                                      "gloo), started by the stage under `accelerate launch`; under a launcher "
+                                      "already (multi-node), the launcher's count", json_schema_extra=RUN_ONLY)
+    process_timeout_minutes: float = Field(
+        30.0, gt=0, le=MAX_MINUTES, description="with several processes: the longest one waits for the others at "
+                                                "one step (the main process's LLM load and title states "
+                                                "included) before the run fails; a process that dies stops the "
+                                                "run at once", json_schema_extra=RUN_ONLY)
     seed: int | None = Field(None, ge=0, le=MAX_SEED, description="null = the top-level seed")
 
     @field_validator("eval_every")
@@ -397,6 +408,15 @@ class DistillParams(Section):
             raise Invalid("cf_dropout", f"{self.cf_dropout} drops SASRec's part of each injected vector, and with "
                                         "text_layer: null nothing else is left", "set distill.text_layer (e.g. all), "
                                                                                   "or cf_dropout: 0")
+        return self
+
+    @model_validator(mode="after")
+    def _one_batch_for_batchnorm(self) -> DistillParams:
+        if self.center == "batchnorm" and self.num_processes > 1:
+            # Each process would centre its share of the batch by that share's statistics: not one process's step.
+            raise Invalid("num_processes", f"{self.num_processes} processes with center: batchnorm would centre "
+                                           "each process's share of a batch by its own statistics",
+                          "set distill.num_processes: 1 with center: batchnorm, or center: none")
         return self
 
     @model_validator(mode="after")

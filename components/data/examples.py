@@ -123,11 +123,9 @@ class Examples:
         return Batch(Histories(items, ts, torch.from_numpy(s.users[rows])), targets=target,
                      negatives=torch.from_numpy(neg))
 
-    def batches(self, batch_size: int, num_negatives: int, shuffle: bool, rng: np.random.Generator,
-                rank: int = 0, world: int = 1):
-        """One epoch: the examples in `rng`'s order, `batch_size` per step; this process's share of each."""
+    def batches(self, batch_size: int, num_negatives: int, shuffle: bool, rng: np.random.Generator):
+        """One epoch: the examples in `rng`'s order, `batch_size` per step. Several training processes each
+        draw every whole batch from the same `rng` and split the model's work (components/models/parallel.py)."""
         order = rng.permutation(len(self))
         for lo in range(0, len(order), batch_size):
-            if len(order[lo: lo + batch_size]) < world:  # a last batch too small to give every process a share
-                break
-            yield self.batch(order[lo: lo + batch_size][rank::world], num_negatives, shuffle, rng)
+            yield self.batch(order[lo: lo + batch_size], num_negatives, shuffle, rng)

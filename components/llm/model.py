@@ -46,6 +46,7 @@ from components.models.base import (
     read_checkpoint_json,
     read_weights,
 )
+from components.models.parallel import Shard
 from components.models.sasrec import SASRec
 
 ADAPTERS, ITEM_TABLE, TITLES = "adapters.safetensors", "item_table.safetensors", "titles.json"
@@ -392,18 +393,27 @@ class LLMSRec(Recommender):
         _every_row_has_a_slot(counts)
         return hist_vecs[(counts.cumsum(0) - 1).to(hist_vecs.device)].to(self.device)  # [B, H]
 
-    def inject(self, items: Tensor) -> Tensor:
+    def cf_keep(self, n: int) -> Tensor | None:
+        """[n, 1] bool: which of `n` injected vectors keep their SASRec part this step (`cf_dropout`), drawn
+        from torch's generator; None when nothing is dropped (not training, no `text_layer`, p = 0)."""
+        if not (self.training and self.adapters.f_T is not None and self.config.cf_dropout > 0):
+            return None
+        return torch.rand(n, 1, device=self.device) >= self.config.cf_dropout
+
+    def inject(self, items: Tensor, keep: Tensor | None = None) -> Tensor:
         """f_I(E_i) (+ f_T(t_i) with `text_layer`) for item idx [M] -> [M, H]: what goes into the [HistoryEmb] slots.
 
         With `cf_dropout` p (beyond the paper), while training each row keeps f_I(E_i) with probability
         1 - p and is f_T(t_i) alone otherwise (no rescaling: at inference both parts are always there).
         SASRec's embeddings were fit to the sequences distillation trains on, so on them they look more
-        telling than they are on new users; the title states were fit to nothing here."""
+        telling than they are on new users; the title states were fit to nothing here. `keep` [M, 1]
+        (`cf_keep`) gives the draw, drawn here when None: several processes share one batch's draw."""
         items = items.to(self.device)
         v = self.adapters.f_I(self.sasrec.item_embeddings[items])  # [M, H]
         if self.adapters.f_T is not None:
-            if self.training and self.config.cf_dropout > 0:
-                v = v * (torch.rand(len(v), 1, device=v.device) >= self.config.cf_dropout).to(v.dtype)
+            keep = self.cf_keep(len(v)) if keep is None else keep
+            if keep is not None:
+                v = v * keep.to(v.device, v.dtype)
             v = v + self.adapters.f_T(self.text_states[items.to(self.text_states.device)].to(v))
         if self.config.match_token_norm:
             v = v * (self.token_norm / v.norm(dim=-1, keepdim=True).clamp(min=1e-6))
@@ -413,16 +423,17 @@ class LLMSRec(Recommender):
         window = histories.last(self.config.history_len)
         return window.items, window.timestamps  # [B, K]
 
-    def user_states(self, histories: Histories) -> Tensor:
+    def user_states(self, histories: Histories, keep: Tensor | None = None) -> Tensor:
         """The LLM state read for each user prompt: [B, H] (at [UserOut], or at the last slot with
         `readout: slot`), before f_user.
 
         The prompt shows the last `history_len` items; with `user_slot`, SASRec's O_u over the whole of
-        `histories` (its own window) fills one more slot before or after theirs."""
+        `histories` (its own window) fills one more slot before or after theirs. `keep`: `inject`'s, for
+        the window's items row by row."""
         items, ts = self._prompt_window(histories)
         prompts = self.prompts.users(items.cpu().numpy(), ts.cpu().numpy())
         present = items != 0  # [B, K]
-        vecs = self.inject(items[present])  # [M, H], row-major: each row's items, oldest first
+        vecs = self.inject(items[present], keep)  # [M, H], row-major: each row's items, oldest first
         if self.adapters.f_U is not None:
             with torch.no_grad():
                 o_u = self.sasrec.user_representation(histories).to(self.device)  # [B, d]
@@ -436,17 +447,18 @@ class LLMSRec(Recommender):
             vecs = rows[torch.cat([slot, present] if first else [present, slot], 1).to(vecs.device)]  # [M+B, H]
         return self.llm_states("user", prompts, vecs, self.adapters.user_token)
 
-    def user_vectors(self, histories: Histories) -> Tensor:
+    def user_vectors(self, histories: Histories, keep: Tensor | None = None) -> Tensor:
         """f_user of `user_states` for histories [B, L] -> [B, d']."""
-        return self.adapters.f_user(self.adapters.norm_user(self.user_states(histories)))  # [B, d']
+        return self.adapters.f_user(self.adapters.norm_user(self.user_states(histories, keep)))  # [B, d']
 
-    def item_vectors(self, idx: Tensor) -> Tensor:
+    def item_vectors(self, idx: Tensor, keep: Tensor | None = None) -> Tensor:
         """f_item(h at [ItemOut]) for item idx [M] -> [M, d']."""
-        h = self.llm_states("item", self.prompts.items(idx.cpu().numpy()), self.inject(idx), self.adapters.item_token)
+        h = self.llm_states("item", self.prompts.items(idx.cpu().numpy()), self.inject(idx, keep),
+                            self.adapters.item_token)
         return self.adapters.f_item(self.adapters.norm_item(h))  # [M, d']
 
     # -- the interface --------------------------------------------------------------------------------
-    def loss_terms(self, batch: Batch) -> dict[str, Tensor]:
+    def loss_terms(self, batch: Batch, shard: Shard | None = None) -> dict[str, Tensor]:
         """The paper's losses (section 3.3) for the last column: history -> targets[:, -1], negatives[:, -1, :K].
 
         L_retrieval: softmax over the positive and the K sampled negatives (`negatives: sampled`, the paper);
@@ -455,13 +467,34 @@ class LLMSRec(Recommender):
         item j is drawn into the candidates (Yi et al., RecSys 2019). L_distill and L_uniform as in the
         module docstring. Each item's prompt runs once per step however many users share it. Returns
         unweighted terms.
+
+        With a `shard` of several processes (each holding the whole batch), this process runs the LLM for
+        its share of the users and of the unique items only and gathers the rest (components/models/
+        parallel.py): every process returns the whole batch's terms, and the sum of its gradients over
+        processes is one process's gradient. The `cf_dropout` draw is the whole batch's, made here in one
+        process's order, so each process applies the same masks one process would.
         """
-        u = self.user_vectors(batch.histories)  # [B, d']
+        shard = shard or Shard()
+        hist = batch.histories
+        B = len(hist)
         pos = batch.targets[:, -1]  # [B]
         neg = batch.negatives[:, -1, : self.num_negatives]  # [B, K]
         cands = torch.cat([pos[:, None], neg], 1)  # [B, 1+K]
         uniq, inverse = torch.unique(cands, return_inverse=True)  # [U], [B, 1+K]
-        iv = self.item_vectors(uniq)  # [U, d']
+        per_row = (self._prompt_window(hist)[0] != 0).sum(1)  # [B] injected history items of each prompt
+        keep_users, keep_items = self.cf_keep(int(per_row.sum())), self.cf_keep(len(uniq))
+        rows, mine = shard.part(B), shard.part(len(uniq))
+        first, last = int(per_row[: rows.start].sum()), int(per_row[: rows.stop].sum())
+
+        def shared(n: int, share: slice, vectors) -> Tensor:  # [n, d'] gathered; a share may be empty
+            local = vectors() if share.stop > share.start else torch.zeros(0, self.config.out_dim, device=self.device)
+            return shard.gather(local, n)
+
+        u = shared(B, rows, lambda: self.user_vectors(
+            Histories(hist.items[rows], hist.timestamps[rows], hist.users[rows]),
+            None if keep_users is None else keep_users[first:last]))  # [B, d']
+        iv = shared(len(uniq), mine, lambda: self.item_vectors(
+            uniq[mine], None if keep_items is None else keep_items[mine]))  # [U, d']
         mode = self.config.negatives
         if mode == "sampled" and not self.config.logq_correction:
             logits = torch.einsum("bd,bcd->bc", u, iv[inverse])  # [B, 1+K]
@@ -492,7 +525,7 @@ class LLMSRec(Recommender):
         if self.config.use_distill_loss or self.config.use_uniform_loss:
             with torch.no_grad():
                 o_u = self.sasrec.user_representation(batch.histories)  # [B, d]
-            cf_n = F.normalize(self.adapters.f_cf_user(o_u), dim=-1)  # [B, d']
+            cf_n = F.normalize(shared(B, rows, lambda: self.adapters.f_cf_user(o_u[rows])), dim=-1)  # [B, d']
             if self.config.use_distill_loss:
                 terms["distill"] = F.mse_loss(cf_n, u_n)
             if self.config.use_uniform_loss:
@@ -522,19 +555,22 @@ class LLMSRec(Recommender):
         return sum(self.config.weights.get(k, 1.0) * v for k, v in self.loss_terms(batch).items())
 
     @torch.no_grad()
-    def build_item_table(self, batch_size: int = 64, progress: bool = False) -> Tensor:
+    def build_item_table(self, batch_size: int = 64, progress: bool = False, shard: Shard | None = None) -> Tensor:
         """f_item for the whole catalogue, once per model: [N+1, d'], row 0 zeros. What scoring and serving use.
 
-        Items run in order of prompt length, so a batch pads little."""
+        Items run in order of prompt length, so a batch pads little. With a `shard` of several processes
+        (a collective: every process calls it), each runs every world-th batch, the very batches one
+        process would, and all get the whole table."""
         from tqdm import tqdm
 
+        shard = shard or Shard()
         idx = torch.arange(1, self.num_items + 1)
         lengths = torch.tensor([len(f) for f in self.prompts.items(idx.numpy()).frozen])
-        order = idx[lengths.argsort(stable=True)]
+        chunks = idx[lengths.argsort(stable=True)].split(batch_size)
         table = torch.zeros(self.num_items + 1, self.config.out_dim)
-        for chunk in tqdm(order.split(batch_size), desc="item table", disable=not progress, leave=False):
-            table[chunk] = self.item_vectors(chunk).cpu()
-        self.item_table = table  # [N+1, d']
+        for i in tqdm(shard.share(len(chunks)), desc="item table", disable=not progress, leave=False):
+            table[chunks[i]] = self.item_vectors(chunks[i]).cpu()
+        self.item_table = shard.sum_(table)  # [N+1, d']: each row filled by one process, zeros elsewhere
         return self.item_table
 
     def _users_for_scoring(self, histories: Histories) -> Tensor:

@@ -36,6 +36,7 @@ from components.data.histories import Batch
 from components.errors import ConfigError
 from components.io import write_json
 from components.models.base import Recommender
+from components.models.parallel import Shard
 
 
 @dataclass(frozen=True)
@@ -177,12 +178,15 @@ def fit(model: Recommender, opts: TrainOptions, *, batches: Callable[[np.random.
 
     batches(rng) yields one epoch's batches (`n_batches` of them) from the epoch's generator; validate()
     scores the model as it is now (valid NDCG@10). `params` (default: every parameter that requires a
-    gradient) are the ones Adam updates. With a multi-process `accelerator`, each process's `batches` yield
-    its share, gradients are averaged across processes, only the main process validates and writes state.
+    gradient) are the ones Adam updates. With a multi-process `accelerator` (components/models/parallel.py),
+    every process draws the whole batches, the model's `loss_terms(batch, shard=)` splits the work, the
+    gradients are summed across processes, every process calls validate() (a collective: each scores a
+    share) and takes the main process's figure; only the main process logs and writes the resume state.
     Raises ConfigError naming `{section}.lr` when the loss is not finite.
     """
     main = accelerator is None or accelerator.is_main_process
     world = 1 if accelerator is None else accelerator.num_processes
+    shard = Shard.of(accelerator) if world > 1 else None
     params = params if params is not None else [p for p in model.parameters() if p.requires_grad]
     optimizer = torch.optim.Adam(params, lr=opts.lr, betas=opts.betas)
     if accelerator is not None:
@@ -225,7 +229,10 @@ def fit(model: Recommender, opts: TrainOptions, *, batches: Callable[[np.random.
         for batch in it:
             j = progress.step_in_epoch + 1
             torch.manual_seed(opts.seed * 1_000_003 + progress.step)  # this step's dropout masks, whatever came before
-            terms = model.loss_terms(batch) if hasattr(model, "loss_terms") else {"loss": model.loss(batch)}
+            if shard is not None:
+                terms = model.loss_terms(batch, shard=shard)
+            else:
+                terms = model.loss_terms(batch) if hasattr(model, "loss_terms") else {"loss": model.loss(batch)}
             loss = sum(weights.get(k, 1.0) * v for k, v in terms.items())
             if not torch.isfinite(loss):
                 raise ConfigError(f"{opts.section}.lr", f"the training loss became {loss.item()} at epoch {epoch}, "
@@ -238,10 +245,8 @@ def fit(model: Recommender, opts: TrainOptions, *, batches: Callable[[np.random.
                 accelerator.backward(loss)
             else:
                 loss.backward()
-            if world > 1:  # the model is called piecewise, not through DDP: average gradients by hand
-                for p in params:
-                    if p.grad is not None:
-                        p.grad = accelerator.reduce(p.grad, reduction="mean")
+            if shard is not None:  # each process's gradient flows through its own share only: their sum is the whole
+                shard.sum_grads(params)
             optimizer.step()
             progress.step, progress.step_in_epoch, count = progress.step + 1, j, count + 1
             sums["loss"] = sums.get("loss", 0.0) + loss.item()
@@ -271,22 +276,25 @@ def fit(model: Recommender, opts: TrainOptions, *, batches: Callable[[np.random.
         due = (epoch % int(opts.eval_every) == 0) if opts.eval_every >= 1 else True
         improved = False
         if (due and (end_of_epoch or opts.eval_every < 1)) or budget_hit or last_round:
+            ndcg = validate()
+            if shard is not None:  # the main process's figure rules, so every process keeps the same best weights
+                ndcg = float(shard.sum_(torch.tensor([ndcg if main else 0.0], dtype=torch.float64))[0])
+            ndcg = round(ndcg, 6)
+            row["valid_ndcg@10"] = ndcg
+            improved = ndcg > progress.best_ndcg
+            if improved:
+                progress.best_epoch, progress.best_step, progress.best_ndcg = row["epoch"], progress.step, ndcg
+                progress.bad_evals = 0
+                best_state = _contiguous(model.state_dict())
+            else:
+                progress.bad_evals += 1
             if main:
-                ndcg = round(validate(), 6)
-                row["valid_ndcg@10"] = ndcg
-                improved = ndcg > progress.best_ndcg
-                if improved:
-                    progress.best_epoch, progress.best_step, progress.best_ndcg = row["epoch"], progress.step, ndcg
-                    progress.bad_evals = 0
-                    best_state = _contiguous(model.state_dict())
-                else:
-                    progress.bad_evals += 1
                 where = f"epoch {epoch}" if end_of_epoch else f"epoch {epoch} step {progress.step_in_epoch}/{n_batches}"
                 log(f"{where}: loss {row['loss']:.4f}, valid NDCG@10 {ndcg:.4f}{' (best)' if improved else ''}, "
                     f"{seconds:.1f}s")
             for group in optimizer.param_groups:
                 group["lr"] *= opts.lr_decay
-            if agree(main and progress.bad_evals >= opts.patience):
+            if progress.bad_evals >= opts.patience:  # the same figures on every process: the same decision
                 progress.stopped = f"early stop: no better valid NDCG@10 in {opts.patience} validations"
                 progress.stopped_by = "early_stopping"
         if end_of_epoch:

@@ -9,8 +9,12 @@ patience, the best adapters kept, budgets in steps and minutes, resume after a k
 components/models/training.py). Then the catalogue's f_item vectors are computed once (the item table) and
 only the trained parameters are saved: adapters, config, item table. Never the LLM.
 
-Runs under `accelerate launch` for several GPUs: each process takes a slice of every batch and
-gradients are averaged across processes; only the main process validates and writes.
+Several training processes (`distill.num_processes`: GPUs, or CPU processes on gloo): the stage starts
+them itself under `accelerate launch` when it is not already one of them, so dvc.yaml's command is the same
+for any number. Each process draws every whole batch and runs the LLM for its share of it; the gathered
+loss and the summed gradients are one process's, up to the order of float sums (components/models/
+parallel.py), and validation is shared the same way. Only the main process logs and writes: outputs,
+reports, the resume state.
 
 Durations, throughput, the device and where a run resumed go to `--timings` (components/timings.py), not
 into the summary metric or the curve: they differ between two runs on the same inputs.
@@ -20,7 +24,10 @@ from __future__ import annotations
 
 import argparse
 import math
+import os
+import sys
 import time
+from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
@@ -28,24 +35,26 @@ import numpy as np
 import pandas as pd
 import torch
 from accelerate import Accelerator
+from accelerate.utils import InitProcessGroupKwargs
 
-from components.config import DistillParams, load_params
+from components.config import DistillParams, LLMParams, load_params
 from components.data.examples import Examples
 from components.data.histories import shuffle_window
 from components.data.sequences import Prepared
-from components.errors import stage_main
+from components.errors import ConfigError, stage_main
 from components.evaluation.metrics import candidate_ranks, ndcg_at
 from components.io import fresh_dir, write_json
 from components.llm.backbone import load_backbone, truncate_layers
 from components.llm.model import LLMSRec, LLMSRecConfig, state_hash
 from components.llm.text_states import cached_title_states
+from components.models.parallel import Shard
 from components.models.sasrec import SASRec
 from components.models.training import ResumeState, TrainOptions, fit, run_key
 from components.timings import split, split_curve, write_timings
 
 #: what `train_adapters` and the stage report that two runs on the same inputs may disagree on: the run record's
 RUN_FACTS = ("resumed_from_step", "train_seconds", "seconds_per_epoch", "seconds_per_step", "examples_per_second",
-             "item_table_seconds", "item_table_items_per_second", "device")
+             "item_table_seconds", "item_table_items_per_second", "device", "processes")
 
 
 def build_model(prepared, sasrec, backbone, opts: DistillParams, titles: list[str], sasrec_path: str | None = None,
@@ -61,7 +70,7 @@ def build_model(prepared, sasrec, backbone, opts: DistillParams, titles: list[st
 
 
 def build_from_params(prepared, sasrec, full, opts: DistillParams, titles: list[str], num_layers: int | None,
-                      sasrec_path: str | None = None):
+                      sasrec_path: str | None = None, log=print):
     """LLM-SRec as params `distill` and `llm.num_layers` describe it, from the *whole* backbone `full`: the
     titles replaced by neutral text when `opts.neutral_titles`, each title's state after `opts.text_layer`
     layers of `full` (cached on disk, components/llm/text_states.py), and the prompt pass on its first
@@ -73,7 +82,7 @@ def build_from_params(prepared, sasrec, full, opts: DistillParams, titles: list[
     if layer is not None:
         t0 = time.time()
         text = cached_title_states(full, titles, layer, opts.max_title_chars, opts.item_batch_size, progress=True)
-        print(f"distill: title states after {layer} layers for {len(titles) - 1:,} items in {time.time() - t0:.1f}s")
+        log(f"distill: title states after {layer} layers for {len(titles) - 1:,} items in {time.time() - t0:.1f}s")
     return build_model(prepared, sasrec, backbone, opts, titles, sasrec_path, text, full_depth=full.num_layers)
 
 
@@ -84,25 +93,32 @@ def neutral_titles(item_ids: list[str]) -> list[str]:
 
 @torch.no_grad()
 def validate_ndcg(model, prepared, rows_subset: np.ndarray, batch_size: int, item_batch_size: int,
-                  shuffle_seed: int | None = None) -> float:
+                  shuffle_seed: int | None = None, shard: Shard | None = None) -> float:
     """Mean NDCG@10 of the valid split's users `rows_subset` [U] on their fixed 1+99 candidates; with
-    `shuffle_seed`, each history's window is permuted first (the shuffle diagnostic, for reading only)."""
+    `shuffle_seed`, each history's window is permuted first (the shuffle diagnostic, for reading only).
+
+    With a `shard` of several processes (a collective: every process calls it), each scores every
+    world-th batch of `batch_size` users, the very batches one process would, and all return the same figure."""
+    shard = shard or Shard()
     model.eval()
     model.cache_users = shuffle_seed is None  # the same users at every validation: their text's keys/values are kept
-    model.build_item_table(item_batch_size)
+    model.build_item_table(item_batch_size, shard=shard)
     cand = prepared.candidates["valid"]
     generator = torch.Generator().manual_seed(shuffle_seed) if shuffle_seed is not None else None
-    ranks = []
-    for lo in range(0, len(rows_subset), batch_size):
+    starts = range(0, len(rows_subset), batch_size)
+    mine = set(shard.share(len(starts)))
+    ranks = torch.zeros(len(rows_subset), dtype=torch.long)  # [U]: each process fills its batches' rows
+    for b, lo in enumerate(starts):
         sel = rows_subset[lo: lo + batch_size]
         hist = prepared.histories("valid", prepared.rows(cand.user_idx[sel]), model.max_history)
-        if generator is not None:
+        if generator is not None:  # drawn for every batch, scored or not: the permutations one process would draw
             hist.items = shuffle_window(hist.items, model.shuffle_len, generator)
-        scores = model.score_candidates(hist, torch.from_numpy(cand.items[sel]))  # [B, C], on the model's device
-        ranks.append(candidate_ranks(scores.cpu()).numpy())
+        if b in mine:
+            scores = model.score_candidates(hist, torch.from_numpy(cand.items[sel]))  # [B, C], on the model's device
+            ranks[lo: lo + len(sel)] = candidate_ranks(scores.cpu())
     model.cache_users = False
     model.train()
-    return float(ndcg_at(np.concatenate(ranks), 10).mean())
+    return float(ndcg_at(shard.sum_(ranks).numpy(), 10).mean())
 
 
 def train_adapters(model, prepared, opts: DistillParams, seed: int, accelerator=None, log=print,
@@ -111,14 +127,15 @@ def train_adapters(model, prepared, opts: DistillParams, seed: int, accelerator=
 
     Validation: NDCG@10 on a seeded subset of `valid_users` of the valid split (all when null). With
     `state_root`, the run resumes after its last validation when killed and restarted (same `key`).
-    Returns the curve and the figures `reports/distill_train.json` records.
+    With a multi-process `accelerator`, every process calls this (a collective) and `log` runs on the
+    main one only. Returns the curve and the figures `reports/distill_train.json` records.
     """
     if accelerator is None:
         accelerator = Accelerator(cpu=model.backbone.device.type == "cpu")
-    rank, world = accelerator.process_index, accelerator.num_processes
+    shard = Shard.of(accelerator)
     torch.manual_seed(seed)
-    model.adapters.to(accelerator.device)
-    model.sasrec.to(accelerator.device)
+    model.adapters.to(model.backbone.device)  # the LLM's device: each process's own GPU under a launcher
+    model.sasrec.to(model.backbone.device)
     if opts.gradient_checkpointing:
         # Checkpointing only runs in train() mode; dropout is already 0 in the frozen LLM.
         model.backbone.model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
@@ -136,9 +153,11 @@ def train_adapters(model, prepared, opts: DistillParams, seed: int, accelerator=
     n_batches = math.ceil(len(examples) / opts.batch_size)
     result = fit(
         model, train_opts, n_batches=n_batches, params=model.trainable_parameters(), accelerator=accelerator,
-        batches=lambda rng: examples.batches(opts.batch_size, opts.num_negatives, opts.shuffle_train, rng, rank, world),
-        validate=lambda: validate_ndcg(model, prepared, valid_rows, opts.eval_batch_size, opts.item_batch_size),
-        state_root=state_root, key=key, log=lambda m: log(f"distill: {m}"))
+        batches=lambda rng: examples.batches(opts.batch_size, opts.num_negatives, opts.shuffle_train, rng),
+        validate=lambda: validate_ndcg(model, prepared, valid_rows, opts.eval_batch_size, opts.item_batch_size,
+                                       shard=shard),
+        state_root=state_root, key=key,
+        log=(lambda m: log(f"distill: {m}")) if accelerator.is_main_process else (lambda m: None))
     model.load_state_dict(result.best_state)
     model.item_table = None  # built by the last validation, not by the best adapters: scoring rebuilds it
     if opts.gradient_checkpointing:
@@ -153,7 +172,7 @@ def train_adapters(model, prepared, opts: DistillParams, seed: int, accelerator=
             "train_seconds": round(p.train_seconds, 2), "epochs": round(p.step / n_batches, 3),
             "seconds_per_epoch": round(seconds * n_batches / max(p.step, 1), 2),
             "seconds_per_step": round(seconds / max(p.step, 1), 3),
-            "examples_per_second": round(p.step * opts.batch_size / seconds, 3),
+            "examples_per_second": round(p.step * opts.batch_size / seconds, 3), "processes": shard.world,
             "training_examples": len(examples), "valid_users": len(valid_rows)}
 
 
@@ -195,29 +214,42 @@ def main(argv: list[str] | None = None) -> None:
     params = load_params(args.params)
     opts, llm = params.distill, params.llm
     seed = params.seed_of("distill")
+    if opts.num_processes > 1 and not launched():
+        raise SystemExit(launch(opts, llm, sys.argv[1:] if argv is None else argv))
 
-    accelerator = Accelerator(cpu=not torch.cuda.is_available() or llm.device == "cpu")
-    device = str(accelerator.device) if llm.device == "auto" else llm.device
-    # Loaded whole: title states may read deeper than the prompt pass, which then runs on the first layers.
-    full = load_backbone(llm.backbone, device=device, dtype=llm.dtype, allow_download=llm.allow_download)
-    prepared = Prepared.load(args.prepared)
-    titles = [""] + pd.read_parquet(args.prepared / "items.parquet").sort_values("idx")["title"].astype(str).tolist()
-    torch.manual_seed(seed)  # the adapters' initial weights
-    model = build_from_params(prepared, SASRec.load(args.sasrec), full, opts, titles, llm.num_layers,
-                              str(args.sasrec))
+    # A peer that stops answering (a hung process, a lost node) fails the run after this long at one
+    # collective, instead of gloo's or NCCL's own default; a peer that dies is caught sooner, by the launcher.
+    accelerator = Accelerator(cpu=not torch.cuda.is_available() or llm.device == "cpu", kwargs_handlers=[
+        InitProcessGroupKwargs(timeout=timedelta(minutes=opts.process_timeout_minutes))])
+    main_process = accelerator.is_main_process
+    # Several processes on GPUs: each its own (`cuda:N` names the device of one process only).
+    several_gpus = accelerator.num_processes > 1 and llm.device != "cpu"
+    device = str(accelerator.device) if llm.device == "auto" or several_gpus else llm.device
+    # The main process converts and caches what is missing (the LLM's files, the title states) while the
+    # others wait, then they read its cache: one writer, no work done twice.
+    with accelerator.main_process_first():
+        # Loaded whole: title states may read deeper than the prompt pass, which then runs on the first layers.
+        full = load_backbone(llm.backbone, device=device, dtype=llm.dtype, allow_download=llm.allow_download)
+        prepared = Prepared.load(args.prepared)
+        titles = [""] + pd.read_parquet(args.prepared / "items.parquet").sort_values("idx")["title"].astype(str).tolist()
+        torch.manual_seed(seed)  # the adapters' initial weights, the same in every process
+        model = build_from_params(prepared, SASRec.load(args.sasrec), full, opts, titles, llm.num_layers,
+                                  str(args.sasrec), log=print if main_process else lambda m: None)
     backbone = model.backbone
     n_train = sum(p.numel() for p in model.trainable_parameters())
-    print(f"distill: backbone {backbone.name} ({backbone.dtype}, {backbone.device}), "
-          f"{n_train:,} trainable parameters, LLM frozen")
+    if main_process:
+        print(f"distill: backbone {backbone.name} ({backbone.dtype}, {backbone.device}), "
+              f"{n_train:,} trainable parameters, LLM frozen, {accelerator.num_processes} process(es)")
 
-    # What shapes the adapters step by step: params `distill` but its RUN_ONLY knobs (budgets, cadence, speed),
-    # so a run can be extended; the LLM enters through its fingerprint (layers included).
+    # What shapes the adapters step by step: params `distill` but its RUN_ONLY knobs (budgets, cadence, speed,
+    # processes), so a run can be extended, or resumed by another number of processes; the LLM enters through
+    # its fingerprint (layers included).
     key = run_key(opts.weight_knobs(), seed, prepared.fingerprint(), state_hash(model.sasrec), backbone.fingerprint,
                   str(backbone.dtype))
     result = train_adapters(model, prepared, opts, seed, accelerator, state_root=args.state_dir, key=key)
-    if accelerator.is_main_process:
-        t0 = time.time()
-        model.build_item_table(opts.item_batch_size, progress=True)
+    t0 = time.time()
+    model.build_item_table(opts.item_batch_size, progress=main_process, shard=Shard.of(accelerator))
+    if main_process:
         result["item_table_seconds"] = round(time.time() - t0, 2)
         result["item_table_items_per_second"] = round(model.num_items / max(time.time() - t0, 1e-9), 2)
         model.save(fresh_dir(args.out))
@@ -234,6 +266,49 @@ def main(argv: list[str] | None = None) -> None:
         print(f"distill: {result['steps']} steps ({result['seconds_per_step']:.1f}s/step), best valid NDCG@10 "
               f"{result['best_valid_ndcg@10']:.4f} at step {result['best_step']}; item table "
               f"{model.num_items} items in {result['item_table_seconds']:.1f}s -> {args.out}")
+    accelerator.end_training()
+
+
+def launched() -> bool:
+    """Whether this process is one a launcher started (torchrun, `accelerate launch`, an MPI launcher on
+    several machines): it then trains with the launcher's processes, whatever `distill.num_processes` says."""
+    return any(name in os.environ for name in ("LOCAL_RANK", "WORLD_SIZE", "PMI_SIZE", "OMPI_COMM_WORLD_SIZE"))
+
+
+def launch(opts: DistillParams, llm: LLMParams, argv: list[str]) -> int:
+    """Run this stage with `argv` in `opts.num_processes` processes on this machine, under accelerate's launcher
+    (torchrun's agent, in this process), and wait for them. Returns the exit status: 0, or 1 after printing
+    which process failed and how. The agent stops the others as soon as one fails (a crash, kill -9), and
+    stops them all when this process is terminated (SIGTERM, as Airflow does). Raises ConfigError when the
+    processes would run on GPUs and there are fewer GPUs than processes."""
+    from accelerate.commands.launch import launch_command, launch_command_parser
+    from torch.distributed.elastic.multiprocessing.errors import ChildFailedError
+
+    n = opts.num_processes
+    gpus = torch.cuda.device_count() if llm.device != "cpu" and torch.cuda.is_available() else 0
+    if 0 < gpus < n:  # NCCL takes one GPU per process: process `gpus` would find no device
+        raise ConfigError("distill.num_processes", f"{n} processes on GPUs, this machine has {gpus}",
+                          f"set distill.num_processes to at most {gpus}, or llm.device: cpu to train on CPU processes")
+    # `--multi_gpu` is accelerate's name for torchrun's N local processes; each rank then picks gloo on CPU
+    # or NCCL on its GPU itself. (`--cpu` alone would start one process: CPU ranks need mpirun there.)
+    args = launch_command_parser().parse_args([
+        "--multi_gpu", "--num_processes", str(n), "--num_machines", "1", "--mixed_precision", "no",
+        "--dynamo_backend", "no", "--main_process_port", "0", "--max_restarts", "0",
+        "--num_cpu_threads_per_process", str(max(1, (os.cpu_count() or 1) // n)),
+        *(["-m", __spec__.name] if __spec__ is not None else [__file__]), *argv])  # this module, as it was started
+    print(f"distill: starting {n} training processes (accelerate launch)", flush=True)
+    try:
+        launch_command(args)
+    except ChildFailedError as e:
+        rank, failure = e.get_first_failure()
+        how = (f"signal {failure.signal_name()}" if failure.exitcode < 0 else f"exit {failure.exitcode}")
+        # Not a user error (no "ERROR [distill]" line of its own): a killed or crashed process is worth a retry,
+        # and one that rejected its input has printed that line itself.
+        print(f"distill: training process {rank} of {n} (pid {failure.pid}) ended with {how}; the launcher "
+              f"stopped the others. A rerun resumes from the last completed round kept by --state-dir.",
+              file=sys.stderr, flush=True)
+        return 1
+    return 0
 
 
 if __name__ == "__main__":
