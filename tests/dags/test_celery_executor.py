@@ -129,6 +129,8 @@ def test_celery_workers_that_share_no_folder_match_the_local_executor(tmp_path, 
         tis = celery.task_instances(run)
         summary = json.loads((default / "reports" / "runs" / "latest.json").read_text())
         assert local.wait_run(local_run, timeout=900) == "success", local.task_instances(local_run)
+    # Everything the two stacks started is gone: Redis, Airflow's processes, workers, task runners, stages.
+    assert not _processes_in(tmp_path / "celery") and not _processes_in(tmp_path / "local")
     local_lock = (local.control / "dvc.lock").read_text()
     local_summary = json.loads((local.control / "reports" / "runs" / "latest.json").read_text())
     assert local_summary["outcome"] in ("promoted", "provisional")
