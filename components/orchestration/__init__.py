@@ -6,6 +6,10 @@ The DAG file stays thin; the logic lives here so it can be tested and run withou
 (warm start, the gate decision, rejection, serving reload, the run summary, notifications). Its
 settings are params.yaml's `orchestration:` section (`components.config.OrchestrationParams`).
 
+`exchange` (a stage on a worker that shares no folder: DVC remote and git branch), `stack` (a real Airflow
+deployment on this machine: Redis, scheduler, Celery workers in checkouts of their own), `kubernetes` (each
+task's pod, rendered without a cluster), `pools` (the Airflow pools the DAG names).
+
 `kfp` builds the same stages as a Kubeflow Pipelines v2 pipeline (`python -m components.orchestration.kfp`),
 whose components run `kfp_step` in a workspace of their own.
 

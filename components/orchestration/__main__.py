@@ -11,19 +11,9 @@ import subprocess
 import sys
 from pathlib import Path
 
-from components.config import OrchestrationParams, load_params
+from components.config import load_params
 from components.errors import stage_main
-
-DESCRIPTIONS = {"dvc": "DVC stages: one at a time (DVC's repository lock)", "gpu": "GPU slots on the gpu queue"}
-
-
-def pools(cfg: OrchestrationParams) -> dict[str, int]:
-    """name -> slots. The DVC pool has exactly 1 slot: that is its purpose."""
-    out = {cfg.dvc_pool: 1}
-    for task in cfg.tasks.values():
-        if task.pool and task.pool not in out:
-            out[task.pool] = 1
-    return out
+from components.orchestration.pools import DESCRIPTIONS, pools
 
 
 @stage_main("orchestration")
