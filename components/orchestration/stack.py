@@ -316,6 +316,12 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--executor", choices=["CeleryExecutor", "LocalExecutor"], default="CeleryExecutor")
     args = ap.parse_args(argv)
     stack = AirflowStack(args.root, args.origin, args.branch, args.executor, tuple(args.queues or ("default", "gpu")))
+
+    def stop_on_sigterm(signum, frame):
+        # A service manager (or `timeout`) stops with SIGTERM: leave through the `with`, which stops everything.
+        raise KeyboardInterrupt
+
+    signal.signal(signal.SIGTERM, stop_on_sigterm)
     with stack:
         print(f"Airflow API and UI: http://127.0.0.1:{stack.api_port}  (login in {stack.home})")
         for q, checkout in stack.workers.items():
