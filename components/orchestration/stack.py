@@ -18,6 +18,7 @@ import argparse
 import json
 import os
 import secrets
+import shlex
 import shutil
 import signal
 import socket
@@ -63,19 +64,22 @@ class AirflowStack:
     `branch`: the git repository every checkout is cloned from. `env`: added to every process's environment
     (e.g. BENTOML_HOME for the LocalExecutor, thread limits). `heartbeat_timeout`: seconds after which the
     scheduler fails a task whose worker stopped answering (Airflow's default is 300). `db_template`: an
-    `airflow db migrate`d SQLite file of this Airflow version to start from (saves the migration).
+    `airflow db migrate`d SQLite file of this Airflow version to start from (saves the migration). `unpaused`:
+    the DAG is scheduled from the start; with a cron schedule and `catchup: false`, Airflow then runs the last
+    interval at once (tests set `schedule: null`; `stack up` keeps it paused unless asked).
     Raises ConfigError when `redis-server` is missing.
     """
 
     def __init__(self, root: Path, origin: str, branch: str, executor: str = "CeleryExecutor",
                  queues: tuple[str, ...] = ("default", "gpu"), env: dict[str, str] | None = None,
-                 heartbeat_timeout: int = 300, db_template: Path | None = None, log=print):
+                 heartbeat_timeout: int = 300, db_template: Path | None = None, unpaused: bool = True, log=print):
         self.root = Path(root).resolve()
         self.origin, self.branch, self.executor = origin, branch, executor
         self.queues = tuple(queues) if executor == "CeleryExecutor" else ()
         self.extra_env = dict(env or {})
         self.heartbeat_timeout = heartbeat_timeout
         self.db_template = db_template
+        self.unpaused = unpaused
         self.log = log
         self.procs: dict[str, subprocess.Popen] = {}
         self.api_port = free_port()
@@ -94,7 +98,7 @@ class AirflowStack:
                "AIRFLOW_HOME": str(home),
                "AIRFLOW__CORE__DAGS_FOLDER": str(checkout / "dags"),
                "AIRFLOW__CORE__LOAD_EXAMPLES": "False",
-               "AIRFLOW__CORE__DAGS_ARE_PAUSED_AT_CREATION": "False",
+               "AIRFLOW__CORE__DAGS_ARE_PAUSED_AT_CREATION": str(not self.unpaused),
                "AIRFLOW__CORE__EXECUTOR": self.executor,
                "AIRFLOW__CORE__HOSTNAME_CALLABLE": "components.orchestration.stack.worker_hostname",
                "AIRFLOW__DATABASE__SQL_ALCHEMY_CONN": f"sqlite:///{self.home / 'airflow.db'}",
@@ -174,7 +178,18 @@ class AirflowStack:
             self.start_worker(q)
         self.wait_for(lambda: self._query("select count(*) from dag where dag_id=?", DAG_ID)[0][0] == 1, 180,
                       "the DAG to be parsed")
+        self.wait_for(self.api_answers, 120, "the API server to answer")
         return self
+
+    def api_answers(self) -> bool:
+        """Whether the API server answers `GET /api/v2/version`."""
+        import urllib.request
+
+        try:
+            with urllib.request.urlopen(f"http://127.0.0.1:{self.api_port}/api/v2/version", timeout=2) as r:
+                return r.status == 200
+        except OSError:
+            return False
 
     def start_worker(self, queue: str) -> subprocess.Popen:
         """(Re)start the Celery worker of `queue` in its checkout."""
@@ -314,8 +329,11 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--queue", action="append", dest="queues", help="one Celery worker per queue "
                                                                     "(default: default and gpu)")
     ap.add_argument("--executor", choices=["CeleryExecutor", "LocalExecutor"], default="CeleryExecutor")
+    ap.add_argument("--unpause", action="store_true", help="schedule the DAG at once: with the cron schedule of "
+                                                           "params.yaml, Airflow runs the last interval right away")
     args = ap.parse_args(argv)
-    stack = AirflowStack(args.root, args.origin, args.branch, args.executor, tuple(args.queues or ("default", "gpu")))
+    stack = AirflowStack(args.root, args.origin, args.branch, args.executor, tuple(args.queues or ("default", "gpu")),
+                         unpaused=args.unpause)
 
     def stop_on_sigterm(signum, frame):
         # A service manager (or `timeout`) stops with SIGTERM: leave through the `with`, which stops everything.
@@ -326,6 +344,13 @@ def main(argv: list[str] | None = None) -> None:
         print(f"Airflow API and UI: http://127.0.0.1:{stack.api_port}  (login in {stack.home})")
         for q, checkout in stack.workers.items():
             print(f"worker {q}: {checkout}")
+        env_file = stack.root / "airflow.env"  # the CLI's view of this deployment, for `airflow ...` by hand
+        env_file.write_text("".join(f"{k}={shlex.quote(v)}\n" for k, v in sorted(stack.control_env.items())
+                                    if k.startswith("AIRFLOW")))
+        print(f"airflow CLI: set -a; . {env_file}; set +a")
+        if not args.unpause:
+            print(f"the DAG is paused: `airflow dags trigger {DAG_ID}` starts one run, `airflow dags unpause {DAG_ID}` "
+                  "schedules it")
         print(f"logs: {stack.root / 'logs'}; Ctrl-C stops everything")
         try:
             while all(p.poll() is None for p in stack.procs.values()):
