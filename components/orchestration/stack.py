@@ -335,11 +335,15 @@ def main(argv: list[str] | None = None) -> None:
     stack = AirflowStack(args.root, args.origin, args.branch, args.executor, tuple(args.queues or ("default", "gpu")),
                          unpaused=args.unpause)
 
-    def stop_on_sigterm(signum, frame):
-        # A service manager (or `timeout`) stops with SIGTERM: leave through the `with`, which stops everything.
+    def stop_once(signum, frame):
+        # Ctrl-C, or SIGTERM from a service manager (or `timeout`): leave through the `with`, which stops
+        # everything. A second signal while it does (a double Ctrl-C) must not cut the cleanup short.
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)
         raise KeyboardInterrupt
 
-    signal.signal(signal.SIGTERM, stop_on_sigterm)
+    signal.signal(signal.SIGINT, stop_once)
+    signal.signal(signal.SIGTERM, stop_once)
     with stack:
         print(f"Airflow API and UI: http://127.0.0.1:{stack.api_port}  (login in {stack.home})")
         for q, checkout in stack.workers.items():
