@@ -353,8 +353,8 @@ def main(argv: list[str] | None = None) -> None:
                                     if k.startswith("AIRFLOW")))
         print(f"airflow CLI: set -a; . {env_file}; set +a")
         if not args.unpause:
-            print(f"the DAG is paused: `airflow dags trigger {DAG_ID}` starts one run, `airflow dags unpause {DAG_ID}` "
-                  "schedules it")
+            print(f"the DAG is paused: `airflow dags unpause {DAG_ID}` schedules it, and with a cron schedule the "
+                  "last interval runs at once; a run triggered while it is paused waits, queued")
         print(f"logs: {stack.root / 'logs'}; Ctrl-C stops everything")
         try:
             while all(p.poll() is None for p in stack.procs.values()):
