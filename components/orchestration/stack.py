@@ -31,10 +31,9 @@ from pathlib import Path
 from components.config import load_params
 from components.errors import ConfigError, stage_main
 from components.orchestration.pools import DESCRIPTIONS, pools
+from components.orchestration.runner import QUIET_ENV
 
 DAG_ID = "llm_srec_retraining"
-QUIET_ENV = {"DVC_NO_ANALYTICS": "1", "GX_ANALYTICS_ENABLED": "False", "BENTOML_DO_NOT_TRACK": "True",
-             "HF_HUB_OFFLINE": "1"}
 
 
 def worker_hostname() -> str:
