@@ -71,8 +71,12 @@ def pull(repo: Path, stage: Stage, cfg: ExchangeParams, log=print) -> None:
     `--allow-missing`: on a first run nothing is in the remote yet for the stage itself, and a stage whose
     inputs changed re-creates its outputs anyway. `--force`: what a killed attempt left in the outputs (never
     recorded in dvc.lock) is replaced by what the branch records, as `dvc repro` would delete it anyway."""
-    remotes = run_module(repo, ["dvc", "remote", "list"], log=lambda _line: None)["lines"]
-    if not any(line.split() and line.split()[0] == cfg.dvc_remote for line in remotes):
+    # In-process: the task has loaded DVC already (graph.pipeline_stages); `dvc remote list` costs a process.
+    from dvc.repo import Repo
+
+    with Repo(str(repo)) as dvc:
+        remotes = set(dvc.config["remote"])  # the merged config, as `dvc remote list` shows it
+    if cfg.dvc_remote not in remotes:
         raise StageInputError(
             f"ERROR [exchange] {repo}: orchestration.exchange.dvc_remote is {cfg.dvc_remote!r}, but .dvc/config "
             f"has no such remote. Fix: `dvc remote add {cfg.dvc_remote} URL` (S3, GCS, a folder) and commit "

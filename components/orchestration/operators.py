@@ -65,14 +65,15 @@ class DvcStageOperator(BaseOperator):
 
     def _run_exchanged(self, context) -> dict:
         repo, cfg = Path(self.repo), ExchangeParams(**self.exchange)
-        stage = next((s for s in graph.pipeline_stages(repo) if s.address == self.stage), None)
+        stages = graph.pipeline_stages(repo)  # read once: the warm start below needs them too
+        stage = next((s for s in stages if s.address == self.stage), None)
         if stage is None:
             raise StageInputError(f"ERROR [exchange] {repo}/dvc.yaml has no stage {self.stage!r}: this worker's "
                                   "checkout is not the scheduler's (deploy the same commit to every worker)")
         before = None
         if self.warm_start is not None:
             def before(r: Path) -> dict:
-                info = release.stage_warm_start(r, graph.pipeline_stages(r), self.warm_start, log=self.log.info)
+                info = release.stage_warm_start(r, stages, self.warm_start, log=self.log.info)
                 context["ti"].xcom_push(key="warm_start", value=info)
                 return info
         message = f"{self.stage}: {context['run_id']} (try {context['ti'].try_number})"
