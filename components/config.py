@@ -531,6 +531,68 @@ class LandingParams(Section):
                                                "that cannot rename)")
 
 
+class DriftThreshold(Section):
+    """`orchestration.drift.<check>`: a value at or above `flag` retrains and flags the batch; at or above
+    `hold`, the batch is held for review instead of placed (components/data/drift.py). null switches one off."""
+
+    # A share is at most 1 and a distance of a million standard deviations is no longer a distance: above
+    # MAX_RATIO a threshold would simply never fire, which null says plainly.
+    flag: float | None = Field(
+        None, ge=0, le=MAX_RATIO, description="retrain, and flag the batch in the run summary and events")
+    hold: float | None = Field(
+        None, ge=0, le=MAX_RATIO, description="hold the batch in data/landing/held/ for review")
+
+    @model_validator(mode="after")
+    def _hold_above_flag(self) -> DriftThreshold:
+        if self.flag is not None and self.hold is not None and self.hold < self.flag:
+            raise Invalid("hold", f"{self.hold} is below flag {self.flag}: every flagged batch would be held",
+                          "set hold >= flag (or hold: null to never hold on this check)")
+        return self
+
+
+class DriftParams(Section):
+    """`orchestration.drift`: each landed batch against the training data it joins (components/data/drift.py).
+    Defaults from measurement (benchmarks/drift_thresholds.py): the last 10% by time of the synthetic default
+    and of ML-1M retrain; a popularity flip is held, half the rows on new items flagged."""
+
+    min_values: int = Field(
+        30, ge=1, le=MAX_COUNT, description="a distribution check needs this many values on each side (rows, "
+                                            "users, gaps); fewer: skipped, and recorded as such")
+    item_popularity: DriftThreshold = Field(
+        DriftThreshold(flag=0.3, hold=0.6), description="normed Wasserstein distance of the rows' popularity "
+                                                         "positions (0 head .. 1 tail), known items only")
+    new_items: DriftThreshold = Field(
+        DriftThreshold(flag=0.2, hold=0.9), description="share of the batch's rows on items the training data "
+                                                        "has no interaction with")
+    new_users: DriftThreshold = Field(
+        DriftThreshold(flag=0.5, hold=None), description="share of the batch's users the training data has no "
+                                                         "interaction of")
+    sequence_length: DriftThreshold = Field(
+        DriftThreshold(flag=1.5, hold=None), description="normed Wasserstein distance of events per user (the "
+                                                         "training data's newest slice of the batch's size)")
+    inter_event_time: DriftThreshold = Field(
+        DriftThreshold(flag=2.0, hold=None), description="normed Wasserstein distance of log10 seconds between a "
+                                                         "user's consecutive events")
+    timestamp_overlap: DriftThreshold = Field(
+        DriftThreshold(flag=0.5, hold=None), description="share of the batch's rows older than the training "
+                                                         "data's newest event")
+    timestamp_gap_days: DriftThreshold = Field(
+        DriftThreshold(flag=30.0, hold=None), description="days from the training data's newest event to the "
+                                                          "batch's oldest")
+
+    @model_validator(mode="before")
+    @classmethod
+    def _one_threshold_keeps_the_other(cls, data: Any) -> Any:
+        # `new_items: {hold: 0.95}` changes hold alone: the flag keeps its default rather than turning off
+        # (a threshold is switched off by writing null).
+        if isinstance(data, dict):
+            data = dict(data)
+            for name, f in cls.model_fields.items():
+                if isinstance(data.get(name), dict) and isinstance(f.default, DriftThreshold):
+                    data[name] = {**f.default.model_dump(), **data[name]}
+        return data
+
+
 class ExchangeParams(Section):
     """`orchestration.exchange`: how stages on workers that share no folder (Celery on several machines,
     Kubernetes pods, Kubeflow) pass data: DVC outputs through a DVC remote, `dvc.lock` through a git branch."""
@@ -544,7 +606,7 @@ class ExchangeParams(Section):
 
 class OrchestrationParams(Section):
     """`orchestration`: the Airflow DAG `llm_srec_retraining` (dags/). No DVC stage depends on this section
-    (`ingest_batches`, which runs every time, reads `landing`)."""
+    (`ingest_batches`, which runs every time, reads `landing` and `drift`)."""
 
     schedule: str | None = Field(
         "0 3 * * *", description="cron, UTC; null = only when a batch lands or on a manual trigger")
@@ -574,6 +636,8 @@ class OrchestrationParams(Section):
     serving_reload_command: str | None = Field(
         None, description="run after a promotion, e.g. 'systemctl restart llmsrec-serve'")
     landing: LandingParams = Field(default_factory=LandingParams, description="the landing zone")
+    drift: DriftParams = Field(
+        default_factory=DriftParams, description="drift checks of each landed batch: retrain, flag or hold")
     image: str = Field(
         "llm-srec-pipeline:0.1.0", min_length=1, description="the container image of Kubernetes pods and Kubeflow "
                                                             "components (this repository, `make setup` done)")

@@ -146,6 +146,14 @@ BAD_VALUES = [  # (key path, value, what the error says)
      "unknown toleration key(s) ['tolerationSeconds']"),
     ("orchestration.landing.poll_seconds", 0, "greater than 0"),
     ("orchestration.exchange.git_branch", "", "at least 1 character"),
+    ("orchestration.drift.min_values", 0, "greater than or equal to 1"),
+    ("orchestration.drift.item_popularity.hold", -0.1, "greater than or equal to 0"),
+    ("orchestration.drift.new_items.flag", "20%", "valid number"),
+    ("orchestration.drift.new_users.flag", True, "valid number"),
+    ("orchestration.drift.sequence_length.hold", 1e7, "less than or equal to 1000000"),
+    ("orchestration.drift.inter_event_time.flag", [2.0], "valid number"),
+    ("orchestration.drift.timestamp_overlap.hold", -1, "greater than or equal to 0"),
+    ("orchestration.drift.timestamp_gap_days.flag", "a month", "valid number"),
     # Above what the code that reads them can hold (components/config.py's MAX_* say which code):
     ("seed", 10**14, f"less than or equal to {MAX_SEED}"),
     ("candidates.num_negatives", 10**12, f"less than or equal to {MAX_COUNT - 1}"),
@@ -177,6 +185,8 @@ def test_a_bad_value_names_the_key_the_value_and_the_fix(key, value, says):
     ({"evaluate": {"models": ["sasrec"], "shuffle": ["llmsrec"]}}, "evaluate.shuffle: names ['llmsrec']"),
     ({"distill": {"gradient_checkpointing": True}}, "distill.gradient_checkpointing: needs kv_reuse: none"),
     ({"data": {"synthetic": {"num_items": 10}}}, "data.synthetic.num_items: 10 items for 20 topics"),
+    ({"orchestration": {"drift": {"new_items": {"hold": 0.1}}}}, "orchestration.drift.new_items.hold: 0.1 is below "
+                                                                 "flag 0.2"),
     ({"data": {"synthetic": {"min_length": 9, "max_length": 8}}}, "data.synthetic.min_length: 9 is above"),
 ])
 def test_rules_between_keys_name_the_key_to_change(cfg, says):
