@@ -237,9 +237,16 @@ def summary_lines(record: dict[str, Any]) -> list[str]:
     lines = [f"run {record['run_id']}: {record['outcome'].upper()}: {record['reason']}"]
     landing = record.get("landing") or {}
     if landing:
-        lines.append(f"batches: {len(landing.get('accepted', []))} accepted, {len(landing.get('duplicates', []))} "
-                     f"duplicate, {len(landing.get('rejected', []))} rejected")
+        lines.append(f"batches: {len(landing.get('accepted', []))} accepted, {len(landing.get('held', []))} held, "
+                     f"{len(landing.get('duplicates', []))} duplicate, {len(landing.get('rejected', []))} rejected")
         lines += [f"  rejected {r['file']}: {r.get('reason')}" for r in landing.get("rejected", [])]
+        judged = [r for key in ("accepted", "held") for r in landing.get(key, []) if r.get("drift")]
+        if judged:  # components/data/drift.py: each batch's decision, and why when it is not a plain retrain
+            decisions = [r["drift"]["decision"] for r in judged]
+            lines.append("drift: " + ", ".join(f"{decisions.count(d)} {d}" for d in ("retrain", "flag", "hold")
+                                               if d in decisions))
+            lines += [f"  {r['drift']['decision']} {r['file']} ({r['batch_id']}): {'; '.join(r['drift']['reasons'])}"
+                      + (f". {r['fix']}" if r.get("fix") else "") for r in judged if r["drift"]["decision"] != "retrain"]
     stages = record.get("stages") or {}
     if stages:
         lines.append("stages: " + ", ".join(

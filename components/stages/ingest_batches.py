@@ -18,13 +18,18 @@ Before landing anything the stage refuses a store that lacks every file dvc.lock
 clone before `dvc pull`, or after `make clean`): landing into it would record a store without those
 batches, and the next `ingest` would train without them.
 
-The landing's outcome (accepted, duplicates, rejected) goes to the stage's run record (`--timings`,
-components/timings.py) with its duration: the DAG's run summary reads it there.
+The landing's outcome (accepted, held, duplicates, rejected) goes to the stage's run record (`--timings`,
+components/timings.py) with its duration: the DAG's run summary reads it there. Each drift decision
+(params `orchestration.drift`: retrain, flag, hold) is also appended to the model registry's events
+(`drift_retrain`, `drift_flag`, `drift_hold`; components/serving/registry.py), beside the promotions it
+may lead to. The registry lives in BentoML's home: where there is none yet (before the first package),
+the stage says so and goes on, since the landing log and the run record hold the same decisions.
 """
 
 from __future__ import annotations
 
 import argparse
+import os
 import tempfile
 import time
 from pathlib import Path
@@ -34,8 +39,9 @@ import yaml
 
 from components.config import load_params
 from components.data import landing
-from components.errors import ConfigError, DataError, stage_main
+from components.errors import ConfigError, DataError, PipelineError, stage_main
 from components.io import read_json, visible_files
+from components.serving import registry
 from components.timings import write_timings
 
 
@@ -67,6 +73,33 @@ def check_not_lost(store: Path, lock: Path, retracted: Path) -> None:
                         f"from {lock}")
 
 
+def log_drift_events(outcome: dict[str, Any] | None, log=print) -> int:
+    """Append one registry event per drift decision of a landing run (`outcome`: LandingResult.as_dict()).
+    Returns how many were written. Never raises for the registry: a missing BentoML home, or one that
+    cannot be written, is reported and skipped (the landing log and the run record keep the decisions)."""
+    judged = [r for key in ("accepted", "held") for r in (outcome or {}).get(key, []) if r.get("drift")]
+    if not judged:
+        return 0
+    # BentoML's own default, read without importing BentoML (seconds) for a few lines of JSON.
+    home = Path(os.environ.get("BENTOML_HOME") or Path.home() / "bentoml")
+    if not home.is_dir():
+        log(f"landing: {len(judged)} drift decision(s) not added to the registry's events: no BentoML home at "
+            f"{home} yet (set BENTOML_HOME, or package a model first); they are in the landing log and run record")
+        return 0
+    written = 0
+    for r in judged:
+        d = r["drift"]
+        reason = f"batch {r['batch_id']} ({r['file']}): " + ("; ".join(d.get("reasons") or []) or "no drift")
+        try:
+            registry.log_event(f"drift_{d['decision']}", None, reason, home=home)
+            written += 1
+        except (PipelineError, OSError) as e:
+            log(f"landing: could not add the drift decision of batch {r['batch_id']} to the registry's events "
+                f"in {home} ({e}); it is in the landing log and run record")
+            break
+    return written
+
+
 @stage_main("ingest_batches")
 def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -92,8 +125,9 @@ def main(argv: list[str] | None = None) -> None:
             landing.main(["--params", args.params, "ingest", "--ingested", str(args.ingested),
                           "--record", str(record)])
         finally:  # a rejected batch fails the stage (SystemExit): its outcome is recorded all the same
-            write_timings(args.timings, "ingest_batches", time.time() - t0,
-                          landing=read_json(record) if record.is_file() else None)
+            outcome = read_json(record) if record.is_file() else None
+            log_drift_events(outcome)
+            write_timings(args.timings, "ingest_batches", time.time() - t0, landing=outcome)
 
 
 if __name__ == "__main__":
