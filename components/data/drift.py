@@ -45,7 +45,8 @@ decision and what computed it; the overall decision and reasons; the library ver
 (for people: the same table, then evidently's report). The HTML is self-contained: evidently 0.7 inlines
 its JavaScript bundle (3.5 MB) and its icon font (base64) and embeds the data; the only URL it holds that
 a browser could fetch is plotly's `topojsonURL` (cdn.plot.ly), used by geographic maps, which this report
-has none of, so it opens offline. Evidently is imported only when a distribution check runs (its import
+has none of, so it opens offline (checked in headless Chromium with every connection refused: the
+table and all plots draw). Evidently is imported only when a distribution check runs (its import
 costs several seconds), and its report sends nothing: its telemetry lives in its UI service alone.
 """
 

@@ -34,8 +34,11 @@ What happens to each complete file (`land`), one landing run at a time (an inter
   batch: `data/landing/rejected/<batch_id>/` holds its raw bytes (`raw/<file>`, read-only), its bad rows
   with their reasons (`quarantine.parquet`) and the reason and fix (`rejection.json`), and it never
   reaches training;
-- otherwise it is accepted: `data/batches/<batch_id>/<file>` (read-only) plus `batch.json`, renamed
-  into place complete. Batch ids start with the UTC arrival time (microseconds), so they sort in
+- otherwise its drift is checked against the store it joins (components/data/drift.py, thresholds in
+  params `orchestration.drift`): `retrain` or `flag` and it is accepted, `hold` and it is held (below).
+  The decision and its reasons go to `batch.json`, the log and the run's LandingResult;
+- an accepted batch goes to `data/batches/<batch_id>/<file>` (read-only) plus `batch.json` and its
+  drift report (`drift.json`, `drift.html`), renamed into place complete. Batch ids start with the UTC arrival time (microseconds), so they sort in
   arrival order. The `ingest` stage appends accepted batches; their few bad rows are quarantined by
   `validate` with their lineage, like any other row.
 
@@ -45,6 +48,14 @@ folder is removed, the file stays in `claimed/`, `list` shows it as pending, and
 
 `retract BATCH_ID --reason TEXT` takes an accepted batch back out of the store: it moves to
 `data/landing/retracted/<batch_id>/` with `retraction.json`, so the next `ingest` runs without it.
+
+A held batch is valid but drifted past a `hold` threshold: `data/landing/held/<batch_id>/` keeps its raw
+file (read-only), `batch.json`, `held.json` (the reason, and the command that releases it) and the drift
+report; it never reaches training, and the same bytes dropped again stay held (a duplicate of it).
+`release BATCH_ID --reason TEXT` puts it into the store as accepted, under the lock and atomically like
+any placed batch (out of `held/` first; a run that dies half-way is finished or undone by the next), its
+drift decision kept and {released_at, released_by, release_reason} added to `batch.json`. `list` shows
+held batches with that command.
 
 Every event is appended to `data/landing/log.jsonl`. Raw bytes are never modified.
 """
