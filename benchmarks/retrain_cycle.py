@@ -88,7 +88,9 @@ def split_by_time(data: Path, out: Path, max_users: int | None, seed: int, base_
 def reload_command(logs: Path) -> str:
     """orchestration.serving_reload_command for a SupervisedServer logging to `logs`: SIGTERM to the
     server's process group; the supervisor starts it again, on the new production model."""
-    return f"sh -c 'kill -TERM -- -$(cat {logs / 'serve.pid'})'"
+    pid = logs / "serve.pid"
+    # No pid file yet: the first model is promoted before any server runs, and it starts on it.
+    return f"sh -c '[ ! -s {pid} ] || kill -TERM -- -$(cat {pid})'"
 
 
 class SupervisedServer:
