@@ -72,14 +72,15 @@ def percentiles(values: list[float]) -> dict[str, float]:
 
 
 class Server:
-    """`bentoml serve` from the repository root on a free port; stopped (process group) on exit."""
+    """`bentoml serve` from `cwd` (a checkout of this repository) on `port` (default: a free one); stopped
+    (process group) on exit."""
 
-    def __init__(self, env: dict[str, str], log: Path):
-        self.port = free_port()
+    def __init__(self, env: dict[str, str], log: Path, cwd: Path = REPO, port: int | None = None):
+        self.port = port or free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.log = log.open("w")
         self.proc = subprocess.Popen([sys.executable, "-m", "bentoml", "serve", "--host", "127.0.0.1", "--port",
-                                      str(self.port)], cwd=REPO, env=env, stdout=self.log, stderr=subprocess.STDOUT,
+                                      str(self.port)], cwd=cwd, env=env, stdout=self.log, stderr=subprocess.STDOUT,
                                      start_new_session=True)
 
     def wait_ready(self, timeout: float = 600) -> float:

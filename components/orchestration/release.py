@@ -213,6 +213,8 @@ def outcome_of(states: dict[str, str], changed: dict[str, bool], decision: dict[
     failed = sorted(t for t, s in states.items() if s in ("failed", "upstream_failed"))
     if failed:
         first = [t for t in failed if states[t] == "failed"] or failed
+        if after != before:  # a task after `package` failed (reload_serving): the promotion itself stands
+            return "failed", f"failed at {', '.join(first)}; production is now {after} (was {before or 'empty'})"
         return "failed", f"failed at {', '.join(first)}; production stays {before or 'empty'}"
     if decision is not None and not decision.get("release"):
         return "rejected", f"{decision.get('reason')}; production stays {before or 'empty'}"

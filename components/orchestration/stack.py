@@ -65,13 +65,16 @@ class AirflowStack:
     scheduler fails a task whose worker stopped answering (Airflow's default is 300). `db_template`: an
     `airflow db migrate`d SQLite file of this Airflow version to start from (saves the migration). `unpaused`:
     the DAG is scheduled from the start; with a cron schedule and `catchup: false`, Airflow then runs the last
-    interval at once (tests set `schedule: null`; `stack up` keeps it paused unless asked).
+    interval at once (tests set `schedule: null`; `stack up` keeps it paused unless asked). `triggerer`: start
+    `airflow triggerer`, which runs the landing zone's Asset watcher (a dropped batch starts a run); None
+    follows `orchestration.trigger_on_batch` of the checkout's params.yaml.
     Raises ConfigError when `redis-server` is missing.
     """
 
     def __init__(self, root: Path, origin: str, branch: str, executor: str = "CeleryExecutor",
                  queues: tuple[str, ...] = ("default", "gpu"), env: dict[str, str] | None = None,
-                 heartbeat_timeout: int = 300, db_template: Path | None = None, unpaused: bool = True, log=print):
+                 heartbeat_timeout: int = 300, db_template: Path | None = None, unpaused: bool = True,
+                 triggerer: bool | None = None, log=print):
         self.root = Path(root).resolve()
         self.origin, self.branch, self.executor = origin, branch, executor
         self.queues = tuple(queues) if executor == "CeleryExecutor" else ()
@@ -79,6 +82,7 @@ class AirflowStack:
         self.heartbeat_timeout = heartbeat_timeout
         self.db_template = db_template
         self.unpaused = unpaused
+        self.triggerer = triggerer
         self.log = log
         self.procs: dict[str, subprocess.Popen] = {}
         self.api_port = free_port()
@@ -173,6 +177,8 @@ class AirflowStack:
                     env, self.control)
         self._spawn("dag-processor", [sys.executable, "-m", "airflow", "dag-processor"], env, self.control)
         self._spawn("scheduler", [sys.executable, "-m", "airflow", "scheduler"], env, self.control)
+        if self.triggerer if self.triggerer is not None else cfg.trigger_on_batch:
+            self._spawn("triggerer", [sys.executable, "-m", "airflow", "triggerer"], env, self.control)
         for q in self.queues:
             self.start_worker(q)
         self.wait_for(lambda: self._query("select count(*) from dag where dag_id=?", DAG_ID)[0][0] == 1, 180,
@@ -281,6 +287,11 @@ class AirflowStack:
         run_id = f"manual__{time.strftime('%Y%m%dT%H%M%S')}_{secrets.token_hex(3)}"
         self._airflow("dags", "trigger", DAG_ID, "--run-id", run_id, env=self.control_env)
         return run_id
+
+    def runs(self) -> list[dict]:
+        """Every run of the DAG, oldest first: {run_id, run_type (manual, scheduled, asset_triggered), state}."""
+        rows = self._query("select run_id, run_type, state from dag_run where dag_id=? order by id", DAG_ID)
+        return [{"run_id": r[0], "run_type": r[1], "state": r[2]} for r in rows if len(r) == 3]
 
     def run_state(self, run_id: str) -> str | None:
         rows = self._query("select state from dag_run where dag_id=? and run_id=?", DAG_ID, run_id)

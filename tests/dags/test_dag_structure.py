@@ -129,6 +129,10 @@ def test_run_outcome_reports_a_provisional_first_model_as_such():
         == "rejected"
     passed = {"release": True, "decision": "promoted", "reason": "gate passed"}
     assert outcome_of(done, {"gate": True}, passed, "llmsrec:v1", "llmsrec:v2")[0] == "promoted"
+    # The reload after a promotion failed: the run failed, but production did change, and the reason says so.
+    outcome, reason = outcome_of({**done, "reload_serving": "failed"}, {"gate": True}, passed, "llmsrec:v1",
+                                 "llmsrec:v2")
+    assert outcome == "failed" and "reload_serving" in reason and "production is now llmsrec:v2" in reason, reason
 
 
 def test_check_gate_follows_the_gate_s_decision_not_its_own(tmp_path):
