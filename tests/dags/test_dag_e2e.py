@@ -132,6 +132,12 @@ def test_retraining_dag_end_to_end(tmp_path, fresh_airflow_home, tiny_llm_dir):
     assert [b["file"] for b in landing["accepted"]] == ["week_1.csv"] and not landing["rejected"]
     batch_dirs = [p for p in (root / "data" / "batches").iterdir() if p.is_dir()]
     assert len(batch_dirs) == 1 and (batch_dirs[0] / "week_1.csv").is_file()
+    # Drift: its popularity moved past the flag threshold but not the hold one; the decision is kept with the
+    # batch (drift.json, drift.html), in the run summary and in the registry's events.
+    assert landing["accepted"][0]["drift"]["decision"] == "flag", landing["accepted"][0]
+    assert (batch_dirs[0] / "drift.html").is_file()
+    assert json.loads((batch_dirs[0] / "drift.json").read_text())["decision"] == "flag"
+    assert "drift_flag" in [e["action"] for e in ws.registry()["events"]]
     assert not list((root / "data" / "incoming").glob("*.csv"))  # moved out of the landing zone
     warm = json.loads((root / "models" / "sasrec" / "training.json").read_text())["warm_start"]
     assert warm["staged"] and warm["matched_items"] > 100 and warm["new_items"] == 3, warm
