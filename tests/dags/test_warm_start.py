@@ -145,7 +145,7 @@ def test_the_warm_start_is_not_changed_under_a_running_training(prepared, tmp_pa
     params = yaml.safe_load((ws / "params.yaml").read_text())
     params["sasrec"]["epochs"] = 5  # something changed, so the last checkpoint is staged and trained from
     (ws / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
-    assert stage_warm_start(ws, stages, "previous", log=lambda *_: None)["source"]
+    assert stage_warm_start(ws, stages, "previous", log=lambda *_: None)["stages"]["pretrain_sasrec"]["source"]
     proc = subprocess.Popen([sys.executable, "-m", "dvc", "repro", "-s", "pretrain_sasrec"], cwd=ws, env=venv_env(),
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     state = ws / "models" / ".resume" / "pretrain_sasrec"
