@@ -373,7 +373,8 @@ def warm_start_lines(paths: list[Path], docs_dir: Path | None) -> list[str]:
                   f"({champ['steps']} steps, best valid NDCG@10 {champ['best_valid_ndcg@10']:.4f}). On base + batch: "
                   f"SASRec warm-started from the champion's, then LLM-SRec warm and from scratch, {p['steps']} steps "
                   f"each, validated every {p['eval_steps']} steps on the same users, no early stop. "
-                  f"{r['seconds']['total'] / 60:.0f} min in all on {r['machine']['cpus']} shared CPU cores. "
+                  f"{r['seconds']['total'] / 60:.0f} min in all on {r['machine']['cpus']} shared CPU cores "
+                  f"({r['machine'].get('torch_threads', '?')} torch thread(s)). "
                   f"Command: `{r['command']}`.", "", *table(r)]
         png = path.with_suffix(".png")
         if png.is_file() and docs_dir is not None:
