@@ -196,6 +196,11 @@ def table(result: dict[str, Any]) -> list[str]:
         v = llm[name]
         lines.append(f"| LLM-SRec {name} | {v['best_valid_ndcg@10']:.4f} | {v['best_step']} | {v['test_ndcg@10']:.4f} | "
                      f"{v['steps']} | {v['seconds_per_step']:.2f} |")
+    w = llm["warm"]
+    if w["curve"] and w["curve"][0]["step"] == 0:
+        lines += ["", f"warm at step 0 (the champion's adapters on the new data, before any step): valid NDCG@10 "
+                      f"{w['curve'][0]['valid_ndcg@10']:.4f}; the budget is {w['steps'] / w['steps_per_epoch']:.0%} "
+                      f"of an epoch ({w['steps_per_epoch']:,} steps)"]
     p = result["paired_test"]
     ci = p["ratio_ci"]
     lines += ["", f"warm / scratch test NDCG@10: {p['ratio']:.3f} (95% CI {ci[0]:.3f}-{ci[1]:.3f}, "

@@ -176,6 +176,7 @@ def test_warm_start_section_reports_the_reach_ratio_and_the_paired_test(tmp_path
     def variant(c, test):
         best = max(c, key=lambda r: r["valid_ndcg@10"])
         return {"best_valid_ndcg@10": best["valid_ndcg@10"], "best_step": best["step"], "test_ndcg@10": test,
+                "steps_per_epoch": 800,
                 "steps": c[-1]["step"], "seconds_per_step": 2.0, "valid_users": 200, "curve": c}
 
     r = {"split": {"users": 500, "base_interactions": 90, "batch_interactions": 10, "cut_utc": "2000-12-01T00:00:00",
@@ -193,4 +194,5 @@ def test_warm_start_section_reports_the_reach_ratio_and_the_paired_test(tmp_path
     assert "| LLM-SRec warm | 0.3600 | 40 | 0.3500 | 40 | 2.00 |" in doc
     assert "| LLM-SRec scratch | 0.3400 | 60 | 0.3200 | 80 | 2.00 |" in doc
     assert "at step 20 (40 s); scratch got there at step 60 (120 s): 0.33 of the steps" in doc
+    assert "before any step): valid NDCG@10 0.3000; the budget is 5% of an epoch (800 steps)" in doc
     assert "warm / scratch test NDCG@10: 1.094 (95% CI 1.010-1.200, 500 users" in doc
