@@ -356,6 +356,39 @@ def learning_lines(paths: list[Path], docs_dir: Path | None) -> list[str]:
             *lines]
 
 
+def warm_start_lines(paths: list[Path], docs_dir: Path | None) -> list[str]:
+    """`benchmarks.llmsrec_warm_start` results: LLM-SRec warm-started vs from scratch after a batch lands."""
+    from benchmarks.llmsrec_warm_start import table
+
+    lines = []
+    for path in paths:
+        r = json.loads(path.read_text())
+        s, p = r["split"], r["params"]
+        champ = r["champion_llmsrec"]
+        lines += [f"### {path.name}", "",
+                  f"{s['users']:,} users drawn from the dataset; the first {s['base_interactions']:,} interactions by "
+                  f"time are the base, the last {s['batch_interactions']:,} (after {s['cut_utc']}) land as one batch "
+                  f"({s['batch_users']} users, {s['new_users_in_batch']} of them new, {s['new_items_in_batch']} new "
+                  f"items). Champion on the base: SASRec ({p['budgets']['sasrec.max_minutes']} min), then LLM-SRec "
+                  f"({champ['steps']} steps, best valid NDCG@10 {champ['best_valid_ndcg@10']:.4f}). On base + batch: "
+                  f"SASRec warm-started from the champion's, then LLM-SRec warm and from scratch, {p['steps']} steps "
+                  f"each, validated every {p['eval_steps']} steps on the same users, no early stop. "
+                  f"{r['seconds']['total'] / 60:.0f} min in all on {r['machine']['cpus']} shared CPU cores "
+                  f"({r['machine'].get('torch_threads', '?')} torch thread(s)). "
+                  f"Command: `{r['command']}`.", "", *table(r)]
+        png = path.with_suffix(".png")
+        if png.is_file() and docs_dir is not None:
+            lines += ["", f"![{path.stem}: validation NDCG@10 per step, warm vs scratch]"
+                          f"({os.path.relpath(png.resolve(), docs_dir.resolve())})"]
+        lines.append("")
+    if not lines:
+        return []
+    return ["## LLM-SRec warm start after a batch lands (`python -m benchmarks.llmsrec_warm_start`)", "",
+            "Steps are the primary measure (a step costs the same in both variants); seconds include validation "
+            "and the machine was shared. Test NDCG@10 is each variant's best-validation checkpoint; the interval "
+            "is paired over the same test users (BCa bootstrap).", "", *lines]
+
+
 #: benchmarks.quality_suite rows in table order: (file stem, model key in it, label)
 SUITE_ROWS = [("sasrec", "popularity", "popularity"), ("sasrec", "sasrec", "SASRec, full window"),
               ("sasrec_len10", "sasrec", "SASRec, 10-item window"),
@@ -648,7 +681,9 @@ def render(results_dir: Path, plot: Path | None = None) -> str:
               "\n".join(reliability_lines(sorted((Path(results_dir) / "reliability").glob("*.json")))),
               "\n".join(throughput_lines(sorted((Path(results_dir) / "throughput").glob("distill_throughput*.json")))),
               "\n".join(learning_lines(sorted((Path(results_dir) / "learning").glob("*.json")),
-                                       plot.parent if plot is not None else None))]
+                                       plot.parent if plot is not None else None)),
+              "\n".join(warm_start_lines(sorted(Path(results_dir).glob("llmsrec_warm_start*.json")),
+                                         plot.parent if plot is not None else None))]
     return "\n".join(p for p in parts if p)
 
 

@@ -393,6 +393,10 @@ class DistillParams(Section):
                                                 "one step (the main process's LLM load and title states "
                                                 "included) before the run fails; a process that dies stops the "
                                                 "run at once", json_schema_extra=RUN_ONLY)
+    warm_start_mismatch: Literal["error", "fresh"] = Field(
+        "fresh", description="staged warm-start adapters that do not fit this model (other backbone, widths, "
+                             "prompt, readout, text_layer ...): error | fresh (train from scratch, the summary "
+                             "says why)")
     seed: int | None = Field(None, ge=0, le=MAX_SEED, description="null = the top-level seed")
 
     @field_validator("eval_every")
@@ -627,7 +631,7 @@ class OrchestrationParams(Section):
                                                                               "not named here runs on the "
                                                                               "default queue in dvc_pool")
     warm_start: Literal["champion", "previous", "none"] = Field(
-        "champion", description="SASRec restarts from: champion | previous | none")
+        "champion", description="SASRec and LLM-SRec's adapters restart from: champion | previous | none")
     gate_report: str = Field(
         "reports/gate.json", description="{passed, checks}; no report = nothing is promoted")
     notify_callback: str | None = Field(

@@ -16,9 +16,10 @@ lands: the Asset `llm_srec_landing_zone` is updated when the triggerer sees the 
    batch with too many bad rows is rejected into `data/landing/rejected/` with its quarantined rows,
    and the run fails here). As a DVC stage's output the store is versioned with the rest.
 2. `prepare_warm_start`, once the store is up to date and before the other stages: stages the
-   production model's SASRec (or the previous checkpoint) so `pretrain_sasrec` continues from it; known
-   items keep their embeddings, new items start fresh. The staged folder is a dependency of
-   `pretrain_sasrec`, so `dvc.lock` records what training started from.
+   production model's SASRec and LLM-SRec adapters (or the previous checkpoints) so `pretrain_sasrec` and
+   `distill` continue from them; known items keep their SASRec embeddings, new items start fresh (and reach
+   the adapters through them). Each staged folder is a dependency of its stage, so `dvc.lock` records what
+   training started from.
 3. `check_gate`: reads the gate's decision in `reports/gate.json` (the gate stage decides, and logs a
    rejection in the registry); promoted or provisional → the stages after the gate (`package`: save to
    BentoML and promote) → `reload_serving`; rejected → `mark_rejected` (log, notify callback).
@@ -28,7 +29,7 @@ lands: the Asset `llm_srec_landing_zone` is updated when the triggerer sees the 
 **Workers that share no folder** (`orchestration.exchange.dvc_remote` set: Celery workers on several machines,
 Kubernetes pods): each stage's task syncs its own checkout from the git branch `exchange.git_branch`, pulls
 what it reads from the DVC remote, runs, then pushes its outputs and commits its dvc.lock entry to the branch
-(components/orchestration/exchange.py); the training stage stages its own warm start.
+(components/orchestration/exchange.py); each training stage stages its own warm start.
 
 Configuration: `params.yaml` → `orchestration`. Setup, pools and engines: README → Airflow, docs/deploy.md. Under the
 KubernetesExecutor each task is a pod of `orchestration.image` (components/orchestration/kubernetes.py).
@@ -91,7 +92,7 @@ RELEASE_STAGES = graph.downstream(STAGES, GATE_STAGE)
 # Workers that share no folder (orchestration.exchange): each stage's task syncs its own checkout, pulls
 # from and pushes to the DVC remote; the stage that trains from the staged warm start stages it itself.
 EXCHANGE = CFG.exchange.model_dump() if CFG.exchange.dvc_remote else None
-TRAINER = next((s for s in STAGES if graph.option_of(s, release.WARM_START_FLAG)), None)
+TRAINERS = release.warm_start_stages(STAGES)  # pretrain_sasrec and distill: each continues from a staged checkpoint
 
 
 def _schedule():
@@ -158,10 +159,11 @@ with DAG(
 
     @task
     def prepare_warm_start() -> dict:
-        if EXCHANGE is not None and TRAINER is not None:
-            # This worker's checkout is not the one the trainer runs in: it stages there, after its pull.
-            print(f"warm start: staged by {TRAINER.task_id} in its own checkout (orchestration.exchange)")
-            info = {"mode": CFG.warm_start, "staged_by": TRAINER.task_id}
+        if EXCHANGE is not None and TRAINERS:
+            # This worker's checkout is not the ones the trainers run in: each stages there, after its pull.
+            print(f"warm start: staged by {', '.join(t.task_id for t in TRAINERS)} in their own checkouts "
+                  "(orchestration.exchange)")
+            info = {"mode": CFG.warm_start, "staged_by": [t.task_id for t in TRAINERS], "stages": {}}
         else:
             info = release.stage_warm_start(REPO, STAGES, CFG.warm_start, log=print)
         return {**info, "production_before": release.production_tag()}
@@ -204,8 +206,8 @@ with DAG(
         states = {t: str(s) for t, s in (states.get(run_id, states) or {}).items() if t != ti.task_id}
         pulled = {s.task_id: ti.xcom_pull(task_ids=s.task_id) for s in STAGES}
         warm = ti.xcom_pull(task_ids="prepare_warm_start") or {}
-        if warm.get("staged_by"):
-            warm.update(ti.xcom_pull(task_ids=warm["staged_by"], key="warm_start") or {})
+        for trainer in warm.get("staged_by") or []:
+            warm.setdefault("stages", {}).update((ti.xcom_pull(task_ids=trainer, key="warm_start") or {}).get("stages") or {})
         # The landing's outcome is in the store writer's run record, which its task passes on even when it fails.
         landing = (ti.xcom_pull(task_ids=STORE_WRITER.task_id, key="record") or {}).get("landing") or {}
         decision = None
@@ -252,7 +254,7 @@ with DAG(
         minutes = opts.pop("execution_timeout_minutes", None)
         ops[stage.address] = DvcStageOperator(
             task_id=stage.task_id, stage=stage.address, repo=str(REPO), record=graph.option_of(stage, "--timings"),
-            exchange=EXCHANGE, warm_start=CFG.warm_start if EXCHANGE is not None and stage is TRAINER else None,
+            exchange=EXCHANGE, warm_start=CFG.warm_start if EXCHANGE is not None and stage in TRAINERS else None,
             pool=opts.pop("pool", CFG.dvc_pool), executor_config=executor_config(CFG, routing),
             execution_timeout=timedelta(minutes=minutes) if minutes else None,
             doc_md=f"`dvc repro -s {stage.address}`\n\ndeps: {', '.join(stage.deps)}\n\nouts: {', '.join(stage.outs)}",

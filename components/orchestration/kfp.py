@@ -37,8 +37,8 @@ What stays outside: the landing zone. `ingest_batches` runs in its fresh workspa
 (the image's) is empty, so it hands on an empty batch store and the pipeline trains on `data.source` as
 params.yaml sets it. Batches landed for the Airflow path do not reach a KFP run: that would take the
 landing zone on shared storage (a bucket) and the last run's store passed in (an importer of its
-`data_batches`), which is not built here. The warm start stays outside too: `models/warm_start/sasrec` is the tracked README alone (the DAG's `prepare_warm_start`
-task has no KFP counterpart), so SASRec trains from scratch, and a retried task starts its stage over (the
+`data_batches`), which is not built here. The warm start stays outside too: `models/warm_start/{sasrec,llmsrec}` hold their tracked READMEs alone (the
+DAG's `prepare_warm_start` task has no KFP counterpart), so both models train from scratch, and a retried task starts its stage over (the
 resume state lives in the pod's workspace).
 
 Why the component code is generated: a lightweight component is the source text of one function whose

@@ -18,8 +18,8 @@ to `run_step`. Components share no filesystem: each one
    is its one reader), which the pipeline's condition on the release stages reads.
 
 Every dependency that no upstream stage writes must come with the code: params.yaml, the stage's modules,
-and `models/warm_start/sasrec` (its README is tracked; nothing is staged there under KFP, so SASRec trains
-from scratch). A dependency found in neither place fails the step, naming it.
+and `models/warm_start/sasrec` and `models/warm_start/llmsrec` (their READMEs are tracked; nothing is staged
+there under KFP, so SASRec and LLM-SRec's adapters train from scratch). A dependency found in neither place fails the step, naming it.
 
 This module imports no kfp: the artifacts arrive as objects with `.path` and `.metadata`.
 """

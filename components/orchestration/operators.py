@@ -27,8 +27,8 @@ class DvcStageOperator(BaseOperator):
     `exchange` (orchestration.exchange as a dict, when its `dvc_remote` is set): the worker shares no folder
     with the others, so the task syncs its checkout from the exchange branch, pulls its inputs from the DVC
     remote and publishes what it wrote (components/orchestration/exchange.py); the XCom adds `commit` and
-    `checkout`. `warm_start` (orchestration.warm_start, with `exchange` and for the stage that trains from the
-    staged checkpoint): the checkpoint is staged in this checkout, after the pull, as prepare_warm_start does on
+    `checkout`. `warm_start` (orchestration.warm_start, with `exchange` and for a stage that trains from a
+    staged checkpoint): its checkpoint is staged in this checkout, after the pull, as prepare_warm_start does on
     one machine; what was staged is the XCom `warm_start`.
     """
 
@@ -73,7 +73,7 @@ class DvcStageOperator(BaseOperator):
         before = None
         if self.warm_start is not None:
             def before(r: Path) -> dict:
-                info = release.stage_warm_start(r, stages, self.warm_start, log=self.log.info)
+                info = release.stage_warm_start(r, stages, self.warm_start, log=self.log.info, only=self.stage)
                 context["ti"].xcom_push(key="warm_start", value=info)
                 return info
         message = f"{self.stage}: {context['run_id']} (try {context['ti'].try_number})"

@@ -23,7 +23,7 @@ from components.orchestration.graph import Stage, option_of
 from components.orchestration.runner import dvc_write_lock, repo_lock
 from components.serving import registry
 from components.serving.decision import read_decision
-from components.serving.integrity import sasrec_dir
+from components.serving.integrity import LLMSREC_DIR, sasrec_dir
 
 WARM_START_FLAG = "--warm-start-staged"
 #: the file that keeps the staged warm-start folder in every clone (see stage_warm_start)
@@ -35,21 +35,53 @@ def production_tag() -> str | None:
     return registry.production_tag()
 
 
+#: where each model's checkpoint sits inside a production package, by the name of the folder it is staged in
+#: (`models/warm_start/<model>`, the checkpoint's own `model` name)
+PACKAGE_PARTS = {"sasrec": sasrec_dir, "llmsrec": lambda root: root / LLMSREC_DIR}
+
+
 def champion_sasrec(tag: str) -> Path | None:
     """The SASRec checkpoint inside the production package."""
-    path = sasrec_dir(Path(registry.get_model(tag).path))
-    return path if (path / "config.json").is_file() else None
+    return champion_checkpoint(tag, "sasrec")
 
 
-def stage_warm_start(repo: Path, stages: list[Stage], mode: str, log=print) -> dict[str, Any]:
-    """Put the checkpoint SASRec should continue from where the training stage looks for it.
+def champion_checkpoint(tag: str, model: str) -> Path | None:
+    """The checkpoint of `model` (a `PACKAGE_PARTS` name) inside the package `tag`; None when it has none."""
+    part = PACKAGE_PARTS.get(model)
+    path = part(Path(registry.get_model(tag).path)) if part is not None else None
+    return path if path is not None and (path / "config.json").is_file() else None
 
-    The stage and both paths come from dvc.yaml: the stage whose command has `--warm-start-staged
-    DIR`, and its `--out` (the previous checkpoint). DIR is one of that stage's deps, so dvc.lock records
-    which checkpoint the model started from. It always exists (its `WARM_START_MARKER` is in git, as a
-    dependency that does not exist fails `dvc repro`) and holds only that file when there is nothing to
-    start from. `champion` uses the production package's SASRec and falls back to `previous` when nothing
-    is in production yet; `previous` uses the last trained checkpoint in this workspace; `none` empties DIR.
+
+def warm_start_stages(stages: list[Stage]) -> list[Stage]:
+    """The stages that train from a staged checkpoint (their command has `--warm-start-staged`), in dvc.yaml's
+    order: upstream first (pretrain_sasrec, then distill)."""
+    return [s for s in stages if option_of(s, WARM_START_FLAG)]
+
+
+def stage_warm_start(repo: Path, stages: list[Stage], mode: str, log=print, only: str | None = None) -> dict[str, Any]:
+    """Stage, for every stage that trains from a staged checkpoint (`warm_start_stages`), or only the stage
+    whose address is `only`, the checkpoint it should continue from. Returns `{"mode", "stages": {task id:
+    what `stage_one` did}}`.
+
+    In dvc.yaml's order, so a trainer downstream of another (distill after pretrain_sasrec) sees the upstream
+    one's staged folder already changed when it asks DVC whether anything it reads changed."""
+    trainers = [s for s in warm_start_stages(stages) if only is None or s.address == only]
+    if not trainers:
+        log(f"warm start: no stage in dvc.yaml takes {WARM_START_FLAG}"
+            + (f" among {only}" if only else "") + "; every run trains from scratch")
+    return {"mode": mode, "stages": {t.task_id: stage_one(repo, t, mode, log) for t in trainers}}
+
+
+def stage_one(repo: Path, trainer: Stage, mode: str, log=print) -> dict[str, Any]:
+    """Put the checkpoint `trainer` should continue from where it looks for it.
+
+    Both paths come from its command in dvc.yaml: `--warm-start-staged DIR`, and its `--out` (the previous
+    checkpoint). DIR is one of the stage's deps, so dvc.lock records which checkpoint the model started from.
+    It always exists (its `WARM_START_MARKER` is in git, as a dependency that does not exist fails `dvc
+    repro`) and holds only that file when there is nothing to start from. DIR's name is the model's
+    (`PACKAGE_PARTS`): `champion` uses that model's checkpoint in the production package and falls back to
+    `previous` when nothing is in production yet; `previous` uses the last trained checkpoint in this
+    workspace; `none` empties DIR.
 
     The staged checkpoint stays after the run, so the workspace keeps matching dvc.lock. And when the
     checkpoint to stage is the one this workspace trained last while DVC reports nothing changed for the
@@ -57,20 +89,16 @@ def stage_warm_start(repo: Path, stages: list[Stage], mode: str, log=print) -> d
     would retrain the model from itself on the same data, and after every promotion the champion *is* the
     last trained model, so each run would retrain for nothing.
     """
-    trainer = next((s for s in stages if option_of(s, WARM_START_FLAG)), None)
-    if trainer is None:
-        log(f"warm start: no stage in dvc.yaml takes {WARM_START_FLAG}; every run trains from scratch")
-        return {"mode": mode, "source": None}
     dest = repo / option_of(trainer, WARM_START_FLAG)
     out = option_of(trainer, "--out")
     last = repo / out if out and (repo / out / "config.json").is_file() else None
     source, tag = None, None
     if mode == "champion":
         tag = production_tag()
-        source = champion_sasrec(tag) if tag else None
+        source = champion_checkpoint(tag, dest.name) if tag else None
         if source is None:
-            log(f"warm start: no production model{' with a SASRec checkpoint' if tag else ''} yet; "
-                "using the previous checkpoint")
+            log(f"warm start: no production model{f' with a {dest.name} checkpoint' if tag else ''} yet; "
+                f"{trainer.address} uses the previous checkpoint")
     if source is None and mode != "none":
         source, tag = last, None
     staged = str(dest.relative_to(repo))
@@ -86,7 +114,7 @@ def stage_warm_start(repo: Path, stages: list[Stage], mode: str, log=print) -> d
             shutil.copytree(source, dest, dirs_exist_ok=True)
     if source is None:
         log("warm start: off (orchestration.warm_start: none)" if mode == "none" else
-            "warm start: no checkpoint to continue from (first run); SASRec trains from scratch")
+            f"warm start: no checkpoint to continue from (first run); {trainer.address} trains from scratch")
         return {"mode": mode, "source": None, "staged": staged}
     log(f"warm start: {trainer.address} will continue from {source}" + (f" (production {tag})" if tag else ""))
     return {"mode": mode, "source": str(source), "champion": tag, "staged": staged}
@@ -254,8 +282,9 @@ def summary_lines(record: dict[str, Any]) -> list[str]:
         lines.append("stages: " + ", ".join(
             f"{t} {v['state']}{' (ran)' if v.get('ran') else ' (cached)' if v.get('state') == 'success' else ''}"
             for t, v in stages.items()))
-    if record.get("warm_start", {}).get("source"):
-        lines.append(f"warm start from {record['warm_start']['source']}")
+    for task, warm in ((record.get("warm_start") or {}).get("stages") or {}).items():
+        if warm.get("source"):
+            lines.append(f"warm start: {task} from {warm['source']}")
     if record.get("metrics"):
         lines.append("test NDCG@10: " + ", ".join(f"{k} {v:.4f}" for k, v in record["metrics"].items()))
     for task, err in (record.get("errors") or {}).items():

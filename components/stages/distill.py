@@ -16,6 +16,18 @@ loss and the summed gradients are one process's, up to the order of float sums (
 parallel.py), and validation is shared the same way. Only the main process logs and writes: outputs,
 reports, the resume state.
 
+Warm start: `--warm-start-staged DIR` names where an orchestrator (the Airflow DAG, `orchestration.warm_start`)
+puts the LLM-SRec checkpoint to continue from: the production package's, or the last one trained here. When DIR
+holds one (`config.json`), the adapters start from its adapters (`warm_start`). They are item-independent:
+f_I reads SASRec's item embeddings, which `pretrain_sasrec` has just warm-started by item_id, so a new item's
+f_I input is its new SASRec embedding, and the item table (and the title states) are computed for this
+catalogue, never copied. Adapters that do not fit (`ADAPTER_SETTINGS`, another backbone, other widths) are
+refused or skipped per `distill.warm_start_mismatch`; the decision and its reason go to the summary and the
+run record. Nothing else carries over: Adam starts fresh, and the best-so-far validation score is the
+warm-started adapters' own at step 0 on this data (the champion's score was on other data), so the curve
+starts there and training must beat it. DIR is a dep in dvc.yaml, so dvc.lock records what training started
+from; it holds only a README when nothing is staged (components/orchestration/release.py).
+
 Durations, throughput, the device and where a run resumed go to `--timings` (components/timings.py), not
 into the summary metric or the curve: they differ between two runs on the same inputs.
 """
@@ -27,6 +39,7 @@ import math
 import os
 import sys
 import time
+from dataclasses import asdict
 from datetime import timedelta
 from pathlib import Path
 from typing import Any
@@ -41,11 +54,11 @@ from components.config import DistillParams, LLMParams, load_params
 from components.data.examples import Examples
 from components.data.histories import shuffle_window
 from components.data.sequences import Prepared
-from components.errors import ConfigError, stage_main
+from components.errors import CheckpointError, ConfigError, stage_main
 from components.evaluation.metrics import candidate_ranks, ndcg_at
-from components.io import fresh_dir, write_json
+from components.io import fresh_dir, sha256_of, write_json
 from components.llm.backbone import load_backbone, truncate_layers
-from components.llm.model import LLMSRec, LLMSRecConfig, state_hash
+from components.llm.model import ADAPTERS, LLMSRec, LLMSRecConfig, read_checkpoint, state_hash
 from components.llm.text_states import cached_title_states
 from components.models.parallel import Shard
 from components.models.sasrec import SASRec
@@ -55,6 +68,11 @@ from components.timings import split, split_curve, write_timings
 #: what `train_adapters` and the stage report that two runs on the same inputs may disagree on: the run record's
 RUN_FACTS = ("resumed_from_step", "train_seconds", "seconds_per_epoch", "seconds_per_step", "examples_per_second",
              "item_table_seconds", "item_table_items_per_second", "device", "processes")
+#: the config entries two checkpoints' adapters must share to mean the same thing, beside the backbone's weights
+#: (its fingerprint, layers included) and the adapters' shapes (SASRec's width d, the LLM's H, d'): what the
+#: LLM is shown (prompt, readout, title states, the user slot, the LLM pass) and what f_user/f_item read
+ADAPTER_SETTINGS = ("prompt", "readout", "text_layer", "user_slot", "center", "match_token_norm", "llm_pass",
+                    "proj_hidden", "out_dim", "cf_hidden")
 
 
 def build_model(prepared, sasrec, backbone, opts: DistillParams, titles: list[str], sasrec_path: str | None = None,
@@ -84,6 +102,54 @@ def build_from_params(prepared, sasrec, full, opts: DistillParams, titles: list[
         text = cached_title_states(full, titles, layer, opts.max_title_chars, opts.item_batch_size, progress=True)
         log(f"distill: title states after {layer} layers for {len(titles) - 1:,} items in {time.time() - t0:.1f}s")
     return build_model(prepared, sasrec, backbone, opts, titles, sasrec_path, text, full_depth=full.num_layers)
+
+
+def warm_start(model: LLMSRec, directory: Path, mismatch: str = "error") -> dict[str, Any]:
+    """Load the adapters of the LLM-SRec checkpoint in `directory` into `model` (built for this data, its
+    SASRec teacher and backbone); the checkpoint's item table and title states are not used (this model
+    computes its own for its catalogue). Returns what was done: `from`, `trained_items`, `new_items` (items
+    of this catalogue the checkpoint never saw: their f_I input is their SASRec embedding, as for every item),
+    `teacher_changed`; or, when the checkpoint does not fit and `mismatch` is `fresh`, `skipped` with the
+    reason, the model left untouched. Raises ConfigError naming the folder and the reason when it does not fit
+    and `mismatch` is `error` (an unreadable checkpoint, another model, `ADAPTER_SETTINGS` or backbone weights
+    that differ, adapters of other shapes)."""
+    directory = Path(directory)
+
+    def refuse(problem: str) -> dict[str, Any]:
+        if mismatch == "fresh":
+            return {"from": str(directory), "skipped": problem}
+        raise ConfigError(f"warm start from {directory}", problem,
+                          "set distill.warm_start_mismatch: fresh to train the adapters from scratch instead, or "
+                          "orchestration.warm_start: none (or empty the folder but its README)")
+
+    try:
+        ck = read_checkpoint(directory)
+    except CheckpointError as e:
+        return refuse(f"not a readable LLM-SRec checkpoint: {e.problem}")
+    if ck.meta.get("model", LLMSRec.name) != LLMSRec.name:
+        return refuse(f"holds a '{ck.meta['model']}' checkpoint, not {LLMSRec.name}")
+    ours = asdict(model.config)
+    differs = {k: (getattr(ck.config, k), ours[k]) for k in ADAPTER_SETTINGS if getattr(ck.config, k) != ours[k]}
+    if differs:
+        return refuse("adapters trained with other settings (checkpoint vs params: "
+                      + ", ".join(f"{k} {a} vs {b}" for k, (a, b) in differs.items()) + ")")
+    theirs = ck.meta["backbone"].get("fingerprint")
+    if theirs != model.backbone.fingerprint:
+        return refuse(f"adapters trained on another backbone ({ck.config.backbone}, {ck.config.num_layers or 'all'} "
+                      f"layers, weights {str(theirs)[:16]}) than this one ({model.config.backbone}, "
+                      f"{model.config.num_layers or 'all'} layers, weights {model.backbone.fingerprint[:16]})")
+    mine = model.adapters.state_dict()
+    shapes = {k: (list(ck.adapters[k].shape) if k in ck.adapters else None, list(v.shape) if v is not None else None)
+              for k, v in {**mine, **{k: None for k in ck.adapters if k not in mine}}.items()}
+    wrong = {k: s for k, s in shapes.items() if s[0] != s[1]}
+    if wrong:
+        return refuse("adapters of other shapes (SASRec's or the LLM's width differs; checkpoint vs model: "
+                      + ", ".join(f"{k} {a} vs {b}" for k, (a, b) in list(wrong.items())[:3]) + ")")
+    model.adapters.load_state_dict(ck.adapters)
+    known = set(ck.item_ids)
+    return {"from": str(directory), "trained_items": len(ck.item_ids),
+            "new_items": sum(i not in known for i in model.item_ids),
+            "teacher_changed": ck.meta["sasrec"].get("weights_hash") != state_hash(model.sasrec)}
 
 
 def neutral_titles(item_ids: list[str]) -> list[str]:
@@ -122,13 +188,15 @@ def validate_ndcg(model, prepared, rows_subset: np.ndarray, batch_size: int, ite
 
 
 def train_adapters(model, prepared, opts: DistillParams, seed: int, accelerator=None, log=print,
-                   state_root: Path | None = None, key: str = "") -> dict[str, Any]:
+                   state_root: Path | None = None, key: str = "", warm: bool = False) -> dict[str, Any]:
     """Train the adapters in place with the shared loop (components/models/training.py); restores the best adapters.
 
     Validation: NDCG@10 on a seeded subset of `valid_users` of the valid split (all when null). With
     `state_root`, the run resumes after its last validation when killed and restarted (same `key`).
     With a multi-process `accelerator`, every process calls this (a collective) and `log` runs on the
-    main one only. Returns the curve and the figures `reports/distill_train.json` records.
+    main one only. `warm`: the adapters were warm-started, so they are validated before the first step and
+    that score is the best so far (the starting point must be beaten to be replaced). Returns the curve and
+    the figures `reports/distill_train.json` records.
     """
     if accelerator is None:
         accelerator = Accelerator(cpu=model.backbone.device.type == "cpu")
@@ -149,7 +217,7 @@ def train_adapters(model, prepared, opts: DistillParams, seed: int, accelerator=
     valid_rows = np.sort(np.random.default_rng(seed).choice(valid_n, min(valid_n, opts.valid_users or valid_n),
                                                             replace=False))
     train_opts = TrainOptions.from_params(opts, seed, section="distill", betas=model.adam_betas,
-                                          validate_at_start=False)
+                                          validate_at_start=warm)
     n_batches = math.ceil(len(examples) / opts.batch_size)
     result = fit(
         model, train_opts, n_batches=n_batches, params=model.trainable_parameters(), accelerator=accelerator,
@@ -167,7 +235,8 @@ def train_adapters(model, prepared, opts: DistillParams, seed: int, accelerator=
     p = result.progress
     seconds = max(p.train_seconds, 1e-9)
     return {"curve": p.curve, "steps": p.step, "steps_per_epoch": n_batches, "best_step": p.best_step,
-            "best_valid_ndcg@10": round(p.best_ndcg, 5), "early_stopped": p.stopped_by == "early_stopping",
+            "best_valid_ndcg@10": round(p.best_ndcg, 5),
+            "initial_valid_ndcg@10": None if p.initial_ndcg is None else round(p.initial_ndcg, 5), "early_stopped": p.stopped_by == "early_stopping",
             "stopped_by": p.stopped_by, "resumed_from_step": result.resumed_from_step,
             "train_seconds": round(p.train_seconds, 2), "epochs": round(p.step / n_batches, 3),
             "seconds_per_epoch": round(seconds * n_batches / max(p.step, 1), 2),
@@ -176,7 +245,8 @@ def train_adapters(model, prepared, opts: DistillParams, seed: int, accelerator=
             "training_examples": len(examples), "valid_users": len(valid_rows)}
 
 
-def plot_curve(curve: list[dict[str, Any]], path: Path) -> None:
+def plot_curve(curve: list[dict[str, Any]], path: Path, initial: float | None = None) -> None:
+    """The training loss and the validation curve, to a PNG; `initial`: a warm start's step-0 validation."""
     import matplotlib  # ~0.4 s to import (with pyplot), for the one figure a finished run draws
 
     matplotlib.use("Agg")
@@ -188,7 +258,8 @@ def plot_curve(curve: list[dict[str, Any]], path: Path) -> None:
         if any(key in p for p in curve):
             a.plot(steps, [p.get(key, np.nan) for p in curve], label=key)
     a.set_xlabel("step"), a.set_title("training loss (mean of each validation round)"), a.legend()
-    ev = [p for p in curve if p.get("valid_ndcg@10") is not None]
+    ev = ([{"step": 0, "valid_ndcg@10": initial}] if initial is not None else []) + [
+        p for p in curve if p.get("valid_ndcg@10") is not None]
     b.plot([p["step"] for p in ev], [p["valid_ndcg@10"] for p in ev], marker="o")
     b.set_xlabel("step"), b.set_title("valid NDCG@10 (subset)")
     fig.tight_layout()
@@ -208,6 +279,8 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--plot", type=Path, required=True)
     ap.add_argument("--summary", type=Path, required=True)
     ap.add_argument("--state-dir", type=Path, help="where a killed run's state is kept for resuming (outside the outs)")
+    ap.add_argument("--warm-start-staged", type=Path,
+                    help="an LLM-SRec checkpoint an orchestrator staged to continue from (used when it holds one)")
     ap.add_argument("--timings", type=Path, help="run record (durations, device, resume point): not a DVC output")
     args = ap.parse_args(argv)
     t_start = time.time()
@@ -235,6 +308,13 @@ def main(argv: list[str] | None = None) -> None:
         torch.manual_seed(seed)  # the adapters' initial weights, the same in every process
         model = build_from_params(prepared, SASRec.load(args.sasrec), full, opts, titles, llm.num_layers,
                                   str(args.sasrec), log=print if main_process else lambda m: None)
+    warm: dict[str, Any] = {}
+    if args.warm_start_staged is not None and (args.warm_start_staged / "config.json").is_file():
+        # Every process loads the same adapters: they all start from the same weights, as from the same seed.
+        warm = warm_start(model, args.warm_start_staged, opts.warm_start_mismatch) | {"staged": True}
+        if main_process:
+            print(f"distill: warm start (staged by the orchestrator): {warm}")
+    started = bool(warm) and "skipped" not in warm
     backbone = model.backbone
     n_train = sum(p.numel() for p in model.trainable_parameters())
     if main_process:
@@ -245,8 +325,9 @@ def main(argv: list[str] | None = None) -> None:
     # processes), so a run can be extended, or resumed by another number of processes; the LLM enters through
     # its fingerprint (layers included).
     key = run_key(opts.weight_knobs(), seed, prepared.fingerprint(), state_hash(model.sasrec), backbone.fingerprint,
-                  str(backbone.dtype))
-    result = train_adapters(model, prepared, opts, seed, accelerator, state_root=args.state_dir, key=key)
+                  str(backbone.dtype),
+                  sha256_of(args.warm_start_staged / ADAPTERS)[:16] if started else None)
+    result = train_adapters(model, prepared, opts, seed, accelerator, state_root=args.state_dir, key=key, warm=started)
     t0 = time.time()
     model.build_item_table(opts.item_batch_size, progress=main_process, shard=Shard.of(accelerator))
     if main_process:
@@ -255,12 +336,12 @@ def main(argv: list[str] | None = None) -> None:
         model.save(fresh_dir(args.out))
         curve, rounds = split_curve(result.pop("curve"))
         write_json(args.curve, curve)
-        plot_curve(curve, args.plot)
+        plot_curve(curve, args.plot, result.get("initial_valid_ndcg@10"))
         result.update(trainable_parameters=n_train, backbone=backbone.name, dtype=str(backbone.dtype).replace("torch.", ""),
-                      device=str(backbone.device))
+                      device=str(backbone.device), warm_start=warm or None)
         kept, facts = split(result, RUN_FACTS)
         write_json(args.summary, kept)
-        write_timings(args.timings, "distill", time.time() - t_start, **facts, rounds=rounds)
+        write_timings(args.timings, "distill", time.time() - t_start, **facts, warm_start=warm or None, rounds=rounds)
         if args.state_dir is not None:
             ResumeState(args.state_dir, key).clear()  # finished: nothing left to resume
         print(f"distill: {result['steps']} steps ({result['seconds_per_step']:.1f}s/step), best valid NDCG@10 "

@@ -162,3 +162,37 @@ def test_research_variants_are_tabled_with_their_overrides_and_paired_intervals(
     assert row.split("|")[4].strip() == "0.3512"  # every valid user's NDCG@10, beside the early-stopping subset's
     ratio = float(row.split("|")[7].split()[0])
     assert ratio > 1.0 and "Measured on one machine." in doc
+
+
+def test_warm_start_section_reports_the_reach_ratio_and_the_paired_test(tmp_path):
+    from benchmarks.llmsrec_warm_start import reach
+
+    curve = lambda pairs: [{"step": s, "valid_ndcg@10": v, "seconds": 2.0 * s} for s, v in pairs]  # noqa: E731
+    warm = curve([(0, 0.30), (20, 0.34), (40, 0.36)])
+    scratch = curve([(20, 0.10), (40, 0.25), (60, 0.34), (80, 0.33)])
+    target = 0.34
+    assert reach(warm, target)["step"] == 20 and reach(scratch, target)["step"] == 60 and reach(warm, 0.9) is None
+
+    def variant(c, test):
+        best = max(c, key=lambda r: r["valid_ndcg@10"])
+        return {"best_valid_ndcg@10": best["valid_ndcg@10"], "best_step": best["step"], "test_ndcg@10": test,
+                "steps_per_epoch": 800,
+                "steps": c[-1]["step"], "seconds_per_step": 2.0, "valid_users": 200, "curve": c}
+
+    r = {"split": {"users": 500, "base_interactions": 90, "batch_interactions": 10, "cut_utc": "2000-12-01T00:00:00",
+                   "batch_users": 40, "new_users_in_batch": 3, "new_items_in_batch": 7},
+         "params": {"budgets": {"sasrec.max_minutes": 2}, "steps": 80, "eval_steps": 20},
+         "champion_llmsrec": {"steps": 240, "best_valid_ndcg@10": 0.31},
+         "llmsrec": {"warm": variant(warm, 0.35), "scratch": variant(scratch, 0.32)},
+         "reach": {"target": target, "warm": reach(warm, target), "scratch": reach(scratch, target),
+                   "step_ratio": 20 / 60, "seconds_ratio": 40 / 120},
+         "paired_test": {"ratio": 1.094, "ratio_ci": [1.01, 1.2], "n_users": 500, "p_value": 0.02},
+         "seconds": {"total": 1500}, "machine": {"cpus": 2}, "command": "python -m benchmarks.llmsrec_warm_start"}
+    (tmp_path / "llmsrec_warm_start.json").write_text(json.dumps(r))
+    doc = render(tmp_path)
+    assert "## LLM-SRec warm start after a batch lands" in doc
+    assert "| LLM-SRec warm | 0.3600 | 40 | 0.3500 | 40 | 2.00 |" in doc
+    assert "| LLM-SRec scratch | 0.3400 | 60 | 0.3200 | 80 | 2.00 |" in doc
+    assert "at step 20 (40 s); scratch got there at step 60 (120 s): 0.33 of the steps" in doc
+    assert "before any step): valid NDCG@10 0.3000; the budget is 5% of an epoch (800 steps)" in doc
+    assert "warm / scratch test NDCG@10: 1.094 (95% CI 1.010-1.200, 500 users" in doc

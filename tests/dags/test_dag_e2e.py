@@ -120,8 +120,9 @@ def test_retraining_dag_end_to_end(tmp_path, fresh_airflow_home, tiny_llm_dir):
     champion = ws.registry()["production"]
     assert champion and champion == r1["summary"]["production_after"]
     assert json.loads((root / "models" / "sasrec" / "training.json").read_text())["warm_start"] is None
-    staged = root / "models" / "warm_start" / "sasrec"
-    assert [p.name for p in staged.iterdir()] == ["README.md"]  # nothing to start from on a first run
+    assert json.loads((root / "reports" / "distill_train.json").read_text())["warm_start"] is None
+    for model in ("sasrec", "llmsrec"):  # nothing to start from on a first run
+        assert [p.name for p in (root / "models" / "warm_start" / model).iterdir()] == ["README.md"]
     nothing_staged = staged_hash(root)
 
     # 2. A new batch: accepted, warm start from the champion with the new items, a new production version.
@@ -141,7 +142,15 @@ def test_retraining_dag_end_to_end(tmp_path, fresh_airflow_home, tiny_llm_dir):
     assert not list((root / "data" / "incoming").glob("*.csv"))  # moved out of the landing zone
     warm = json.loads((root / "models" / "sasrec" / "training.json").read_text())["warm_start"]
     assert warm["staged"] and warm["matched_items"] > 100 and warm["new_items"] == 3, warm
-    assert r2["summary"]["warm_start"]["champion"] == champion
+    # LLM-SRec's adapters start from the champion's; the batch's new items reach them through their new SASRec
+    # embeddings (f_I), and the item table is the new catalogue's.
+    adapters = json.loads((root / "reports" / "distill_train.json").read_text())
+    assert adapters["warm_start"]["staged"] and "skipped" not in adapters["warm_start"], adapters["warm_start"]
+    assert adapters["warm_start"]["new_items"] == 3 and adapters["warm_start"]["teacher_changed"]
+    assert adapters["initial_valid_ndcg@10"] is not None  # the new curve starts at the staged adapters' score
+    assert len(json.loads((root / "models" / "llmsrec" / "item_ids.json").read_text())) == warm["matched_items"] + 3
+    assert {s: w["champion"] for s, w in r2["summary"]["warm_start"]["stages"].items()} == {
+        "pretrain_sasrec": champion, "distill": champion}
     warm_hash = staged_hash(root)
     assert warm_hash != nothing_staged  # dvc.lock pins the checkpoint training started from
     ingested = pd.read_parquet(root / "data" / "ingested" / "items.parquet")
@@ -165,7 +174,7 @@ def test_retraining_dag_end_to_end(tmp_path, fresh_airflow_home, tiny_llm_dir):
     # (ingest_batches runs every time, files arriving outside DVC, but found nothing and changed nothing.)
     assert [s for s, v in r3["summary"]["stages"].items() if v.get("changed")] == ["gate"]
     assert r3["summary"]["stages"]["ingest_batches"]["ran"] and r3["summary"]["landing"]["accepted"] == []
-    assert r3["summary"]["warm_start"]["unchanged"] and staged_hash(root) == warm_hash
+    assert all(w["unchanged"] for w in r3["summary"]["warm_start"]["stages"].values()) and staged_hash(root) == warm_hash
     assert ws.registry()["production"] == new_champion
     assert ws.registry()["events"][-1]["action"] == "reject"
     # Logged once, by the gate stage (package is skipped, mark_rejected only reads), naming the Airflow run.

@@ -1,16 +1,19 @@
-"""The staged warm start is a declared input of `pretrain_sasrec`: dvc.lock pins what training started from.
+"""The staged warm starts are declared inputs of `pretrain_sasrec` and `distill`: dvc.lock pins what each
+model started from.
 
 The DAG's `prepare_warm_start` step (components.orchestration.release.stage_warm_start) on a fresh clone
-with DVC's own CLI, the stages up to `pretrain_sasrec` on small synthetic data: a fresh clone trains with
-nothing staged; `previous` stages the last checkpoint and changes the dep's hash in dvc.lock; staging the
-model that was just trained, with nothing else changed, re-runs nothing; `none` empties the folder again.
-(`champion` is the same copy from the production package: tests/dags/test_dag_e2e.py.)
+with DVC's own CLI, the stages up to `distill` on small synthetic data and a tiny random-weight LLM: a fresh
+clone trains with nothing staged; `previous` stages both last checkpoints (SASRec's, LLM-SRec's adapters)
+and changes both deps' hashes in dvc.lock; staging the models that were just trained, with nothing else
+changed, re-runs nothing; `none` empties both folders again. (`champion` is the same copy from the
+production package: tests/dags/test_dag_e2e.py.)
 
 The data stages run once per module (`prepared`); each test trains on its own copy.
 """
 
 from __future__ import annotations
 
+import copy
 import json
 import re
 import subprocess
@@ -25,75 +28,101 @@ from components.orchestration.release import WARM_START_MARKER, stage_warm_start
 from tests.conftest import copy_workspace, deep_update, make_workspace, venv_env
 
 STAGED = "models/warm_start/sasrec"
+STAGED_ADAPTERS = "models/warm_start/llmsrec"
 SMALL = {
     "data": {"synthetic": {"num_users": 200, "num_items": 200, "num_topics": 12}},
     "candidates": {"max_users": 32},
     "sasrec": {"epochs": 1, "hidden": 32, "num_blocks": 1, "threads": 1, "batch_size": 64},
+    "llm": {"dtype": "float32", "num_layers": None},  # the tiny LLM (`backbone` set by `prepared`) has 2 layers
+    "distill": {"max_steps": 2, "batch_size": 8, "valid_users": 8, "eval_every": 1.0, "item_batch_size": 128},
 }
 
 
-def repro(ws: Path) -> subprocess.CompletedProcess:
-    out = subprocess.run([sys.executable, "-m", "dvc", "repro", "pretrain_sasrec"], cwd=ws, env=venv_env(),
+def repro(ws: Path, target: str = "pretrain_sasrec") -> subprocess.CompletedProcess:
+    out = subprocess.run([sys.executable, "-m", "dvc", "repro", target], cwd=ws, env=venv_env(),
                          capture_output=True, text=True, timeout=900)
     assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
     return out
 
 
 @pytest.fixture(scope="module")
-def prepared(tmp_path_factory) -> Path:
+def prepared(tmp_path_factory, tiny_llm_dir) -> Path:
     """A fresh clone on SMALL after `dvc repro prepare`: the data stages done, nothing trained or staged.
     Tests copy it (`copy_workspace`)."""
-    ws = make_workspace(tmp_path_factory.mktemp("prepared") / "ws", SMALL)
+    ws = make_workspace(tmp_path_factory.mktemp("prepared") / "ws", deep_update(
+        copy.deepcopy(SMALL), {"llm": {"backbone": str(tiny_llm_dir)}}))
     out = subprocess.run([sys.executable, "-m", "dvc", "repro", "prepare"], cwd=ws, env=venv_env(),
                          capture_output=True, text=True, timeout=900)
     assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
     return ws
 
 
-def staged_hash(ws: Path) -> str:
+def staged_hash(ws: Path, stage: str = "pretrain_sasrec", path: str = STAGED) -> str:
     lock = yaml.safe_load((ws / "dvc.lock").read_text())
-    return next(d["md5"] for d in lock["stages"]["pretrain_sasrec"]["deps"] if d["path"] == STAGED)
+    return next(d["md5"] for d in lock["stages"][stage]["deps"] if d["path"] == path)
+
+
+def staged_hashes(ws: Path) -> tuple[str, str]:
+    return staged_hash(ws), staged_hash(ws, "distill", STAGED_ADAPTERS)
 
 
 def warm_start_summary(ws: Path) -> dict | None:
     return json.loads((ws / "models" / "sasrec" / "training.json").read_text())["warm_start"]
 
 
+def adapters_summary(ws: Path) -> dict:
+    return json.loads((ws / "reports" / "distill_train.json").read_text())
+
+
 @pytest.mark.slow
 def test_the_staged_warm_start_is_pinned_in_dvc_lock(prepared, tmp_path):
     ws = copy_workspace(prepared, tmp_path / "ws")
-    assert sorted(p.name for p in (ws / STAGED).iterdir()) == [WARM_START_MARKER]  # in git: every clone has it
+    for folder in (STAGED, STAGED_ADAPTERS):  # in git: every clone has them
+        assert sorted(p.name for p in (ws / folder).iterdir()) == [WARM_START_MARKER]
     stages = graph.pipeline_stages(ws)
     assert STAGED in next(s for s in stages if s.address == "pretrain_sasrec").deps
+    assert STAGED_ADAPTERS in next(s for s in stages if s.address == "distill").deps
 
-    # A fresh clone: nothing staged, trained from scratch; the lock holds the empty folder's hash.
-    repro(ws)
-    empty = staged_hash(ws)
-    assert warm_start_summary(ws) is None
+    # A fresh clone: nothing staged, both trained from scratch; the lock holds the empty folders' hashes.
+    repro(ws, "distill")
+    empty = staged_hashes(ws)
+    assert warm_start_summary(ws) is None and adapters_summary(ws)["warm_start"] is None
+    assert adapters_summary(ws)["initial_valid_ndcg@10"] is None  # from scratch: no step-0 validation
 
-    # A params change, then `previous`: the last checkpoint is staged, recorded, and trained from.
+    # A params change, then `previous`: both last checkpoints are staged, recorded, and trained from.
     params = yaml.safe_load((ws / "params.yaml").read_text())
     params["sasrec"]["epochs"] = 2
     (ws / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
-    info = stage_warm_start(ws, stages, "previous", log=lambda *_: None)
-    assert info["source"] == str(ws / "models" / "sasrec") and (ws / STAGED / "config.json").is_file()
-    assert "Running stage 'pretrain_sasrec'" in repro(ws).stdout
-    warm = staged_hash(ws)
-    assert warm != empty
+    info = stage_warm_start(ws, stages, "previous", log=lambda *_: None)["stages"]
+    assert info["pretrain_sasrec"]["source"] == str(ws / "models" / "sasrec") and (ws / STAGED / "config.json").is_file()
+    assert info["distill"]["source"] == str(ws / "models" / "llmsrec")
+    assert (ws / STAGED_ADAPTERS / "adapters.safetensors").read_bytes() == \
+        (ws / "models" / "llmsrec" / "adapters.safetensors").read_bytes()
+    assert re.findall(r"Running stage '(pretrain_sasrec|distill)'", repro(ws, "distill").stdout) == [
+        "pretrain_sasrec", "distill"]
+    warm = staged_hashes(ws)
+    assert warm[0] != empty[0] and warm[1] != empty[1]
     assert warm_start_summary(ws)["staged"] and warm_start_summary(ws)["matched_items"] > 100
+    adapters = adapters_summary(ws)
+    assert adapters["warm_start"]["staged"] and "skipped" not in adapters["warm_start"], adapters["warm_start"]
+    assert adapters["warm_start"]["teacher_changed"]  # SASRec was retrained (warm) under the same adapters
+    assert adapters["initial_valid_ndcg@10"] is not None  # the staged adapters' score at step 0 starts the curve
 
-    # Again, nothing changed: the checkpoint to stage is the one just trained, so the folder stays as
-    # dvc.lock records it and DVC re-runs nothing (else every run would retrain the model from itself).
-    info = stage_warm_start(ws, stages, "previous", log=lambda *_: None)
-    assert info["unchanged"] and info["source"] is None
+    # Again, nothing changed: the checkpoints to stage are the ones just trained, so the folders stay as
+    # dvc.lock records them and DVC re-runs nothing (else every run would retrain the models from themselves).
+    info = stage_warm_start(ws, stages, "previous", log=lambda *_: None)["stages"]
+    assert all(i["unchanged"] and i["source"] is None for i in info.values()) and set(info) == {"pretrain_sasrec",
+                                                                                                "distill"}
     # (ingest_batches runs every time, files arriving outside DVC; with nothing new it changes nothing.)
-    assert re.findall(r"Running stage '(\w+)'", repro(ws).stdout) == ["ingest_batches"] and staged_hash(ws) == warm
+    assert re.findall(r"Running stage '(\w+)'", repro(ws, "distill").stdout) == ["ingest_batches"]
+    assert staged_hashes(ws) == warm
 
-    # `none`: the folder is emptied (its README stays), so the stage re-runs from scratch.
+    # `none`: the folders are emptied (their READMEs stay), so both stages re-run from scratch.
     stage_warm_start(ws, stages, "none", log=lambda *_: None)
-    assert sorted(p.name for p in (ws / STAGED).iterdir()) == [WARM_START_MARKER]
-    assert "Running stage 'pretrain_sasrec'" in repro(ws).stdout
-    assert staged_hash(ws) == empty and warm_start_summary(ws) is None
+    for folder in (STAGED, STAGED_ADAPTERS):
+        assert sorted(p.name for p in (ws / folder).iterdir()) == [WARM_START_MARKER]
+    assert "Running stage 'distill'" in repro(ws, "distill").stdout
+    assert staged_hashes(ws) == empty and warm_start_summary(ws) is None and adapters_summary(ws)["warm_start"] is None
 
 
 @pytest.mark.slow
@@ -116,7 +145,7 @@ def test_the_warm_start_is_not_changed_under_a_running_training(prepared, tmp_pa
     params = yaml.safe_load((ws / "params.yaml").read_text())
     params["sasrec"]["epochs"] = 5  # something changed, so the last checkpoint is staged and trained from
     (ws / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
-    assert stage_warm_start(ws, stages, "previous", log=lambda *_: None)["source"]
+    assert stage_warm_start(ws, stages, "previous", log=lambda *_: None)["stages"]["pretrain_sasrec"]["source"]
     proc = subprocess.Popen([sys.executable, "-m", "dvc", "repro", "-s", "pretrain_sasrec"], cwd=ws, env=venv_env(),
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     state = ws / "models" / ".resume" / "pretrain_sasrec"
