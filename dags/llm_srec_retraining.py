@@ -88,10 +88,11 @@ if GATE_STAGE is None:
     raise ConfigError(REPO / "params.yaml", f"orchestration.gate_report ({CFG.gate_report}) is written by no "
                       "dvc.yaml stage, so no run could ever be judged or released",
                       "point it at the gate stage's report (reports/gate.json), or restore the gate stage")
-RELEASE_STAGES = graph.downstream(STAGES, GATE_STAGE)
 # The run report (orchestration.run_report) is written for every judged run, released or not: a rejected run
-# is the one an operator most needs to read.
+# is the one an operator most needs to read. Its stage follows the gate stage as DVC wires it, not the branch
+# (Airflow never skips what comes after a followed branch, so the branch must not lead to it).
 JUDGED_STAGES = graph.judged_stages(STAGES, GATE_STAGE, CFG.run_report)
+RELEASE_STAGES = [s for s in graph.downstream(STAGES, GATE_STAGE) if s not in JUDGED_STAGES]
 REPORT_STAGE = graph.writer_of(STAGES, CFG.run_report) if CFG.run_report else None
 # Workers that share no folder (orchestration.exchange): each stage's task syncs its own checkout, pulls
 # from and pushes to the DVC remote; the stage that trains from the staged warm start stages it itself.
@@ -183,7 +184,7 @@ with DAG(
                   f"(threshold {c.get('threshold')})")
         if decision["release"]:
             return [s.task_id for s in RELEASE_STAGES] or ["reload_serving"]
-        return ["mark_rejected", *(s.task_id for s in JUDGED_STAGES)]
+        return ["mark_rejected"]
 
     @task
     def mark_rejected() -> dict:
