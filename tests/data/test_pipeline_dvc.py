@@ -28,7 +28,7 @@ def test_dvc_repro_fresh_clone_then_noop(reproduced, tmp_path):
     first = reproduced.first
     assert first.returncode == 0, first.stdout + first.stderr
     for stage in ("ingest_batches", "ingest", "validate", "prepare", "pretrain_sasrec", "distill", "evaluate", "gate",
-                  "package"):
+                  "report", "package"):
         assert f"Running stage '{stage}'" in first.stdout
     # Two distillation steps leave LLM-SRec near chance, so the default gate rejects it; with nothing in
     # production it is promoted anyway, as provisional (gate.first_model), into the empty test store.
