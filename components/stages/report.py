@@ -16,11 +16,16 @@ What the page depends on, honestly (dvc.yaml's header: outputs are functions of 
 - the champion is the production model the gate judged against, named in `gate.json`
   (`reasons.production_before`, a dep); its params are read from the registry, where a packaged version's
   metadata never changes, so the same gate report always gives the same diff;
-- the commit is read from the training stages' run records (`--run-records`, declared as nothing): the
-  commit `pretrain_sasrec` and `distill` last ran at. It is labelled "trained at commit" and is not a dep: a
-  forced re-run of a training stage at a later commit that writes the same outputs leaves this page as it
-  was (DVC sees nothing new), and the page then names the earlier commit, whose code wrote those outputs
-  too. A record that is missing (another worker's machine) shows as "not recorded here".
+- the params are those of every section but `DEPLOYMENT_SECTIONS` (dvc.yaml lists the same as the
+  stage's params): where the pipeline runs does not change the page;
+- the commit is the one exception, on purpose: it is read from the training stages' run records
+  (`--run-records`, declared as nothing), the commit `pretrain_sasrec` and `distill` last ran at in this
+  workspace, labelled "trained at commit". A forced re-run of a training stage at a later commit that writes
+  the same outputs leaves this page as it was (DVC sees nothing new), and the page then names the earlier
+  commit, whose code wrote those outputs too. A record that is not in this workspace (the stage ran on
+  another worker, orchestration.exchange) shows as "not recorded here"; so two executors write pages that
+  differ in these lines only, and `dvc repro -f -s report` after a training stage re-ran at another commit
+  writes a new page (and so a new package version, whose card it is).
 """
 
 from __future__ import annotations
@@ -43,6 +48,9 @@ from components.timings import write_timings
 
 #: the drift report the landing writes next to each accepted batch (components/orchestration/drift.py)
 DRIFT_JSON, DRIFT_HTML = "drift.json", "drift.html"
+#: params.yaml sections about where and how the pipeline runs, not about the model: neither a dep of the stage
+#: (an Airflow/Celery deployment and a local one then write the same page) nor in the diff against the champion
+DEPLOYMENT_SECTIONS = ("orchestration",)
 #: the metric columns of the metrics table, in order
 METRIC_COLUMNS = ("ndcg@10", "hr@10", "ndcg@20", "hr@20", "n_users")
 
@@ -132,7 +140,9 @@ def champion_params(tag: str | None) -> tuple[dict[str, Any] | None, str | None]
     except DataError as e:
         return None, f"champion {tag} cannot be read from the store ({e})"
     params = meta.get("params")
-    return (params, None) if isinstance(params, dict) else (None, f"champion {tag} recorded no params")
+    if not isinstance(params, dict):
+        return None, f"champion {tag} recorded no params"
+    return {k: v for k, v in params.items() if k not in DEPLOYMENT_SECTIONS}, None
 
 
 def trained_at(records: list[Path]) -> list[tuple[str, str]]:
@@ -317,7 +327,8 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--timings", type=Path, help="run record (duration, host): not a DVC output")
     args = ap.parse_args(argv)
     t0 = time.time()
-    params = load_params(args.params).model_dump(mode="json", by_alias=True)  # as package records them
+    params = {k: v for k, v in load_params(args.params).model_dump(mode="json", by_alias=True).items()
+              if k not in DEPLOYMENT_SECTIONS}  # as package records them
     # Pure ASCII (characters beyond it as HTML references): the page reads the same under any locale.
     page = render(args, params).encode("ascii", "xmlcharrefreplace").decode("ascii")
     args.out.parent.mkdir(parents=True, exist_ok=True)

@@ -3,8 +3,14 @@ The page itself is rendered in Chromium by tests/dags/test_dag_e2e.py, from a re
 
 from __future__ import annotations
 
+from pathlib import Path
+
+import yaml
+
 from components.io import numbers_only
-from components.stages.report import params_diff
+from components.stages.report import DEPLOYMENT_SECTIONS, params_diff
+
+REPO = Path(__file__).resolve().parents[2]
 
 
 def test_a_metrics_file_keeps_numbers_and_booleans_only():
@@ -23,3 +29,11 @@ def test_params_diff_names_every_changed_leaf_as_the_champion_stored_it():
     assert params_diff(current, champion) == [("drift.hold_above", "(absent)", 0.5),
                                               ("gate.min_ndcg_at_10", 0.1, 0.2)]
     assert params_diff(current, current) == []
+
+
+def test_the_report_depends_on_every_params_section_it_shows():
+    """The page diffs every section but the deployment's against the champion, so each is a param of the stage:
+    a section added to params.yaml and not to the stage would leave the page stale when it changes."""
+    sections = set(yaml.safe_load((REPO / "params.yaml").read_text())) - set(DEPLOYMENT_SECTIONS)
+    stage = yaml.safe_load((REPO / "dvc.yaml").read_text())["stages"]["report"]
+    assert set(stage["params"]) == sections
