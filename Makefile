@@ -13,7 +13,7 @@ export HF_HUB_OFFLINE := 1
 # Stage commands in dvc.yaml call `python`: make it the project's.
 export PATH := $(abspath $(BIN)):$(PATH)
 
-.PHONY: setup run test lint clean airflow celery-setup
+.PHONY: setup run test lint clean airflow celery-setup chromium-setup
 .DEFAULT_GOAL := run
 
 setup: $(STAMP)
@@ -34,7 +34,7 @@ run: setup
 	$(BIN)/dvc repro
 	@$(BIN)/python -m components.summary
 
-test: setup celery-setup
+test: setup celery-setup chromium-setup
 	$(BIN)/python -m pytest -q
 
 # Airflow for local use: scheduler, triggerer, dag processor and UI (http://localhost:8080) in one process,
@@ -55,6 +55,12 @@ celery-setup:
 	@command -v redis-server >/dev/null || { SUDO=$$([ "$$(id -u)" = 0 ] || echo sudo); \
 		$$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq redis-server; }
 	@redis-server --version
+
+# The run report's test looks at the page in a real browser: Debian's headless Chromium (tests/browser.py).
+chromium-setup:
+	@command -v chromium >/dev/null || { SUDO=$$([ "$$(id -u)" = 0 ] || echo sudo); \
+		$$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq chromium; }
+	@chromium --version
 
 lint: setup
 	$(BIN)/ruff check components tests benchmarks dags

@@ -104,7 +104,7 @@ def run(root: Path, prepared: Path, sasrec: Path, params: dict, processes: int) 
     if proc.returncode != 0:
         raise SystemExit(f"the stage failed with {processes} process(es):\n{proc.stderr[-4000:]}")
     record = json.loads((ws / "reports" / "timings" / "distill.json").read_text())
-    summary = json.loads((ws / "reports" / "distill_train.json").read_text())
+    summary = json.loads((ws / "models" / "llmsrec" / "training.json").read_text())  # the metric has no names
     curve = json.loads((ws / "reports" / "distill_curve.json").read_text())
     rounds = record["rounds"]
     batch = params["distill"]["batch_size"]

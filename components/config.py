@@ -634,6 +634,9 @@ class OrchestrationParams(Section):
         "champion", description="SASRec and LLM-SRec's adapters restart from: champion | previous | none")
     gate_report: str = Field(
         "reports/gate.json", description="{passed, checks}; no report = nothing is promoted")
+    run_report: str | None = Field(
+        "reports/run_report.html", description="the run report: the stage that writes it runs on every judged "
+                                               "run, rejected ones too (null: only with a release)")
     notify_callback: str | None = Field(
         None, pattern=r"^[^:\s]+:[^:\s]+$", description="'module:function' called with each run's outcome "
                                                         "record")

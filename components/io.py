@@ -72,6 +72,16 @@ def _default(o: Any):
 JSON_DAMAGE = (OSError, ValueError, RecursionError)
 
 
+def numbers_only(tree: Any) -> Any:
+    """`tree` with only its numbers and booleans (nested dicts kept, emptied ones dropped): what a DVC
+    `metrics:` file holds. Names, tags, strings and lists belong in a plain output or the run record; in a
+    metrics file they widen `dvc metrics show` by a column each, and DVC drops lists."""
+    if isinstance(tree, dict):
+        kept = {k: numbers_only(v) for k, v in tree.items()}
+        return {k: v for k, v in kept.items() if v is not None and v != {}}
+    return tree if isinstance(tree, int | float) else None
+
+
 def read_json(path: Path) -> Any:
     """The decoded JSON file; raises one of JSON_DAMAGE when it is missing or damaged."""
     with Path(path).open() as f:

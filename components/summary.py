@@ -31,7 +31,7 @@ def main(argv: list[str] | None = None) -> None:
     gate_path, package_path = args.reports / "gate.json", args.reports / "package.json"
     if gate_path.is_file():  # written by the gate and package stages
         gate = read_json(gate_path)  # the gate decides (components/stages/gate.py); this only shows it
-        failed = [f"{c['name']} {c['value']} < {c['threshold']}" for c in gate["checks"] if not c["passed"]]
+        failed = [f"{name} {c['value']} < {c['threshold']}" for name, c in gate["checks"].items() if not c["passed"]]
         print(f"gate: {gate['decision']}" + (f" ({'; '.join(failed)})" if failed else ""))
     if package_path.is_file():
         pkg = read_json(package_path)

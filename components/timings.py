@@ -16,6 +16,7 @@ from __future__ import annotations
 import datetime as dt
 import os
 import platform
+import subprocess
 from pathlib import Path
 from typing import Any
 
@@ -30,18 +31,37 @@ def host() -> dict[str, Any]:
     return {"host": platform.node(), "cpus": os.cpu_count(), "python": platform.python_version()}
 
 
+def code_version(cwd: Path | None = None) -> dict[str, Any]:
+    """The git commit the code runs at (`commit`, None outside a git work tree or without git) and whether
+    the tracked files under components/ differ from it (`code_dirty`): the run report shows it, as
+    "trained at commit". A run record's fact, not an output: a forced re-run at a later commit that changes
+    no input writes the same outputs."""
+    def git(*args: str) -> str | None:
+        try:
+            proc = subprocess.run(["git", *args], cwd=cwd, capture_output=True, text=True, timeout=30)
+        except (OSError, subprocess.TimeoutExpired):
+            return None
+        return proc.stdout.strip() if proc.returncode == 0 else None
+
+    commit = git("rev-parse", "HEAD")
+    if commit is None:
+        return {"commit": None, "code_dirty": None}
+    changed = git("status", "--porcelain", "--untracked-files=no", "--", "components")
+    return {"commit": commit, "code_dirty": None if changed is None else bool(changed)}
+
+
 def write_timings(path: Path | None, stage: str, seconds: float, **facts: Any) -> None:
     """Write the run record of `stage` to `path` (nothing when `path` is None, e.g. a stage run by hand).
 
     `seconds`: the stage's wall-clock duration; `facts`: anything else that two runs on the same inputs
     may disagree on (durations of parts, throughput, threads, device, resume points). The record also
-    holds the host and the UTC time the run finished.
+    holds the host, the UTC time the run finished and the git commit of the code (`code_version`).
     """
     if path is None:
         return
     write_json(Path(path), {"stage": stage, "seconds": round(seconds, 2),
                             "finished_at": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
-                            **host(), **facts})
+                            **host(), **code_version(), **facts})
 
 
 def split(summary: dict[str, Any], keys: tuple[str, ...]) -> tuple[dict[str, Any], dict[str, Any]]:

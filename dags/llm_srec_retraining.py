@@ -21,8 +21,9 @@ lands: the Asset `llm_srec_landing_zone` is updated when the triggerer sees the 
    the adapters through them). Each staged folder is a dependency of its stage, so `dvc.lock` records what
    training started from.
 3. `check_gate`: reads the gate's decision in `reports/gate.json` (the gate stage decides, and logs a
-   rejection in the registry); promoted or provisional → the stages after the gate (`package`: save to
-   BentoML and promote) → `reload_serving`; rejected → `mark_rejected` (log, notify callback).
+   rejection in the registry); promoted or provisional → the stages after the gate (`report`, then
+   `package`: save to BentoML with the report as model card, and promote) → `reload_serving`; rejected →
+   `mark_rejected` (log, notify callback) and the run report (`orchestration.run_report`) all the same.
 4. `run_summary`: always runs; writes `reports/runs/<run>/summary.json`, notifies, and fails the run
    if any task failed. A failed or rejected run leaves the production model as it was.
 
@@ -88,7 +89,12 @@ if GATE_STAGE is None:
     raise ConfigError(REPO / "params.yaml", f"orchestration.gate_report ({CFG.gate_report}) is written by no "
                       "dvc.yaml stage, so no run could ever be judged or released",
                       "point it at the gate stage's report (reports/gate.json), or restore the gate stage")
-RELEASE_STAGES = graph.downstream(STAGES, GATE_STAGE)
+# The run report (orchestration.run_report) is written for every judged run, released or not: a rejected run
+# is the one an operator most needs to read. Its stage follows the gate stage as DVC wires it, not the branch
+# (Airflow never skips what comes after a followed branch, so the branch must not lead to it).
+JUDGED_STAGES = graph.judged_stages(STAGES, GATE_STAGE, CFG.run_report)
+RELEASE_STAGES = [s for s in graph.downstream(STAGES, GATE_STAGE) if s not in JUDGED_STAGES]
+REPORT_STAGE = graph.writer_of(STAGES, CFG.run_report) if CFG.run_report else None
 # Workers that share no folder (orchestration.exchange): each stage's task syncs its own checkout, pulls
 # from and pushes to the DVC remote; the stage that trains from the staged warm start stages it itself.
 EXCHANGE = CFG.exchange.model_dump() if CFG.exchange.dvc_remote else None
@@ -175,8 +181,8 @@ with DAG(
         # Read once per run: mark_rejected and the summary take it from here.
         get_current_context()["ti"].xcom_push(key="decision", value=decision)
         print(f"gate: {decision['reason']}")
-        for c in decision.get("checks", []):
-            print(f"  {'ok  ' if c.get('passed') else 'FAIL'} {c.get('name')}: {c.get('value')} "
+        for name, c in decision.get("checks", {}).items():
+            print(f"  {'ok  ' if c.get('passed') else 'FAIL'} {name}: {c.get('value')} "
                   f"(threshold {c.get('threshold')})")
         if decision["release"]:
             return [s.task_id for s in RELEASE_STAGES] or ["reload_serving"]
@@ -226,6 +232,8 @@ with DAG(
             "tasks": states,
             "gate": {k: decision[k] for k in ("passed", "decision", "failed_checks", "reason")} if decision else None,
             "metrics": release.metrics_line(REPO),
+            # This run's page, when its stage ran now (an older file may be there after a failure).
+            "report": CFG.run_report if REPORT_STAGE and states.get(REPORT_STAGE.task_id) == "success" else None,
             # A stage's own account of its failure travels with the run (its worker may be another machine).
             "errors": {**{s.task_id: e for s in STAGES if (e := ti.xcom_pull(task_ids=s.task_id, key="error"))},
                        **release.read_errors(REPO, run_id)},
@@ -282,4 +290,5 @@ with DAG(
     # Leaf stages that are neither the gate nor released by it (e.g. a report) end in the summary.
     others = [ops[s.address] for s in STAGES
               if s.address not in release_ids | {GATE_STAGE.address} and not any(s.address in o.upstream for o in STAGES)]
-    [rejected, reload, *others] >> summary
+    # The run report feeds package, so it is no leaf; a rejected run's summary still waits for it.
+    [rejected, reload, *others, *(ops[s.address] for s in JUDGED_STAGES)] >> summary

@@ -106,3 +106,20 @@ def option_of(stage: Stage, flag: str) -> str | None:
         if w.startswith(flag + "="):
             return w.split("=", 1)[1]
     return None
+
+
+def judged_stages(stages: list[Stage], gate: Stage, report: str | None) -> list[Stage]:
+    """The stages after `gate` that run whatever it decides: the one writing the run report `report`
+    (orchestration.run_report), when it comes after the gate; [] when there is none or it comes before.
+
+    Raises ConfigError when that stage depends on a stage that only a release runs (package): a rejected
+    run would then have no report."""
+    writer = writer_of(stages, report) if report else None
+    released = {s.address for s in downstream(stages, gate)}
+    if writer is None or writer.address not in released:
+        return []
+    if after := sorted(set(writer.upstream) & released):
+        raise ConfigError("dvc.yaml", f"the run report's stage {writer.address} depends on {after}, which run only "
+                          "when the gate releases, so a rejected run would have no report",
+                          "make it depend on the gate's report and what came before it, not on package")
+    return [writer]

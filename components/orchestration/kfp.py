@@ -22,6 +22,7 @@ reads them), so adding a stage to dvc.yaml adds a component, as it adds a task t
 - the gate: the stage that writes `orchestration.gate_report` returns the decision it recorded (read with
   components/serving/decision.py), and every stage downstream of it (`package`) runs inside
   `dsl.If(decision != 'rejected')`: only when the gate promoted, or released a first model as provisional.
+  The run report's stage (`orchestration.run_report`) runs outside it, on every judged run, as in the DAG.
   The pipeline's output is the decision.
 
 Pipeline parameters: `code`, where the component finds the repository's code (the image's copy, `/app` by
@@ -197,7 +198,9 @@ def build_pipeline(repo: Path, code: str = IMAGE_CODE, reuse: Mapping[str, Mappi
     stages = graph.pipeline_stages(repo)
     steps = plan(stages, cfg.gate_report)
     gate = next(st for st in steps if st.decides)
-    released = {s.address for s in graph.downstream(stages, gate.stage)}
+    # What the gate releases runs under the condition; the run report (orchestration.run_report) runs either way.
+    released = ({s.address for s in graph.downstream(stages, gate.stage)}
+                - {s.address for s in graph.judged_stages(stages, gate.stage, cfg.run_report)})
     run = list(steps)
     if start is not None:
         root = next((s for s in stages if s.address == start), None)

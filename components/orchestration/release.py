@@ -287,6 +287,8 @@ def summary_lines(record: dict[str, Any]) -> list[str]:
             lines.append(f"warm start: {task} from {warm['source']}")
     if record.get("metrics"):
         lines.append("test NDCG@10: " + ", ".join(f"{k} {v:.4f}" for k, v in record["metrics"].items()))
+    if record.get("report"):
+        lines.append(f"report: {record['report']} (open it in a browser)")
     for task, err in (record.get("errors") or {}).items():
         lines.append(f"error in {task}: {err}")
     return lines

@@ -8,7 +8,7 @@ never derives it again from the checks, the registry or params, so no two reader
      "reason": "gate failed: shuffle_drop (first model: released as provisional until a model passes)",
      "reasons": {"failed_checks": ["shuffle_drop"], "nothing_in_production": true,
                  "first_model_policy": "provisional", "production_before": null},
-     "passed": false, "checks": [{"name": ..., "passed": ...}, ...], ...}
+     "passed": false, "checks": {"shuffle_drop": {"passed": false, "value": ..., "threshold": ...}, ...}, ...}
 
 - `promoted`: every check passed;
 - `provisional`: a check failed, nothing was in production (`first_model`) and `gate.first_model` is
@@ -54,10 +54,10 @@ def read_decision(path: Path) -> dict[str, Any]:
     if not (isinstance(failed, list) and isinstance(reasons.get("nothing_in_production"), bool)
             and reasons.get("first_model_policy") in FIRST_MODEL_POLICIES
             and "production_before" in reasons and isinstance(report.get("reason"), str)
-            and isinstance(checks, list) and all(isinstance(c, dict) and "name" in c for c in checks)):
+            and isinstance(checks, dict) and all(isinstance(c, dict) and "passed" in c for c in checks.values())):
         raise DataError(path, f"has the decision '{decision}' without its reasons (reason, reasons.failed_checks, "
                               "reasons.nothing_in_production, reasons.first_model_policy, reasons.production_before, "
-                              "checks)", REJUDGE)
+                              "checks by name)", REJUDGE)
     passed = not failed
     if report.get("passed") is not passed or (decision == "promoted") != passed \
             or (decision == "provisional" and not (reasons["nothing_in_production"]

@@ -25,6 +25,8 @@ from components.io import JSON_DAMAGE
 
 SASREC_DIR, LLMSREC_DIR, CATALOGUE_DIR, BACKBONE_DIR = "sasrec", "llmsrec", "catalogue", "backbone"
 MANIFEST = "package.json"
+#: the run report (components/stages/report.py) stored with the model; packages before it have none
+MODEL_CARD = "model_card.html"
 CATALOGUE_FILES = ("items.parquet", "users.parquet", "sequences.parquet")
 FIX = "re-package the model (`dvc repro -f -s package`) or promote another version"
 #: files every package holds (relative to its root)

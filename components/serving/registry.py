@@ -31,7 +31,7 @@ damaged nor absent, so it is never skipped over, listed as damaged or fallen bac
 
 CLI (`python -m components.serving.registry ...`):
     list                 every packaged version, newest first, production marked
-    show [TAG]           one version's metadata (default: production)
+    show [TAG]           one version's metadata and where its model card is (default: production)
     promote TAG          make TAG production (any packaged version, e.g. an older one)
     rollback             production goes back to the version promoted before the current one
     verify [TAG]         check a version's files against what was packaged (default: production)
@@ -49,7 +49,7 @@ from typing import Any
 
 from components.errors import CheckpointError, ConfigError, DataError, PipelineError
 from components.io import JSON_DAMAGE, held_lock, read_json, write_json
-from components.serving.integrity import StoreAccessError, verify_package
+from components.serving.integrity import MODEL_CARD, StoreAccessError, verify_package
 from components.serving.settings import ServingSettings, env_name
 
 MODEL_NAME = "llmsrec"
@@ -304,6 +304,12 @@ def resolve_serving_tag(home: str | Path | None = None) -> str:
     raise refused[0]
 
 
+def model_card(model) -> Path | None:
+    """The run report stored with a packaged version (open it in a browser), None when it has none."""
+    card = Path(model.path) / MODEL_CARD
+    return card if card.is_file() else None
+
+
 def describe(model, production: str | None) -> dict[str, Any]:
     meta = model.info.metadata
     metrics = (meta.get("metrics") or {}).get(meta.get("model", MODEL_NAME), {})
@@ -352,8 +358,11 @@ def main(argv: list[str] | None = None) -> None:
             if tag is None:
                 raise DataError(pointer_path(args.home), "nothing is in production", "pass a TAG")
             model = get_model(tag, args.home)
-            print(json.dumps({"tag": str(model.tag), "labels": model.info.labels, "metadata": model.info.metadata},
-                             indent=2, default=str))
+            card = model_card(model)
+            print(json.dumps({"tag": str(model.tag), "labels": model.info.labels, "metadata": model.info.metadata,
+                              "model_card": None if card is None else str(card)}, indent=2, default=str))
+            print(f"model card: {card}" if card is not None else
+                  f"model card: none ({model.tag} was packaged without a run report)")
         elif args.cmd == "promote":
             print(f"production: {set_production(args.tag, 'promote', args.reason, args.home)}")
         elif args.cmd == "rollback":

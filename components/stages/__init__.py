@@ -13,7 +13,10 @@ differs between two runs on the same inputs (durations, host) only to its run re
 - `distill`: LLM-SRec's adapters on the frozen LLM and SASRec -> `models/llmsrec/`
 - `evaluate`: NDCG@10/HR@10 of every model -> `reports/metrics.json`
 - `gate`: release checks, champion/challenger, and the release decision -> `reports/gate.json`
-- `package`: carries out that decision: a versioned BentoML model, promoted (or provisional) -> the model store
+- `report`: one self-contained HTML page of the run (data, drift, curves, metrics, gate, versions, params
+  against the champion) -> `reports/run_report.html`
+- `package`: carries out that decision: a versioned BentoML model with the run report as its model card, promoted (or
+  provisional) -> the model store
 
 The rest of `components/` is libraries the stages share (config, data, models, llm, evaluation, serving),
 which never import a stage, and `orchestration/`, which drives the stages from Airflow.

@@ -56,7 +56,7 @@ from components.data.histories import shuffle_window
 from components.data.sequences import Prepared
 from components.errors import CheckpointError, ConfigError, stage_main
 from components.evaluation.metrics import candidate_ranks, ndcg_at
-from components.io import fresh_dir, sha256_of, write_json
+from components.io import fresh_dir, numbers_only, sha256_of, write_json
 from components.llm.backbone import load_backbone, truncate_layers
 from components.llm.model import ADAPTERS, LLMSRec, LLMSRecConfig, read_checkpoint, state_hash
 from components.llm.text_states import cached_title_states
@@ -340,7 +340,8 @@ def main(argv: list[str] | None = None) -> None:
         result.update(trainable_parameters=n_train, backbone=backbone.name, dtype=str(backbone.dtype).replace("torch.", ""),
                       device=str(backbone.device), warm_start=warm or None)
         kept, facts = split(result, RUN_FACTS)
-        write_json(args.summary, kept)
+        write_json(args.out / "training.json", kept)  # with the backbone's name and dtype, which are no metric
+        write_json(args.summary, numbers_only(kept))
         write_timings(args.timings, "distill", time.time() - t_start, **facts, warm_start=warm or None, rounds=rounds)
         if args.state_dir is not None:
             ResumeState(args.state_dir, key).clear()  # finished: nothing left to resume

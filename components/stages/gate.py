@@ -7,7 +7,13 @@ loads the challenger). Writes `reports/gate.json`:
     {"decision": "promoted" | "provisional" | "rejected", "reason": str,
      "reasons": {"failed_checks": [name], "nothing_in_production": bool, "first_model_policy": gate.first_model,
                  "production_before": tag | null},
-     "passed": bool, "model": "llmsrec", "champion": tag | null, "checks": [{name, value, threshold, passed, ...}]}
+     "passed": bool, "model": "llmsrec", "champion": tag | null,
+     "checks": {name: {value, threshold, passed, ...}}}
+
+and `--checks reports/gate_checks.json`, its numbers alone for DVC's views (`dvc metrics show/diff`,
+`dvc exp show`): `{"passed": bool, "checks": {name: {"passed": bool, "value": float | null,
+"threshold": float | null}}}`. The report is a plain output: DVC's metrics drop strings and lists from a
+table, and the decision's reason, tags and names are not numbers.
 
 The gate owns the release decision (`decide`): `package`, the Airflow DAG and the registry's history only
 read it (components/serving/decision.py). Every check passed -> `promoted`. A check failed -> `rejected`,
@@ -68,6 +74,18 @@ def check(name: str, value: float | None, threshold: float | None, passed: bool 
     ok = passed if passed is not None else value is not None and bool(np.isfinite(value)) and value >= threshold
     return {"name": name, "value": None if value is None else round(float(value), 6),
             "threshold": threshold, "passed": bool(ok), **extra}
+
+
+def by_name(checks: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
+    """The checks keyed by name, as the report holds them (`checks.<name>.passed` is then a path that DVC,
+    jq and a reader can address; a list is dropped by DVC's metrics)."""
+    return {c["name"]: {k: v for k, v in c.items() if k != "name"} for c in checks}
+
+
+def check_numbers(checks: list[dict[str, Any]], passed: bool) -> dict[str, Any]:
+    """The DVC metric of the gate: whether it passed, and each check's passed, value and threshold."""
+    return {"passed": passed, "checks": {c["name"]: {"passed": c["passed"], "value": c["value"],
+                                                      "threshold": c["threshold"]} for c in checks}}
 
 
 def _metric(metrics: dict, key: str, path: Path, fix: str) -> dict:
@@ -204,6 +222,7 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--per-user", type=Path, required=True, help="reports/per_user.parquet from evaluate")
     ap.add_argument("--prepared", type=Path, required=True, help="the current prepared data (its test candidates)")
     ap.add_argument("--out", type=Path, required=True, help="reports/gate.json")
+    ap.add_argument("--checks", type=Path, help="reports/gate_checks.json: the checks' numbers alone (a DVC metric)")
     ap.add_argument("--timings", type=Path, help="run record (duration, host): not a DVC output")
     args = ap.parse_args(argv)
     params = load_params(args.params)
@@ -229,9 +248,12 @@ def main(argv: list[str] | None = None) -> None:
         checks.append(champion_check(champion, data, per_user, opts, params.seed))
 
     decision = decide(checks, production, opts.first_model)
-    write_json(args.out, {**decision, "passed": not decision["reasons"]["failed_checks"], "model": opts.model,
+    passed = not decision["reasons"]["failed_checks"]
+    write_json(args.out, {**decision, "passed": passed, "model": opts.model,
                           "champion": champion.tag if champion else None,
-                          "metrics_sha256": metrics_digest(args.metrics), "checks": checks})
+                          "metrics_sha256": metrics_digest(args.metrics), "checks": by_name(checks)})
+    if args.checks:
+        write_json(args.checks, check_numbers(checks, passed))
     if decision["decision"] == "rejected":
         # The registry's history shows rejected runs next to promotions; under Airflow, which run it was.
         run = os.environ.get("AIRFLOW_CTX_DAG_RUN_ID")

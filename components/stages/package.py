@@ -20,6 +20,8 @@ naming the file; so is a stale one (see `check_gate`).
 The package holds the SASRec checkpoint, the adapters, the item table, the index mapping, the item
 catalogue and every known user's history (see components/serving/packaged.py for the layout), and a
 backbone *reference* (name + weight fingerprint), never the weights of the packaged default LLM.
+The run's report (`--card`, components/stages/report.py) goes in as the model card, `model_card.html`
+(`python -m components.serving.registry show TAG` prints where).
 Metadata: params, metrics, the gate's checks and the data version: DVC's md5 of `data/prepared` as
 `dvc.lock` records it for the `prepare` stage (DVC writes a stage's entry when the stage finishes, so under
 `dvc repro` the lock already holds every upstream stage's outputs), or `unversioned` when the folder is not
@@ -54,6 +56,7 @@ from components.serving.integrity import (
     CATALOGUE_FILES,
     LLMSREC_DIR,
     MANIFEST,
+    MODEL_CARD,
     SASREC_DIR,
     file_record,
     verify_package,
@@ -196,7 +199,7 @@ def check_gate(gate_path: Path, metrics_path: Path, production: str | None) -> d
 
 
 def gate_skipped_champion(gate: dict[str, Any]) -> bool:
-    return any(c["name"] == "champion_regression" and c.get("skipped") for c in gate["checks"])
+    return bool(gate["checks"].get("champion_regression", {}).get("skipped"))
 
 
 def save_package(args, params: dict[str, Any], gate: dict[str, Any], status: str, include_backbone: bool) -> tuple[str, bool]:
@@ -207,8 +210,12 @@ def save_package(args, params: dict[str, Any], gate: dict[str, Any], status: str
     for f in catalogue:
         if not f.is_file():
             raise DataError(f, "prepared file not found", "run `dvc repro prepare`")
+    if args.card is not None and not args.card.is_file():
+        raise DataError(args.card, "run report not found", "run `dvc repro report` (or drop --card)")
     backbone, backbone_src = backbone_reference(args.llmsrec, include_backbone)
-    content = content_hash([args.sasrec, args.llmsrec, *catalogue] + ([backbone_src] if backbone_src else []))
+    # The card is part of what a version is: the same model judged against another champion is another card.
+    content = content_hash([args.sasrec, args.llmsrec, *catalogue] + ([backbone_src] if backbone_src else [])
+                           + ([args.card] if args.card is not None else []))
     for existing in list_models():
         if (existing.info.labels.get("content") == content and existing.info.labels.get("status") == status
                 and intact(existing)):
@@ -241,6 +248,8 @@ def save_package(args, params: dict[str, Any], gate: dict[str, Any], status: str
                 shutil.copy2(f, root / CATALOGUE_DIR / f.name)
             if backbone_src is not None:
                 shutil.copytree(backbone_src, root / BACKBONE_DIR)
+            if args.card is not None:
+                shutil.copy2(args.card, root / MODEL_CARD)
             write_json(root / MANIFEST, {**manifest, "files": file_record(root)})
         version = m.tag.version
         # Readable by the group (under the usual umask): the service may run as another user (README: Who
@@ -277,6 +286,7 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--prepared", type=Path, required=True)
     ap.add_argument("--sasrec", type=Path, required=True)
     ap.add_argument("--llmsrec", type=Path, required=True)
+    ap.add_argument("--card", type=Path, help="reports/run_report.html: stored in the package as its model card")
     ap.add_argument("--out", type=Path, required=True, help="reports/package.json")
     ap.add_argument("--timings", type=Path, help="run record (duration, host, whether the version was reused): "
                     "not a DVC output")

@@ -28,7 +28,7 @@ import pandas as pd
 from components.config import CandidateParams, DataParams, load_params
 from components.data.preprocess import chronological, kcore, subsample_users
 from components.errors import ConfigError, DataError, stage_main
-from components.io import fresh_dir, read_json, write_json, write_parquet
+from components.io import fresh_dir, numbers_only, read_json, write_json, write_parquet
 from components.timings import write_timings
 
 
@@ -155,7 +155,7 @@ def main(argv: list[str] | None = None) -> None:
     # and so retrain every model downstream of unchanged data.
     write_json(out / "meta.json", {**summary, "params": {"data": data_cfg.model_dump(mode="json"),
                                                          "eval": cand_cfg.model_dump(mode="json")}})
-    write_json(args.summary, summary)
+    write_json(args.summary, numbers_only(summary))  # a DVC metric: the mapping hashes stay in meta.json
     seconds = time.time() - t0
     write_timings(args.timings, "prepare", seconds)
     print(f"prepare: {summary['users']:,} users, {summary['items']:,} items, {summary['interactions']:,} "

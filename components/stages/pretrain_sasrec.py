@@ -43,7 +43,7 @@ from components.data.sequences import Prepared
 from components.errors import ConfigError, stage_main
 from components.evaluation.metrics import ndcg_at
 from components.evaluation.runner import rank_split
-from components.io import fresh_dir, sha256_of, write_json
+from components.io import fresh_dir, numbers_only, sha256_of, write_json
 from components.models.base import WEIGHTS, Recommender, match_items, read_checkpoint_meta, read_weights
 from components.models.sasrec import SASRec, SASRecConfig
 from components.models.training import FitResult, ResumeState, TrainOptions, fit, run_key
@@ -195,7 +195,7 @@ def main(argv: list[str] | None = None) -> None:
     write_json(args.curve, curve)
     if args.plot:
         plot_curve(curve, args.plot)
-    write_json(args.summary, kept)
+    write_json(args.summary, numbers_only(kept))  # a DVC metric; training.json above keeps the rest
     seconds = time.time() - t0
     write_timings(args.timings, "pretrain_sasrec", seconds, **facts, rounds=rounds)
     if args.state_dir:

@@ -24,13 +24,13 @@ def test_the_gate_line_shows_the_gate_s_decision(tmp_path, capsys):
     is the gate's own decision, with the checks that failed."""
     write_json(tmp_path / "data_summary.json", {"users": 600, "items": 400, "interactions": 11861})
     write_json(tmp_path / "validation.json", {"rows_quarantined": {"interactions": 0, "items": 0}})
-    checks = [{"name": "ndcg@10_floor", "value": 0.01, "threshold": 0.05, "passed": False},
-              {"name": "shuffle_drop", "value": 0.2, "threshold": 0.0, "passed": True}]
+    checks = {"ndcg@10_floor": {"value": 0.01, "threshold": 0.05, "passed": False},
+              "shuffle_drop": {"value": 0.2, "threshold": 0.0, "passed": True}}
     for decision in ("provisional", "rejected"):
         write_json(tmp_path / "gate.json", {"decision": decision, "passed": False, "checks": checks})
         main(["--reports", str(tmp_path)])
         line = next(s for s in capsys.readouterr().out.splitlines() if s.startswith("gate:"))
         assert line == f"gate: {decision} (ndcg@10_floor 0.01 < 0.05)"
-    write_json(tmp_path / "gate.json", {"decision": "promoted", "passed": True, "checks": checks[1:]})
+    write_json(tmp_path / "gate.json", {"decision": "promoted", "passed": True, "checks": {"shuffle_drop": checks["shuffle_drop"]}})
     main(["--reports", str(tmp_path)])
     assert "gate: promoted" in capsys.readouterr().out.splitlines()

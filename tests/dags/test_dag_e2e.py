@@ -22,10 +22,11 @@ import pandas as pd
 import pytest
 import yaml
 
+from tests.browser import render
 from tests.conftest import make_workspace, venv_env
 from tests.dags.conftest import airflow_env
 
-DVC_STAGES = ["ingest", "validate", "prepare", "pretrain_sasrec", "distill", "evaluate", "gate", "package"]
+DVC_STAGES = ["ingest", "validate", "prepare", "pretrain_sasrec", "distill", "evaluate", "gate", "report", "package"]
 
 
 def small_params(llm_dir: Path) -> dict:
@@ -120,7 +121,7 @@ def test_retraining_dag_end_to_end(tmp_path, fresh_airflow_home, tiny_llm_dir):
     champion = ws.registry()["production"]
     assert champion and champion == r1["summary"]["production_after"]
     assert json.loads((root / "models" / "sasrec" / "training.json").read_text())["warm_start"] is None
-    assert json.loads((root / "reports" / "distill_train.json").read_text())["warm_start"] is None
+    assert json.loads((root / "models" / "llmsrec" / "training.json").read_text())["warm_start"] is None
     for model in ("sasrec", "llmsrec"):  # nothing to start from on a first run
         assert [p.name for p in (root / "models" / "warm_start" / model).iterdir()] == ["README.md"]
     nothing_staged = staged_hash(root)
@@ -144,7 +145,7 @@ def test_retraining_dag_end_to_end(tmp_path, fresh_airflow_home, tiny_llm_dir):
     assert warm["staged"] and warm["matched_items"] > 100 and warm["new_items"] == 3, warm
     # LLM-SRec's adapters start from the champion's; the batch's new items reach them through their new SASRec
     # embeddings (f_I), and the item table is the new catalogue's.
-    adapters = json.loads((root / "reports" / "distill_train.json").read_text())
+    adapters = json.loads((root / "models" / "llmsrec" / "training.json").read_text())
     assert adapters["warm_start"]["staged"] and "skipped" not in adapters["warm_start"], adapters["warm_start"]
     assert adapters["warm_start"]["new_items"] == 3 and adapters["warm_start"]["teacher_changed"]
     assert adapters["initial_valid_ndcg@10"] is not None  # the new curve starts at the staged adapters' score
@@ -161,6 +162,26 @@ def test_retraining_dag_end_to_end(tmp_path, fresh_airflow_home, tiny_llm_dir):
     lock = yaml.safe_load((root / "dvc.lock").read_text())
     assert any(d["path"] == "data/batches" for d in lock["stages"]["ingest"]["deps"])  # DVC pins the batches
 
+    # The run's report as a person sees it in Chromium: both curves decoded, every gate check in its table.
+    page = root / "reports" / "run_report.html"
+    seen = render(page, tmp_path / "browser")
+    assert len(seen["images"]) == 2 and all(i["complete"] and i["naturalWidth"] > 0 for i in seen["images"]), seen
+    gate = json.loads((root / "reports" / "gate.json").read_text())
+    (gate_table,) = [t for t in seen["tables"] if t["cls"] == "gate"]
+    assert gate_table["height"] > 0 and [r[0] for r in gate_table["rows"]] == list(gate["checks"])
+    assert [r[1] for r in gate_table["rows"]] == ["pass", "skipped", "skipped", "pass"]  # small_params' gate
+    (paired,) = [t for t in seen["tables"] if t["cls"] == "paired"]  # the champion, re-scored on the same users
+    assert paired["rows"][0][0] == "champion_regression"
+    assert seen["title"] == "Run report: llmsrec promoted" and f"production when judged\t{champion}" in seen["text"]
+    (drift,) = [t for t in seen["tables"] if t["cls"] == "drift"]
+    assert [r[0] for r in drift["rows"]] == ["base data", batch_dirs[0].name]
+    assert "identical params" in seen["text"] and "trained at commit (pretrain_sasrec)" in seen["text"]
+    # ...and stored with the model as its card: the registry says where.
+    show = subprocess.run([sys.executable, "-m", "components.serving.registry", "show"], cwd=root, env=ws.env,
+                          capture_output=True, text=True, timeout=120)
+    card = Path(show.stdout.strip().splitlines()[-1].removeprefix("model card: "))
+    assert show.returncode == 0 and card.read_bytes() == page.read_bytes(), show.stdout[-500:] + show.stderr
+
     # 3. A gate nobody can pass: rejected, nothing packaged, production stays. Only the gate re-runs.
     params = yaml.safe_load((root / "params.yaml").read_text())
     params["gate"]["min_ndcg_at_10"] = 1.01
@@ -172,7 +193,11 @@ def test_retraining_dag_end_to_end(tmp_path, fresh_airflow_home, tiny_llm_dir):
     assert r3["summary"]["outcome"] == "rejected" and "ndcg@10_floor" in r3["summary"]["reason"]
     # The champion is now the model run 2 trained; with no new data, staging it would retrain it from itself.
     # (ingest_batches runs every time, files arriving outside DVC, but found nothing and changed nothing.)
-    assert [s for s, v in r3["summary"]["stages"].items() if v.get("changed")] == ["gate"]
+    # The report too (params.yaml is its dep, and a rejected run gets its page): nothing else.
+    assert [s for s, v in r3["summary"]["stages"].items() if v.get("changed")] == ["gate", "report"]
+    assert r3["tasks"]["report"] == "success" and r3["summary"]["report"] == "reports/run_report.html"
+    rejected_page = (root / "reports" / "run_report.html").read_text()
+    assert "<title>Run report: llmsrec rejected</title>" in rejected_page and "ndcg@10_floor" in rejected_page
     assert r3["summary"]["stages"]["ingest_batches"]["ran"] and r3["summary"]["landing"]["accepted"] == []
     assert all(w["unchanged"] for w in r3["summary"]["warm_start"]["stages"].values()) and staged_hash(root) == warm_hash
     assert ws.registry()["production"] == new_champion

@@ -49,7 +49,10 @@ def test_edges_follow_dvc_deps_and_outs(dag):
     assert up["check_gate"] == {"gate"}
     assert "check_gate" in up["package"] and up["reload_serving"] == {"package"}
     assert up["mark_rejected"] == {"check_gate"}
-    assert up["run_summary"] >= {"mark_rejected", "reload_serving"}
+    assert up["run_summary"] >= {"mark_rejected", "reload_serving", "report"}
+    # The run report follows the gate stage whatever it decided (not the branch), and package, which stores it
+    # as the model card, waits for both.
+    assert up["report"] >= {"gate"} and "check_gate" not in up["report"] and {"report", "check_gate"} <= up["package"]
 
 
 def test_dag_settings(dag):
@@ -151,10 +154,10 @@ def test_check_gate_follows_the_gate_s_decision_not_its_own(tmp_path):
     (home / "registry" / "llmsrec.json").write_text(json.dumps({"production": "llmsrec:v1", "events": []}))
     report = tmp_path / "reports" / "gate.json"
     report.parent.mkdir()
-    failed = {"name": "shuffle_drop", "value": 0.01, "threshold": 0.04, "passed": False}
+    failed = {"shuffle_drop": {"value": 0.01, "threshold": 0.04, "passed": False}}
 
     def judged(decision: str, reason: str) -> dict:
-        content = {"decision": decision, "reason": reason, "passed": False, "checks": [failed],
+        content = {"decision": decision, "reason": reason, "passed": False, "checks": failed,
                    "reasons": {"failed_checks": ["shuffle_drop"], "nothing_in_production": True,
                                "first_model_policy": "provisional", "production_before": None}}
         report.write_text(json.dumps(content))
@@ -163,11 +166,11 @@ def test_check_gate_follows_the_gate_s_decision_not_its_own(tmp_path):
     with bentoml_store(home):  # the registry now holds a production model
         provisional = judged("provisional", "gate failed: shuffle_drop (first model: released as provisional)")
         assert provisional == {"release": True, "decision": "provisional", "passed": False,
-                               "failed_checks": ["shuffle_drop"], "checks": [failed],
+                               "failed_checks": ["shuffle_drop"], "checks": failed,
                                "reason": "gate failed: shuffle_drop (first model: released as provisional)"}
         rejected = judged("rejected", "gate failed: shuffle_drop (first model: gate.first_model is reject)")
         assert not rejected["release"] and rejected["decision"] == "rejected"
-        report.write_text(json.dumps({"passed": False, "first_model": "provisional", "checks": [failed]}))
+        report.write_text(json.dumps({"passed": False, "first_model": "provisional", "checks": failed}))
         with pytest.raises(DataError, match=r"reports/gate\.json: holds no release decision .* Fix: re-run the gate"):
             gate_decision(tmp_path, "reports/gate.json")
 

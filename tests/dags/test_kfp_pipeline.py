@@ -116,6 +116,7 @@ def test_package_runs_only_when_the_gate_does_not_reject(compiled):
     (condition,) = conditions
     assert ir["root"]["dag"]["tasks"][condition]["triggerPolicy"]["condition"] == CONDITION
     assert [n for n, t in tasks.items() if t["in_condition"]] == ["package"]
+    assert tasks["report"]["in_condition"] is None  # the run report is written whatever the gate decides
     assert "gate" in ir["root"]["dag"]["tasks"][condition]["dependentTasks"]
     gate = ir["components"]["comp-gate"]
     assert gate["outputDefinitions"]["parameters"] == {"Output": {"parameterType": "STRING"}}
@@ -221,7 +222,9 @@ def test_kfp_local_run_end_to_end(tmp_path, tiny_llm_dir):
     (ws / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
     run2, decision, log = local_run(ws, root, bentoml, "--reuse", str(run1), "--from", "gate")
     assert decision == "rejected"
-    assert sorted(p.name for p in run2.iterdir() if p.is_dir()) == ["gate"]  # package did not run
+    # package did not run; the run report did, and says why
+    assert sorted(p.name for p in run2.iterdir() if p.is_dir()) == ["gate", "report"]
+    assert "Run report: llmsrec rejected" in (run2 / "report" / "reports_run_report_html").read_text()
     assert "ndcg@10_floor" in json.loads((run2 / "gate" / "reports_gate_json").read_text())["reason"]
     after = json.loads((bentoml / "registry" / "llmsrec.json").read_text())
     assert after["production"] == registry["production"] and after["events"][-1]["action"] == "reject"

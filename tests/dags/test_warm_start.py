@@ -71,7 +71,7 @@ def warm_start_summary(ws: Path) -> dict | None:
 
 
 def adapters_summary(ws: Path) -> dict:
-    return json.loads((ws / "reports" / "distill_train.json").read_text())
+    return json.loads((ws / "models" / "llmsrec" / "training.json").read_text())
 
 
 @pytest.mark.slow

@@ -149,9 +149,13 @@ def test_the_gate_writes_the_decision_and_alone_logs_a_rejection(case, tmp_path,
     if production:
         put_in_production(home, production)
     monkeypatch.setenv("AIRFLOW_CTX_DAG_RUN_ID", "manual__2025-01-01")  # as Airflow sets it for a task
-    run_in(ws, home, gate_stage.main, GATE_ARGS, monkeypatch)
+    run_in(ws, home, gate_stage.main, (*GATE_ARGS, "--checks", "reports/gate_checks.json"), monkeypatch)
     report = json.loads((ws / "reports" / "gate.json").read_text())
     assert report["decision"] == decision and report["passed"] == (not failed)
+    # DVC's metric: numbers only, each check addressable as checks.<name>.passed/value/threshold.
+    numbers = json.loads((ws / "reports" / "gate_checks.json").read_text())
+    assert numbers == {"passed": not failed, "checks": {name: {k: c[k] for k in ("passed", "value", "threshold")}
+                                                        for name, c in report["checks"].items()}}
     assert report["reasons"] == {"failed_checks": failed, "nothing_in_production": production is None,
                                  "first_model_policy": cfg.get("first_model", GateParams().first_model),
                                  "production_before": production}
@@ -284,18 +288,18 @@ def test_gate_then_package_promotes_and_failures_leave_the_champion(workspace, t
     # 2. Champion vs challenger: the champion is re-scored on the current candidates. Re-scoring the same
     # model from its package reproduces evaluate's figure exactly; then a worse challenger fails.
     gate(workspace, home)
-    regression = by_name(json.loads((workspace / "reports" / "gate.json").read_text())["checks"])["champion_regression"]
+    regression = json.loads((workspace / "reports" / "gate.json").read_text())["checks"]["champion_regression"]
     evaluated = json.loads((workspace / "reports" / "metrics.json").read_text())["llmsrec"]["ndcg@10"]
     assert regression["champion_ndcg"] == pytest.approx(evaluated, abs=1e-6) and regression["value"] == pytest.approx(0)
     assert regression["interval"][0] <= 0 <= regression["interval"][1] and regression["decided_on"] == "interval upper end"
     set_challenger_ndcg(workspace, 0.0)
     gate(workspace, home)
     report = json.loads((workspace / "reports" / "gate.json").read_text())
-    regression = by_name(report["checks"])["champion_regression"]
+    regression = report["checks"]["champion_regression"]
     assert report["champion"] == champion and not report["passed"]
     assert regression["champion_ndcg"] > 0 and regression["challenger_ndcg"] == 0 and not regression["passed"]
     assert regression["interval"][1] < -0.02  # the whole interval lies below the allowed regression
-    assert [c["name"] for c in report["checks"] if not c["passed"]] == ["champion_regression"]
+    assert [n for n, c in report["checks"].items() if not c["passed"]] == ["champion_regression"]
     out = package(workspace, home)
     assert "REJECTED" in out.stdout
     assert json.loads((workspace / "reports" / "package.json").read_text())["decision"] == "rejected"
@@ -307,8 +311,8 @@ def test_gate_then_package_promotes_and_failures_leave_the_champion(workspace, t
     set_params(workspace, min_ndcg_at_10=1.5)
     gate(workspace, home)
     report = json.loads((workspace / "reports" / "gate.json").read_text())
-    assert [c["name"] for c in report["checks"] if not c["passed"]] == ["ndcg@10_floor"]
-    assert by_name(report["checks"])["champion_regression"]["passed"]
+    assert [n for n, c in report["checks"].items() if not c["passed"]] == ["ndcg@10_floor"]
+    assert report["checks"]["champion_regression"]["passed"]
     package(workspace, home)
     assert registry_state(home)["production"] == champion and stored_versions(home) == versions
 
