@@ -90,7 +90,8 @@ def reload_command(logs: Path) -> str:
     server's process group; the supervisor starts it again, on the new production model."""
     pid = logs / "serve.pid"
     # No pid file yet: the first model is promoted before any server runs, and it starts on it.
-    return f"sh -c '[ ! -s {pid} ] || kill -TERM -- -$(cat {pid})'"
+    # dash's kill takes no `--`: a negative pid right after the signal is the process group.
+    return f"sh -c '[ ! -s {pid} ] || kill -TERM -$(cat {pid})'"
 
 
 class SupervisedServer:

@@ -10,8 +10,8 @@ loads the challenger). Writes `reports/gate.json`:
      "passed": bool, "model": "llmsrec", "champion": tag | null,
      "checks": {name: {value, threshold, passed, ...}}}
 
-and `--checks reports/gate_checks.json`, its numbers alone for DVC's views (`dvc metrics show/diff`,
-`dvc exp show`): `{"passed": bool, "checks": {name: {"passed": bool, "value": float | null,
+and `--checks reports/gate_checks.json`, its numbers alone, for `dvc metrics diff --targets
+reports/gate_checks.json` (the headline DVC metric, `report`'s, carries only `gate_passed`): `{"passed": bool, "checks": {name: {"passed": bool, "value": float | null,
 "threshold": float | null}}}`. The report is a plain output: DVC's metrics drop strings and lists from a
 table, and the decision's reason, tags and names are not numbers.
 

@@ -40,7 +40,7 @@ from typing import Any
 
 from components.config import load_params
 from components.errors import DataError, stage_main
-from components.io import read_json
+from components.io import numbers_only, read_json, write_json
 from components.serving.decision import read_decision
 from components.serving.registry import get_model
 from components.stages.package import data_version_of, metadata_safe, write_text_atomic
@@ -307,6 +307,18 @@ def render(args, params: dict[str, Any]) -> str:
 
 
 @stage_main("report")
+def headline(metrics: dict[str, Any], gate: dict[str, Any], data: dict[str, Any]) -> dict[str, Any]:
+    """The run in a few numbers, the one DVC metrics file (`dvc metrics show`, `dvc exp show` read it):
+    test NDCG@10 of each evaluated model (not its shuffled or validation variants), whether the gate passed,
+    and the users and items trained on. Every stage's full numbers stay in its own file, which
+    `dvc metrics show/diff --targets FILE` reads (any JSON of numbers is a valid metrics file to DVC);
+    declared all together, they were one row per file of 110 columns, 2,800 characters wide."""
+    ndcg = {name: m["ndcg@10"] for name, m in metrics.items()
+            if isinstance(m, dict) and "ndcg@10" in m and not name.endswith("_shuffled")}
+    return {"ndcg@10": ndcg, "gate_passed": bool(gate.get("passed")), "users": data.get("users"),
+            "items": data.get("items")}
+
+
 def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--params", default="params.yaml")
@@ -324,6 +336,7 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--run-records", type=Path, nargs="*", default=[],
                     help="the training stages' run records (the commit they ran at): not deps")
     ap.add_argument("--out", type=Path, required=True, help="reports/run_report.html")
+    ap.add_argument("--headline", type=Path, help="reports/headline.json: the run in a few numbers (DVC's metric)")
     ap.add_argument("--timings", type=Path, help="run record (duration, host): not a DVC output")
     args = ap.parse_args(argv)
     t0 = time.time()
@@ -333,6 +346,9 @@ def main(argv: list[str] | None = None) -> None:
     page = render(args, params).encode("ascii", "xmlcharrefreplace").decode("ascii")
     args.out.parent.mkdir(parents=True, exist_ok=True)
     write_text_atomic(args.out, page)
+    if args.headline is not None:
+        write_json(args.headline, numbers_only(headline(read_json(args.metrics), read_json(args.gate),
+                                                        read_json(args.data_summary))))
     write_timings(args.timings, "report", time.time() - t0)
     print(f"report: {args.out} ({len(page) / 1024:.0f} KiB) in {time.time() - t0:.1f}s")
 

@@ -37,3 +37,14 @@ def test_the_report_depends_on_every_params_section_it_shows():
     sections = set(yaml.safe_load((REPO / "params.yaml").read_text())) - set(DEPLOYMENT_SECTIONS)
     stage = yaml.safe_load((REPO / "dvc.yaml").read_text())["stages"]["report"]
     assert set(stage["params"]) == sections
+
+
+def test_the_headline_is_a_few_numbers_per_run():
+    """DVC's one metrics file: test NDCG@10 of each model (no shuffled or validation variant), the gate, the data."""
+    from components.stages.report import headline
+
+    metrics = {"popularity": {"ndcg@10": 0.1, "hr@10": 0.2}, "sasrec": {"ndcg@10": 0.5},
+               "sasrec_shuffled": {"ndcg@10": 0.4}, "llmsrec": {"ndcg@10": 0.6, "valid": {"ndcg@10": 0.7}}}
+    got = headline(metrics, {"passed": False, "decision": "rejected"}, {"users": 600, "items": 400, "source": "x"})
+    assert got == {"ndcg@10": {"popularity": 0.1, "sasrec": 0.5, "llmsrec": 0.6}, "gate_passed": False,
+                   "users": 600, "items": 400}
