@@ -389,6 +389,33 @@ def warm_start_lines(paths: list[Path], docs_dir: Path | None) -> list[str]:
             "is paired over the same test users (BCa bootstrap).", "", *lines]
 
 
+def cycle_lines(paths: list[Path]) -> list[str]:
+    """`benchmarks.retrain_cycle` results: a batch lands -> ... -> served, each step timed."""
+    from benchmarks.retrain_cycle import table
+
+    lines = []
+    for path in paths:
+        r = json.loads(path.read_text())
+        s = r["split"]
+        lines += [f"### {path.name}", "",
+                  f"ML-1M{' (' + format(r['max_users'], ',') + ' users)' if r.get('max_users') else ''} split by "
+                  f"time: {s['base_rows']:,} interactions of {s['base_users']:,} users are the base, the last "
+                  f"{s['batch_rows']:,} (after {s['split_at']}) land as one batch ({s['batch_users']:,} users, "
+                  f"{s['batch_new_users']} of them new, {s['batch_new_items']} new items). First training: SASRec "
+                  f"and LLM-SRec from scratch, {r['first_minutes'][0]:g} and {r['first_minutes'][1]:g} min budgets; "
+                  f"the retrain warm-starts both from the champion with {r['cycle_minutes'][0]:g} and "
+                  f"{r['cycle_minutes'][1]:g} min. Airflow LocalExecutor with the triggerer, on "
+                  f"{r['machine']['cores']} CPU cores; commit {r['commit'][:7]}.", "", *table(r), ""]
+    if not lines:
+        return []
+    return ["## The retraining cycle, timed (`python -m benchmarks.retrain_cycle`)", "",
+            "From dropping a batch into the landing zone to the first answer of the new model over HTTP: the "
+            "landing zone's watcher starts the DAG run (Great Expectations checks and drift in `ingest_batches`), "
+            "the stages run, `reload_serving` restarts `bentoml serve`. Seconds per task as Airflow's metadata "
+            "DB records them; `until_run_started` is the watcher's delay, `until_served` the server's restart.",
+            "", *lines]
+
+
 #: benchmarks.quality_suite rows in table order: (file stem, model key in it, label)
 SUITE_ROWS = [("sasrec", "popularity", "popularity"), ("sasrec", "sasrec", "SASRec, full window"),
               ("sasrec_len10", "sasrec", "SASRec, 10-item window"),
@@ -683,7 +710,8 @@ def render(results_dir: Path, plot: Path | None = None) -> str:
               "\n".join(learning_lines(sorted((Path(results_dir) / "learning").glob("*.json")),
                                        plot.parent if plot is not None else None)),
               "\n".join(warm_start_lines(sorted(Path(results_dir).glob("llmsrec_warm_start*.json")),
-                                         plot.parent if plot is not None else None))]
+                                         plot.parent if plot is not None else None)),
+              "\n".join(cycle_lines(sorted((Path(results_dir) / "cycle").glob("retrain_cycle*.json"))))]
     return "\n".join(p for p in parts if p)
 
 

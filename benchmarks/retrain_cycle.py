@@ -220,13 +220,34 @@ def main(argv: list[str] | None = None) -> None:
                            "python": platform.python_version()}, "target_minutes": TARGET_MINUTES}
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(result, indent=2, default=str) + "\n")
-    first, retrain = result["first_training"]["seconds"], result["cycle"]["seconds"]
-    print(f"\n{'step':<20} {'first training s':>17} {'retrain cycle s':>16}")
-    for step in dict.fromkeys([*first, *retrain]):
-        print(f"{step:<20} {first.get(step, float('nan')):>17.1f} {retrain.get(step, float('nan')):>16.1f}")
-    total = retrain["total"] / 60
-    print(f"cycle: {total:.1f} min (target <= {TARGET_MINUTES:.0f}), served {result['cycle']['served_model']}, "
-          f"{retrain['total'] / first['total']:.2f}x the first training -> {args.out}")
+    print("\n" + "\n".join(table(result)) + f"\n-> {args.out}")
+
+
+def table(result: dict) -> list[str]:
+    """Markdown: each step's seconds in the first training and in the retrain cycle, then the total against
+    the target, what was served, and both runs' test NDCG@10 with the gate's verdict on the retrain."""
+    first, retrain = result["first_training"], result["cycle"]
+    lines = ["| step | first training (s) | retrain cycle (s) |", "|---|---:|---:|"]
+    # A task the run skipped (the branch not taken) has start == end in Airflow's DB: shown as not run.
+    cell = lambda runs, step: f"{runs['seconds'][step]:.1f}" if runs["seconds"].get(step) else "-"  # noqa: E731
+    for step in dict.fromkeys([*first["seconds"], *retrain["seconds"]]):
+        name = f"**{step}**" if step == "total" else step
+        lines.append(f"| {name} | {cell(first, step)} | {cell(retrain, step)} |")
+    total = retrain["seconds"]["total"]
+    served = (f"served {retrain['served_model']}" if retrain.get("served")
+              else f"nothing new served (the run ended {retrain['state']}, production {retrain['production']})")
+    ndcg = lambda run: ((run.get("metrics") or {}).get("llmsrec") or {}).get("ndcg@10")  # noqa: E731
+    regression = (((retrain.get("gate") or {}).get("checks") or {}).get("champion_regression") or {}).get("value")
+    until = "the first answer of the new model" if retrain.get("served") else "the run's end"
+    lines += ["", f"cycle: {total / 60:.1f} min from the drop to {until} (target <= "
+                  f"{result['target_minutes']:.0f}), {total / first['seconds']['total']:.2f}x the first training; "
+                  f"{served}.",
+              f"LLM-SRec test NDCG@10: first training {ndcg(first) or float('nan'):.4f}, retrain "
+              f"{ndcg(retrain) or float('nan'):.4f}; the gate "
+              f"{'passed' if (retrain.get('gate') or {}).get('passed') else 'did not pass'} it"
+              + (f" (against the champion re-scored on the new candidates: {regression:+.2%})"
+                 if regression is not None else "") + "."]
+    return lines
 
 
 def cycle(args, tmp: Path) -> dict:

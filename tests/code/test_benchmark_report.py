@@ -196,3 +196,32 @@ def test_warm_start_section_reports_the_reach_ratio_and_the_paired_test(tmp_path
     assert "at step 20 (40 s); scratch got there at step 60 (120 s): 0.33 of the steps" in doc
     assert "before any step): valid NDCG@10 0.3000; the budget is 5% of an epoch (800 steps)" in doc
     assert "warm / scratch test NDCG@10: 1.094 (95% CI 1.010-1.200, 500 users" in doc
+
+
+def test_retrain_cycle_section_times_each_step_and_says_what_was_served(tmp_path):
+    """benchmarks.retrain_cycle's table: a skipped task is '-', the total is judged against the target, and a
+    cycle whose model was not served says so instead of claiming an answer."""
+    from benchmarks.report import render
+
+    def run(seconds, served, ndcg, passed, regression):
+        return {"seconds": seconds, "served": served, "served_model": "llmsrec:new" if served else "llmsrec:old",
+                "state": "success", "production": "llmsrec:new", "metrics": {"llmsrec": {"ndcg@10": ndcg}},
+                "gate": {"passed": passed, "checks": {"champion_regression": {"value": regression}}}}
+
+    first = run({"distill": 400.0, "package": 5.0, "mark_rejected": 0.0, "total": 900.0}, True, 0.40, True, None)
+    cycle = run({"distill": 180.0, "package": 5.0, "mark_rejected": 0.0, "total": 540.0}, True, 0.42, True, 0.036)
+    r = {"split": {"base_rows": 900, "base_users": 60, "batch_rows": 100, "split_at": "2000-12-29T23:28:20",
+                   "batch_users": 12, "batch_new_users": 2, "batch_new_items": 4},
+         "first_minutes": [6, 6], "cycle_minutes": [2, 2], "max_users": None, "machine": {"cores": 2},
+         "commit": "abcdef0123", "target_minutes": 15.0, "first_training": first, "cycle": cycle}
+    (tmp_path / "cycle").mkdir()
+    (tmp_path / "cycle" / "retrain_cycle.json").write_text(json.dumps(r))
+    doc = render(tmp_path)
+    assert "## The retraining cycle, timed" in doc
+    assert "| distill | 400.0 | 180.0 |" in doc and "| mark_rejected | - | - |" in doc
+    assert "cycle: 9.0 min from the drop to the first answer of the new model (target <= 15), 0.60x the first " \
+           "training; served llmsrec:new." in doc
+    assert "retrain 0.4200; the gate passed it (against the champion re-scored on the new candidates: +3.60%)" in doc
+    cycle["served"] = False
+    (tmp_path / "cycle" / "retrain_cycle.json").write_text(json.dumps(r))
+    assert "from the drop to the run's end" in render(tmp_path) and "nothing new served" in render(tmp_path)
