@@ -311,7 +311,7 @@ def headline(metrics: dict[str, Any], gate: dict[str, Any], data: dict[str, Any]
     """The run in a few numbers, the one DVC metrics file (`dvc metrics show`, `dvc exp show` read it):
     test NDCG@10 of each evaluated model (not its shuffled or validation variants), whether the gate passed,
     and the users and items trained on. Every stage's full numbers stay in its own file, which
-    `dvc metrics show/diff --targets FILE` reads (any JSON of numbers is a valid metrics file to DVC);
+    `dvc metrics show FILE` and `dvc metrics diff --targets FILE` read (any JSON of numbers is a metrics file to DVC);
     declared all together, they were one row per file of 110 columns, 2,800 characters wide."""
     ndcg = {name: m["ndcg@10"] for name, m in metrics.items()
             if isinstance(m, dict) and "ndcg@10" in m and not name.endswith("_shuffled")}
