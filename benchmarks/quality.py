@@ -132,9 +132,10 @@ def median_epoch(workspace: Path, dvc: dict[str, Any], models: list[str]) -> dic
 
 
 def stage_metrics_file(stage: dict[str, Any]) -> str | None:
-    for entry in stage.get("metrics", []):
-        return next(iter(entry)) if isinstance(entry, dict) else entry
-    return None
+    """The training stage's summary (its `--summary` file: a plain output since DVC's one metric is the
+    report stage's headline)."""
+    words = shlex.split(stage["cmd"])
+    return words[words.index("--summary") + 1] if "--summary" in words[:-1] else None
 
 
 def run_record(workspace: Path, stage: dict[str, Any]) -> dict[str, Any]:
