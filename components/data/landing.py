@@ -901,8 +901,8 @@ def list_lines(paths: Paths) -> list[str]:
 
 
 @stage_main("landing")
-def main(argv: list[str] | None = None) -> None:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+def main(argv: list[str] | None = None, prog: str | None = None) -> None:
+    ap = argparse.ArgumentParser(prog=prog, description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--params", default="params.yaml")
     sub = ap.add_subparsers(dest="cmd", required=True)
     d = sub.add_parser("drop", help="copy batch files into the landing zone (atomic rename + sentinel)")

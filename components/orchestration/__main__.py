@@ -17,8 +17,8 @@ from components.orchestration.pools import DESCRIPTIONS, pools
 
 
 @stage_main("orchestration")
-def main(argv: list[str] | None = None) -> None:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+def main(argv: list[str] | None = None, prog: str | None = None) -> None:
+    ap = argparse.ArgumentParser(prog=prog, description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("command", choices=["pools"])
     ap.add_argument("--params", type=Path, default=Path("params.yaml"))
     ap.add_argument("--apply", action="store_true", help="run `airflow pools set` for each (else print the commands)")

@@ -252,7 +252,7 @@ def save_package(args, params: dict[str, Any], gate: dict[str, Any], status: str
                 shutil.copy2(args.card, root / MODEL_CARD)
             write_json(root / MANIFEST, {**manifest, "files": file_record(root)})
         version = m.tag.version
-        # Readable by the group (under the usual umask): the service may run as another user (README: Who
+        # Readable by the group (under the usual umask): the service may run as another user (docs/release.md: Who
         # can read the store). The copies kept the checkpoints' 0600, the version folder was private.
         share_tree(work / MODEL_NAME / version)
         dest = Path(store._path) / MODEL_NAME / version

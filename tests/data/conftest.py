@@ -32,15 +32,16 @@ SMALL_PIPELINE = {
 
 @pytest.fixture(scope="session")
 def reproduced(tmp_path_factory) -> SimpleNamespace:
-    """A fresh clone on SMALL_PIPELINE after its first `dvc repro`, every stage run into an empty BentoML
+    """A fresh clone on SMALL_PIPELINE after its first `srec run` (`dvc repro`), every stage run into an empty BentoML
     store, made once per session: `ws` (a test that runs DVC again copies it first, `copy_workspace`),
     `home` (that store), `env` (the run's environment: that store, one OpenMP thread) and `first` (the
-    run's CompletedProcess, its stdout naming each stage it ran)."""
+    `srec run`'s CompletedProcess, its stdout naming each stage it ran, then the summary)."""
     root = tmp_path_factory.mktemp("reproduced")
     ws = make_workspace(root / "ws", SMALL_PIPELINE)
     env = {**venv_env(), "BENTOML_HOME": str(root / "bentoml"), "OMP_NUM_THREADS": "1"}
-    first = subprocess.run([sys.executable, "-m", "dvc", "repro"], cwd=ws, env=env, capture_output=True, text=True,
-                           timeout=1200)
+    # `srec run` (the console script beside this interpreter) is `dvc repro` plus the run's summary.
+    first = subprocess.run([str(Path(sys.executable).with_name("srec")), "run"], cwd=ws, env=env, capture_output=True,
+                           text=True, timeout=1200)
     assert first.returncode == 0, first.stdout[-3000:] + first.stderr[-3000:]
     return SimpleNamespace(ws=ws, home=root / "bentoml", env=env, first=first)
 

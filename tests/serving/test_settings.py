@@ -60,14 +60,14 @@ def test_every_bad_variable_is_named(clean_env, monkeypatch):
         ServingSettings.from_env()
 
 
-def test_the_readme_and_the_bentofiles_point_to_the_settings():
-    """The README's serving section has a row per variable with its default; both bentofiles point here and
+def test_the_serving_docs_and_the_bentofiles_point_to_the_settings():
+    """docs/serving.md has a row per variable with its default; both bentofiles point here and
     pin pydantic-settings as constraints.txt does."""
-    readme = (REPO / "README.md").read_text()
-    rows = {cells[0].strip("`"): cells for line in readme[readme.index("### Serving"):].splitlines()
+    readme = (REPO / "docs" / "serving.md").read_text()
+    rows = {cells[0].strip("`"): cells for line in readme.splitlines()
             if line.lstrip().startswith("| `LLMSREC_") and (cells := [c.strip() for c in line.split("|")[1:-1]])}
     for field, info in ServingSettings.model_fields.items():
-        assert env_name(field) in rows, f"README's serving section has no row for {env_name(field)}"
+        assert env_name(field) in rows, f"docs/serving.md has no row for {env_name(field)}"
         default = info.default
         shown = "unset" if default is None else "1" if default is True else str(default)
         assert rows[env_name(field)][1].split()[0].strip("`") == shown, rows[env_name(field)]
