@@ -28,8 +28,10 @@ and loaded, when BentoML creates each service (its `__init__`). `bentoml build` 
 from __future__ import annotations
 
 import asyncio
+import html
 import json
 import logging
+import re
 import sys
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -295,20 +297,41 @@ More: docs/serving.md in the repository."""
 
 class OpenAPIInfo:
     """ASGI middleware: the OpenAPI spec (GET /docs.json, which the docs page at / renders) with this service's
-    title, description and version. BentoML 1.4.40 fills `info` itself (`_bentoml_sdk/service/openapi.py`:
-    the service's name, a default readme, the Bento's version or "None") and has no option for it.
+    title, description and version, and the docs page itself titled so. BentoML 1.4.40 fills `info` itself
+    (`_bentoml_sdk/service/openapi.py`: the service's name, a default readme, the Bento's version or "None")
+    and has no option for it; its page is titled "BentoML Prediction Service".
+
+    The page also loses BentoML's Google Tag Manager snippet (`_bentoml_impl/server/main-openapi.html`):
+    served as is, every visitor's browser would load a third-party tracker, which BENTOML_DO_NOT_TRACK
+    (set in the bentofiles) does not stop, and on a network without the internet it only waits.
 
     `version` defaults to the tag the registry serves (`resolve_serving_tag`: production, a pinned
     LLMSREC_MODEL_TAG, or a Bento's own model), read when BentoML builds the app: known at start, as
     `bentoml serve`'s preflight has already resolved it. (Were that version's files damaged, the scorer
     would serve the version before it: each answer's `model` says which answered.)"""
 
+    TRACKER = re.compile(rb"<!-- Google Tag Manager(?: \(noscript\))? -->.*?<!-- End Google Tag Manager(?: \(noscript\))? -->",
+                         re.S)
+
     def __init__(self, app, version: str | None = None):
         self.app = app
         self.version = version if version is not None else resolve_serving_tag()
 
+    def _spec(self, data: bytes) -> bytes:
+        spec = json.loads(data)
+        spec["info"] = {**spec.get("info", {}), "title": SERVICE_TITLE, "version": self.version,
+                        "description": SERVICE_DESCRIPTION}
+        spec["info"].pop("contact", None)  # BentoML's own team, not this service's owners
+        return json.dumps(spec).encode()
+
+    def _page(self, data: bytes) -> bytes:
+        title = html.escape(f"{SERVICE_TITLE} ({self.version})").encode()
+        return self.TRACKER.sub(b"", re.sub(rb"<title>.*?</title>", b"<title>" + title + b"</title>", data, count=1))
+
     async def __call__(self, scope, receive, send):
-        if scope["type"] != "http" or scope.get("method") != "GET" or scope.get("path") != "/docs.json":
+        path = scope.get("path") if scope["type"] == "http" and scope.get("method") == "GET" else None
+        change = {"/docs.json": self._spec, "/": self._page}.get(path)
+        if change is None:
             return await self.app(scope, receive, send)
         start: dict[str, Any] = {}
         body: list[bytes] = []
@@ -322,11 +345,7 @@ class OpenAPIInfo:
                 return None
             data = b"".join(body)
             if start.get("status") == 200:
-                spec = json.loads(data)
-                spec["info"] = {**spec.get("info", {}), "title": SERVICE_TITLE, "version": self.version,
-                                "description": SERVICE_DESCRIPTION}
-                spec["info"].pop("contact", None)  # BentoML's own team, not this service's owners
-                data = json.dumps(spec).encode()
+                data = change(data)
             headers = [(k, v) for k, v in start.get("headers", []) if k.lower() != b"content-length"]
             await send({**start, "headers": [*headers, (b"content-length", str(len(data)).encode())]})
             await send({"type": "http.response.body", "body": data})

@@ -459,6 +459,21 @@ def wait_ready(url: str, proc: subprocess.Popen, timeout: float = 240) -> None:
     raise AssertionError(f"not ready after {timeout}s")
 
 
+def docs_page_text(url: str, work: Path) -> str:
+    """The served OpenAPI page (Swagger UI, built by script from /docs.json) as headless Chromium renders it:
+    its <title> element, then the text of the DOM after the page's scripts ran."""
+    import re
+
+    from tests.browser import chromium
+
+    proc = subprocess.run([chromium(), "--headless", "--no-sandbox", "--disable-gpu", "--no-first-run",
+                           f"--user-data-dir={work / 'profile'}", "--virtual-time-budget=15000", "--dump-dom", f"{url}/"],
+                          capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0 and "swagger-ui" in proc.stdout, proc.stderr[-2000:]
+    title = re.search(r"<title>.*?</title>", proc.stdout, re.S)
+    return (title.group(0) if title else "") + re.sub(r"\s+", " ", re.sub(r"<[^>]+>", " ", proc.stdout))
+
+
 @pytest.mark.slow
 @pytest.mark.real_llm
 @pytest.mark.parametrize("batching", ["1", "0"], ids=["batching", "no-batching"])
@@ -480,6 +495,7 @@ def test_bentoml_serve_subprocess(promoted_home, catalogue, tmp_path, batching):
                             cwd=REPO, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
     try:
         wait_ready(url, proc)
+        tag = production(promoted_home)
         assert httpx.get(f"{url}/livez").status_code == 200
         good = httpx.post(f"{url}/recommend", json={"history": ids[:4], "k": 3}, timeout=60)
         assert good.status_code == 200, good.text
@@ -510,13 +526,32 @@ def test_bentoml_serve_subprocess(promoted_home, catalogue, tmp_path, batching):
         log.flush()
         how = "adaptive, up to 16" if batching == "1" else "off"
         assert f"model on cpu, run on the model thread; batching: {how}" in (tmp_path / "serve.log").read_text()
+        # GET /items/{id} is mounted (a FastAPI route) and reaches the scorer process
+        one = httpx.get(f"{url}/items/{ids[0]}")
+        assert one.status_code == 200 and one.json()["item_id"] == ids[0] and one.json()["model"] == tag, one.text
+        assert httpx.get(f"{url}/items/NOPE").status_code == 404
+        explained = httpx.post(f"{url}/recommend", json={"history": ids[:3], "k": 2, "explain": True}, timeout=60)
+        assert all(len(i["because"]) == 3 for i in explained.json()["items"]), explained.text
         spec = httpx.get(f"{url}/docs.json").json()
-        assert "/recommend" in spec["paths"] and "/items" in spec["paths"]
-        # The documented contract is the enforced one: the four fields, nothing else, k within 1..100.
+        assert {"/recommend", "/items", "/items/{item_id}"} <= set(spec["paths"])
+        # The page names the service and the model it serves (BentoML's defaults: the service's name,
+        # "This is a Machine Learning Service created with BentoML", version "None")
+        from components.serving.service import SERVICE_DESCRIPTION, SERVICE_TITLE
+
+        assert spec["info"] == {"title": SERVICE_TITLE, "version": tag, "description": SERVICE_DESCRIPTION}
+        # The documented contract is the enforced one: the five fields, nothing else, k within 1..100.
         body = spec["paths"]["/recommend"]["post"]["requestBody"]["content"]["application/json"]["schema"]
-        assert list(body["properties"]) == ["history", "user_id", "k", "exclude_seen"]
+        assert list(body["properties"]) == ["history", "user_id", "k", "exclude_seen", "explain"]
         assert body["additionalProperties"] is False
         assert (body["properties"]["k"]["minimum"], body["properties"]["k"]["maximum"]) == (1, 100)
+        item = spec["components"]["schemas"]["RecommendedItem"]["properties"]
+        assert "probability" in item["score"]["description"] and "cosine" in item["because"]["description"]
+        if batching == "1":  # once is enough: what a person sees on the docs page, rendered by headless Chromium
+            page = docs_page_text(url, tmp_path / "chromium")
+            assert SERVICE_TITLE in page and tag in page and "Next-item recommendations from LLM-SRec" in page, page
+            assert "One item of the served model's catalogue" in page and "created with BentoML" not in page
+            # titled for the browser tab, and no third-party tracker in a visitor's browser
+            assert f"<title>{SERVICE_TITLE} ({tag})</title>" in page and "googletagmanager" not in page
     finally:
         os.killpg(proc.pid, signal.SIGTERM)
         try:
