@@ -5,7 +5,7 @@ request must carry `Authorization: Bearer TOKEN`, except on the endpoints `LLMSR
 open (default: the probes /livez and /readyz, which orchestrators call without credentials). A request
 without it, with another token, or with two Authorization headers gets a 401 that says which, and never
 reaches the API. Without a token there is no authentication: the server then binds 127.0.0.1 only by
-default (README: Exposure).
+default (docs/serving.md: Exposure).
 
 The token is compared in constant time (`hmac.compare_digest` over SHA-256 digests, so neither its
 content nor its length shows in the response time) and never logged.

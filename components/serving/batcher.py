@@ -9,7 +9,7 @@ Why not BentoML's own batcher (`@bentoml.api(batchable=True)`, its `CorkDispatch
 request while `n * (its wait + tick + a) <= 0.95 x` the mean queueing wait of its last 50 batches. Under
 load that mean is mostly time spent waiting for the busy model, not time worth waiting for company. It
 decays by about a twentieth per 5-s refresh, so after every burst lone requests are held. On the 2-core dev VM, the real model's c1 p50 went from 157 ms
-to 320-368 ms for ~25 s after a c8 burst (README, serving benchmark). BentoML has no setting for this,
+to 320-368 ms for ~25 s after a c8 burst (docs/benchmarks.md, serving history). BentoML has no setting for this,
 and the PR that would have bounded it (bentoml/BentoML#3630) was closed unmerged.
 
 Pure asyncio with no BentoML import, so tests drive it directly.

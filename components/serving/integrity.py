@@ -40,10 +40,10 @@ UNRECORDED = {MANIFEST, "model.yaml"}
 LEGACY_SASREC_DIR = "cfsrec"
 
 
-#: what to do when the service's user cannot read the store (README: "Who can read the store")
+#: what to do when the service's user cannot read the store (docs/release.md: "Who can read the store")
 ACCESS_FIX = ("let the service's user read the store: put it in the group of the user that runs the pipeline, and "
               "make the store group-readable (`chmod g+rX \"$BENTOML_HOME\"; chmod -R g+rX \"$BENTOML_HOME\"/models "
-              "\"$BENTOML_HOME\"/registry`); versions packaged from now on are, under the usual umask (README: Who "
+              "\"$BENTOML_HOME\"/registry`); versions packaged from now on are, under the usual umask (docs/release.md: Who "
               "can read the store)")
 
 

@@ -15,12 +15,21 @@ wheel (checked against the recorded fingerprint, as distill and evaluate do).
 
 Items the model never saw (ids outside its catalogue) cannot be scored honestly: an item's vector
 needs its SASRec embedding, and the model has none for them. So:
-- unknown history items are dropped (and reported back as `unknown_items`);
+- unknown history items are dropped (and reported back as `unknown_items`; the service refuses a history
+  with none known, components/serving/scorer.py);
 - unknown candidates get score -inf: the model cannot recommend what it does not know. In the gate's
   champion re-scoring that makes a new positive item rank last for the champion, which is the point
   of retraining: the challenger knows today's catalogue;
 - a history with no known item left (empty, or all unknown) gets the popularity ranking of the
   model's own training data, flagged as `fallback: "popularity"`.
+
+What `recommend` answers (components/serving/schema.py describes each field to clients):
+- `scores`: probabilities over the whole catalogue, so the model and the popularity fallback share one
+  scale: the softmax of the model's scores (its retrieval loss trains exactly that softmax), and for the
+  fallback each item's add-one-smoothed share of the interactions (the softmax of log-popularity);
+- `read`: the history items the model read (its window), oldest first;
+- `because` (with `explain`): for each recommended item, the read items nearest to it by cosine in the
+  space the model scores in (its item table, f_item), most similar first.
 """
 
 from __future__ import annotations
@@ -62,14 +71,27 @@ class Query:
     k: int = 10
     exclude_seen: bool = True
     unknown: list[str] = field(default_factory=list)
+    explain: bool = False
 
 
 @dataclass
 class Answer:
     items: list[int]  # item idx, best first
-    scores: list[float]
+    scores: list[float]  # probability over the catalogue (module docstring), 6 significant digits
     history_used: int  # items the model read (the most recent, at most its window)
     fallback: str | None = None
+    read: list[tuple[int, int]] = field(default_factory=list)  # (item idx, timestamp) the model read, oldest first
+    because: list[list[tuple[int, float]]] | None = None  # per item: (read item idx, cosine), most similar first
+
+
+#: how many read history items `because` names per recommended item
+EXPLAIN_TOP = 3
+
+
+def _significant(x: float, digits: int = 6) -> float:
+    """`x` to `digits` significant digits: probabilities over a large catalogue are ~1e-5, which rounding to
+    decimal places would flatten to 0."""
+    return float(f"{x:.{digits}g}")
 
 
 class PackagedModel:
@@ -83,6 +105,9 @@ class PackagedModel:
                             FIX)
         self.titles: list[str] = [""] + items["title"].astype(str).tolist()
         self.index = {item_id: i for i, item_id in enumerate(self.item_ids, start=1)}
+        self.by_title: dict[str, list[int]] = {}  # exact title (stripped, as request entries are) -> item idx
+        for i, title in enumerate(self.titles[1:], start=1):
+            self.by_title.setdefault(title.strip(), []).append(i)
         users = _read_parquet(self.path / CATALOGUE_DIR / "users.parquet", tag)
         seq = _read_parquet(self.path / CATALOGUE_DIR / "sequences.parquet", tag).set_index("user_idx")
         self.user_rows = dict(zip(users["user_id"].astype(str), users["idx"].astype(int), strict=True))
@@ -90,7 +115,12 @@ class PackagedModel:
         counts = np.bincount(np.concatenate(seq["items"].to_numpy()).astype(np.int64) if len(seq) else
                              np.zeros(0, dtype=np.int64), minlength=len(self.item_ids) + 1).astype(np.float32)
         counts[0] = -np.inf  # padding is never recommended
-        self.popularity = torch.from_numpy(counts)  # [N+1]
+        self.popularity = torch.from_numpy(counts)  # [N+1] interactions per item: the gate's fallback ranking
+        # The fallback as a distribution over the catalogue (module docstring); add-one, so an item no one
+        # had still has a probability and a finite log.
+        share = (counts[1:] + 1.0) / (counts[1:].sum() + len(self.item_ids))
+        self.log_popularity = torch.from_numpy(np.concatenate([[-np.inf], np.log(share)]).astype(np.float32))  # [N+1]
+        self._unit_table = None  # the item table's rows normalised, for `because` (made at first use)
         # Dates for items sent without one: the last day of the model's data (deterministic, and a date
         # the model has seen in prompts), not the wall clock.
         self.default_timestamp = int(max((int(t.max()) for t in seq["timestamps"] if len(t)), default=0))
@@ -114,15 +144,26 @@ class PackagedModel:
         return cls(path, tag, model, manifest)
 
     # -- requests -> idx ------------------------------------------------------------------------------
-    def resolve(self, entries: list[tuple[str, int | None]]) -> tuple[np.ndarray, np.ndarray, list[str]]:
-        """(item idx, timestamps, unknown item ids) of a history given as (item_id, timestamp or None).
+    def resolve(self, entries: list[tuple[str, int | None]], *, by_title: bool = False
+                ) -> tuple[np.ndarray, np.ndarray, list[str], dict[str, list[str]]]:
+        """(item idx, timestamps, unknown entries, ambiguous titles) of a history given as (item_id, timestamp
+        or None).
 
+        An entry is an item id; with `by_title` (requests to the service), an entry that is no id may be an
+        exact title (surrounding spaces ignored): an id wins where a string is both. A title several items
+        share is not guessed at: it is left out and returned in `ambiguous` ({title: [their ids]}).
         Items without a timestamp are dated `default_timestamp`. When every item has one, the history
         is put in time order (stable): the model reads it oldest first.
         """
-        known, ts, unknown = [], [], []
+        known, ts, unknown, ambiguous = [], [], [], {}
         for item_id, t in entries:
             idx = self.index.get(item_id)
+            if idx is None and by_title:
+                named = self.by_title.get(item_id.strip(), [])
+                if len(named) > 1:
+                    ambiguous[item_id] = [self.item_ids[i - 1] for i in named]
+                    continue
+                idx = named[0] if named else None
             if idx is None:
                 unknown.append(item_id)
                 continue
@@ -132,7 +173,20 @@ class PackagedModel:
         if entries and all(t is not None for _, t in entries):
             order = np.argsort(stamps, kind="stable")
             items, stamps = items[order], stamps[order]
-        return items, stamps, unknown
+        return items, stamps, unknown, ambiguous
+
+    def item(self, item_id: str) -> dict[str, Any] | None:
+        """What the package knows of one item: {item_id, title, interactions, popularity_rank (1 = most
+        interactions, ties share a rank), popularity_score (its fallback probability)}, or None for an id
+        outside the catalogue."""
+        idx = self.index.get(item_id)
+        if idx is None:
+            return None
+        counts = self.popularity[1:]
+        n = float(counts[idx - 1])
+        return {"item_id": item_id, "title": self.titles[idx], "interactions": int(n),
+                "popularity_rank": 1 + int((counts > n).sum()),
+                "popularity_score": _significant(float(self.log_popularity[idx].exp()))}
 
     def user_history(self, user_id: str) -> tuple[np.ndarray, np.ndarray] | None:
         """A known user's whole history (every interaction in the packaged data), or None."""
@@ -169,20 +223,39 @@ class PackagedModel:
         return scores, [len(r) == 0 for r in items]
 
     def recommend(self, queries: list[Query]) -> list[Answer]:
+        """The top `q.k` items of each query (one model call for all), with probabilities over the catalogue,
+        the items the model read and, for queries with `explain`, why (module docstring)."""
         scores, fallback = self.score_all([q.items for q in queries], [q.timestamps for q in queries])
         answers = []
         for b, q in enumerate(queries):
-            row = scores[b].clone()
+            # Softmax over the whole catalogue before excluding seen items: a probability means the same
+            # whatever the request excludes.
+            row = torch.log_softmax(self.log_popularity if fallback[b] else scores[b], 0)  # [N+1], log-probabilities
             row[0] = -torch.inf
             if q.exclude_seen and len(q.items):
                 row[torch.from_numpy(np.unique(q.items))] = -torch.inf
             k = min(q.k, int(torch.isfinite(row).sum()))
             top = torch.topk(row, k) if k > 0 else None
-            answers.append(Answer(items=top.indices.tolist() if top is not None else [],
-                                  scores=[round(float(s), 6) for s in top.values] if top is not None else [],
-                                  history_used=min(len(q.items), self.window),
-                                  fallback="popularity" if fallback[b] else None))
+            chosen = top.indices.tolist() if top is not None else []
+            read = list(zip(q.items[-self.window:].tolist(), q.timestamps[-self.window:].tolist(), strict=True))
+            answers.append(Answer(items=chosen,
+                                  scores=[_significant(float(s)) for s in top.values.exp()] if top is not None else [],
+                                  history_used=len(read), fallback="popularity" if fallback[b] else None, read=read,
+                                  because=self._because(chosen, [i for i, _ in read]) if q.explain else None))
         return answers
+
+    def _because(self, chosen: list[int], read: list[int]) -> list[list[tuple[int, float]]]:
+        """For each chosen item idx, the EXPLAIN_TOP read items (idx, cosine) nearest to it in the item table,
+        most similar first; each read item once, however often it was read."""
+        if not chosen or not read:
+            return [[] for _ in chosen]
+        if self._unit_table is None:
+            self._unit_table = torch.nn.functional.normalize(self.model.item_table.float(), dim=-1)  # [N+1, d']
+        seen = list(dict.fromkeys(read))  # unique, in reading order
+        cos = self._unit_table[chosen] @ self._unit_table[seen].T  # [k, H]
+        top = torch.topk(cos, min(EXPLAIN_TOP, len(seen)), dim=1)
+        return [[(seen[j], round(float(c), 4)) for j, c in zip(ix.tolist(), vals.tolist(), strict=True)]
+                for ix, vals in zip(top.indices, top.values, strict=True)]
 
     @torch.no_grad()
     def candidate_scores(self, histories: list[list[tuple[str, int]]], candidates: list[list[str]],
@@ -194,7 +267,7 @@ class PackagedModel:
         for lo in range(0, len(histories), batch_size):
             items, stamps = [], []
             for h in histories[lo: lo + batch_size]:
-                i, t, _ = self.resolve(h)
+                i, t, _, _ = self.resolve(h)
                 items.append(i)
                 stamps.append(t)
             scores, _ = self.score_all(items, stamps)  # [B, N+1]

@@ -33,7 +33,8 @@ from pydantic_core import PydanticCustomError
 
 from components.serving.settings import ServingSettings
 
-MAX_ITEM_ID_CHARS = 256
+#: longest history entry: an entry may be a title, and catalogue titles run long (Amazon's reach ~700 characters)
+MAX_ITEM_ID_CHARS = 1024
 MAX_TIMESTAMP = 32_503_680_000  # 3000-01-01T00:00:00Z in Unix seconds
 TIMESTAMP_FIX = ("Fix: send Unix seconds (UTC) as a JSON integer, e.g. 1650000000 for 2022-04-15, or leave "
                  "timestamp out (the item is then dated the model's last data day)")
@@ -48,7 +49,8 @@ def _json_kind(value: Any) -> str:
 
 
 def _item_id(value: Any) -> str | int:
-    """An item id as sent: a string (stripped, 1..256 characters) or an integer, never coerced.
+    """An item id or title as sent: a string (stripped, 1..MAX_ITEM_ID_CHARS characters) or an integer, never
+    coerced.
 
     One validator instead of a `str | int` union, so a bad id gets one error that says what an id is,
     not one error per union branch."""
@@ -56,13 +58,14 @@ def _item_id(value: Any) -> str | int:
         stripped = value.strip()
         if 1 <= len(stripped) <= MAX_ITEM_ID_CHARS:
             return stripped
-        raise PydanticCustomError("item_id", "an item id is 1 to {most} characters, this one has {n}. Fix: send ids "
-                                  "from the model's catalogue (POST /items lists them)",
+        raise PydanticCustomError("item_id", "an item id or title is 1 to {most} characters, this one has {n}. Fix: "
+                                  "send ids or titles from the model's catalogue (POST /items lists them)",
                                   {"most": MAX_ITEM_ID_CHARS, "n": len(stripped)})
     if isinstance(value, int) and not isinstance(value, bool):
         return value
-    raise PydanticCustomError("item_id", "an item id is a string or an integer, not {kind}. Fix: send ids from the "
-                              "model's catalogue, e.g. \"I00001\" (POST /items lists them)", {"kind": _json_kind(value)})
+    raise PydanticCustomError("item_id", "an item id is a string or an integer, not {kind}. Fix: send ids (or exact "
+                              "titles) from the model's catalogue, e.g. \"I00001\" (POST /items lists them)",
+                              {"kind": _json_kind(value)})
 
 
 def _timestamp(value: Any) -> int | None:
@@ -130,19 +133,58 @@ class HistoryItem(BaseModel):
         return {"anyOf": [ITEM_ID_SCHEMA, handler(core_schema)]}
 
 
+#: what `score` is, in the OpenAPI spec and docs/serving.md
+SCORE_DESCRIPTION = (
+    "the probability, under the answering ranker, that this is the user's next item: a softmax over the whole "
+    "catalogue (seen items included, so the items returned may sum to less than 1), from 0 to 1. For the model "
+    "it is the softmax of its dot-product scores (user vector . item vector), the distribution its retrieval "
+    "loss trains; for the popularity fallback it is the item's share of the interactions in the model's data "
+    "(add-one smoothed), i.e. the softmax of log-popularity. Both rankers are thus on one scale: comparable "
+    "between items and between responses")
+#: how `because` is computed, in the OpenAPI spec and docs/serving.md
+BECAUSE_DESCRIPTION = (
+    "with explain=true: the (at most 3) history items of prompt_history nearest to this item in the space the model scores "
+    "in, most similar first: the cosine between their item vectors (f_item, the vectors a user vector is "
+    "multiplied with to score). An association the model has learnt (users who had these went on to this), not "
+    "a causal attribution: the user vector is the LLM's reading of the whole prompt. Empty for the popularity "
+    "fallback (no history); null when explain is false")
+
+
+class Contribution(BaseModel):
+    item_id: str = Field(description="a history item's id")
+    title: str
+    similarity: float = Field(description="cosine between this history item's and the recommended item's vectors, "
+                                          "-1 to 1 (1: the model treats them as the same)")
+
+
 class RecommendedItem(BaseModel):
     item_id: str
     title: str
-    score: float
+    score: float = Field(description=SCORE_DESCRIPTION)
+    because: list[Contribution] | None = Field(default=None, description=BECAUSE_DESCRIPTION)
+
+
+class HistoryEntry(BaseModel):
+    item_id: str
+    title: str
+    timestamp: int = Field(description="Unix seconds the model was shown: the one sent, or the model's last data "
+                                       "day for an item sent without one")
 
 
 class Recommendation(BaseModel):
     model: str = Field(description="the BentoML tag of the model that answered")
     status: str = Field(description="'passed' (released by the gate) or 'provisional' (first model, gate failed)")
     items: list[RecommendedItem]
-    unknown_items: list[str] = Field(description="history item ids the model does not know (ignored)")
+    unknown_items: list[str] = Field(description="history entries that are neither an item id nor an exact title "
+                                                 "of the model's catalogue: not used (a history with no known "
+                                                 "entry at all is refused with 422 instead)")
     history_used: int = Field(description="most recent known history items the model read (its window)")
-    fallback: str | None = Field(default=None, description="'popularity' when no known history item was left")
+    prompt_history: list[HistoryEntry] = Field(
+        default_factory=list, description="the history items the model read, oldest first: unknown entries "
+                                          "removed, cut to the model's window (history_used of them), each with its "
+                                          "title and the timestamp used")
+    fallback: str | None = Field(default=None, description="'popularity' when the history was empty (a cold start): "
+                                                           "the items are the most popular of the model's data")
 
 
 class RecommendRequest(BaseModel):
@@ -151,12 +193,16 @@ class RecommendRequest(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
     history: Annotated[list[HistoryItem] | None, Field(
-        description="the user's items, oldest first: item ids, or {item_id, timestamp} objects",
+        description="the user's items, oldest first: item ids or exact titles (an id wins where one is both), or "
+                    "{item_id, timestamp} objects. Entries the catalogue does not know come back in unknown_items; "
+                    "if none is known the request is refused (422). Empty: the popularity ranking",
         examples=[["I00010", "I00011", "I00012"]])] = None
     user_id: Annotated[str | None, Field(description="a known user: their history comes from the data")] = None
     k: Annotated[StrictInt, Field(ge=1, le=100, description="how many items to return")] = 10
     exclude_seen: Annotated[StrictBool, Field(description="leave out every item of the history (then fewer than k "
                                                           "items come back when fewer unseen ones are left)")] = True
+    explain: Annotated[StrictBool, Field(description="add `because` to each item: the history items most similar to "
+                                                     "it in the model's scoring space (see RecommendedItem)")] = False
 
 
 class ItemsRequest(BaseModel):
@@ -179,6 +225,17 @@ class ItemsPage(BaseModel):
     items: list[CatalogueItem]
 
 
+class ItemDetail(BaseModel):
+    """GET /items/{item_id}: what the served model knows of one item."""
+
+    item_id: str
+    title: str
+    interactions: int = Field(description="how often the item occurs in the model's data (its users' histories)")
+    popularity_rank: int = Field(description="1 for the item with the most interactions (ties share a rank)")
+    popularity_score: float = Field(description="the score the popularity fallback gives it (see RecommendedItem.score)")
+    model: str = Field(description="the BentoML tag of the model that answered")
+
+
 class ScoreRequest(BaseModel):
     """One /recommend call as the scorer receives it (the public API has validated it)."""
 
@@ -186,12 +243,21 @@ class ScoreRequest(BaseModel):
     user_id: str | None = None
     k: int = 10
     exclude_seen: bool = True
+    explain: bool = False
 
 
 class ScoreResult(BaseModel):
     status_code: int = 200
     error: str | None = None
     result: Recommendation | None = None
+
+
+class ItemResult(BaseModel):
+    """The scorer's answer to one item lookup: the item, or a status and message."""
+
+    status_code: int = 200
+    error: str | None = None
+    result: ItemDetail | None = None
 
 
 #: headers a request may carry once: each is read by both RequestGuard and BentoML (or the HTTP server)

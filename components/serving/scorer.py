@@ -1,11 +1,19 @@
 """Scoring: validated requests in, recommendations out, from one loaded `PackagedModel`.
 
-What a request means (also in the README):
+What a request means (also in docs/serving.md):
 - `user_id`: that user's history from the packaged data; a user the model does not know is a 404;
-- `history`: oldest first (sorted by timestamp when every item has one); the model reads its last items
-  (its window) and `exclude_seen` removes every item of the whole history; unknown item ids are ignored
-  and listed in `unknown_items`; items sent without a timestamp are dated the last day of the model's data;
-- an empty or all-unknown history gets the popularity ranking of the model's training data, flagged
+- `history`: oldest first (sorted by timestamp when every item has one); each entry an item id or an
+  exact title (an id wins where a string is both); the model reads its last items (its window, echoed
+  back as `prompt_history`) and `exclude_seen` removes every item of the whole history; entries the
+  catalogue does not know are ignored and listed in `unknown_items`; items sent without a timestamp are
+  dated the last day of the model's data;
+- a history none of whose entries is known is a 422 naming them: answering it with the popularity
+  ranking (as this service once did) gave a 200 that looked like a recommendation for the history sent
+  and was not, and a client that never reads `fallback` could not tell. Some unknown entries among known
+  ones are answered (a catalogue changes between versions; one retired item should not fail a long
+  history), and listed. A title several items share is a 422 naming their ids: guessing would answer a
+  question that was not asked;
+- an empty history gets the popularity ranking of the model's training data, flagged
   `"fallback": "popularity"` (components/serving/packaged.py), so a cold-start client gets an answer
   and can tell.
 
@@ -27,7 +35,11 @@ from components.serving.integrity import StoreAccessError
 from components.serving.registry import get_model, serving_candidates
 from components.serving.schema import (
     CatalogueItem,
+    Contribution,
+    HistoryEntry,
     HistoryItem,
+    ItemDetail,
+    ItemResult,
     ItemsPage,
     Recommendation,
     RecommendedItem,
@@ -101,10 +113,15 @@ class Scorer:
                     results[i] = ScoreResult(status_code=404, error=f"user_id '{r.user_id}' is not in the data of "
                                              f"{self.tag}. Fix: send the user's history instead")
                     continue
-                queries.append(Query(found[0], found[1], r.k, r.exclude_seen))
+                queries.append(Query(found[0], found[1], r.k, r.exclude_seen, explain=r.explain))
             else:
-                items, stamps, unknown = pm.resolve([(str(h.item_id), h.timestamp) for h in r.history or []])
-                queries.append(Query(items, stamps, r.k, r.exclude_seen, unknown))
+                history = r.history or []
+                items, stamps, unknown, ambiguous = pm.resolve([(str(h.item_id), h.timestamp) for h in history],
+                                                               by_title=True)
+                if refused := self._refuse(len(history), items, unknown, ambiguous):
+                    results[i] = refused
+                    continue
+                queries.append(Query(items, stamps, r.k, r.exclude_seen, unknown, explain=r.explain))
             slots.append(i)
         t0 = time.perf_counter()
         answers = pm.recommend(queries) if queries else []
@@ -113,9 +130,46 @@ class Scorer:
         for i, q, a in zip(slots, queries, answers, strict=True):
             results[i] = ScoreResult(result=Recommendation(
                 model=self.tag, status=self.status, unknown_items=q.unknown, history_used=a.history_used,
-                fallback=a.fallback, items=[RecommendedItem(item_id=pm.item_ids[j - 1], title=pm.titles[j], score=s)
-                                            for j, s in zip(a.items, a.scores, strict=True)]))
+                prompt_history=[HistoryEntry(item_id=pm.item_ids[j - 1], title=pm.titles[j], timestamp=t)
+                                for j, t in a.read],
+                fallback=a.fallback, items=[
+                    RecommendedItem(item_id=pm.item_ids[j - 1], title=pm.titles[j], score=s, because=None if
+                                    a.because is None else [Contribution(item_id=pm.item_ids[h - 1], title=pm.titles[h],
+                                                                         similarity=c) for h, c in a.because[n]])
+                    for n, (j, s) in enumerate(zip(a.items, a.scores, strict=True))]))
         return results  # type: ignore[return-value]
+
+    def _refuse(self, sent: int, known, unknown: list[str], ambiguous: dict[str, list[str]]) -> ScoreResult | None:
+        """The 422 for a history the service will not guess at (module docstring), else None."""
+        def listed(names: list[str], most: int = 10) -> str:
+            shown = ", ".join(repr(n) for n in names[:most])
+            return shown + (f" and {len(names) - most} more" if len(names) > most else "")
+
+        if ambiguous:
+            which = "; ".join(f"{title!r} is the title of {', '.join(ids[:10])}" for title, ids in
+                              list(ambiguous.items())[:5])
+            return ScoreResult(status_code=422, error=f"history: {len(ambiguous)} title(s) name several items of "
+                               f"{self.tag}: {which}. Fix: send the item id of the one meant")
+        if sent and not len(known):
+            return ScoreResult(status_code=422, error=(
+                f"history: none of its {sent} entries is an item of {self.tag} (neither an item id nor an exact "
+                f"title): {listed(unknown)}. Fix: send item ids or exact titles from the model's catalogue (POST "
+                "/items lists them, GET /items/{item_id} looks one up), or an empty history for the popularity "
+                "ranking"))
+        return None
+
+    def item(self, item_id: str) -> ItemResult:
+        """One item of the catalogue (components.serving.schema.ItemDetail), or a 404 naming the id and the fix
+        (and the id to send, when what was sent is an item's exact title)."""
+        pm = self.packaged
+        found = pm.item(item_id)
+        if found is not None:
+            return ItemResult(result=ItemDetail(**found, model=self.tag))
+        named = pm.by_title.get(item_id.strip(), [])
+        hint = (f" '{item_id}' is the title of {', '.join(pm.item_ids[i - 1] for i in named[:10])}: send "
+                f"{'that id' if len(named) == 1 else 'one of those ids'}." if named else "")
+        return ItemResult(status_code=404, error=f"item '{item_id}' is not in the catalogue of {self.tag} "
+                          f"({pm.num_items} items).{hint} Fix: use an item id from POST /items")
 
     def items(self, limit: int = 50, offset: int = 0) -> ItemsPage:
         """A page of the catalogue (item_id, title) in index order."""

@@ -3,8 +3,9 @@
 Two services, the public one depending on the other (`bentoml.depends`):
 
 - `LLMSRecService` (public): the HTTP contract (components/serving/schema.py). `POST /recommend`,
-  `POST /items`, plus BentoML's `/livez`, `/readyz`, `/metrics` and the OpenAPI docs at `/` and
-  `/docs.json`. Every client mistake is a 4xx with a message.
+  `POST /items`, `GET /items/{item_id}` (a FastAPI route BentoML mounts and documents), plus BentoML's
+  `/livez`, `/readyz`, `/metrics` and the OpenAPI docs at `/` and `/docs.json`, titled and versioned with
+  the served model's tag (`OpenAPIInfo`). Every client mistake is a 4xx with a message.
 - `LLMSRecScorer` (internal): loads the production model (the BentoML store's `llmsrec` version the
   registry points at, components/serving/registry.py) with the real LLM and scores it
   (components/serving/scorer.py). Concurrent /recommend calls are merged into one LLM pass by its adaptive
@@ -27,19 +28,25 @@ and loaded, when BentoML creates each service (its `__init__`). `bentoml build` 
 from __future__ import annotations
 
 import asyncio
+import html
+import json
 import logging
+import re
 import sys
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
 import bentoml
+from fastapi import FastAPI
 
 from components.errors import PipelineError
 from components.serving.auth import BearerAuth
 from components.serving.batcher import GreedyBatcher
 from components.serving.registry import resolve_serving_tag
 from components.serving.schema import (
+    ItemDetail,
+    ItemResult,
     ItemsPage,
     ItemsRequest,
     Recommendation,
@@ -152,7 +159,7 @@ class LLMSRecScorer:
         # two teams on few cores slow every pass (most likely libgomp giving up spin-waiting once its teams
         # outnumber the cores: OMP_WAIT_POLICY=PASSIVE is as slow). With BentoML's pool of worker threads a
         # 2-thread pass took 203 ms in the server against 153 ms bare on the 2-core dev VM; one thread
-        # matches bare (README, serving benchmark). The device is known once torch is imported (`_load`).
+        # matches bare (docs/benchmarks.md, serving history). The device is known once torch is imported (`_load`).
         self.score_on_loop = False
         self._model_thread: ThreadPoolExecutor | None = ThreadPoolExecutor(1, thread_name_prefix="llmsrec-model")
         self._batcher = GreedyBatcher(self._score_batch, settings.max_batch) if settings.batching else None
@@ -241,6 +248,11 @@ class LLMSRecScorer:
         self._loaded.result()  # BentoML runs this in a worker thread: waiting for the load blocks no one
         return self._scorer.items(limit, offset)
 
+    @bentoml.api
+    def item(self, item_id: str) -> ItemResult:
+        self._loaded.result()  # in a worker thread, as `items`
+        return self._scorer.item(item_id)
+
 
 def _error(status: int, message: str):
     from starlette.responses import JSONResponse
@@ -266,13 +278,94 @@ class ClientErrorLogFilter(logging.Filter):
 #: how long the public /readyz waits for the scorer's, in seconds: a scorer that is up answers in milliseconds
 READY_PROBE_S = 2
 
+#: the OpenAPI page's title and description (its version is the served model's tag: `OpenAPIInfo`)
+SERVICE_TITLE = "LLM-SRec next-item recommendations"
+SERVICE_DESCRIPTION = """Next-item recommendations from LLM-SRec (Kim et al., KDD 2025): a frozen LLM that reads \
+a user's history as a prompt, distilled from a SASRec model, packaged and gated by this project's pipeline. \
+The version above is the served model's BentoML tag; every answer names the model that gave it (`model`).
+
+- `POST /recommend`: the top k items for a history (item ids or exact titles, oldest first) or a known \
+`user_id`. `score` is a probability over the whole catalogue, for the model and for the popularity \
+fallback (an empty history) alike. The answer echoes the history the model read (`prompt_history`) and \
+lists entries it does not know (`unknown_items`); `explain: true` adds, for each item, the history items \
+nearest to it in the model's scoring space (`because`).
+- `POST /items`: a page of the catalogue; `GET /items/{item_id}`: one item, with its popularity.
+- A bad request is a 4xx whose body is `{"error": "what is wrong. Fix: what to send instead"}`.
+
+More: docs/serving.md in the repository."""
+
+
+class OpenAPIInfo:
+    """ASGI middleware: the OpenAPI spec (GET /docs.json, which the docs page at / renders) with this service's
+    title, description and version, and the docs page itself titled so. BentoML 1.4.40 fills `info` itself
+    (`_bentoml_sdk/service/openapi.py`: the service's name, a default readme, the Bento's version or "None")
+    and has no option for it; its page is titled "BentoML Prediction Service".
+
+    The page also loses BentoML's Google Tag Manager snippet (`_bentoml_impl/server/main-openapi.html`):
+    served as is, every visitor's browser would load a third-party tracker, which BENTOML_DO_NOT_TRACK
+    (set in the bentofiles) does not stop, and on a network without the internet it only waits.
+
+    `version` defaults to the tag the registry serves (`resolve_serving_tag`: production, a pinned
+    LLMSREC_MODEL_TAG, or a Bento's own model), read when BentoML builds the app: known at start, as
+    `bentoml serve`'s preflight has already resolved it. (Were that version's files damaged, the scorer
+    would serve the version before it: each answer's `model` says which answered.)"""
+
+    TRACKER = re.compile(rb"<!-- Google Tag Manager(?: \(noscript\))? -->.*?<!-- End Google Tag Manager(?: \(noscript\))? -->",
+                         re.S)
+
+    def __init__(self, app, version: str | None = None):
+        self.app = app
+        self.version = version if version is not None else resolve_serving_tag()
+
+    def _spec(self, data: bytes) -> bytes:
+        spec = json.loads(data)
+        spec["info"] = {**spec.get("info", {}), "title": SERVICE_TITLE, "version": self.version,
+                        "description": SERVICE_DESCRIPTION}
+        spec["info"].pop("contact", None)  # BentoML's own team, not this service's owners
+        return json.dumps(spec).encode()
+
+    def _page(self, data: bytes) -> bytes:
+        title = html.escape(f"{SERVICE_TITLE} ({self.version})").encode()
+        return self.TRACKER.sub(b"", re.sub(rb"<title>.*?</title>", b"<title>" + title + b"</title>", data, count=1))
+
+    async def __call__(self, scope, receive, send):
+        path = scope.get("path") if scope["type"] == "http" and scope.get("method") == "GET" else None
+        change = {"/docs.json": self._spec, "/": self._page}.get(path)
+        if change is None:
+            return await self.app(scope, receive, send)
+        start: dict[str, Any] = {}
+        body: list[bytes] = []
+
+        async def rewrite(message):
+            if message["type"] == "http.response.start":
+                start.update(message)
+                return None
+            body.append(message.get("body", b""))
+            if message.get("more_body"):
+                return None
+            data = b"".join(body)
+            if start.get("status") == 200:
+                data = change(data)
+            headers = [(k, v) for k, v in start.get("headers", []) if k.lower() != b"content-length"]
+            await send({**start, "headers": [*headers, (b"content-length", str(len(data)).encode())]})
+            await send({"type": "http.response.body", "body": data})
+            return None
+
+        await self.app(scope, receive, rewrite)
+
+
+# Routes BentoML's @bentoml.api cannot express (a GET with a path parameter): a FastAPI app that BentoML mounts
+# under the public service and documents in its OpenAPI spec. FastAPI's own docs pages are off: the service has one.
+ITEM_ROUTES = FastAPI(openapi_url=None, docs_url=None, redoc_url=None)
+
 
 # http.host: `bentoml serve` binds 127.0.0.1 unless told otherwise (`--host`, BENTOML_HOST; the Bento's image
-# sets 0.0.0.0): the API may run without a token (README: Exposure). runner_probe off: BentoML's own probe of
+# sets 0.0.0.0): the API may run without a token (docs/serving.md: Exposure). runner_probe off: BentoML's own probe of
 # the scorer (in its /readyz) waits up to 5 s and answers 500 when the scorer's socket does not answer in
 # time; `__is_ready__` probes it instead, briefly, and says 503.
 @bentoml.service(name="llmsrec_service", workers=1, traffic={"timeout": 120}, http={"host": "127.0.0.1"},
                  runner_probe={"enabled": False})
+@bentoml.asgi_app(ITEM_ROUTES, path="/items")
 class LLMSRecService:
     scorer = bentoml.depends(LLMSRecScorer)
 
@@ -345,9 +438,9 @@ class LLMSRecService:
         """Top-k items for one user, from a history or a known user_id (exactly one of the two)."""
         r = RecommendRequest.model_construct(**fields)  # BentoML has validated them against RecommendRequest
         if (r.history is None) == (r.user_id is None):
-            return _error(422, "give exactly one of 'history' (a list of item ids or {item_id, timestamp}) "
-                               "or 'user_id'")
-        req = ScoreRequest(history=r.history, user_id=r.user_id, k=r.k, exclude_seen=r.exclude_seen)
+            return _error(422, "give exactly one of 'history' (a list of item ids or titles, or {item_id, "
+                               "timestamp}) or 'user_id'")
+        req = ScoreRequest(history=r.history, user_id=r.user_id, k=r.k, exclude_seen=r.exclude_seen, explain=r.explain)
         out = (await self._call("score", [req]))[0]
         out = out if isinstance(out, ScoreResult) else ScoreResult.model_validate(out)
         if out.error is not None:
@@ -360,6 +453,20 @@ class LLMSRecService:
         r = ItemsRequest.model_construct(**fields)
         page = await self._call("items", limit=r.limit, offset=r.offset)
         return page if isinstance(page, ItemsPage) else ItemsPage.model_validate(page)
+
+    # tags: BentoML's group for its own APIs ("Service APIs"), so the docs page shows this beside POST /items
+    @ITEM_ROUTES.get("/{item_id:path}", response_model=ItemDetail, tags=["Service APIs"],
+                     summary="One item of the served model's catalogue",
+                     responses={404: {"description": 'not in the catalogue: {"error": "... Fix: ..."}'}})
+    async def item(self, item_id: str):
+        """The item with this id: its title, its interactions in the model's data, its popularity rank and
+        the score the popularity fallback gives it. 404 with a message for an id the model does not know
+        (naming the id to send when the text is an item's exact title)."""
+        out = await self._call("item", item_id=item_id)
+        out = out if isinstance(out, ItemResult) else ItemResult.model_validate(out)
+        if out.error is not None:
+            return _error(out.status_code, out.error)
+        return out.result
 
 
 def _fix_media_types(service) -> None:
@@ -380,3 +487,4 @@ _fix_media_types(LLMSRecService)
 LLMSRecService.add_asgi_middleware(BearerAuth)
 LLMSRecService.add_asgi_middleware(RequestGuard, fields={
     api.route: list(api.input_spec.model_fields) for api in LLMSRecService.apis.values()})
+LLMSRecService.add_asgi_middleware(OpenAPIInfo)

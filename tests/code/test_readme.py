@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import json
 import re
-from pathlib import Path
 
 from benchmarks.report import quickstart_block
 from components.cli import cli

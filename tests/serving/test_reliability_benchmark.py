@@ -80,7 +80,8 @@ def test_summary_counts_5xx_and_flags_every_kind_answered_otherwise_than_promise
             + records("bad_json", 400, "", 1)  # a 4xx without a message is not good enough
             + records("wrong_content_type", 200, "", 1, items=10)  # a bad request answered 200 is a failure
             + records("huge_history", None, "ConnectError()", 1)  # a dropped connection is a failure
-            + records("unknown_items", 200, "", 2, fallback="popularity", items=10)
+            + records("empty_history", 200, "", 2, fallback="popularity", items=10)
+            + records("unknown_items", 200, "", 1, fallback="popularity", items=10)  # refused by contract: a 422
             + records("unknown_user", 400, "user_id 'x' is not in the data", 1))
     s = summarise(recs, seconds=10.0)
     assert s["status_5xx"] == 1 and s["samples_5xx"] == ["good 500: boom"] and s["transport_errors"] == 1
@@ -89,7 +90,8 @@ def test_summary_counts_5xx_and_flags_every_kind_answered_otherwise_than_promise
     assert kinds["bad_timestamp"] == {"n": 3, "expect": 422, "statuses": {"422": 3}, "ok": True, "documented": True,
                                       "example": "history.1.timestamp: -5 is not Unix seconds"}
     assert not kinds["bad_json"]["ok"] and not kinds["wrong_content_type"]["ok"] and not kinds["huge_history"]["ok"]
-    assert kinds["unknown_items"]["ok"] and kinds["unknown_items"]["documented"]
+    assert kinds["empty_history"]["ok"] and kinds["empty_history"]["documented"]
+    assert not kinds["unknown_items"]["ok"]
     assert kinds["unknown_user"]["ok"] and not kinds["unknown_user"]["documented"]  # a 4xx, but not the 404 promised
     assert {k: t["met"] for k, t in s["targets"].items()} == {
         "no_5xx": False, "no_transport_errors": False, "bad_answered_as_promised": False, "good_all_200": False}

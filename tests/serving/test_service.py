@@ -141,6 +141,13 @@ def production(home: Path) -> str:
     return json.loads((home / "registry" / "llmsrec.json").read_text())["production"]
 
 
+def live_package():
+    """The package the in-process service (the `client` fixture) is serving."""
+    import bentoml
+
+    return bentoml.get_current_service().scorer._scorer.packaged
+
+
 @pytest.mark.real_llm
 def test_recommend_in_process(client, catalogue, promoted_home):
     ids, titles, users = catalogue
@@ -150,40 +157,108 @@ def test_recommend_in_process(client, catalogue, promoted_home):
     body = r.json()
     assert body["model"] == production(promoted_home) and body["status"] == "passed"
     assert body["unknown_items"] == ["NOT-AN-ITEM"] and body["fallback"] is None and body["history_used"] == 3
+    # the history that reached the prompt, with titles, dated the model's last data day (none was sent)
+    last_day = live_package().default_timestamp
+    assert body["prompt_history"] == [{"item_id": h, "title": titles[h], "timestamp": last_day} for h in history]
     assert len(body["items"]) == 5
-    assert all(i["title"] == titles[i["item_id"]] for i in body["items"])
+    assert all(i["title"] == titles[i["item_id"]] and i["because"] is None for i in body["items"])
     assert not {i["item_id"] for i in body["items"]} & set(history)  # exclude_seen defaults to true
     scores = [i["score"] for i in body["items"]]
-    assert scores == sorted(scores, reverse=True)
+    assert scores == sorted(scores, reverse=True) and all(0 < s < 1 for s in scores), scores
 
-    # {item_id, timestamp} objects, numeric ids for string catalogues are matched as text, seen items allowed
+    # The same history named by exact titles (one with stray spaces, as a form might send it) is the same request
+    by_title = client.post("/recommend", json={"history": [titles[history[0]], f"  {titles[history[1]]} ",
+                                                           history[2], "NOT-AN-ITEM"], "k": 5}).json()
+    assert by_title["prompt_history"] == body["prompt_history"] and by_title["unknown_items"] == ["NOT-AN-ITEM"]
+    assert [i["item_id"] for i in by_title["items"]] == [i["item_id"] for i in body["items"]]
+
+    # {item_id, timestamp} objects, numeric ids for string catalogues are matched as text, seen items allowed;
+    # the whole catalogue's scores are a distribution over it
     r = client.post("/recommend", json={"history": [{"item_id": h, "timestamp": 1_650_000_000 + i}
                                                     for i, h in enumerate(history)],
                                         "k": len(ids), "exclude_seen": False})
     assert r.status_code == 200 and len(r.json()["items"]) == len(ids)
+    assert sum(i["score"] for i in r.json()["items"]) == pytest.approx(1, abs=1e-4)
+    assert [h["timestamp"] for h in r.json()["prompt_history"]] == [1_650_000_000 + i for i in range(3)]
 
     # A known user's history comes from the data
     r = client.post("/recommend", json={"user_id": users[0], "k": 3})
     assert r.status_code == 200 and r.json()["history_used"] == 10 and len(r.json()["items"]) == 3
+    assert len(r.json()["prompt_history"]) == 10
+
+
+@pytest.mark.real_llm
+def test_explain_names_the_read_items_nearest_in_the_scoring_space(client, catalogue):
+    """`because` is, for each item, the history items of the prompt with the highest cosine between their
+    item-table vectors and its own (recomputed here from the served model's table), best first."""
+    import torch
+
+    from components.serving.packaged import EXPLAIN_TOP
+    from components.serving.schema import BECAUSE_DESCRIPTION
+
+    ids, titles, _ = catalogue
+    history = ids[5:10] + ids[5:7]  # repeats: an item read twice is named once
+    body = client.post("/recommend", json={"history": history, "k": 4, "explain": True}).json()
+    table = torch.nn.functional.normalize(live_package().model.item_table.float(), dim=-1)
+    index = live_package().index
+    assert f"at most {EXPLAIN_TOP}" in BECAUSE_DESCRIPTION
+    for item in body["items"]:
+        want = sorted(((float(table[index[item["item_id"]]] @ table[index[h]]), h) for h in dict.fromkeys(history)),
+                      reverse=True)[:EXPLAIN_TOP]
+        got = item["because"]
+        assert [g["item_id"] for g in got] == [h for _, h in want], (item, want)
+        assert [g["similarity"] for g in got] == pytest.approx([c for c, _ in want], abs=1e-4)
+        assert all(g["title"] == titles[g["item_id"]] for g in got)
+    # the popularity fallback has no history to point at
+    cold = client.post("/recommend", json={"history": [], "k": 2, "explain": True}).json()
+    assert [i["because"] for i in cold["items"]] == [[], []]
 
 
 @pytest.mark.real_llm
 def test_history_window_and_fallback(client, catalogue):
-    ids, _, _ = catalogue
+    ids, titles, _ = catalogue
     long = (ids * 3)[:35]
     r = client.post("/recommend", json={"history": long, "k": 3})
     assert r.status_code == 200 and r.json()["history_used"] == 10  # truncated to the model's window
+    assert [h["item_id"] for h in r.json()["prompt_history"]] == long[-10:]  # the ones that reached the prompt
     # The window is the last 10: the same last 10 items give the same ranking as the long history
     same = client.post("/recommend", json={"history": long[-10:], "k": 3, "exclude_seen": False}).json()
     full = client.post("/recommend", json={"history": long, "k": 3, "exclude_seen": False}).json()
     assert [i["item_id"] for i in same["items"]] == [i["item_id"] for i in full["items"]]
 
-    for history in ([], ["nope-1", "nope-2"]):
-        r = client.post("/recommend", json={"history": history, "k": 4})
-        assert r.status_code == 200
-        body = r.json()
-        assert body["fallback"] == "popularity" and body["history_used"] == 0 and len(body["items"]) == 4
-        assert body["unknown_items"] == history
+    # An empty history is a cold start: the popularity ranking, flagged, its scores each item's share of the
+    # interactions (add-one smoothed) -- the same number GET /items/{id} reports, summing to 1 over the catalogue
+    r = client.post("/recommend", json={"history": [], "k": len(ids)})
+    assert r.status_code == 200
+    body = r.json()
+    assert body["fallback"] == "popularity" and body["history_used"] == 0 and body["prompt_history"] == []
+    assert body["unknown_items"] == [] and len(body["items"]) == len(ids)
+    assert sum(i["score"] for i in body["items"]) == pytest.approx(1, abs=1e-4)
+    top = body["items"][0]
+    about = client.get(f"/items/{top['item_id']}").json()
+    interactions = sum(client.get(f"/items/{i}").json()["interactions"] for i in ids)
+    assert about["popularity_rank"] == 1 and about["popularity_score"] == top["score"]
+    assert top["score"] == pytest.approx((about["interactions"] + 1) / (interactions + len(ids)), rel=1e-5)
+
+    # A history none of whose entries is known is refused, naming them: a popularity answer would pass for a
+    # recommendation from that history (a title with a typo used to get 200 and the fallback)
+    r = client.post("/recommend", json={"history": ["nope-1", titles[ids[0]].lower() + "x"], "k": 4})
+    assert r.status_code == 422, r.text
+    assert r.json()["error"].startswith("history: none of its 2 entries is an item of llmsrec:")
+    assert "'nope-1', " in r.json()["error"] and "Fix: send item ids or exact titles" in r.json()["error"]
+
+
+@pytest.mark.real_llm
+def test_a_title_several_items_share_is_refused_naming_their_ids(client, catalogue, monkeypatch):
+    """A title that names two items (Amazon's catalogues have hundreds) is not guessed at."""
+    ids, titles, _ = catalogue
+    pm = live_package()
+    shared = titles[ids[0]]
+    monkeypatch.setitem(pm.by_title, shared, [pm.index[ids[0]], pm.index[ids[1]]])  # as a catalogue with a twin
+    r = client.post("/recommend", json={"history": [shared, ids[2]]})
+    assert r.status_code == 422, r.text
+    assert f"{shared!r} is the title of {ids[0]}, {ids[1]}. Fix: send the item id of the one meant" in r.json()["error"]
+    assert client.post("/recommend", json={"history": [ids[0], ids[2]], "k": 1}).status_code == 200  # ids still work
 
 
 @pytest.mark.real_llm
@@ -206,14 +281,17 @@ def test_exclude_seen_returns_fewer_than_k_when_the_catalogue_runs_out(client, c
     ({"history": ["x"], "exclude_seen": 0}, 422, "exclude_seen:"),
     # A misspelt field is an error, not silently ignored; the message lists the real ones.
     ({"history": ["x"], "exclude_seem": False}, 422, "exclude_seem: unknown field. Fix: use only history, user_id, k, "
-                                                    "exclude_seen"),
+                                                    "exclude_seen, explain"),
+    ({"history": ["I00001"], "explain": "yes"}, 422, "explain:"),
     ({"history": "I00001"}, 422, "history"),
     ({"history": [{"item": "x"}]}, 422, "history.0.item: unknown field. Fix: use only item_id, timestamp"),
     ({"history": [{"timestamp": 5}]}, 422, "history.0.item_id: required in every history object. Fix:"),
     ({"history": [{"item_id": "x", "timestamp": -5}]}, 422, "timestamp"),
     ({"history": [None]}, 422, "history.0.item_id: an item id is a string or an integer, not null. Fix:"),
     ({"history": [["I00001"]]}, 422, "history.0.item_id: an item id is a string or an integer, not an array"),
-    ({"history": ["  "]}, 422, "history.0.item_id: an item id is 1 to 256 characters, this one has 0"),
+    ({"history": ["  "]}, 422, "history.0.item_id: an item id or title is 1 to 1024 characters, this one has 0"),
+    ({"history": ["x" * 1025]}, 422, "history.0.item_id: an item id or title is 1 to 1024 characters, this one has 1025"),
+    ({"history": ["x", "y"]}, 422, "history: none of its 2 entries is an item of"),
     ({"history": [{"item_id": True}]}, 422, "history.0.item_id: an item id is a string or an integer, not a boolean"),
     ({"k": 5}, 422, "exactly one of"),
     ({"history": ["x"], "user_id": "U1"}, 422, "exactly one of"),
@@ -306,6 +384,17 @@ def test_malformed_oversized_and_items(client, catalogue):
     assert page["total"] == len(ids) and [i["item_id"] for i in page["items"]] == ids[2:7]
     assert all(i["title"] == titles[i["item_id"]] for i in page["items"])
     assert client.post("/items", json={"offset": len(ids)}).json()["items"] == []
+    # one item by id; an unknown one is a 404 naming it (and the id, when what was sent is a title)
+    one = client.get(f"/items/{ids[3]}")
+    assert one.status_code == 200, one.text
+    assert one.json()["item_id"] == ids[3] and one.json()["title"] == titles[ids[3]] and one.json()["interactions"] > 0
+    assert 1 <= one.json()["popularity_rank"] <= len(ids) and 0 < one.json()["popularity_score"] < 1
+    missing = client.get("/items/NOPE-1")
+    assert missing.status_code == 404 and missing.json()["error"] == (
+        f"item 'NOPE-1' is not in the catalogue of {one.json()['model']} ({len(ids)} items). Fix: use an item id from "
+        "POST /items")
+    by_title = client.get(f"/items/{titles[ids[3]]}")
+    assert by_title.status_code == 404 and f"is the title of {ids[3]}: send that id." in by_title.json()["error"]
     assert client.post("/items", json={"limit": 0}).status_code == 422
     assert client.post("/items", json={"limit": 5000}).status_code == 422
     for bad, says in (({"limit": "5"}, "limit:"), ({"offset": True}, "offset:"),
@@ -370,6 +459,21 @@ def wait_ready(url: str, proc: subprocess.Popen, timeout: float = 240) -> None:
     raise AssertionError(f"not ready after {timeout}s")
 
 
+def docs_page_text(url: str, work: Path) -> str:
+    """The served OpenAPI page (Swagger UI, built by script from /docs.json) as headless Chromium renders it:
+    its <title> element, then the text of the DOM after the page's scripts ran."""
+    import re
+
+    from tests.browser import chromium
+
+    proc = subprocess.run([chromium(), "--headless", "--no-sandbox", "--disable-gpu", "--no-first-run",
+                           f"--user-data-dir={work / 'profile'}", "--virtual-time-budget=15000", "--dump-dom", f"{url}/"],
+                          capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0 and "swagger-ui" in proc.stdout, proc.stderr[-2000:]
+    title = re.search(r"<title>.*?</title>", proc.stdout, re.S)
+    return (title.group(0) if title else "") + re.sub(r"\s+", " ", re.sub(r"<[^>]+>", " ", proc.stdout))
+
+
 @pytest.mark.slow
 @pytest.mark.real_llm
 @pytest.mark.parametrize("batching", ["1", "0"], ids=["batching", "no-batching"])
@@ -387,10 +491,14 @@ def test_bentoml_serve_subprocess(promoted_home, catalogue, tmp_path, batching):
     env["LLMSREC_TORCH_THREADS"] = "1"
     env["LLMSREC_BATCHING"] = batching
     env["LLMSREC_MAX_BODY_BYTES"] = "65536"  # read by the served process's middleware, not at import
-    proc = subprocess.Popen([sys.executable, "-m", "bentoml", "serve", "--port", str(port), "--host", "127.0.0.1"],
+    # started as a user starts it, `srec serve` (components/cli.py), in one of the two: it becomes `bentoml serve`
+    serve = ([str(Path(sys.executable).with_name("srec")), "serve"] if batching == "0"
+             else [sys.executable, "-m", "bentoml", "serve"])
+    proc = subprocess.Popen([*serve, "--port", str(port), "--host", "127.0.0.1"],
                             cwd=REPO, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
     try:
         wait_ready(url, proc)
+        tag = production(promoted_home)
         assert httpx.get(f"{url}/livez").status_code == 200
         good = httpx.post(f"{url}/recommend", json={"history": ids[:4], "k": 3}, timeout=60)
         assert good.status_code == 200, good.text
@@ -421,13 +529,32 @@ def test_bentoml_serve_subprocess(promoted_home, catalogue, tmp_path, batching):
         log.flush()
         how = "adaptive, up to 16" if batching == "1" else "off"
         assert f"model on cpu, run on the model thread; batching: {how}" in (tmp_path / "serve.log").read_text()
+        # GET /items/{id} is mounted (a FastAPI route) and reaches the scorer process
+        one = httpx.get(f"{url}/items/{ids[0]}")
+        assert one.status_code == 200 and one.json()["item_id"] == ids[0] and one.json()["model"] == tag, one.text
+        assert httpx.get(f"{url}/items/NOPE").status_code == 404
+        explained = httpx.post(f"{url}/recommend", json={"history": ids[:3], "k": 2, "explain": True}, timeout=60)
+        assert all(len(i["because"]) == 3 for i in explained.json()["items"]), explained.text
         spec = httpx.get(f"{url}/docs.json").json()
-        assert "/recommend" in spec["paths"] and "/items" in spec["paths"]
-        # The documented contract is the enforced one: the four fields, nothing else, k within 1..100.
+        assert {"/recommend", "/items", "/items/{item_id}"} <= set(spec["paths"])
+        # The page names the service and the model it serves (BentoML's defaults: the service's name,
+        # "This is a Machine Learning Service created with BentoML", version "None")
+        from components.serving.service import SERVICE_DESCRIPTION, SERVICE_TITLE
+
+        assert spec["info"] == {"title": SERVICE_TITLE, "version": tag, "description": SERVICE_DESCRIPTION}
+        # The documented contract is the enforced one: the five fields, nothing else, k within 1..100.
         body = spec["paths"]["/recommend"]["post"]["requestBody"]["content"]["application/json"]["schema"]
-        assert list(body["properties"]) == ["history", "user_id", "k", "exclude_seen"]
+        assert list(body["properties"]) == ["history", "user_id", "k", "exclude_seen", "explain"]
         assert body["additionalProperties"] is False
         assert (body["properties"]["k"]["minimum"], body["properties"]["k"]["maximum"]) == (1, 100)
+        item = spec["components"]["schemas"]["RecommendedItem"]["properties"]
+        assert "probability" in item["score"]["description"] and "cosine" in item["because"]["description"]
+        if batching == "1":  # once is enough: what a person sees on the docs page, rendered by headless Chromium
+            page = docs_page_text(url, tmp_path / "chromium")
+            assert SERVICE_TITLE in page and tag in page and "Next-item recommendations from LLM-SRec" in page, page
+            assert "One item of the served model's catalogue" in page and "created with BentoML" not in page
+            # titled for the browser tab, and no third-party tracker in a visitor's browser
+            assert f"<title>{SERVICE_TITLE} ({tag})</title>" in page and "googletagmanager" not in page
     finally:
         os.killpg(proc.pid, signal.SIGTERM)
         try:
@@ -458,7 +585,7 @@ def test_bentoml_build(promoted_home, bentofile, name, torch_pin):
     scorer = next(s for s in spec["services"] if s["name"] == "llmsrec_scorer")
     assert [m["tag"] for m in scorer["models"]] == [production(promoted_home)]
     assert spec["entry_service"] == "llmsrec_service"
-    # the image listens on its own interfaces (README: Exposure); `bentoml serve` from the repository does not
+    # the image listens on its own interfaces (docs/serving.md: Exposure); `bentoml serve` from the repository does not
     assert {"name": "BENTOML_HOST", "value": "0.0.0.0"} in [{k: e.get(k) for k in ("name", "value")}
                                                           for e in spec.get("envs") or []], spec.get("envs")
     reqs = (bento / "env" / "python" / "requirements.txt").read_text().splitlines()
