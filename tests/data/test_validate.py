@@ -12,6 +12,7 @@ from components.config import ValidateParams
 from components.data.validation import validate
 from components.stages.ingest import main as ingest_main
 from components.stages.validate import main as validate_main
+from tests.browser import render
 
 GOOD_ROWS = [(f"u{u}", f"I{i}", 1_600_000_000 + 3600 * (u * 10 + i)) for u in range(10) for i in range(6)]
 
@@ -59,7 +60,15 @@ def test_three_bad_rows_are_quarantined_with_reasons(tmp_path):
     assert summary["users"] == 10 and summary["items"] == 6
     assert sum(summary["quarantined_by_expectation"].values()) == 3
     assert (tmp_path / "docs" / "index.html").is_file()
-    assert list((tmp_path / "docs" / "validations").rglob("*.html"))
+    # The Data Docs page as a person sees it: named asset, suite and run; bounds and offending values as dates;
+    # the membership check a counted join, with no catalogue inlined.
+    (page,) = (tmp_path / "docs" / "validations" / "interactions_suite" / "validate").rglob("*.html")
+    text = render(page, tmp_path / "chromium")["text"]
+    assert "Expectation Suite: interactions_suite" in text and "Data asset: interactions" in text
+    assert "Validations / interactions_suite / interactions / validate /" in text and "__none__" not in text
+    assert "greater than or equal to 1990-01-01T00:00:00+00:00" in text and "631152000" not in text
+    assert "2100-01-01T00:00:00+00:00" in text  # the row from the future, as a date
+    assert "joined against the 6 accepted catalogue items" in text and "I3 I4" not in text
 
 
 def test_too_many_bad_rows_fail_the_stage_but_leave_evidence(tmp_path, capsys):
