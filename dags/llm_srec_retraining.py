@@ -3,8 +3,9 @@
 
 **Schedule: {schedule}** (`params.yaml` → `orchestration.schedule` and `trigger_on_batch`). A batch lands
 when the triggerer sees the sentinel `data/incoming/_READY` and updates the Asset `llm_srec_landing_zone`
-(`python -m components.data.landing drop FILE` writes the batch and the sentinel). The header's Schedule shows
-the Asset only; the cron is here, in the description and in `airflow dags details` (`timetable_summary`).
+(`python -m components.data.landing drop FILE` writes the batch and the sentinel). The UI header's Schedule
+field shows the Asset only, so the cron is in the DAG's title (its display name), here, in its description and
+in `airflow dags details` (`timetable_summary`).
 
 **Tasks**
 
@@ -118,18 +119,19 @@ def _schedule():
     return AssetOrTimeSchedule(timetable=cron, assets=landing) if cron else landing
 
 
-def _schedule_text() -> str:
-    """The schedule in words, for the DAG's doc and description: the UI's header shows the Asset of an
-    AssetOrTimeSchedule and not its cron."""
+def _schedule_text(short: bool = False) -> str:
+    """The schedule in words, for the DAG's title, description and doc: the UI header's Schedule field shows
+    the Asset of an AssetOrTimeSchedule and not its cron. `short`: plain text, without the cron in words."""
     from cron_descriptor import ExpressionDescriptor, Options
 
     words = []
     if CFG.schedule:
         options = Options()
         options.use_24hour_time_format = True
-        words.append(f"cron `{CFG.schedule}` UTC ({ExpressionDescriptor(CFG.schedule, options).get_description()})")
+        words.append(f"cron {CFG.schedule} UTC" if short else
+                     f"cron `{CFG.schedule}` UTC ({ExpressionDescriptor(CFG.schedule, options).get_description()})")
     if CFG.trigger_on_batch:
-        words.append("a landed batch (Asset `llm_srec_landing_zone`)")
+        words.append("a landed batch" if short else "a landed batch (Asset `llm_srec_landing_zone`)")
     return " or ".join(words) or "manual runs only"
 
 
@@ -162,8 +164,10 @@ def _record_failure(context) -> None:
 with DAG(
     dag_id="llm_srec_retraining",
     description=f"Retrain SASRec + LLM-SRec on new interaction batches; promote only through the gate. "
-                f"Runs on {_schedule_text().replace('`', '')}",
+                f"Runs on {_schedule_text(short=True)}",
     doc_md=__doc__.replace("{schedule}", _schedule_text()),
+    # The header's Schedule field draws only the Asset of an AssetOrTimeSchedule; the title carries the cron.
+    dag_display_name=f"llm_srec_retraining · {_schedule_text(short=True)}",
     schedule=_schedule(),
     start_date=CFG.start_datetime,
     catchup=False,

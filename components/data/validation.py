@@ -122,12 +122,15 @@ def _utc(seconds: int) -> dt.datetime:
 
 def _with_checks(interactions: pd.DataFrame, known_items: pd.Series) -> pd.DataFrame:
     """`interactions` plus the computed columns its suite checks: `item_known` (bool: item_id is among
-    `known_items`, a hash semi-join, O(rows + catalogue)) and `timestamp_utc` (datetime64[ns, UTC] of the Unix
+    `known_items`, a hash semi-join, O(rows + catalogue); None where item_id is missing) and `timestamp_utc` (datetime64[ns, UTC] of the Unix
     seconds; NaT where the timestamp is missing or not a number, which the not-null and type checks on
     `timestamp` report)."""
     seconds = pd.to_numeric(interactions["timestamp"], errors="coerce").astype("float64")
+    item_id = interactions["item_id"].astype(object)
+    # None where item_id is missing: GX skips nulls, so such a row gets "item_id is missing" alone, as before.
+    known = item_id.isin(set(known_items.astype(str))).astype(object).where(item_id.notna(), None)
     return interactions.assign(**{
-        KNOWN_ITEM: interactions["item_id"].astype(object).isin(set(known_items.astype(str))),
+        KNOWN_ITEM: known,
         TIMESTAMP_UTC: pd.to_datetime(seconds.clip(-_NS_EDGE_SECONDS, _NS_EDGE_SECONDS), unit="s", utc=True),
     })
 

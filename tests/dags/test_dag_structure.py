@@ -113,10 +113,11 @@ def test_dag_settings(dag):
     assert type(timetable).__name__ == "AssetOrTimeSchedule"
     assert "0 3 * * *" in str(timetable)
     assert "llm_srec_landing_zone" in str(timetable) and "FileDeleteTrigger" in str(timetable)
-    # The UI's header draws the Asset alone: the cron is in the doc, the description and `dags details`.
+    # The UI header's Schedule draws the Asset alone: the cron is in the title, the doc and the description.
     assert "**Schedule: cron `0 3 * * *` UTC (At 03:00) or a landed batch (Asset `llm_srec_landing_zone`)**" \
         in dag.doc_md
-    assert "Runs on cron 0 3 * * * UTC (At 03:00) or a landed batch" in dag.description
+    assert dag.description.endswith("Runs on cron 0 3 * * * UTC or a landed batch")
+    assert dag.dag_display_name == "llm_srec_retraining · cron 0 3 * * * UTC or a landed batch"
     # Every task says what it does: the orchestration tasks from their docstrings, a stage from its module's.
     assert not [t.task_id for t in dag.tasks if not t.doc_md]
     assert "Follow the gate's decision" in dag.get_task("check_gate").doc_md

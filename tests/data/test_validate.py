@@ -93,16 +93,19 @@ def test_millisecond_timestamps_get_a_hint(tmp_path, capsys):
 
 
 def test_items_without_title_quarantine_their_interactions():
-    inter = pd.DataFrame({"user_id": ["u", "u", "v"], "item_id": ["A", "B", "B"],
-                          "timestamp": pd.array([1.6e9, 1.6e9 + 1, 1.6e9], dtype="Int64"),
-                          "_source": "t", "_row": [1, 2, 3]})
+    inter = pd.DataFrame({"user_id": ["u", "u", "v", "w"], "item_id": ["A", "B", "B", None],
+                          "timestamp": pd.array([1.6e9, 1.6e9 + 1, 1.6e9, 1.6e9], dtype="Int64"),
+                          "_source": "t", "_row": [1, 2, 3, 4]})
     items = pd.DataFrame({"item_id": ["A", "B", "A"], "title": ["Alpha", "", "Again"], "description": "",
                           "_source": "t", "_row": [1, 2, 3]})
     out = validate(inter, items, ValidateParams(max_bad_fraction=1.0))
     assert out.items["item_id"].tolist() == ["A"] and out.items["title"].tolist() == ["Alpha"]
     assert sorted(out.quarantine_items["reason"]) == ["duplicate item_id (the first entry is kept)", "title is empty"]
     assert out.interactions["item_id"].tolist() == ["A"]
-    assert set(out.quarantine_interactions["reason"]) == {"item_id has no catalogue entry with a non-empty title"}
+    # Counted by the catalogue join; a missing item_id is reported as missing, not also as unknown.
+    assert out.quarantine_interactions["reason"].tolist() == ["item_id has no catalogue entry with a non-empty title"] * 2 \
+        + ["item_id is missing"]
+    assert out.summary["quarantined_by_expectation"]["interactions.expect_column_values_to_be_in_set(item_known)"] == 2
 
 
 def test_schema_level_failure_names_the_file():
