@@ -1,13 +1,16 @@
 """
 ### llm_srec_retraining: retrain LLM-SRec when new interactions arrive, release it only through the gate
 
-**Runs** on the cron schedule in `params.yaml` → `orchestration.schedule` (UTC), and whenever a batch
-lands: the Asset `llm_srec_landing_zone` is updated when the triggerer sees the sentinel
-`data/incoming/_READY` (`python -m components.data.landing drop FILE` writes the batch and the sentinel).
+**Schedule: {schedule}** (`params.yaml` → `orchestration.schedule` and `trigger_on_batch`). A batch lands
+when the triggerer sees the sentinel `data/incoming/_READY` and updates the Asset `llm_srec_landing_zone`
+(`python -m components.data.landing drop FILE` writes the batch and the sentinel). The UI header's Schedule
+field shows the Asset only, so the cron is in the DAG's title (its display name), here, in its description and
+in `airflow dags details` (`timetable_summary`).
 
 **Tasks**
 
-1. One task per DVC stage in `dvc.yaml`, wired by the stages' deps and outs, each running
+1. One task per DVC stage in `dvc.yaml`, wired by the stages' deps and outs (direct edges only: an order
+   already implied by a longer path is not drawn again, components/orchestration/graph.py), each running
    `dvc repro -s <stage>`: DVC skips what has not changed, so reruns and retries are idempotent.
    Adding a stage to `dvc.yaml` adds a task here. They share the 1-slot pool `dvc` (DVC's repo lock);
    `distill` goes to queue `gpu` and pool `gpu` (`orchestration.tasks`). The first is the stage that
@@ -116,6 +119,22 @@ def _schedule():
     return AssetOrTimeSchedule(timetable=cron, assets=landing) if cron else landing
 
 
+def _schedule_text(short: bool = False) -> str:
+    """The schedule in words, for the DAG's title, description and doc: the UI header's Schedule field shows
+    the Asset of an AssetOrTimeSchedule and not its cron. `short`: plain text, without the cron in words."""
+    from cron_descriptor import ExpressionDescriptor, Options
+
+    words = []
+    if CFG.schedule:
+        options = Options()
+        options.use_24hour_time_format = True
+        words.append(f"cron {CFG.schedule} UTC" if short else
+                     f"cron `{CFG.schedule}` UTC ({ExpressionDescriptor(CFG.schedule, options).get_description()})")
+    if CFG.trigger_on_batch:
+        words.append("a landed batch" if short else "a landed batch (Asset `llm_srec_landing_zone`)")
+    return " or ".join(words) or "manual runs only"
+
+
 def _sync_checkout(best_effort: bool = False) -> None:
     """Under orchestration.exchange, bring this worker's checkout to the branch's tip before reading what the
     stages wrote (the gate's report, the metrics): the stage may have run on another machine. `best_effort`:
@@ -144,8 +163,11 @@ def _record_failure(context) -> None:
 
 with DAG(
     dag_id="llm_srec_retraining",
-    description="Retrain SASRec + LLM-SRec on new interaction batches; promote only through the gate",
-    doc_md=__doc__,
+    description=f"Retrain SASRec + LLM-SRec on new interaction batches; promote only through the gate. "
+                f"Runs on {_schedule_text(short=True)}",
+    doc_md=__doc__.replace("{schedule}", _schedule_text()),
+    # The header's Schedule field draws only the Asset of an AssetOrTimeSchedule; the title carries the cron.
+    dag_display_name=f"llm_srec_retraining · {_schedule_text(short=True)}",
     schedule=_schedule(),
     start_date=CFG.start_datetime,
     catchup=False,
@@ -165,6 +187,16 @@ with DAG(
 
     @task
     def prepare_warm_start() -> dict:
+        """Stage what training continues from, once the raw store is up to date and before any other stage.
+
+        Puts the checkpoint each trainer (`pretrain_sasrec`, `distill`) continues from where it reads its warm
+        start (`orchestration.warm_start`: `champion`, the production model's SASRec and adapters, else the
+        previous checkpoints; `previous`; or `none`): known items keep their SASRec embeddings, new items start
+        fresh.
+        Each staged folder is a DVC dependency of its stage, so `dvc.lock` records what training started from.
+        Under `orchestration.exchange` each trainer stages its own, in its own checkout, and this task only
+        records the production tag. XCom: what was staged, and `production_before` (the tag the run started
+        with, for the run summary)."""
         if EXCHANGE is not None and TRAINERS:
             # This worker's checkout is not the ones the trainers run in: each stages there, after its pull.
             print(f"warm start: staged by {', '.join(t.task_id for t in TRAINERS)} in their own checkouts "
@@ -176,6 +208,12 @@ with DAG(
 
     @task.branch
     def check_gate() -> list[str]:
+        """Follow the gate's decision in `orchestration.gate_report` (`reports/gate.json`); decide nothing itself.
+
+        Promoted or provisional (a first model released although a check failed): the stages after the gate
+        that release the model (`package`), then `reload_serving`. Rejected: `mark_rejected`; production stays
+        as it was. Prints every check with its value and threshold; the decision is the XCom `decision`. A
+        report without a decision fails this task, naming the file and the fix."""
         _sync_checkout()
         decision = release.gate_decision(REPO, CFG.gate_report)
         # Read once per run: mark_rejected and the summary take it from here.
@@ -190,6 +228,11 @@ with DAG(
 
     @task
     def mark_rejected() -> dict:
+        """Record a rejected run: log the gate's reason and failed checks and call `orchestration.notify_callback`.
+
+        Runs only when `check_gate` follows the rejection. The gate stage already wrote the rejection into the
+        registry's history; production is untouched. XCom: {outcome, run_id, reason, failed_checks,
+        production}."""
         # The decision check_gate read; the gate stage already logged the rejection in the registry's history.
         decision = get_current_context()["ti"].xcom_pull(task_ids="check_gate", key="decision")
         production = release.production_tag()
@@ -201,10 +244,19 @@ with DAG(
 
     @task
     def reload_serving() -> dict:
+        """Point the running service at the new production model: run `orchestration.serving_reload_command`
+        with the production tag, after `package` promoted it. Skipped when the gate rejected the run; a failing
+        reload fails the run, and its summary says production has changed."""
         return release.reload_serving(CFG.serving_reload_command, release.production_tag(), log=print)
 
     @task(trigger_rule=TriggerRule.ALL_DONE, retries=0)
     def run_summary() -> dict:
+        """Always runs (trigger rule all_done): the run's record in `reports/runs/<run_id>/summary.json`.
+
+        Every task's state, each stage's outcome (ran, changed), the landing, the warm start, the gate's
+        decision, production before and after, the headline metrics, the run report, and each failure's
+        reason; notifies `orchestration.notify_callback` for a failed, promoted or provisional run. It fails
+        when any task failed, so Airflow never marks a broken run a success."""
         _sync_checkout(best_effort=True)
         ctx = get_current_context()
         ti, run_id = ctx["ti"], ctx["run_id"]
@@ -249,46 +301,51 @@ with DAG(
             raise AirflowFailException(f"run failed: {reason}. Errors: {json.dumps(record['errors'])}")
         return record
 
-    warm = prepare_warm_start()
-    gate = check_gate()
-    rejected = mark_rejected()
-    reload = reload_serving()
-    summary = run_summary()
+    prepare_warm_start()
+    check_gate()
+    mark_rejected()
+    reload_serving()
+    run_summary()
 
-    ops = {}
     for stage in STAGES:
         routing = CFG.tasks.get(stage.address) or CFG.tasks.get(stage.task_id)
         opts = routing.model_dump(exclude_none=True, exclude=set(POD_FIELDS)) if routing else {}
         minutes = opts.pop("execution_timeout_minutes", None)
-        ops[stage.address] = DvcStageOperator(
+        DvcStageOperator(
             task_id=stage.task_id, stage=stage.address, repo=str(REPO), record=graph.option_of(stage, "--timings"),
             exchange=EXCHANGE, warm_start=CFG.warm_start if EXCHANGE is not None and stage in TRAINERS else None,
             pool=opts.pop("pool", CFG.dvc_pool), executor_config=executor_config(CFG, routing),
             execution_timeout=timedelta(minutes=minutes) if minutes else None,
-            doc_md=f"`dvc repro -s {stage.address}`\n\ndeps: {', '.join(stage.deps)}\n\nouts: {', '.join(stage.outs)}",
+            doc_md=graph.stage_doc(stage, REPO),
             **opts,
         )
+    # Every order the run needs, as (upstream, downstream) task ids; only the direct ones are wired (below).
+    tid = {s.address: s.task_id for s in STAGES}
     # The store is brought up to date first, so the warm start sees whether anything new arrived.
-    ops[STORE_WRITER.address] >> warm
+    order = [(STORE_WRITER.task_id, "prepare_warm_start")]
     for stage in STAGES:
-        for up in stage.upstream:
-            ops[up] >> ops[stage.address]
+        order += [(tid[up], stage.task_id) for up in stage.upstream]
         if stage is not STORE_WRITER and set(stage.upstream) <= {STORE_WRITER.address}:
-            warm >> ops[stage.address]
+            order.append(("prepare_warm_start", stage.task_id))
 
     release_ids = {s.address for s in RELEASE_STAGES}
-    ops[GATE_STAGE.address] >> gate
-    gate >> rejected
+    order += [(GATE_STAGE.task_id, "check_gate"), ("check_gate", "mark_rejected")]
     if RELEASE_STAGES:
-        for s in RELEASE_STAGES:
-            gate >> ops[s.address]
-        for s in RELEASE_STAGES:
-            if not any(s.address in o.upstream for o in RELEASE_STAGES):
-                ops[s.address] >> reload
+        order += [("check_gate", s.task_id) for s in RELEASE_STAGES]
+        order += [(s.task_id, "reload_serving") for s in RELEASE_STAGES
+                  if not any(s.address in o.upstream for o in RELEASE_STAGES)]
     else:
-        gate >> reload
+        order.append(("check_gate", "reload_serving"))
     # Leaf stages that are neither the gate nor released by it (e.g. a report) end in the summary.
-    others = [ops[s.address] for s in STAGES
+    others = [s.task_id for s in STAGES
               if s.address not in release_ids | {GATE_STAGE.address} and not any(s.address in o.upstream for o in STAGES)]
     # The run report feeds package, so it is no leaf; a rejected run's summary still waits for it.
-    [rejected, reload, *others, *(ops[s.address] for s in JUDGED_STAGES)] >> summary
+    order += [(t, "run_summary") for t in ["mark_rejected", "reload_serving", *others, *(s.task_id for s in JUDGED_STAGES)]]
+
+    # Wired (and drawn) without the edges a longer path already implies. A task that does not wait for all of
+    # its upstream to succeed (run_summary: all_done) keeps every edge: a task on the longer path may end
+    # early (check_gate skips package at once), and then only the direct edge makes it wait.
+    tasks = {t.task_id: t for t in dag.tasks}
+    waits_for_done = {t for t, task in tasks.items() if task.trigger_rule != TriggerRule.ALL_SUCCESS}
+    for up, down in graph.direct_edges(order, keep_into=waits_for_done):
+        tasks[up] >> tasks[down]

@@ -123,3 +123,49 @@ def judged_stages(stages: list[Stage], gate: Stage, report: str | None) -> list[
                           "when the gate releases, so a rejected run would have no report",
                           "make it depend on the gate's report and what came before it, not on package")
     return [writer]
+
+
+def direct_edges(edges: list[tuple[str, str]], keep_into: frozenset[str] | set[str] = frozenset()) \
+        -> list[tuple[str, str]]:
+    """The edges to draw (and wire) of the task graph `edges` [(upstream, downstream) task ids]: its transitive
+    reduction (Aho, Garey & Ullman 1972; networkx.transitive_reduction), in the given order, de-duplicated.
+
+    An edge A -> C is dropped when a longer path A -> B -> C exists, so every task still runs after exactly
+    the tasks it ran after (same reachability) and the graph is a chain where DVC's data flow is one, instead
+    of every transitive dependency drawn. Edges into a task in `keep_into` are all kept: a task whose trigger
+    rule is not all_success (run_summary: all_done) waits only until its direct upstream are *done*, and a task
+    on the longer path may be done early (a branch skips `package` at once), so there the path does not
+    enforce the order and the direct edge must stay. Raises ConfigError when the edges hold a cycle."""
+    import networkx as nx
+
+    g = nx.DiGraph(edges)
+    if not nx.is_directed_acyclic_graph(g):
+        cycle = " -> ".join(u for u, _ in nx.find_cycle(g))
+        raise ConfigError("dvc.yaml", f"the task graph has a cycle ({cycle})",
+                          "make no stage depend, directly or not, on what it writes")
+    keep = set(nx.transitive_reduction(g).edges) | {(u, v) for u, v in g.edges if v in keep_into}
+    return [e for e in dict.fromkeys(edges) if e in keep]
+
+
+def stage_doc(stage: Stage, repo: Path) -> str:
+    """The Markdown an Airflow task shows as its doc: the DVC command, what the stage does (the docstring of the
+    module its `python -m` command runs, read from the file, not imported: the scheduler parses the DAG often),
+    and what it reads and writes. A command that runs no module of the repository gets the command alone."""
+    import ast
+    import shlex
+
+    words = shlex.split(stage.cmd) if stage.cmd else []
+    module = words[words.index("-m") + 1] if "-m" in words[:-1] else None
+    rel = module.replace(".", "/") + ".py" if module else None
+    source = Path(repo) / rel if rel else None
+    about = ast.get_docstring(ast.parse(source.read_text(encoding="utf-8"))) \
+        if source is not None and source.is_file() else None
+    code = [d for d in stage.deps if d.endswith(".py")]
+    data = [d for d in stage.deps if not d.endswith(".py")]
+    lines = [f"`dvc repro -s {stage.address}`: `{stage.cmd}`", ""]
+    if about:
+        lines += [f"From `{rel}`:", "", about, ""]
+    lines += [f"**Reads** {', '.join(f'`{d}`' for d in data) or 'no data'}"
+              + (f" and {len(code)} code file(s)" if code else ""), "",
+              f"**Writes** {', '.join(f'`{o}`' for o in stage.outs) or 'nothing DVC tracks'}"]
+    return "\n".join(lines)

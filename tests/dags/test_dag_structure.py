@@ -39,20 +39,61 @@ def test_tasks_are_the_dvc_stages_plus_orchestration(dag):
 def test_edges_follow_dvc_deps_and_outs(dag):
     up = {t.task_id: set(t.upstream_task_ids) for t in dag.tasks}
     # The landing (a DVC stage: it writes the raw store) comes first, then the warm start, which looks at
-    # whether anything new arrived, then the stages that read the store.
+    # whether anything new arrived, then the stages that read the store (ingest's own edge from the landing
+    # is implied, so not drawn).
     assert up["ingest_batches"] == set() and up["prepare_warm_start"] == {"ingest_batches"}
-    assert up["ingest"] == {"ingest_batches", "prepare_warm_start"}
-    assert "ingest" in up["validate"] and "validate" in up["prepare"] and "prepare" in up["pretrain_sasrec"]
-    assert {"pretrain_sasrec", "prepare"} <= up["distill"]
-    assert {"distill", "pretrain_sasrec"} <= up["evaluate"]
+    assert up["ingest"] == {"prepare_warm_start"}
+    assert up["validate"] == {"ingest"} and up["prepare"] == {"validate"} and up["pretrain_sasrec"] == {"prepare"}
+    assert up["distill"] == {"pretrain_sasrec"} and up["evaluate"] == {"distill"}
     # The branch sits between the gate and what the gate releases.
     assert up["check_gate"] == {"gate"}
-    assert "check_gate" in up["package"] and up["reload_serving"] == {"package"}
-    assert up["mark_rejected"] == {"check_gate"}
-    assert up["run_summary"] >= {"mark_rejected", "reload_serving", "report"}
+    assert up["reload_serving"] == {"package"} and up["mark_rejected"] == {"check_gate"}
     # The run report follows the gate stage whatever it decided (not the branch), and package, which stores it
     # as the model card, waits for both.
-    assert up["report"] >= {"gate"} and "check_gate" not in up["report"] and {"report", "check_gate"} <= up["package"]
+    assert up["report"] == {"gate"} and up["package"] == {"report", "check_gate"}
+    assert up["run_summary"] == {"mark_rejected", "reload_serving", "report"}
+
+
+def test_the_graph_has_direct_edges_only_and_the_order_of_dvc_s_data_flow(dag):
+    """The DAG draws (and wires) its transitive reduction: no edge is implied by a longer path, and every
+    stage still runs after everything DVC's data flow puts before it. The one implied edge kept is report ->
+    run_summary: run_summary runs when its upstream are done (all_done), and a rejecting check_gate skips
+    package (so reload_serving) at once, so only that edge makes a rejected run's summary wait for its report.
+    `airflow dags show` (Airflow's render_dag, with the graphviz package) draws exactly these edges."""
+    import networkx as nx
+    from airflow.serialization.serialized_objects import DagSerialization
+    from airflow.utils.dot_renderer import render_dag
+
+    from components.orchestration.graph import pipeline_stages
+
+    g = nx.DiGraph([(u, t.task_id) for t in dag.tasks for u in t.upstream_task_ids])
+    stages = pipeline_stages(REPO)
+    tid = {s.address: s.task_id for s in stages}
+    data = {(tid[u], s.task_id) for s in stages for u in s.upstream}
+    assert len(data) > 20  # dvc dag's own edges, most of them implied by others
+    assert all(nx.has_path(g, u, v) for u, v in data), "a stage no longer waits for one it reads from"
+    assert {(u, v) for u, v in g.edges if u in tid.values() and v in tid.values()} <= data
+    assert nx.descendants(g, "prepare_warm_start") == set(dag.task_ids) - {"ingest_batches", "prepare_warm_start"}
+    assert nx.ancestors(g, "run_summary") == set(dag.task_ids) - {"run_summary"}
+    implied = {(u, v) for u, v in g.edges if nx.has_path(nx.restricted_view(g, [], [(u, v)]), u, v)}
+    assert implied == {("report", "run_summary")}, implied
+    dot = render_dag(DagSerialization.from_dict(DagSerialization.to_dict(dag))).source
+    assert dot.count(" -> ") == g.number_of_edges() == 17
+
+
+def test_direct_edges_keep_reachability_and_the_edges_into_a_waiting_task():
+    import networkx as nx
+
+    from components.errors import ConfigError
+    from components.orchestration.graph import direct_edges
+
+    order = [("a", "b"), ("b", "c"), ("a", "c"), ("c", "d"), ("a", "d"), ("b", "d"), ("a", "c")]
+    assert direct_edges(order) == [("a", "b"), ("b", "c"), ("c", "d")]
+    assert direct_edges(order, keep_into={"d"}) == [("a", "b"), ("b", "c"), ("c", "d"), ("a", "d"), ("b", "d")]
+    closure = nx.transitive_closure(nx.DiGraph(order))
+    assert set(nx.transitive_closure(nx.DiGraph(direct_edges(order))).edges) == set(closure.edges)
+    with pytest.raises(ConfigError, match=r"cycle \(a -> b -> c\)"):
+        direct_edges([("a", "b"), ("b", "c"), ("c", "a")])
 
 
 def test_dag_settings(dag):
@@ -72,6 +113,17 @@ def test_dag_settings(dag):
     assert type(timetable).__name__ == "AssetOrTimeSchedule"
     assert "0 3 * * *" in str(timetable)
     assert "llm_srec_landing_zone" in str(timetable) and "FileDeleteTrigger" in str(timetable)
+    # The UI header's Schedule draws the Asset alone: the cron is in the title, the doc and the description.
+    assert "**Schedule: cron `0 3 * * *` UTC (At 03:00) or a landed batch (Asset `llm_srec_landing_zone`)**" \
+        in dag.doc_md
+    assert dag.description.endswith("Runs on cron 0 3 * * * UTC or a landed batch")
+    assert dag.dag_display_name == "llm_srec_retraining · cron 0 3 * * * UTC or a landed batch"
+    # Every task says what it does: the orchestration tasks from their docstrings, a stage from its module's.
+    assert not [t.task_id for t in dag.tasks if not t.doc_md]
+    assert "Follow the gate's decision" in dag.get_task("check_gate").doc_md
+    validate = dag.get_task("validate").doc_md
+    assert validate.startswith("`dvc repro -s validate`: `python -m components.stages.validate --in data/ingested")
+    assert "Stage `validate`: Great Expectations checks" in validate and "**Reads** `data/ingested`, `params.yaml` and 6 code file(s)" in validate
 
 
 def test_a_new_stage_in_dvc_yaml_becomes_a_task(tmp_path, airflow_home):

@@ -376,7 +376,7 @@ def test_a_rejection_is_judged_anew_once_its_reason_is_gone(tmp_path, paths, ing
     batch(users=3, items=("N2", "A")).to_csv(late, index=False)
     batch(users=2, items=("N2",), t0=1_736_000_000, title="Nashi pear").to_csv(brings, index=False)
     drop([late], paths)
-    assert "in_set(item_id)" in land(paths, PARAMS, ingested=ingested, log=QUIET).rejected[0]["reason"]
+    assert "in_set(item_known)" in land(paths, PARAMS, ingested=ingested, log=QUIET).rejected[0]["reason"]
     drop([brings], paths)
     assert land(paths, PARAMS, ingested=ingested, log=QUIET).accepted
     drop([late], paths)

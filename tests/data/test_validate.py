@@ -12,6 +12,7 @@ from components.config import ValidateParams
 from components.data.validation import validate
 from components.stages.ingest import main as ingest_main
 from components.stages.validate import main as validate_main
+from tests.browser import render
 
 GOOD_ROWS = [(f"u{u}", f"I{i}", 1_600_000_000 + 3600 * (u * 10 + i)) for u in range(10) for i in range(6)]
 
@@ -59,7 +60,15 @@ def test_three_bad_rows_are_quarantined_with_reasons(tmp_path):
     assert summary["users"] == 10 and summary["items"] == 6
     assert sum(summary["quarantined_by_expectation"].values()) == 3
     assert (tmp_path / "docs" / "index.html").is_file()
-    assert list((tmp_path / "docs" / "validations").rglob("*.html"))
+    # The Data Docs page as a person sees it: named asset, suite and run; bounds and offending values as dates;
+    # the membership check a counted join, with no catalogue inlined.
+    (page,) = (tmp_path / "docs" / "validations" / "interactions_suite" / "validate").rglob("*.html")
+    text = render(page, tmp_path / "chromium")["text"]
+    assert "Expectation Suite: interactions_suite" in text and "Data asset: interactions" in text
+    assert "Validations / interactions_suite / interactions / validate /" in text and "__none__" not in text
+    assert "greater than or equal to 1990-01-01T00:00:00+00:00" in text and "631152000" not in text
+    assert "2100-01-01T00:00:00+00:00" in text  # the row from the future, as a date
+    assert "joined against the 6 accepted catalogue items" in text and "I3 I4" not in text
 
 
 def test_too_many_bad_rows_fail_the_stage_but_leave_evidence(tmp_path, capsys):
@@ -84,16 +93,19 @@ def test_millisecond_timestamps_get_a_hint(tmp_path, capsys):
 
 
 def test_items_without_title_quarantine_their_interactions():
-    inter = pd.DataFrame({"user_id": ["u", "u", "v"], "item_id": ["A", "B", "B"],
-                          "timestamp": pd.array([1.6e9, 1.6e9 + 1, 1.6e9], dtype="Int64"),
-                          "_source": "t", "_row": [1, 2, 3]})
+    inter = pd.DataFrame({"user_id": ["u", "u", "v", "w"], "item_id": ["A", "B", "B", None],
+                          "timestamp": pd.array([1.6e9, 1.6e9 + 1, 1.6e9, 1.6e9], dtype="Int64"),
+                          "_source": "t", "_row": [1, 2, 3, 4]})
     items = pd.DataFrame({"item_id": ["A", "B", "A"], "title": ["Alpha", "", "Again"], "description": "",
                           "_source": "t", "_row": [1, 2, 3]})
     out = validate(inter, items, ValidateParams(max_bad_fraction=1.0))
     assert out.items["item_id"].tolist() == ["A"] and out.items["title"].tolist() == ["Alpha"]
     assert sorted(out.quarantine_items["reason"]) == ["duplicate item_id (the first entry is kept)", "title is empty"]
     assert out.interactions["item_id"].tolist() == ["A"]
-    assert set(out.quarantine_interactions["reason"]) == {"item_id has no catalogue entry with a non-empty title"}
+    # Counted by the catalogue join; a missing item_id is reported as missing, not also as unknown.
+    assert out.quarantine_interactions["reason"].tolist() == ["item_id has no catalogue entry with a non-empty title"] * 2 \
+        + ["item_id is missing"]
+    assert out.summary["quarantined_by_expectation"]["interactions.expect_column_values_to_be_in_set(item_known)"] == 2
 
 
 def test_schema_level_failure_names_the_file():
