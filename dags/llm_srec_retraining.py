@@ -35,7 +35,7 @@ Kubernetes pods): each stage's task syncs its own checkout from the git branch `
 what it reads from the DVC remote, runs, then pushes its outputs and commits its dvc.lock entry to the branch
 (components/orchestration/exchange.py); each training stage stages its own warm start.
 
-Configuration: `params.yaml` → `orchestration`. Setup, pools and engines: README → Airflow, docs/deploy.md. Under the
+Configuration: `params.yaml` → `orchestration`. Setup, pools and engines: docs/airflow.md, docs/deploy.md. Under the
 KubernetesExecutor each task is a pod of `orchestration.image` (components/orchestration/kubernetes.py).
 """
 
