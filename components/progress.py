@@ -54,17 +54,20 @@ class BudgetProgress:
 
     `step` and `elapsed` (seconds, the budget's clock) are where a resumed run starts. `update` takes absolute
     positions; `close(reason)` completes to 100% with the reason. Lines go to `log` (default: a line on
-    `file`, which is stderr by default and decides terminal or not). `final_line=False` keeps a loop that
+    `file`, which is stderr by default and decides terminal or not), named `label` (default `desc`: a caller
+    whose log already names the stage gives a shorter one). `final_line=False` keeps a loop that
     never reached its first periodic line silent at the end too (short loops, e.g. one serving request).
     Raises ValueError when neither budget is given."""
 
     def __init__(self, desc: str, *, steps: int | None, seconds: float | None = None, step: int = 0,
                  elapsed: float = 0.0, unit: str = "step", enabled: bool = True,
                  log: Callable[[str], None] | None = None, file: TextIO | None = None,
-                 every_seconds: float = EVERY_SECONDS, final_line: bool = True, leave: bool = True):
+                 every_seconds: float = EVERY_SECONDS, final_line: bool = True, leave: bool = True,
+                 label: str | None = None):
         if not steps and not seconds:
             raise ValueError(f"{desc}: a progress budget needs steps or seconds, got steps={steps}, seconds={seconds}")
         self.desc, self.steps, self.seconds, self.unit = desc, steps, seconds, unit
+        self.label = label or desc
         self.file = file if file is not None else sys.stderr
         self.every_seconds, self.final_line = every_seconds, final_line
         self._log = log if log is not None else self._write_line
@@ -98,7 +101,7 @@ class BudgetProgress:
         print(line, file=self.file, flush=True)
 
     def _line(self, pct: float, tail: str) -> None:
-        self._log(f"{self.desc}: {pct:3.0f}% ({self._detail()}){tail}")
+        self._log(f"{self.label}: {pct:3.0f}% ({self._detail()}){tail}")
         self.lines += 1
 
     def update(self, step: int, elapsed: float | None = None, **info: object) -> None:

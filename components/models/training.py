@@ -213,7 +213,7 @@ def fit(model: Recommender, opts: TrainOptions, *, batches: Callable[[np.random.
     # stops; plain lines through `log` when stderr is not a terminal (components/progress.py).
     meter = BudgetProgress(opts.section, steps=total, step=progress.step, elapsed=progress.train_seconds,
                            seconds=opts.max_minutes * 60 if opts.max_minutes is not None else None,
-                           enabled=progress_bar and main, log=log)
+                           enabled=progress_bar and main, log=log, label="training")
     log = meter.logger(log)
 
     def agree(flag: bool) -> bool:  # every process must stop together, or a collective call would hang

@@ -85,3 +85,10 @@ def test_track_is_silent_for_a_short_loop_off_a_terminal():
     out = io.StringIO()
     assert list(track(range(3), "item table", file=out, every_seconds=0)) == [0, 1, 2]
     assert out.getvalue().splitlines()[-1].startswith("item table: 100% (batch 3/3) in ")
+
+
+def test_lines_through_a_callers_log_carry_its_label():
+    lines: list[str] = []
+    meter = BudgetProgress("distill", steps=10, log=lines.append, label="training", file=io.StringIO())
+    meter.close("reached distill.max_steps=10")
+    assert lines == [lines[0]] and lines[0].startswith("training: 100% (step 0/10) in ")

@@ -284,5 +284,5 @@ def test_a_run_stopped_by_its_minutes_logs_plain_lines_ending_at_100_percent(pre
                  validate=lambda: validation_ndcg(model, prepared, 512), state_root=None, key="k", log=lines.append)
     assert result.progress.stopped_by == "max_minutes" and result.progress.step < n_batches * opts.epochs
     assert "\r" not in capsys.readouterr().err and not any("\r" in line for line in lines)
-    assert lines[-1].startswith(f"sasrec: 100% (step {result.progress.step}/{n_batches * opts.epochs}, "), lines
+    assert lines[-1].startswith(f"training: 100% (step {result.progress.step}/{n_batches * opts.epochs}, "), lines
     assert lines[-1].endswith(": reached sasrec.max_minutes=0.001"), lines
