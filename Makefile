@@ -13,7 +13,7 @@ export HF_HUB_OFFLINE := 1
 # Stage commands in dvc.yaml call `python`: make it the project's.
 export PATH := $(abspath $(BIN)):$(PATH)
 
-.PHONY: setup run test lint clean airflow celery-setup chromium-setup
+.PHONY: setup run test lint clean airflow celery-setup chromium-setup test-tools
 .DEFAULT_GOAL := run
 
 setup: $(STAMP)
@@ -34,7 +34,7 @@ $(STAMP): pyproject.toml constraints.txt
 run: setup
 	$(BIN)/srec run
 
-test: setup celery-setup chromium-setup
+test: setup test-tools
 	$(BIN)/python -m pytest -q
 
 # Airflow for local use: scheduler, triggerer, dag processor and UI (http://localhost:8080) in one process,
@@ -49,21 +49,47 @@ airflow: setup
 	$(AIRFLOW_ENV) $(BIN)/python -m components.orchestration pools --apply
 	$(AIRFLOW_ENV) $(BIN)/airflow standalone
 
+# Debian packages, each named by the command it provides as command:package. apt-get needs root; one
+# `apt-get update` and one install for whatever is missing (an update alone takes tens of seconds on a bare
+# machine), nothing when every command is there.
+define apt_install
+missing=; for pair in $(1); do command -v "$${pair%%:*}" >/dev/null || missing="$$missing $${pair#*:}"; done; \
+	[ -z "$$missing" ] || { SUDO=$$([ "$$(id -u)" = 0 ] || echo sudo); \
+	$$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq $$missing; }
+endef
 # The CeleryExecutor's broker is Debian's Redis (docs/deploy.md); the Celery test starts its own on 127.0.0.1.
-# apt-get needs root; nothing is installed when redis-server is already there.
 celery-setup:
-	@command -v redis-server >/dev/null || { SUDO=$$([ "$$(id -u)" = 0 ] || echo sudo); \
-		$$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq redis-server; }
+	@$(call apt_install,redis-server:redis-server)
 	@redis-server --version
 
 # The run report's test looks at the page in a real browser: Debian's headless Chromium (tests/browser.py).
 chromium-setup:
-	@command -v chromium >/dev/null || { SUDO=$$([ "$$(id -u)" = 0 ] || echo sudo); \
-		$$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq chromium; }
+	@$(call apt_install,chromium:chromium)
 	@chromium --version
+
+# Both, for `make test`, in one apt-get call.
+test-tools:
+	@$(call apt_install,redis-server:redis-server chromium:chromium)
+	@redis-server --version && chromium --version
 
 lint: setup
 	$(BIN)/ruff check components tests benchmarks dags
 
+# Removes what the pipeline generates, so the next `make run` rebuilds it: every output dvc.yaml declares
+# (outs, metrics, plots), read by DVC itself so the list follows dvc.yaml, except the persistent ones (DVC's
+# `persist`: data/batches, the store of accepted batches, which is raw data, not a result), plus what stages
+# write beside their outputs: reports/data_docs (validate) and models/.resume (the training stages' resume state).
+# Kept: data/batches, the landing zone (data/incoming, data/landing: arriving, rejected and held batches), the
+# download cache data/downloads, staged warm starts (models/warm_start), the run records (reports/timings,
+# reports/runs), DVC's cache and the BentoML model store. No tracked file is touched.
+BESIDE_OUTS := reports/data_docs models/.resume
+define GENERATED_PY
+from dvc.repo import Repo
+with Repo() as repo:
+    print("\n".join(o.def_path for o in repo.index.outs if not o.persist))
+endef
+export GENERATED_PY
 clean:
-	rm -rf data reports/data_docs
+	@test -x $(BIN)/python || { echo "make clean: $(BIN)/python is missing; run make setup first (DVC reads dvc.yaml's outputs)" >&2; exit 1; }
+	@set -o pipefail; { $(BIN)/python -c "$$GENERATED_PY" && printf '%s\n' $(BESIDE_OUTS); } | \
+		while IFS= read -r path; do [ -e "$$path" ] || continue; echo "removing $$path"; rm -rf -- "$$path"; done

@@ -48,6 +48,7 @@ from components.models.base import (
 )
 from components.models.parallel import Shard
 from components.models.sasrec import SASRec
+from components.progress import track
 
 ADAPTERS, ITEM_TABLE, TITLES = "adapters.safetensors", "item_table.safetensors", "titles.json"
 TEXT_STATES = "text_states.safetensors"
@@ -561,14 +562,12 @@ class LLMSRec(Recommender):
         Items run in order of prompt length, so a batch pads little. With a `shard` of several processes
         (a collective: every process calls it), each runs every world-th batch, the very batches one
         process would, and all get the whole table."""
-        from tqdm import tqdm
-
         shard = shard or Shard()
         idx = torch.arange(1, self.num_items + 1)
         lengths = torch.tensor([len(f) for f in self.prompts.items(idx.numpy()).frozen])
         chunks = idx[lengths.argsort(stable=True)].split(batch_size)
         table = torch.zeros(self.num_items + 1, self.config.out_dim)
-        for i in tqdm(shard.share(len(chunks)), desc="item table", disable=not progress, leave=False):
+        for i in track(shard.share(len(chunks)), "item table", enabled=progress):
             table[chunks[i]] = self.item_vectors(chunks[i]).cpu()
         self.item_table = shard.sum_(table)  # [N+1, d']: each row filled by one process, zeros elsewhere
         return self.item_table
@@ -580,13 +579,10 @@ class LLMSRec(Recommender):
             self.build_item_table()
         items, _ = self._prompt_window(histories)
         order = (items != 0).sum(1).argsort(stable=True)  # [B]: prompt length follows the history length
-        from tqdm import tqdm
-
         out = torch.empty(len(histories), self.config.out_dim, device=self.device)
         chunks = order.split(self.infer_batch_size)
         # Evaluation passes hundreds of users per call, each a full LLM pass: show how far it is.
-        for chunk in tqdm(chunks, desc="LLM-SRec users", unit="batch", leave=False, disable=len(chunks) < 4,
-                          mininterval=2.0):
+        for chunk in track(chunks, "LLM-SRec users", enabled=len(chunks) >= 4):
             out[chunk.to(self.device)] = self.user_vectors(
                 Histories(histories.items[chunk], histories.timestamps[chunk], histories.users[chunk]))
         return out  # [B, d']

@@ -24,6 +24,7 @@ from torch import Tensor
 from components.errors import ConfigError
 from components.llm.backbone import Backbone, cache_root, truncate_layers
 from components.llm.prompts import clean_title
+from components.progress import track
 
 
 @torch.no_grad()
@@ -35,8 +36,6 @@ def title_states(backbone: Backbone, titles: list[str], layer: int, max_title_ch
     `titles[0]` is the padding entry and is not read. `backbone` must hold at least `layer` layers (load
     it whole: `load_backbone(..., num_layers=None)`). Raises ConfigError when it does not.
     """
-    from tqdm import tqdm
-
     if layer > backbone.num_layers:
         raise ConfigError("params.yaml", f"distill.text_layer={layer}, the backbone holds {backbone.num_layers} "
                                          "layers", f"use at most {backbone.num_layers}, or load the whole backbone")
@@ -48,8 +47,7 @@ def title_states(backbone: Backbone, titles: list[str], layer: int, max_title_ch
     pad = tok.pad_token_id if tok.pad_token_id is not None else (tok.eos_token_id or 0)
     out = torch.zeros(len(titles), backbone.hidden_size)
     chunks = [order[lo: lo + batch_size] for lo in range(0, len(order), batch_size)]
-    for chunk in tqdm(chunks, desc=f"title states (layer {layer})", unit="batch", disable=not progress,
-                      mininterval=2.0):
+    for chunk in track(chunks, f"title states (layer {layer})", enabled=progress):
         T = max(len(ids[i]) for i in chunk)
         x = torch.full((len(chunk), T), int(pad), dtype=torch.long)
         mask = torch.zeros((len(chunk), T), dtype=torch.long)

@@ -29,7 +29,6 @@ from typing import Any
 import numpy as np
 import torch
 from safetensors.torch import load_file, save_file
-from tqdm import tqdm
 
 from components.config import DistillParams, SASRecParams
 from components.data.histories import Batch
@@ -37,6 +36,7 @@ from components.errors import ConfigError
 from components.io import write_json
 from components.models.base import Recommender
 from components.models.parallel import Shard
+from components.progress import BudgetProgress
 
 
 @dataclass(frozen=True)
@@ -209,8 +209,12 @@ def fit(model: Recommender, opts: TrainOptions, *, batches: Callable[[np.random.
     resumed_from, resumed_step, best_file = progress.epoch, progress.step, None
     eval_steps = n_batches * int(opts.eval_every) if opts.eval_every >= 1 else max(1, round(opts.eval_every * n_batches))
     total = n_batches * opts.epochs if opts.max_steps is None else min(opts.max_steps, n_batches * opts.epochs)
-    bar = tqdm(total=total, initial=progress.step, desc=opts.section, mininterval=1.0, leave=False,
-               disable=not (progress_bar and main))
+    # Sized to the budget that ends first (steps or minutes), closed at 100% with the reason whenever the run
+    # stops; plain lines through `log` when stderr is not a terminal (components/progress.py).
+    meter = BudgetProgress(opts.section, steps=total, step=progress.step, elapsed=progress.train_seconds,
+                           seconds=opts.max_minutes * 60 if opts.max_minutes is not None else None,
+                           enabled=progress_bar and main, log=log, label="training")
+    log = meter.logger(log)
 
     def agree(flag: bool) -> bool:  # every process must stop together, or a collective call would hang
         if world == 1:
@@ -253,9 +257,8 @@ def fit(model: Recommender, opts: TrainOptions, *, batches: Callable[[np.random.
             if len(terms) > 1:
                 for k, v in terms.items():
                     sums[k] = sums.get(k, 0.0) + v.item()
-            bar.update(1)
-            bar.set_postfix(loss=f"{sums['loss'] / count:.4f}", refresh=False)
             elapsed = progress.train_seconds + time.time() - t0
+            meter.update(progress.step, elapsed, loss=f"{sums['loss'] / count:.4f}")
             out_of_time = agree(opts.max_minutes is not None and elapsed > opts.max_minutes * 60)
             end_of_epoch = j == n_batches
             if progress.step >= total or out_of_time or end_of_epoch or (opts.eval_every < 1 and j % eval_steps == 0):
@@ -308,8 +311,8 @@ def fit(model: Recommender, opts: TrainOptions, *, batches: Callable[[np.random.
         row["minutes"] = round(progress.train_seconds / 60, 3)
         if state is not None and main:
             best_file = state.save(progress, model, optimizer, best_state, improved, best_file)
-    bar.close()
     if not progress.stopped:
         progress.stopped, progress.stopped_by = f"reached {opts.section}.epochs={opts.epochs}", "epochs"
+    meter.close(progress.stopped)
     return FitResult(progress, best_state, resumed_from, resumed_step)
 

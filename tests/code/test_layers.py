@@ -1,6 +1,6 @@
 """The house's layering, read from the source: every project import points down, and none hides.
 
-Layers, lowest first: the shared basics (errors, io, config, summary, timings) < data < models <
+Layers, lowest first: the shared basics (errors, io, config, summary, timings, progress) < data < models <
 evaluation < llm < serving < stages < orchestration < cli. A module imports its own layer or lower ones. An
 import inside a function body is an arrow a reader (and dvc.yaml's deps) cannot see at the top of the
 file, so each one left must be in `LAZY` with the reason it has to wait. A module named by a string
@@ -14,8 +14,8 @@ import re
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[2]
-LAYERS = [("errors", "io", "config", "summary", "timings"), ("data",), ("models",), ("evaluation",), ("llm",),
-          ("serving",), ("stages",), ("orchestration",), ("cli",)]
+LAYERS = [("errors", "io", "config", "summary", "timings", "progress"), ("data",), ("models",), ("evaluation",),
+          ("llm",), ("serving",), ("stages",), ("orchestration",), ("cli",)]
 RANK = {name: rank for rank, names in enumerate(LAYERS) for name in names}
 
 #: (importing file, imported module) -> why it waits for the function that needs it

@@ -94,3 +94,56 @@ def test_dvc_repro_reruns_only_what_a_param_change_touches(reproduced, tmp_path)
     assert "Running stage 'prepare'" in out.stdout and "Running stage 'ingest'" not in out.stdout
     cand = pd.read_parquet(ws / "data" / "prepared" / "candidates.parquet")
     assert cand["negatives"].map(len).eq(50).all()
+
+
+@pytest.mark.slow
+def test_make_clean_removes_only_what_the_pipeline_made(reproduced, tmp_path, monkeypatch):
+    """Issue 27: `make clean` removed the whole of data/, accepted batches too. Now it removes the generated
+    outputs and keeps the raw data and every tracked file; DVC then plans every stage again, and `ingest` (the
+    stage the issue saw fail) runs on the batch the store kept.
+
+    Not `dvc repro --dry`: DVC 3.67's dry run fails on any workspace where a stage's input is another stage's
+    missing output, a fresh clone included (`failed to reproduce 'ingest': ... data/batches`, DVC issue 9021),
+    whatever make clean does; `dvc status` is the plan it would have printed."""
+    from components.data import landing
+    from tests.dags.test_dag_e2e import new_batch
+
+    ws = copy_workspace(reproduced.ws, tmp_path / "ws")
+    env = reproduced.env
+    # A real accepted batch in the store (the landing zone's own path, its records in data/landing), and files
+    # the pipeline reads but never writes.
+    arrived = tmp_path / "week_1.csv"
+    new_batch(ws).to_csv(arrived, index=False)
+    monkeypatch.chdir(ws)  # the landing CLI's paths are params.yaml's, relative to the workspace
+    landing.main(["drop", str(arrived)])
+    done = subprocess.run(DVC + ["repro", "ingest_batches"], cwd=ws, env=env, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stdout + done.stderr
+    raw = {"data/downloads/ml-1m.zip": "zip", "models/warm_start/sasrec/config.json": "{}"}
+    for rel, text in raw.items():
+        (ws / rel).parent.mkdir(parents=True, exist_ok=True)
+        (ws / rel).write_text(text)
+    kept = {p.relative_to(ws): p.read_bytes() for top in ("data/batches", "data/landing", "data/incoming",
+                                                         "data/downloads", "models/warm_start", "reports/timings")
+            for p in (ws / top).rglob("*") if p.is_file()}
+    batches = {p.parent.name for p in kept if str(p).startswith("data/batches/") and p.name == "batch.json"}
+    assert len(batches) == 1, sorted(map(str, kept))
+    generated = ["data/ingested", "data/validated", "data/quarantine", "data/prepared", "models/sasrec",
+                 "models/llmsrec", "reports/metrics.json", "reports/gate.json", "reports/run_report.html",
+                 "reports/headline.json", "reports/package.json", "reports/sasrec_curve.png", "reports/data_docs"]
+    assert all((ws / rel).exists() for rel in generated)
+
+    done = subprocess.run(["make", "clean", f"BIN={Path(sys.executable).parent}"], cwd=ws, env=env,
+                          capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert not [rel for rel in generated if (ws / rel).exists()], done.stdout
+    assert {p: (ws / p).read_bytes() for p in kept if (ws / p).is_file()} == kept, done.stdout
+    status = subprocess.run(["git", "status", "--porcelain"], cwd=ws, capture_output=True, text=True).stdout
+    assert not [line for line in status.splitlines() if line[:2].strip() == "D"], status  # no tracked file deleted
+
+    plan = subprocess.run(DVC + ["status", "--json"], cwd=ws, env=env, capture_output=True, text=True, timeout=120)
+    assert plan.returncode == 0, plan.stderr
+    assert set(json.loads(plan.stdout)) == {"ingest_batches", "ingest", "validate", "prepare", "pretrain_sasrec",
+                                            "distill", "evaluate", "gate", "report", "package"}, plan.stdout
+    again = subprocess.run(DVC + ["repro", "ingest"], cwd=ws, env=env, capture_output=True, text=True, timeout=300)
+    assert again.returncode == 0, again.stdout + again.stderr
+    assert json.loads((ws / "data" / "ingested" / "ingest.json").read_text())["batch_ids"] == sorted(batches)

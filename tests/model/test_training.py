@@ -268,3 +268,21 @@ def test_one_loop_validates_within_an_epoch_and_resumes_mid_epoch_exactly(tmp_pa
     assert whole.resumed_from_step == 0
     for k, v in whole_model.state_dict().items():
         assert torch.equal(resumed_model.state_dict()[k], v), k
+
+
+def test_a_run_stopped_by_its_minutes_logs_plain_lines_ending_at_100_percent(prepared, capsys):
+    """Issue 27: off a terminal (here pytest's captured stderr) no bar redraws with carriage returns, and the
+    progress ends with a 100% line naming the budget that stopped the run, steps to spare notwithstanding."""
+    train_set = TrainingSet(prepared, 16)
+    n_batches = -(-len(train_set) // 64)
+    torch.manual_seed(0)
+    model = SASRec(SASRecConfig(hidden=16, max_len=16, loss="bce"), prepared.item_ids, prepared.item_mapping_hash)
+    opts = TrainOptions(epochs=50, eval_every=1, patience=100, lr=0.005, batch_size=64, seed=5, eval_batch_size=512,
+                        max_minutes=0.001, betas=SASRec.adam_betas, validate_at_start=False, section="sasrec")
+    lines: list[str] = []
+    result = fit(model, opts, batches=lambda rng: train_set.batches(64, model.num_negatives, rng), n_batches=n_batches,
+                 validate=lambda: validation_ndcg(model, prepared, 512), state_root=None, key="k", log=lines.append)
+    assert result.progress.stopped_by == "max_minutes" and result.progress.step < n_batches * opts.epochs
+    assert "\r" not in capsys.readouterr().err and not any("\r" in line for line in lines)
+    assert lines[-1].startswith(f"training: 100% (step {result.progress.step}/{n_batches * opts.epochs}, "), lines
+    assert lines[-1].endswith(": reached sasrec.max_minutes=0.001"), lines
