@@ -71,7 +71,8 @@ def cli() -> None:
 
 @cli.command()
 @click.argument("stages", nargs=-1)
-@click.option("--dry", is_flag=True, help="print what DVC would run, run nothing")
+@click.option("--dry", is_flag=True, help="print what DVC would run, run nothing (DVC's dry run stops at a stage "
+              "whose input an earlier stage has not made yet, as on a fresh clone: `dvc status` then says what is stale)")
 @click.option("-f", "--force", is_flag=True, help="run the stages even when nothing they depend on changed")
 @click.option("-s", "--single-item", is_flag=True, help="run only the named STAGES, not what they depend on")
 def run(stages: tuple[str, ...], dry: bool, force: bool, single_item: bool) -> None:
