@@ -34,8 +34,12 @@ SUMMARY_STARTS = ("data: ", "test NDCG@10 ", "gate: ", "package: ")
 
 
 def summary_lines(stdout: str) -> list[str]:
-    """The run's closing summary (components/summary.py) from `make run`'s output, in order."""
-    return [line for line in stdout.splitlines() if line.startswith(SUMMARY_STARTS)]
+    """The run's closing summary (components/summary.py) from `make run`'s output, in order: the lines from
+    its first line (`data: ...`, the last one in the output) on. Stages log lines that start alike before it
+    (`gate: PROMOTED ...`), so only the block at the end counts."""
+    lines = stdout.splitlines()
+    start = max((i for i, line in enumerate(lines) if line.startswith(SUMMARY_STARTS[0])), default=len(lines))
+    return [line for line in lines[start:] if line.startswith(SUMMARY_STARTS)]
 
 
 def timed(cmd: list[str], cwd: Path, env: dict[str, str], log: Path) -> tuple[float, str]:

@@ -40,7 +40,7 @@ def main(argv: list[str] | None = None) -> None:
         else:
             note = " PROVISIONAL (no production model yet; the next model that passes the gate replaces it)" \
                 if pkg["decision"] == "provisional" else ""
-            print(f"package: {pkg['tag']} is production{note}; serve it with `bentoml serve`")
+            print(f"package: {pkg['tag']} is production{note}; serve it with `srec serve`")
 
 
 if __name__ == "__main__":

@@ -57,3 +57,12 @@ def test_the_quick_start_shows_what_a_recorded_run_printed():
     result = json.loads((REPO / "benchmarks" / "results" / "quickstart.json").read_text())
     assert quickstart_block(result) in README, "run `python -m benchmarks.report --readme README.md`"
     assert result["summary"][0].startswith("data: ") and result["run_seconds"] > 0
+
+
+def test_the_recorded_summary_is_the_block_make_run_ends_with():
+    from benchmarks.quickstart import summary_lines
+
+    out = ("Running stage 'gate':\ngate: PROMOTED (gate passed) in 0.8s\npackage: llmsrec:abc is production in 2.5s\n"
+           "data: 600 users, 400 items\ntest NDCG@10 on the fixed candidates: popularity 0.1\ngate: promoted\n"
+           "package: llmsrec:abc is production; serve it with `srec serve`\n")
+    assert summary_lines(out) == out.splitlines()[3:]
