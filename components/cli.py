@@ -71,8 +71,7 @@ def cli() -> None:
 
 @cli.command()
 @click.argument("stages", nargs=-1)
-@click.option("--dry", is_flag=True, help="print what DVC would run, run nothing (DVC's dry run stops at a stage "
-              "whose input an earlier stage has not made yet, as on a fresh clone: `dvc status` then says what is stale)")
+@click.option("--dry", is_flag=True, help="print what DVC would run, run nothing")
 @click.option("-f", "--force", is_flag=True, help="run the stages even when nothing they depend on changed")
 @click.option("-s", "--single-item", is_flag=True, help="run only the named STAGES, not what they depend on")
 def run(stages: tuple[str, ...], dry: bool, force: bool, single_item: bool) -> None:
@@ -83,7 +82,12 @@ def run(stages: tuple[str, ...], dry: bool, force: bool, single_item: bool) -> N
     root = checkout()
     flags = [flag for flag, on in (("--dry", dry), ("--force", force), ("--single-item", single_item)) if on]
     with repo_lock(root):
-        call([sys.executable, "-m", "dvc", "repro", *flags, *stages])
+        code = subprocess.call([sys.executable, "-m", "dvc", "repro", *flags, *stages], env=stage_env())
+    if code and dry:
+        click.echo("srec run --dry: DVC's dry run cannot plan past a stage whose inputs an earlier stage has not "
+                   "made yet (as before a first run). `dvc status` lists every stage that is stale.", err=True)
+    if code:
+        sys.exit(code)
     if not dry:
         summary.main(["--reports", str(root / "reports")])
 
@@ -162,7 +166,8 @@ def card_path(tag: str | None) -> Path:
 def promote(tag: str, reason: str) -> None:
     """Make TAG production.
 
-    Any packaged version may be promoted, e.g. an older one; its files are verified first."""
+    TAG is `llmsrec:VERSION`, as `srec models` lists them. Any packaged version may be promoted, e.g. an older
+    one; its files are verified first."""
     checkout()
     registry.main(["promote", tag, "--reason", reason])
 
@@ -189,7 +194,8 @@ def verify(tag: str | None) -> None:
 @cli.command(context_settings={"ignore_unknown_options": True})
 @click.option("--port", default=3000, show_default=True)
 @click.option("--host", default="127.0.0.1", show_default=True,
-              help="127.0.0.1 is this machine only; exposing it needs LLMSREC_API_TOKEN_FILE (docs/serving.md: Exposure)")
+              help="127.0.0.1 is this machine only. Another host without LLMSREC_API_TOKEN_FILE serves anyone who "
+              "reaches it, with a warning (docs/serving.md: Exposure)")
 @click.argument("bentoml_args", nargs=-1, type=click.UNPROCESSED)
 def serve(port: int, host: str, bentoml_args: tuple[str, ...]) -> None:
     """Serve the production model over HTTP.
@@ -212,13 +218,16 @@ def check_params(params: str, schema: bool) -> None:
     config.main(["--params", params, *(["--schema"] if schema else [])])
 
 
-@cli.command(context_settings=FORWARD, add_help_option=False)
-@click.argument("args", nargs=-1, type=click.UNPROCESSED)
-def pools(args: tuple[str, ...]) -> None:
+@cli.command()
+@click.option("--params", default="params.yaml", show_default=True, type=click.Path(dir_okay=False))
+@click.option("--apply", is_flag=True, help="run the `airflow pools set` commands (with this shell's AIRFLOW_HOME)")
+def pools(params: str, apply: bool) -> None:
     """Airflow pools the DAG needs.
 
-    Prints the `airflow pools set` commands, or runs them with `--apply`."""
-    forwarded(orchestration_cli.main, "srec pools", ("pools", *args))
+    Prints the `airflow pools set` commands, or runs them with `--apply` (`make airflow` does). A task whose
+    pool does not exist is never scheduled."""
+    checkout()
+    orchestration_cli.main(["pools", "--params", params, *(["--apply"] if apply else [])])
 
 
 if __name__ == "__main__":

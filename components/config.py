@@ -763,7 +763,7 @@ class _LimitedLoader(yaml.SafeLoader):
             # Python refuses to parse an int of 4,300 digits (ValueError, not a YAML error); none is in bounds.
             raise _LimitError(key, f"a number of {len(node.value):,} characters (no key takes one longer than "
                               f"{MAX_INT_CHARS})", node.start_mark,
-                              "set it as `python -m components.config --schema` documents, or restore it from git")
+                              "set it as `srec check-params --schema` documents, or restore it from git")
         if event.anchor is not None:
             self._anchors[id(node)] = (event.anchor, key)
         return node

@@ -106,7 +106,7 @@ BATCH_ID = re.compile(r"\d{8}T\d{6}(\.\d{6})?Z-[0-9a-z]{4,12}")
 _PLACING = ".placing-"  # a folder being filled; renamed to its batch id when complete
 _RETRACTING = ".retracting-"  # an accepted batch on its way out of the store
 _RELEASING = ".releasing-"  # a held batch on its way into the store
-RELEASE_HINT = "python -m components.data.landing release {batch_id} --reason 'why it may train'"
+RELEASE_HINT = "srec land release {batch_id} --reason 'why it may train'"
 _DEFAULTS = LandingParams()
 
 
@@ -385,7 +385,7 @@ def check_batch(path: Path, catalogue: pd.DataFrame, validate_cfg: ValidateParam
                         f"({s['bad_fraction']:.1%}) failed validation, above validate.max_bad_fraction={max_bad}; "
                         f"top failures: {dict(worst)}",
                         f"fix the rows listed in {QUARANTINE} in a copy of the raw file and drop the copy "
-                        "(python -m components.data.landing drop FIXED_FILE); if the rows are right and "
+                        "(srec land drop FIXED_FILE); if the rows are right and "
                         "the catalogue or params have changed since, drop the same file again: it is judged anew")
         err.quarantine = outcome.quarantine_interactions  # type: ignore[attr-defined]
         raise err
@@ -528,7 +528,7 @@ class _Run:
             rec |= {"sha256": None, "link_target": shown(target), "batch_id": f"{stamp:%Y%m%dT%H%M%S.%f}Z-link"}
             self.reject(claimed, rec, DataError(shown(name), f"is a symbolic link (to {shown(target)}), not a file: "
                                                 "the landing zone keeps only bytes it owns",
-                                                "drop the file itself: python -m components.data.landing drop "
+                                                "drop the file itself: srec land drop "
                                                 "FILE copies its bytes"), kind="link", raw=False)
             return
         sha = sha256_of(claimed)
@@ -540,7 +540,7 @@ class _Run:
         if name != rec["file"]:
             self.reject(claimed, rec, DataError(rec["file"], "the file name is not valid UTF-8",
                                                 "rename it to a UTF-8 (e.g. plain ASCII) name and drop it again: "
-                                                "python -m components.data.landing drop NEW_NAME"), kind="name")
+                                                "srec land drop NEW_NAME"), kind="name")
             return
         if claimed.suffix.lower() not in BATCH_SUFFIXES:
             self.reject(claimed, rec, DataError(name, f"unsupported file type '{claimed.suffix}'",
@@ -761,7 +761,7 @@ def retract(paths: Paths, batch_id: str, reason: str, log=print, lock_timeout: f
         src = paths.store / batch_id
         if batch_id.startswith(".") or "/" in batch_id or not (src / BATCH_META).is_file():
             raise DataError(batch_id, f"is not an accepted batch in {paths.store}",
-                            "pick an id from `python -m components.data.landing list`")
+                            "pick an id from `srec land list`")
         rec = read_json(src / BATCH_META)
         # Out of the store first, atomically: `ingest` never sees half a batch. The sweep puts it back
         # if this process dies before the retracted copy is complete.
@@ -795,7 +795,7 @@ def release(paths: Paths, batch_id: str, reason: str, log=print, lock_timeout: f
         src = paths.held / batch_id
         if batch_id.startswith(".") or "/" in batch_id or not (src / HELD_META).is_file():
             raise DataError(batch_id, f"is not a batch held for review in {paths.held}",
-                            "pick a held id from `python -m components.data.landing list`")
+                            "pick a held id from `srec land list`")
         held = _read_record(src / HELD_META)
         rec = _read_record(src / BATCH_META)
         dest = paths.store / batch_id
@@ -841,18 +841,19 @@ def drop(files: list[Path], paths: Paths, ready: bool = True) -> list[Path]:
 
     Copies bytes (a symbolic link's target is read, never moved). Raises DataError for a name the
     landing zone would never take, or one that is already waiting in `incoming/` (it is not replaced)."""
-    paths.incoming.mkdir(parents=True, exist_ok=True)
-    out = []
-    for f in files:
-        f = Path(f)
+    files = [Path(f) for f in files]
+    for f in files:  # every file checked before anything is written: a typo leaves the landing zone as it was
         if not f.is_file():
             raise DataError(shown(str(f)), "file not found",
                             "pass the path of a batch file (CSV, TSV, Parquet or JSON Lines)")
-        final = paths.incoming / f.name
         if not is_candidate(f) or shown(f.name) != f.name:
             raise DataError(shown(str(f)), "the landing zone would never take this name (hidden, '_', an "
                             "incomplete-download suffix, or not UTF-8)", "copy it to a plain UTF-8 name ending in "
                             f"{', '.join(BATCH_SUFFIXES)} and drop that")
+    paths.incoming.mkdir(parents=True, exist_ok=True)
+    out = []
+    for f in files:
+        final = paths.incoming / f.name
         tmp = paths.incoming / f".{f.name}.{uuid.uuid4().hex[:6]}.part"
         try:
             with f.open("rb") as fin, tmp.open("wb") as fout:
@@ -885,8 +886,13 @@ def _publish(tmp: Path, final: Path) -> None:
 
 
 def list_lines(paths: Paths) -> list[str]:
-    """One line per batch: pending (in claimed/), accepted, held, rejected, duplicate, retracted; oldest first."""
-    lines = [f"{'(claimed)':31s}  pending   {n}  not judged yet: the next landing run takes it" for n in pending(paths)]
+    """One line per batch: waiting (dropped in incoming/), pending (in claimed/), accepted, held, rejected,
+    duplicate, retracted; oldest first."""
+    waiting = sorted(f.name for f in paths.incoming.iterdir() if f.is_file() and is_candidate(f)) \
+        if paths.incoming.is_dir() else []
+    lines = [f"{'(incoming)':31s}  waiting   {n}  dropped: the next landing run takes it (the DAG's, or `srec run`)"
+             for n in waiting]
+    lines += [f"{'(claimed)':31s}  pending   {n}  not judged yet: the next landing run takes it" for n in pending(paths)]
     for rec in sorted(_records(paths), key=lambda r: r["batch_id"]):
         status = rec["status"]
         drift = rec.get("drift") or {}
@@ -902,13 +908,19 @@ def list_lines(paths: Paths) -> list[str]:
 
 @stage_main("landing")
 def main(argv: list[str] | None = None, prog: str | None = None) -> None:
-    ap = argparse.ArgumentParser(prog=prog, description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--params", default="params.yaml")
+    # The protocol and every rule are the module's docstring, and docs/data.md; --help keeps to the verbs.
+    ap = argparse.ArgumentParser(prog=prog, description=__doc__.split("\n\n")[0],
+                                 epilog="How batches are judged, held and stored: docs/data.md (the landing zone).")
+    ap.add_argument("--params", default="params.yaml", help="the pipeline's params (orchestration.landing: folders)")
     sub = ap.add_subparsers(dest="cmd", required=True)
-    d = sub.add_parser("drop", help="copy batch files into the landing zone (atomic rename + sentinel)")
-    d.add_argument("files", nargs="+", type=Path)
+    d = sub.add_parser("drop", help="copy batch files into the landing zone (atomic rename + sentinel)",
+                       description="Copy each file into data/incoming/ under a hidden name, rename it into place "
+                       "(complete, atomically) and create the _READY sentinel that starts a DAG run.")
+    d.add_argument("files", nargs="+", type=Path, help="batch files: CSV, TSV, Parquet or JSON Lines with user_id, "
+                   "item_id, timestamp (Unix seconds) and title for new items")
     d.add_argument("--no-ready", action="store_true", help="do not create the sentinel that triggers the DAG")
-    i = sub.add_parser("ingest", help="move the landing zone's complete files into the raw store now")
+    i = sub.add_parser("ingest", help="what the ingest_batches stage runs; use `srec run ingest_batches`, so DVC "
+                       "records the store it writes")
     i.add_argument("--ingested", type=Path, default=Path("data/ingested"), help="last ingest output (catalogue)")
     i.add_argument("--record", type=Path, help="write the outcome (accepted, duplicates, rejected) to this JSON file")
     r = sub.add_parser("retract", help="take an accepted batch back out of the raw store (recorded)")
@@ -944,7 +956,8 @@ def main(argv: list[str] | None = None, prog: str | None = None) -> None:
     elif args.cmd == "release":
         release(paths, args.batch_id, args.reason)
     else:
-        for line in list_lines(paths):
+        for line in list_lines(paths) or [f"no batches in {paths.incoming} or the store yet: `srec land drop FILE` "
+                                           "lands one"]:
             print(line)
 
 

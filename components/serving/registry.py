@@ -114,7 +114,7 @@ def _state(home: str | Path | None) -> dict[str, Any]:
         raise StoreAccessError(path) from None
     except JSON_DAMAGE as e:
         raise DataError(path, f"unreadable registry file ({e})",
-                        "restore it, or promote a version again: python -m components.serving.registry promote TAG") from None
+                        "restore it, or promote a version again: srec promote TAG") from None
     state.setdefault("production", None)
     state.setdefault("events", [])
     return state
@@ -177,7 +177,7 @@ def get_model(tag: str, home: str | Path | None = None):
     if ":" not in tag:
         tag = f"{MODEL_NAME}:{tag}"
     if not tag.startswith(f"{MODEL_NAME}:"):
-        raise ConfigError(tag, f"is not an {MODEL_NAME} package", "use a tag from `python -m components.serving.registry list`")
+        raise ConfigError(tag, f"is not an {MODEL_NAME} package", "use a tag from `srec models`")
     store = model_store(home)
     if (denied := _access_denied(Path(store._path) / tag.replace(":", "/", 1))) is not None:
         raise denied
@@ -185,7 +185,7 @@ def get_model(tag: str, home: str | Path | None = None):
         return store.get(tag)
     except NotFound:
         raise DataError(tag, f"no such model in the store at {bentoml_home(home)}",
-                        "pick a tag from `python -m components.serving.registry list` (is BENTOML_HOME the same?)") from None
+                        "pick a tag from `srec models` (is BENTOML_HOME the same?)") from None
     except Exception as e:  # BentoMLException (no/invalid model.yaml), YAML or attrs errors from a garbled one
         raise CheckpointError(Path(model_store(home)._path) / tag.replace(":", "/"),
                               f"BentoML cannot read this version ({type(e).__name__}: {str(e)[:200]})",
@@ -245,7 +245,7 @@ def rollback(home: str | Path | None = None) -> str:
                     return set_production(previous, "rollback", f"rolled back from {current}", home)
                 break
         raise DataError(pointer_path(home), f"{current} has no earlier production version to roll back to",
-                        "promote a version explicitly: python -m components.serving.registry promote TAG")
+                        "promote a version explicitly: srec promote TAG")
 
 
 def serving_candidates(home: str | Path | None = None) -> list[str]:
@@ -280,9 +280,9 @@ def serving_candidates(home: str | Path | None = None) -> list[str]:
         return candidates
     if prod:
         raise DataError(pointer_path(home), f"production is {prod}, which is not in the model store",
-                        "promote an existing version: python -m components.serving.registry promote TAG")
+                        "promote an existing version: srec promote TAG")
     raise DataError(bentoml_home(home), "no production LLM-SRec model in this BentoML store",
-                    "run the pipeline (`make run`), or promote a version: python -m components.serving.registry promote TAG "
+                    "run the pipeline (`make run`), or promote a version: srec promote TAG "
                     f"(or set {TAG_ENV}=llmsrec:VERSION)")
 
 
@@ -361,8 +361,9 @@ def main(argv: list[str] | None = None) -> None:
             card = model_card(model)
             print(json.dumps({"tag": str(model.tag), "labels": model.info.labels, "metadata": model.info.metadata,
                               "model_card": None if card is None else str(card)}, indent=2, default=str))
+            # stdout stays one JSON document (`srec show | jq`); the line for a person goes beside it
             print(f"model card: {card}" if card is not None else
-                  f"model card: none ({model.tag} was packaged without a run report)")
+                  f"model card: none ({model.tag} was packaged without a run report)", file=sys.stderr)
         elif args.cmd == "promote":
             print(f"production: {set_production(args.tag, 'promote', args.reason, args.home)}")
         elif args.cmd == "rollback":

@@ -55,7 +55,7 @@ class ServingSettings(BaseSettings):
     model_tag: str | None = _setting(
         None, "serve this packaged version instead of the registry's production one; a pinned version has no "
               "fallback (damaged, it is an error)",
-        "a version from `python -m components.serving.registry list`, e.g. llmsrec:abc123",
+        "a version from `srec models`, e.g. llmsrec:abc123",
         pattern=r"^llmsrec:[A-Za-z0-9_.-]+$")
     batching: bool = _setting(
         True, "merge concurrent /recommend calls into one model call (components/serving/batcher.py); "

@@ -41,7 +41,7 @@ def test_each_verb_has_its_own_help():
 
     from components.cli import cli
 
-    for verb in sorted(VERBS - {"land", "pools"}):
+    for verb in sorted(VERBS - {"land"}):
         out = CliRunner().invoke(cli, [verb, "--help"], prog_name="srec")
         assert out.exit_code == 0 and f"Usage: srec {verb}" in out.output, out.output
         assert len(out.output.splitlines()) >= 4, out.output  # a description beyond the usage line

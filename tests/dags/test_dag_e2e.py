@@ -179,7 +179,8 @@ def test_retraining_dag_end_to_end(tmp_path, fresh_airflow_home, tiny_llm_dir):
     # ...and stored with the model as its card: the registry says where.
     show = subprocess.run([sys.executable, "-m", "components.serving.registry", "show"], cwd=root, env=ws.env,
                           capture_output=True, text=True, timeout=120)
-    card = Path(show.stdout.strip().splitlines()[-1].removeprefix("model card: "))
+    card = Path(json.loads(show.stdout)["model_card"])  # stdout is the JSON alone; stderr says where, for a person
+    assert show.stderr.strip().endswith(f"model card: {card}"), show.stderr
     assert show.returncode == 0 and card.read_bytes() == page.read_bytes(), show.stdout[-500:] + show.stderr
 
     # 3. A gate nobody can pass: rejected, nothing packaged, production stays. Only the gate re-runs.

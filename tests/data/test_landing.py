@@ -313,7 +313,7 @@ def test_a_symlinked_batch_is_refused_and_its_target_never_touched(tmp_path, pat
     batch(users=2, t0=1_736_000_000).to_csv(paths.incoming / "c.csv", index=False)
     result = land(paths, PARAMS, ingested=ingested, log=QUIET)
     (rej,) = result.rejected
-    assert rej["file"] == "b.csv" and "symbolic link" in rej["reason"] and "landing drop" in rej["fix"]
+    assert rej["file"] == "b.csv" and "symbolic link" in rej["reason"] and "srec land drop" in rej["fix"]
     assert [r["file"] for r in result.accepted] == ["c.csv"]
     assert target.read_bytes() == before and stat.S_IMODE(os.stat(target).st_mode) == 0o644
     assert not links_under(paths.incoming, paths.store, paths.landing)

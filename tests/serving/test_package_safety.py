@@ -253,5 +253,6 @@ def test_a_version_packaged_before_the_sasrec_rename_still_serves_and_verifies(s
     # Packaged without a run report (as every version before model cards): `show` says so.
     show = subprocess.run([sys.executable, "-m", "components.serving.registry", "--home", str(home), "show"],
                           capture_output=True, text=True, timeout=120)
-    assert show.returncode == 0 and show.stdout.splitlines()[-1] == \
+    assert show.returncode == 0 and show.stderr.strip().splitlines()[-1] == \
         f"model card: none ({stores.champion} was packaged without a run report)", show.stdout[-300:] + show.stderr
+    assert json.loads(show.stdout)["model_card"] is None

@@ -33,7 +33,7 @@ def test_defaults_and_values_from_the_environment(clean_env, monkeypatch):
     ("LLMSREC_TORCH_THREADS", "-1", "Fix: set it to an integer from 1 to 1024, or unset it for the default (None)"),
     ("LLMSREC_DEVICE", "gpu", "LLMSREC_DEVICE='gpu': string should match pattern"),
     ("LLMSREC_DTYPE", "int8", "LLMSREC_DTYPE='int8': input should be 'auto', 'bf16'"),
-    ("LLMSREC_MODEL_TAG", "abc123", "Fix: set it to a version from `python -m components.serving.registry list`"),
+    ("LLMSREC_MODEL_TAG", "abc123", "Fix: set it to a version from `srec models`"),
 ])
 def test_a_bad_value_names_the_variable_and_the_fix(clean_env, monkeypatch, name, value, says):
     monkeypatch.setenv(name, value)
@@ -49,7 +49,7 @@ def test_the_registry_takes_the_pinned_version_from_the_settings(clean_env, monk
 
     monkeypatch.setenv("LLMSREC_MODEL_TAG", "abc123")
     with pytest.raises(ConfigError, match=r"^LLMSREC_MODEL_TAG='abc123': string should match pattern .* Fix: set "
-                                          r"it to a version from `python -m components\.serving\.registry list`"):
+                                          r"it to a version from `srec models`"):
         serving_candidates(tmp_path / "home")
 
 
