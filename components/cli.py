@@ -201,7 +201,9 @@ def serve(port: int, host: str, bentoml_args: tuple[str, ...]) -> None:
     """Serve the production model over HTTP.
 
     This is `bentoml serve` on bentofile.yaml; its OpenAPI page is at /. Other options go to
-    `bentoml serve` as typed (see `bentoml serve --help`). The process becomes `bentoml serve`, so a signal sent to it (Ctrl-C, SIGTERM) reaches BentoML itself."""
+    `bentoml serve` as typed (see `bentoml serve --help`). The process becomes `bentoml serve`, so a
+    signal sent to it (Ctrl-C, SIGTERM) reaches BentoML itself. It then renames itself `circusd`: stop it
+    by its pid, since `pkill -f "srec serve"` matches nothing."""
     checkout()
     os.execve(sys.executable, [sys.executable, "-m", "bentoml", "serve", "--host", host, "--port", str(port),
                                *bentoml_args], stage_env())
