@@ -46,11 +46,13 @@ def checkout() -> Path:
     raise click.UsageError(f"{here} has no dvc.yaml and params.yaml, so it is not the pipeline's checkout. Fix: {fix}")
 
 
-def call(cmd: list[str]) -> None:
+def call(cmd: list[str], hint: str | None = None) -> None:
     """Run a tool with the stages' environment (this interpreter first on PATH, offline and quiet tools,
-    components/orchestration/runner.py) and exit with its status when it fails."""
+    components/orchestration/runner.py) and exit with its status when it fails, after `hint` (on stderr)."""
     code = subprocess.call(cmd, env=stage_env())
     if code:
+        if hint:
+            click.echo(hint, err=True)
         sys.exit(code)
 
 
@@ -81,13 +83,10 @@ def run(stages: tuple[str, ...], dry: bool, force: bool, single_item: bool) -> N
     The same lock as the Airflow DAG's tasks is held, so a run by hand waits for a scheduled one."""
     root = checkout()
     flags = [flag for flag, on in (("--dry", dry), ("--force", force), ("--single-item", single_item)) if on]
-    with repo_lock(root):
-        code = subprocess.call([sys.executable, "-m", "dvc", "repro", *flags, *stages], env=stage_env())
-    if code and dry:
-        click.echo("srec run --dry: DVC's dry run cannot plan past a stage whose inputs an earlier stage has not "
-                   "made yet (as before a first run). `dvc status` lists every stage that is stale.", err=True)
-    if code:
-        sys.exit(code)
+    hint = ("srec run --dry: DVC's dry run cannot plan past a stage whose inputs an earlier stage has not made yet "
+            "(as before a first run). `dvc status` lists every stage that is stale.") if dry else None
+    with repo_lock(root):  # released on the way out of a failed run's sys.exit too
+        call([sys.executable, "-m", "dvc", "repro", *flags, *stages], hint)
     if not dry:
         summary.main(["--reports", str(root / "reports")])
 
@@ -149,9 +148,7 @@ def card(tag: str | None, launch: bool) -> None:
 @stage_main("registry")
 def card_path(tag: str | None) -> Path:
     """The model card's path for `tag` (default: production). Raises DataError when there is none."""
-    tag = tag or registry.production_tag()
-    if tag is None:
-        raise DataError(registry.pointer_path(), "nothing is in production yet", "pass a TAG (`srec models` lists them)")
+    tag = registry.tag_or_production(tag)
     model = registry.get_model(tag)
     page = registry.model_card(model)
     if page is None:

@@ -171,6 +171,15 @@ def list_models(home: str | Path | None = None) -> list:
     return _scan(home)[0]
 
 
+def tag_or_production(tag: str | None, home: str | Path | None = None) -> str:
+    """`tag`, or the production tag when it is None (what `show`, `verify` and `srec card` default to).
+    Raises DataError when neither is set: nothing is in production yet."""
+    tag = tag or production_tag(home)
+    if tag is None:
+        raise DataError(pointer_path(home), "nothing is in production yet", "pass a TAG (`srec models` lists them)")
+    return tag
+
+
 def get_model(tag: str, home: str | Path | None = None):
     from bentoml.exceptions import NotFound
 
@@ -354,10 +363,7 @@ def main(argv: list[str] | None = None) -> None:
             for tag, denied in unreadable.items():
                 print(f"! {tag:<32} NOT READABLE by this user: {denied.problem}. Fix: {denied.fix}")
         elif args.cmd == "show":
-            tag = args.tag or production_tag(args.home)
-            if tag is None:
-                raise DataError(pointer_path(args.home), "nothing is in production", "pass a TAG")
-            model = get_model(tag, args.home)
+            model = get_model(tag_or_production(args.tag, args.home), args.home)
             card = model_card(model)
             print(json.dumps({"tag": str(model.tag), "labels": model.info.labels, "metadata": model.info.metadata,
                               "model_card": None if card is None else str(card)}, indent=2, default=str))
@@ -369,10 +375,7 @@ def main(argv: list[str] | None = None) -> None:
         elif args.cmd == "rollback":
             print(f"production: {rollback(args.home)}")
         elif args.cmd == "verify":
-            tag = args.tag or production_tag(args.home)
-            if tag is None:
-                raise DataError(pointer_path(args.home), "nothing is in production", "pass a TAG")
-            print(f"{verify(tag, args.home)}: every file as packaged")
+            print(f"{verify(tag_or_production(args.tag, args.home), args.home)}: every file as packaged")
     except PipelineError as e:
         print(f"ERROR [registry] {e}", file=sys.stderr)
         raise SystemExit(1) from None
